@@ -1,0 +1,190 @@
+// core/api.cpp: the rest of the malloc API on top of the fast paths: calloc, realloc,
+// aligned allocation, usable size, trim. Validation and errno live here, not in interpose/.
+#include <cerrno>
+#include <cstring>
+
+#include "core/engine.hpp"
+
+namespace nebula {
+namespace {
+
+// A block of at least n bytes aligned to align (a power of two > kMinAlign).
+void* aligned_body(size_t align, size_t n, bool zero) {
+  if (n > kMaxRequest || align > kMaxRequest / 2) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (n <= kMediumMax && align <= kSliceSize) {
+    // Pages start on a 64 KiB boundary, so every block of a class whose size is a multiple of
+    // `align` is aligned: pick the smallest such class (a power of two always qualifies).
+    size_t want = n < align ? align : n;
+    if (want <= kMediumMax) {
+      for (unsigned c = size_to_class(want); c < kClassCount; ++c) {
+        if (kClassSize[c] % align == 0) {
+          void* p = zero ? alloc_zero(kClassSize[c]) : alloc(kClassSize[c]);
+          return p;
+        }
+      }
+    }
+  }
+  Heap* heap = t_heap;
+  if (!heap->live) {
+    heap = heap_init_thread();
+    if (heap == nullptr) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
+  void* p = (n + align <= kLargeMax) ? large_alloc(heap, n, align, zero) : huge_alloc(n, align, zero);
+  if (p == nullptr) {
+    heap_maintenance(heap, true);
+    p = (n + align <= kLargeMax) ? large_alloc(heap, n, align, zero) : huge_alloc(n, align, zero);
+  }
+  if (p == nullptr) errno = ENOMEM;
+  return p;
+}
+
+// The live block containing p, with its segment and page; false if p is not ours.
+struct Where {
+  Segment* s;
+  Page* page;
+};
+bool locate(const void* p, Where* w) {
+  Segment* s = is_segment_start_chunk(p) ? segment_of(p) : segment_containing(p);
+  if (s == nullptr) return false;
+  w->s = s;
+  w->page = s->kind == SegmentKind::kHuge ? &s->pages[1] : page_of(s, p);
+  return true;
+}
+
+}  // namespace
+
+void* alloc_checked_zero(size_t count, size_t size) noexcept {
+  size_t n;
+  if (__builtin_mul_overflow(count, size, &n)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return alloc_zero(n);
+}
+
+size_t usable_size(const void* p) noexcept {
+  if (p == nullptr) return 0;
+  Where w;
+  if (!locate(p, &w)) return foreign_usable_size(p);
+  if (w.s->kind == SegmentKind::kHuge) return huge_usable(w.s, p);
+  Page* page = w.page;
+  if (page->flags & kPageNotInUse) return 0;
+  Block* b = block_start(w.s, page, const_cast<void*>(p));
+  uint8_t* end = reinterpret_cast<uint8_t*>(b) + page->block_size;
+  if (page->kind == PageKind::kLarge) end = page->start + page->block_size;
+  return static_cast<size_t>(end - static_cast<const uint8_t*>(p));
+}
+
+void* realloc_block(void* p, size_t n) noexcept {
+  if (p == nullptr) return alloc(n);
+  if (n == 0) {  // glibc frees and returns NULL
+    dealloc(p);
+    return nullptr;
+  }
+  if (n > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  Where w;
+  if (!locate(p, &w)) return foreign_realloc(p, n);
+  if (w.s->kind != SegmentKind::kHuge && (w.page->flags & kPageNotInUse)) invalid_pointer("realloc", p);
+  size_t have = usable_size(p);
+  // Keep the block when the new size fits and does not waste more than half of it.
+  if (n <= have && n >= have / 2) return p;
+  void* q = alloc(n);
+  if (q == nullptr) return nullptr;  // errno is ENOMEM; the old block is untouched
+  memcpy(q, p, n < have ? n : have);
+  dealloc(p);
+  return q;
+}
+
+void* realloc_array(void* p, size_t count, size_t size) noexcept {
+  size_t n;
+  if (__builtin_mul_overflow(count, size, &n)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return realloc_block(p, n);
+}
+
+// memalign: glibc rounds an alignment that is not a power of two up to one.
+void* alloc_aligned(size_t align, size_t n) noexcept {
+  if (align <= kMinAlign) return alloc(n);
+  if (align > SIZE_MAX / 2 + 1) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (!is_pow2(align)) align = size_t{1} << (64 - clz64(align));
+  return aligned_body(align, n, false);
+}
+
+int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept {
+  if (align % sizeof(void*) != 0 || !is_pow2(align)) return EINVAL;
+  int saved = errno;
+  void* p = align <= kMinAlign ? alloc(n) : aligned_body(align, n, false);
+  if (p == nullptr) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+// aligned_alloc: the alignment must be a power of two (C17, glibc 2.38 and later).
+void* alloc_aligned_c11(size_t align, size_t n) noexcept {
+  if (!is_pow2(align)) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  return align <= kMinAlign ? alloc(n) : aligned_body(align, n, false);
+}
+
+void* alloc_page_aligned(size_t n) noexcept { return aligned_body(os::page_size(), n, false); }
+
+void* alloc_page_aligned_rounded(size_t n) noexcept {
+  size_t page = os::page_size();
+  if (n > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  size_t r = n == 0 ? page : align_up(n, page);
+  return aligned_body(page, r, false);
+}
+
+void* alloc_aligned_zero(size_t align, size_t n) noexcept {
+  if (align <= kMinAlign) return alloc_zero(n);
+  return aligned_body(align, n, true);
+}
+
+void dealloc_sized(void* p, size_t n) noexcept {
+  (void)n;
+  dealloc(p);
+}
+
+void dealloc_aligned_sized(void* p, size_t align, size_t n) noexcept {
+  (void)align;
+  (void)n;
+  dealloc(p);
+}
+
+bool owns(const void* p) noexcept {
+  Where w;
+  return p != nullptr && locate(p, &w);
+}
+
+int trim(size_t pad) noexcept {
+  (void)pad;
+  size_t before = g_counters.purged.load(std::memory_order_relaxed);
+  Heap* heap = t_heap;
+  if (heap->live) heaps_collect_abandoned(true);
+  else arena_purge(true);
+  return g_counters.purged.load(std::memory_order_relaxed) != before ? 1 : 0;
+}
+
+}  // namespace nebula

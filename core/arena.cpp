@@ -1,0 +1,285 @@
+// core/arena.cpp: arenas (address-space reservations), the chunks segments are made of, the
+// segment map that tells our addresses from foreign ones, and the purge of free chunks.
+//
+// Owns: g_arenas, g_segmap, the committed-bytes accounting of free chunks.
+// Invariants (under g_arena_lock):
+//   a chunk is in a live segment <=> its bit in Arena::used is set
+//   g_segmap[chunk] != 0 <=> the chunk is in a live segment (set before the segment is handed
+//   out, cleared before its chunks go back to the arena)
+//   g_free_dirty == sum over free chunks of popcount(dirty_mask) * kSliceSize
+#include <cstring>
+
+#include "core/engine.hpp"
+#include "core/options.hpp"
+
+namespace nebula {
+
+std::atomic<uint8_t> g_segmap[kSegmentMapSize];
+GlobalCounters g_counters;
+
+void committed_add(size_t bytes) noexcept {
+  size_t now = g_counters.committed.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  size_t peak = g_counters.committed_peak.load(std::memory_order_relaxed);
+  while (now > peak && !g_counters.committed_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+void committed_sub(size_t bytes) noexcept {
+  g_counters.committed.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+namespace {
+
+struct Arena {
+  uintptr_t base;
+  uint32_t chunks;                          // chunks in this arena (<= kArenaChunks)
+  uint32_t free_count;                      // chunks not in a live segment
+  uint64_t used[kArenaChunks / 64];         // bitmap: chunk in a live segment
+  uint64_t dirty_mask[kArenaChunks];        // free chunks: slices that may be resident
+  uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
+};
+
+Arena* g_arenas[kMaxArenas];
+std::atomic<unsigned> g_arena_count{0};
+SpinLock g_arena_lock;
+size_t g_free_dirty = 0;          // bytes resident in free chunks (under the lock)
+uint64_t g_next_purge_ms = 0;     // earliest freed_at + delay among free dirty chunks
+
+constexpr uint64_t kAllSlices = ~uint64_t{0};
+
+bool chunk_used(const Arena* a, unsigned i) { return (a->used[i / 64] >> (i % 64)) & 1; }
+void chunk_set_used(Arena* a, unsigned i, bool v) {
+  if (v) a->used[i / 64] |= uint64_t{1} << (i % 64);
+  else a->used[i / 64] &= ~(uint64_t{1} << (i % 64));
+}
+
+// Find `n` consecutive free chunks; for a single chunk prefer one that is still resident.
+int find_run(const Arena* a, unsigned n) {
+  if (a->free_count < n) return -1;
+  if (n == 1) {
+    int any = -1;
+    for (unsigned i = 0; i < a->chunks; ++i) {
+      if (chunk_used(a, i)) continue;
+      if (a->dirty_mask[i] != 0) return static_cast<int>(i);
+      if (any < 0) any = static_cast<int>(i);
+    }
+    return any;
+  }
+  unsigned run = 0;
+  for (unsigned i = 0; i < a->chunks; ++i) {
+    if (chunk_used(a, i)) {
+      run = 0;
+      continue;
+    }
+    if (++run == n) return static_cast<int>(i + 1 - n);
+  }
+  return -1;
+}
+
+Arena* arena_create() {
+  unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  if (count >= kMaxArenas) return nullptr;
+  size_t meta = align_up(sizeof(Arena), os::page_size());
+  auto* a = static_cast<Arena*>(os::reserve(meta, os::page_size()));
+  if (a == nullptr) return nullptr;
+  size_t size = kArenaSize;
+  void* base = os::reserve(size, kSegmentSize);
+  if (base == nullptr) {  // strict overcommit or a small address space: try a smaller arena
+    size = 16 * kSegmentSize;
+    base = os::reserve(size, kSegmentSize);
+  }
+  if (base == nullptr) {
+    os::release(a, meta);
+    return nullptr;
+  }
+  a->base = reinterpret_cast<uintptr_t>(base);
+  a->chunks = static_cast<uint32_t>(size / kSegmentSize);
+  a->free_count = a->chunks;
+  g_counters.reserved.fetch_add(size, std::memory_order_relaxed);
+  g_arenas[count] = a;
+  g_arena_count.store(count + 1, std::memory_order_release);
+  return a;
+}
+
+// Purge the resident slices of free chunk i (under the lock).
+void purge_chunk(Arena* a, unsigned i) {
+  uint64_t mask = a->dirty_mask[i];
+  if (mask == 0) return;
+  char* chunk = reinterpret_cast<char*>(a->base + static_cast<uintptr_t>(i) * kSegmentSize);
+  if (mask == kAllSlices) {
+    os::purge(chunk, kSegmentSize);
+  } else {
+    // purge each run of dirty slices with one call
+    uint64_t m = mask;
+    while (m != 0) {
+      unsigned lo = ctz64(m);
+      uint64_t shifted = ~(m >> lo);
+      unsigned len = shifted == 0 ? 64 - lo : ctz64(shifted);
+      os::purge(chunk + (static_cast<size_t>(lo) << kSliceShift), static_cast<size_t>(len) << kSliceShift);
+      if (lo + len >= 64) break;
+      m &= ~(((uint64_t{1} << len) - 1) << lo);
+    }
+  }
+  size_t bytes = static_cast<size_t>(popcount64(mask)) << kSliceShift;
+  a->dirty_mask[i] = 0;
+  g_free_dirty -= bytes;
+  committed_sub(bytes);
+  g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
+  g_counters.purge_calls.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Purge free chunks whose delay expired (all of them when force).
+void purge_expired(uint64_t now, bool force) {
+  uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  uint64_t next = 0;
+  unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  for (unsigned k = 0; k < count; ++k) {
+    Arena* a = g_arenas[k];
+    for (unsigned i = 0; i < a->chunks; ++i) {
+      if (chunk_used(a, i) || a->dirty_mask[i] == 0) continue;
+      uint64_t due = a->freed_at_ms[i] + delay;
+      if (force || due <= now) purge_chunk(a, i);
+      else if (next == 0 || due < next) next = due;
+    }
+  }
+  g_next_purge_ms = next;
+}
+
+}  // namespace
+
+void segmap_set(void* base, size_t chunks) noexcept {
+  uintptr_t first = reinterpret_cast<uintptr_t>(base) >> kSegmentShift;
+  for (size_t i = chunks; i-- > 0;) {  // interior chunks first, the start chunk last
+    uint8_t v = i == 0 ? 1 : static_cast<uint8_t>(i + 1 > 255 ? 255 : i + 1);
+    g_segmap[first + i].store(v, std::memory_order_release);
+  }
+}
+
+void segmap_clear(void* base, size_t chunks) noexcept {
+  uintptr_t first = reinterpret_cast<uintptr_t>(base) >> kSegmentShift;
+  for (size_t i = 0; i < chunks; ++i) g_segmap[first + i].store(0, std::memory_order_release);
+}
+
+Segment* segment_containing(const void* p) noexcept {
+  uintptr_t i = reinterpret_cast<uintptr_t>(p) >> kSegmentShift;
+  if (i >= kSegmentMapSize) return nullptr;
+  uint8_t v = g_segmap[i].load(std::memory_order_acquire);
+  while (v >= 2) {
+    uintptr_t step = v == 255 ? 254 : v - 1u;
+    if (step > i) return nullptr;
+    i -= step;
+    v = g_segmap[i].load(std::memory_order_acquire);
+  }
+  if (v != 1) return nullptr;
+  return reinterpret_cast<Segment*>(i << kSegmentShift);
+}
+
+bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept {
+  size_t bytes = chunks * kSegmentSize;
+  if (bytes > kSoloThreshold) {
+    void* p = os::reserve(bytes, kSegmentSize);
+    if (p == nullptr) return false;
+    g_counters.reserved.fetch_add(bytes, std::memory_order_relaxed);
+    *out = ChunkGrant{p, 0, true, 0, true, 0, 0};
+    return true;
+  }
+  LockGuard guard(g_arena_lock);
+  Arena* a = nullptr;
+  int at = -1;
+  unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  unsigned k = 0;
+  for (; k < count; ++k) {
+    at = find_run(g_arenas[k], static_cast<unsigned>(chunks));
+    if (at >= 0) {
+      a = g_arenas[k];
+      break;
+    }
+  }
+  if (a == nullptr) {
+    a = arena_create();
+    if (a == nullptr) return false;
+    k = g_arena_count.load(std::memory_order_relaxed) - 1;
+    at = find_run(a, static_cast<unsigned>(chunks));
+    if (at < 0) return false;
+  }
+  size_t dirty_bytes = 0, dirty_extent = 0;
+  for (size_t i = 0; i < chunks; ++i) {
+    unsigned c = static_cast<unsigned>(at) + static_cast<unsigned>(i);
+    chunk_set_used(a, c, true);
+    uint64_t d = a->dirty_mask[c];
+    if (d != 0) {
+      size_t b = static_cast<size_t>(popcount64(d)) << kSliceShift;
+      dirty_bytes += b;
+      g_free_dirty -= b;
+      dirty_extent = i * kSegmentSize + (static_cast<size_t>(64 - clz64(d)) << kSliceShift);
+    }
+  }
+  a->free_count -= static_cast<uint32_t>(chunks);
+  void* base = reinterpret_cast<void*>(a->base + static_cast<uintptr_t>(at) * kSegmentSize);
+  *out = ChunkGrant{base, a->dirty_mask[at], dirty_bytes == 0, static_cast<uint16_t>(k), false,
+                    dirty_bytes, dirty_extent};
+  // The dirty masks of used chunks are owned by the segment from now on; the huge path
+  // counts the whole run as committed, so record what was already counted.
+  for (size_t i = 0; i < chunks; ++i) a->dirty_mask[static_cast<unsigned>(at) + i] = 0;
+  return true;
+}
+
+void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept {
+  if (s->solo) {
+    size_t bytes = s->mapped_size;
+    segmap_clear(s, chunks);
+    os::release(s, bytes);
+    g_counters.reserved.fetch_sub(bytes, std::memory_order_relaxed);
+    committed_sub(dirty_len);
+    return;
+  }
+  unsigned k = s->arena_index;
+  segmap_clear(s, chunks);
+  uint64_t now = os::clock_ms();
+  LockGuard guard(g_arena_lock);
+  Arena* a = g_arenas[k];
+  unsigned first = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) - a->base) >> kSegmentShift);
+  size_t dirty_bytes = 0;
+  for (size_t i = 0; i < chunks; ++i) {
+    unsigned c = first + static_cast<unsigned>(i);
+    chunk_set_used(a, c, false);
+    uint64_t d = dirty_first;
+    if (s->kind == SegmentKind::kHuge) {
+      size_t lo = i * kSegmentSize;
+      size_t slices = dirty_len <= lo ? 0 : (dirty_len - lo) >> kSliceShift;
+      d = slices >= 64 ? kAllSlices : ((uint64_t{1} << slices) - 1);
+    }
+    a->dirty_mask[c] = d;
+    a->freed_at_ms[c] = now;
+    dirty_bytes += static_cast<size_t>(popcount64(d)) << kSliceShift;
+  }
+  a->free_count += static_cast<uint32_t>(chunks);
+  g_free_dirty += dirty_bytes;
+  uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  if (g_next_purge_ms == 0 || now + delay < g_next_purge_ms) g_next_purge_ms = now + delay;
+  if (g_free_dirty > static_cast<size_t>(option(Option::kRetain)) || delay == 0) {
+    for (size_t i = 0; i < chunks; ++i) purge_chunk(a, first + static_cast<unsigned>(i));
+  }
+  if (now >= g_next_purge_ms) purge_expired(now, false);
+}
+
+void arena_purge(bool force) noexcept {
+  uint64_t now = os::clock_ms();
+  LockGuard guard(g_arena_lock);
+  if (!force && (g_next_purge_ms == 0 || now < g_next_purge_ms)) return;
+  purge_expired(now, force);
+}
+
+bool arena_contains(uintptr_t addr) noexcept {
+  unsigned count = g_arena_count.load(std::memory_order_acquire);
+  for (unsigned k = 0; k < count; ++k) {
+    const Arena* a = g_arenas[k];
+    if (addr >= a->base && addr < a->base + static_cast<uintptr_t>(a->chunks) * kSegmentSize) return true;
+  }
+  return false;
+}
+
+void arenas_fork_prepare() noexcept { g_arena_lock.lock(); }
+void arenas_fork_parent() noexcept { g_arena_lock.unlock(); }
+void arenas_fork_child() noexcept { g_arena_lock.reset(); }
+
+}  // namespace nebula

@@ -1,0 +1,68 @@
+// core/config.hpp: compile-time configuration, attributes and the engine's geometry.
+//
+// Every size the engine is built around is defined here, once, with the reason for its value.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#define NEBULA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define NEBULA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define NEBULA_HOT inline __attribute__((always_inline))
+#define NEBULA_COLD __attribute__((noinline, cold))
+#define NEBULA_NOINLINE __attribute__((noinline))
+#define NEBULA_EXPORT __attribute__((visibility("default")))
+
+namespace nebula {
+
+// Build flavour. `full` checks add debug assertions and list walkers (meson -Dchecks=full).
+#if defined(NEBULA_CHECKS_FULL)
+inline constexpr bool kFullChecks = true;
+#else
+inline constexpr bool kFullChecks = false;
+#endif
+
+// ---- Geometry ---------------------------------------------------------------------------
+// A slice is the unit of span allocation inside a segment: 64 KiB, so that a small page is one
+// slice and a segment's slice bitmap is one 64-bit word.
+inline constexpr unsigned kSliceShift = 16;
+inline constexpr size_t kSliceSize = size_t{1} << kSliceShift;
+// A segment (and an arena chunk) is 4 MiB, aligned to 4 MiB: `p & ~kSegmentMask` finds the
+// metadata of any block that starts in the segment's first chunk.
+inline constexpr unsigned kSegmentShift = 22;
+inline constexpr size_t kSegmentSize = size_t{1} << kSegmentShift;
+inline constexpr uintptr_t kSegmentMask = kSegmentSize - 1;
+inline constexpr unsigned kSlicesPerSegment = kSegmentSize / kSliceSize;  // 64
+static_assert(kSlicesPerSegment == 64, "the slice bitmaps of a segment are one uint64_t");
+
+// Pages: a small page is one slice and holds blocks up to kSmallMax; a medium page is
+// kMediumPageSlices slices and holds blocks up to kMediumMax. Larger blocks get a span of their
+// own inside a segment up to kLargeMax, and a segment of their own above it ("huge").
+inline constexpr size_t kSmallMax = 8 * 1024;
+inline constexpr unsigned kMediumPageSlices = 8;  // 512 KiB
+inline constexpr size_t kMediumMax = 128 * 1024;
+inline constexpr size_t kLargeMax = 2 * 1024 * 1024;
+static_assert(kLargeMax < (kSlicesPerSegment - 1) * kSliceSize, "a large block must fit in one segment");
+
+// Sizes up to kDirectMax are served from the heap's direct table, one entry per 16 bytes.
+inline constexpr size_t kDirectMax = 1024;
+inline constexpr size_t kDirectCount = kDirectMax / 16 + 1;
+
+// Every block is at least 16-byte aligned, as glibc guarantees on 64-bit targets.
+inline constexpr size_t kMinAlign = 16;
+
+// Arenas are reservations of address space that segments are carved from.
+inline constexpr size_t kArenaSize = size_t{1} << 30;            // 1 GiB, 256 chunks
+inline constexpr unsigned kArenaChunks = kArenaSize / kSegmentSize;
+inline constexpr unsigned kMaxArenas = 1024;                      // 1 TiB of arenas
+// Huge blocks bigger than this get a mapping of their own instead of an arena run.
+inline constexpr size_t kSoloThreshold = kArenaSize / 4;
+
+// The segment map covers the user half of a 48-bit address space, one byte per chunk.
+inline constexpr unsigned kAddressBits = 47;
+inline constexpr size_t kSegmentMapSize = size_t{1} << (kAddressBits - kSegmentShift);
+
+// Requests above this fail at once with ENOMEM (PTRDIFF_MAX, as glibc).
+inline constexpr size_t kMaxRequest = size_t{PTRDIFF_MAX} - kSegmentSize;
+
+}  // namespace nebula

@@ -1,0 +1,215 @@
+// core/engine.hpp: the engine's entry header. interpose/ and the unit tests include only this.
+//
+// Call tree of an allocation (each arrow is taken only when the condition holds):
+//
+//   alloc(n)                                   inline, in this header
+//     n <= 1 KiB and heap->direct[..]->free    pop, used++, return          (fast path)
+//     else -> alloc_generic(heap, n)           core/heap.cpp
+//       heap is the empty heap                 heap_init_thread(), retry
+//       n > kLargeMax                          huge_alloc                   (core/segment.cpp)
+//       n > kMediumMax                         large_alloc -> span_alloc
+//       else queue_find_page(class)            core/page.cpp
+//            collect local_free + thread_free, extend by bump carving,
+//            move exhausted pages to the full list, or
+//            page_new -> span_alloc -> segment with room | reclaim abandoned | segment_new
+//
+//   free(p)                                    inline, in this header
+//     p not in a segment start chunk           free_not_fast (foreign, huge interior, NULL)
+//     owner thread and page->flags == 0        push local_free, used--; used == 0 -> retire
+//     else -> free_generic                     aligned/in-full/other thread/huge
+//       other thread: push page->thread_free (or the owner heap's delayed list if full)
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "core/base.hpp"
+#include "core/config.hpp"
+#include "core/size_classes.hpp"
+#include "core/types.hpp"
+
+namespace nebula {
+
+// ---- Globals the fast paths read --------------------------------------------------------
+extern __thread Heap* t_heap __attribute__((tls_model("initial-exec")));
+extern Heap g_empty_heap;
+// One byte per 4 MiB chunk of the address space: 0 not ours, 1 first chunk of a segment,
+// k >= 2: chunk k-1 chunks after the first chunk of a (huge) segment (255: at least 254).
+extern std::atomic<uint8_t> g_segmap[kSegmentMapSize];
+
+inline Segment* segment_of(const void* p) {
+  return reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(p) & ~kSegmentMask);
+}
+inline bool is_segment_start_chunk(const void* p) {
+  uintptr_t i = reinterpret_cast<uintptr_t>(p) >> kSegmentShift;
+  return i < kSegmentMapSize && g_segmap[i].load(std::memory_order_relaxed) == 1;
+}
+inline Page* page_of(Segment* s, const void* p) {
+  size_t idx = (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift;
+  Page* slice = &s->pages[idx];
+  return reinterpret_cast<Page*>(reinterpret_cast<char*>(slice) - slice->slice_offset);
+}
+inline uint8_t* page_start(Segment* s, Page* page) {
+  return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(page - s->pages) << kSliceShift);
+}
+
+// ---- Slow paths (out of line) ------------------------------------------------------------
+NEBULA_NOINLINE void* alloc_generic(Heap* heap, size_t n) noexcept;
+NEBULA_NOINLINE void* alloc_zero_generic(Heap* heap, size_t n) noexcept;
+NEBULA_NOINLINE void free_generic(Segment* s, Page* page, void* p) noexcept;
+NEBULA_NOINLINE void free_not_fast(void* p) noexcept;
+NEBULA_NOINLINE void page_retire(Page* page) noexcept;
+
+// ---- The fast paths ----------------------------------------------------------------------
+NEBULA_HOT void* alloc(size_t n) noexcept {
+  Heap* heap = t_heap;
+  if (NEBULA_LIKELY(n <= kDirectMax)) {
+    Page* page = heap->direct[(n + 15) >> 4];
+    Block* b = page->free;
+    if (NEBULA_LIKELY(b != nullptr)) {
+      page->free = b->next;
+      page->used++;
+      return b;
+    }
+  }
+  return alloc_generic(heap, n);
+}
+
+NEBULA_HOT void* alloc_zero(size_t n) noexcept {
+  Heap* heap = t_heap;
+  if (NEBULA_LIKELY(n <= kDirectMax)) {
+    Page* page = heap->direct[(n + 15) >> 4];
+    Block* b = page->free;
+    if (NEBULA_LIKELY(b != nullptr)) {
+      page->free = b->next;
+      page->used++;
+      if (page->free_is_zero) b->next = nullptr;
+      else memset(b, 0, n);
+      return b;
+    }
+  }
+  return alloc_zero_generic(heap, n);
+}
+
+NEBULA_HOT void dealloc(void* p) noexcept {
+  if (NEBULA_UNLIKELY(!is_segment_start_chunk(p))) return free_not_fast(p);
+  Segment* s = segment_of(p);
+  Page* page = page_of(s, p);
+  if (NEBULA_LIKELY(s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
+                    page->flags == 0)) {
+    Block* b = static_cast<Block*>(p);
+    b->next = page->local_free;
+    page->local_free = b;
+    if (NEBULA_UNLIKELY(--page->used == 0)) page_retire(page);
+    return;
+  }
+  free_generic(s, page, p);
+}
+
+// ---- The rest of the API (core/api.cpp) ----------------------------------------------------
+void* alloc_checked_zero(size_t count, size_t size) noexcept;              // calloc
+void* realloc_block(void* p, size_t n) noexcept;                           // realloc
+void* realloc_array(void* p, size_t count, size_t size) noexcept;          // reallocarray
+void* alloc_aligned(size_t align, size_t n) noexcept;                      // memalign semantics
+int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept;      // posix_memalign
+void* alloc_aligned_c11(size_t align, size_t n) noexcept;                  // aligned_alloc
+void* alloc_page_aligned(size_t n) noexcept;                               // valloc
+void* alloc_page_aligned_rounded(size_t n) noexcept;                       // pvalloc
+size_t usable_size(const void* p) noexcept;                                // malloc_usable_size
+void dealloc_sized(void* p, size_t n) noexcept;                            // free_sized
+void dealloc_aligned_sized(void* p, size_t align, size_t n) noexcept;      // free_aligned_sized
+int trim(size_t pad) noexcept;                                             // malloc_trim
+bool owns(const void* p) noexcept;                                         // ours and live?
+
+// ---- Internals shared between engine files -------------------------------------------------
+// heap.cpp
+Heap* heap_init_thread() noexcept;
+void heap_collect(Heap* heap, bool force) noexcept;
+void heap_delayed_free_all(Heap* heap) noexcept;
+void heap_maintenance(Heap* heap, bool force) noexcept;
+void engine_init() noexcept;
+void free_block_local(Page* page, Block* b) noexcept;
+void free_block_remote(Page* page, Block* b) noexcept;
+Block* block_start(Segment* s, Page* page, void* p) noexcept;
+void heaps_collect_abandoned(bool force) noexcept;
+
+// page.cpp
+void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept;
+void queue_remove(Heap* heap, PageQueue* q, Page* page) noexcept;
+void queue_push_front(Heap* heap, PageQueue* q, Page* page, unsigned cls) noexcept;
+void queue_push_back(Heap* heap, PageQueue* q, Page* page, unsigned cls) noexcept;
+void page_collect(Page* page) noexcept;
+void page_unfull(Heap* heap, Page* page) noexcept;
+bool page_free(Heap* heap, Page* page) noexcept;   // true: the segment was freed too
+bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept;
+void heap_update_direct(Heap* heap, unsigned cls) noexcept;
+extern Page g_empty_page;
+
+// segment.cpp
+Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept;
+bool span_free(Segment* s, Page* page) noexcept;   // true: the segment was freed too
+void* huge_alloc(size_t n, size_t align, bool zero) noexcept;
+void huge_free(Segment* s, Page* page) noexcept;
+size_t huge_usable(Segment* s, const void* p) noexcept;
+void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx) noexcept;
+void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept;
+void segment_abandon(Segment* s) noexcept;
+bool segment_reclaim_one(Heap* heap) noexcept;
+void segment_purge(Segment* s, uint64_t now, bool force) noexcept;
+size_t abandoned_count() noexcept;
+void segments_fork_prepare() noexcept;
+void segments_fork_parent() noexcept;
+void segments_fork_child() noexcept;
+
+// arena.cpp
+struct ChunkGrant {
+  void* base;             // first chunk (segment address)
+  uint64_t dirty_first;   // dirty slices of the first chunk (normal segments)
+  bool all_clean;         // no slice of the run may be resident
+  uint16_t arena_index;
+  bool solo;
+  size_t dirty_bytes;     // bytes of the run that may be resident (already counted committed)
+  size_t dirty_extent;    // offset of the end of the last such slice
+};
+bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept;
+// Give a segment's chunks back. Normal segments pass their dirty bitmap; huge segments the
+// length from the segment start that may be resident (dirty_first is then ignored).
+void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept;
+void arena_purge(bool force) noexcept;
+bool arena_contains(uintptr_t a) noexcept;
+void segmap_set(void* base, size_t chunks) noexcept;
+void segmap_clear(void* base, size_t chunks) noexcept;
+Segment* segment_containing(const void* p) noexcept;   // walks the map back from interior chunks
+void arenas_fork_prepare() noexcept;
+void arenas_fork_parent() noexcept;
+void arenas_fork_child() noexcept;
+
+// Process-wide accounting (slow paths only).
+struct GlobalCounters {
+  std::atomic<size_t> committed{0};       // bytes that may be resident (dirty), all tiers
+  std::atomic<size_t> committed_peak{0};
+  std::atomic<size_t> purged{0};          // bytes given back to the OS with purge
+  std::atomic<size_t> purge_calls{0};
+  std::atomic<size_t> reserved{0};        // address space reserved from the OS
+  std::atomic<size_t> segments{0};        // live segments
+  std::atomic<size_t> huge_live{0};       // bytes of live huge blocks
+  std::atomic<size_t> foreign_frees{0};   // pointers handed to glibc's free
+  std::atomic<size_t> abandoned{0};
+  std::atomic<size_t> reclaimed{0};
+};
+extern GlobalCounters g_counters;
+void committed_add(size_t bytes) noexcept;
+void committed_sub(size_t bytes) noexcept;
+
+// foreign.cpp: pointers that are not ours.
+void foreign_free(void* p) noexcept;
+size_t foreign_usable_size(const void* p) noexcept;
+void* foreign_realloc(void* p, size_t n) noexcept;
+[[noreturn]] void invalid_pointer(const char* op, const void* p) noexcept;
+
+// stats.cpp
+void stats_print(bool detailed) noexcept;
+void stats_at_exit() noexcept;
+
+}  // namespace nebula

@@ -1,0 +1,393 @@
+// core/heap.cpp: thread heaps: creation on a thread's first allocation, the generic
+// allocation and free paths, delayed frees, maintenance (purge, reclaim), thread exit and fork.
+//
+// Owns: t_heap, g_empty_heap, the heap pool, the engine's one-time initialisation.
+#include <cerrno>
+#include <cstring>
+
+#include "core/engine.hpp"
+#include "core/options.hpp"
+
+namespace nebula {
+
+__thread Heap* t_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+
+namespace {
+
+SpinLock g_heaps_lock;
+Heap* g_all_heaps = nullptr;     // every heap ever made, through next_heap (under the lock)
+Heap* g_pool = nullptr;          // heaps of exited threads, ready for reuse (through full.first)
+std::atomic<int> g_init_state{0};  // 0 none, 1 in progress, 2 done
+
+void thread_done(void* arg) noexcept;
+void fork_prepare() noexcept;
+void fork_parent() noexcept;
+void fork_child() noexcept;
+
+Heap* heap_from_pool() {
+  LockGuard guard(g_heaps_lock);
+  if (g_pool != nullptr) {
+    Heap* h = g_pool;
+    g_pool = h->full.first ? reinterpret_cast<Heap*>(h->full.first) : nullptr;
+    return h;
+  }
+  // Carve a batch of heaps from a fresh OS mapping (never freed; heaps are recycled).
+  constexpr size_t kBatch = 64 * 1024;
+  auto* mem = static_cast<uint8_t*>(os::reserve(kBatch, os::page_size()));
+  if (mem == nullptr) return nullptr;
+  size_t stride = align_up(sizeof(Heap), 64);
+  Heap* first = nullptr;
+  for (size_t off = 0; off + stride <= kBatch; off += stride) {
+    auto* h = reinterpret_cast<Heap*>(mem + off);
+    h->next_heap = g_all_heaps;
+    g_all_heaps = h;
+    if (first == nullptr) {
+      first = h;
+    } else {
+      h->full.first = reinterpret_cast<Page*>(g_pool);
+      g_pool = h;
+    }
+  }
+  return first;
+}
+
+void heap_reset(Heap* h) {
+  Heap* keep_next = h->next_heap;
+  memset(static_cast<void*>(h), 0, sizeof(Heap));
+  h->next_heap = keep_next;
+  for (auto& d : h->direct) d = &g_empty_page;
+}
+
+void heap_to_pool(Heap* h) {
+  h->live = false;
+  LockGuard guard(g_heaps_lock);
+  Heap* keep_next = h->next_heap;
+  memset(static_cast<void*>(h), 0, sizeof(Heap));
+  h->next_heap = keep_next;
+  h->full.first = reinterpret_cast<Page*>(g_pool);
+  g_pool = h;
+}
+
+// Every page of every segment of the heap, including large pages. fn returns true when it
+// freed the segment (its last page), which ends the walk of that segment.
+template <class Fn>
+void for_each_page(Heap* heap, Fn fn) {
+  Segment* s = heap->segments;
+  while (s != nullptr) {
+    Segment* next_s = s->next;
+    for (unsigned i = 1; i < kSlicesPerSegment;) {
+      Page* p = &s->pages[i];
+      if (p->kind == PageKind::kNone) {
+        ++i;
+        continue;
+      }
+      unsigned next = i + p->slice_count;
+      if (fn(s, p)) break;
+      i = next;
+    }
+    s = next_s;
+  }
+}
+
+}  // namespace
+
+// The empty heap: every direct entry points at g_empty_page (whose free list is empty). It is
+// built at compile time, so the first malloc of any thread, even before our constructors ran,
+// takes the slow path without a check of its own on the fast path.
+constinit Heap g_empty_heap{&g_empty_page};
+
+void engine_init() noexcept {
+  int expected = 0;
+  if (!g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
+  options_init();
+  os::install_thread_exit_hook(thread_done);
+  os::on_fork(fork_prepare, fork_parent, fork_child);
+  g_init_state.store(2, std::memory_order_release);
+  if (option_bool(Option::kVerbose)) {
+    Message m;
+    m.str("nebula-memory: active (version 0.1.0)\n").emit();
+    options_print();
+  }
+}
+
+Heap* heap_init_thread() noexcept {
+  engine_init();
+  Heap* h = heap_from_pool();
+  if (h == nullptr) return nullptr;
+  heap_reset(h);
+  h->thread_id = os::thread_id();
+  h->live = true;
+  t_heap = h;
+  os::arm_thread_exit_hook(h);
+  return h;
+}
+
+// ---- Delayed frees ------------------------------------------------------------------------
+void heap_delayed_free_all(Heap* heap) noexcept {
+  Block* b = heap->delayed_free.exchange(nullptr, std::memory_order_acquire);
+  while (b != nullptr) {
+    Block* next = b->next;
+    Segment* s = segment_of(b);
+    Page* page = page_of(s, b);
+    // Wait until the thread that announced the block has finished with the page's state.
+    while ((page->thread_free.load(std::memory_order_acquire) & kDelayMask) == kDelayFreeing) os::yield();
+    free_block_local(page, b);
+    b = next;
+  }
+}
+
+// ---- Maintenance --------------------------------------------------------------------------
+// Free empty pages, purge expired free slices of our segments and of the arenas, and adopt
+// abandoned segments. `force`: everything now (malloc_trim, thread exit).
+void heap_collect(Heap* heap, bool force) noexcept {
+  heap_delayed_free_all(heap);
+  for_each_page(heap, [&](Segment*, Page* p) {
+    if (p->kind == PageKind::kLarge) return false;
+    page_collect(p);
+    if (p->used == 0) {
+      PageQueue* q = &heap->queues[p->size_class];
+      if (force || !(q->first == p && p->next == nullptr)) return page_free(heap, p);
+    } else if ((p->flags & kPageInFull) && p->free != nullptr) {
+      page_unfull(heap, p);
+    }
+    return false;
+  });
+}
+
+void heap_maintenance(Heap* heap, bool force) noexcept {
+  uint64_t now = os::clock_ms();
+  if (!force && now < heap->next_maintenance_ms) return;
+  if (force) heap_collect(heap, true);
+  for (Segment* s = heap->segments; s != nullptr;) {
+    Segment* next = s->next;
+    segment_purge(s, now, force);
+    s = next;
+  }
+  arena_purge(force);
+  uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  heap->next_maintenance_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
+}
+
+NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero, size_t align);
+
+namespace {
+// Shared body of the generic allocation paths.
+NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
+  if (NEBULA_UNLIKELY(!heap->live)) {
+    heap = heap_init_thread();
+    if (heap == nullptr) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
+  if (heap->delayed_free.load(std::memory_order_relaxed) != nullptr) heap_delayed_free_all(heap);
+  heap->stats.generic_calls++;
+  if (NEBULA_UNLIKELY(++heap->ticks >= 64)) {
+    heap->ticks = 0;
+    heap_maintenance(heap, false);
+  }
+  void* p;
+  if (n <= kMediumMax) {
+    p = queue_alloc(heap, size_to_class(n), zero, n);
+  } else if (n <= kLargeMax) {
+    p = large_alloc(heap, n, 0, zero);
+  } else if (n <= kMaxRequest) {
+    heap->stats.huge_allocs++;
+    p = huge_alloc(n, 0, zero);
+  } else {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (NEBULA_UNLIKELY(p == nullptr)) return alloc_failed(heap, n, zero, 0);
+  return p;
+}
+}  // namespace
+
+void* alloc_generic(Heap* heap, size_t n) noexcept { return generic_body(heap, n, false); }
+void* alloc_zero_generic(Heap* heap, size_t n) noexcept { return generic_body(heap, n, true); }
+
+// The OS refused memory: give back what we cache, retry once, then fail with ENOMEM.
+void* alloc_failed(Heap* heap, size_t n, bool zero, size_t align) {
+  heap_maintenance(heap, true);
+  void* p = nullptr;
+  if (align <= kMinAlign) {
+    if (n <= kMediumMax) p = queue_alloc(heap, size_to_class(n), zero, n);
+    else if (n <= kLargeMax) p = large_alloc(heap, n, 0, zero);
+    else p = huge_alloc(n, 0, zero);
+  }
+  if (p == nullptr) errno = ENOMEM;
+  return p;
+}
+
+// ---- Free ---------------------------------------------------------------------------------
+Block* block_start(Segment* s, Page* page, void* p) noexcept {
+  (void)s;
+  if (NEBULA_LIKELY(!(page->flags & kPageHasAligned))) return static_cast<Block*>(p);
+  if (page->kind == PageKind::kLarge) return reinterpret_cast<Block*>(page->start);
+  size_t off = static_cast<size_t>(static_cast<uint8_t*>(p) - page->start);
+  return reinterpret_cast<Block*>(page->start + off / page->block_size * page->block_size);
+}
+
+void free_block_local(Page* page, Block* b) noexcept {
+  b->next = page->local_free;
+  page->local_free = b;
+  page->used--;
+  if (page->kind == PageKind::kLarge) {
+    if (page->used == 0) span_free(segment_of(page), page);
+    return;
+  }
+  Heap* heap = page->heap.load(std::memory_order_relaxed);
+  if (page->flags & kPageInFull) page_unfull(heap, page);
+  if (page->used == 0) page_retire(page);
+}
+
+void free_block_remote(Page* page, Block* b) noexcept {
+  uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
+  uintptr_t st;
+  for (;;) {
+    st = old & kDelayMask;
+    uintptr_t nv;
+    if (st == kDelayUse) {
+      nv = (old & ~kDelayMask) | kDelayFreeing;
+    } else if (st == kDelayFreeing) {
+      os::yield();
+      old = page->thread_free.load(std::memory_order_relaxed);
+      continue;
+    } else {
+      b->next = reinterpret_cast<Block*>(old & ~kDelayMask);
+      nv = reinterpret_cast<uintptr_t>(b) | st;
+    }
+    if (page->thread_free.compare_exchange_weak(old, nv, std::memory_order_acq_rel, std::memory_order_relaxed)) break;
+  }
+  if (st != kDelayUse) return;
+  // The page is full: tell its owner through the heap's delayed list, so that it takes the
+  // page out of the full list. While the state is kDelayFreeing the heap cannot go away.
+  Heap* heap = page->heap.load(std::memory_order_acquire);
+  Block* head = heap->delayed_free.load(std::memory_order_relaxed);
+  do {
+    b->next = head;
+  } while (!heap->delayed_free.compare_exchange_weak(head, b, std::memory_order_release, std::memory_order_relaxed));
+  old = page->thread_free.load(std::memory_order_relaxed);
+  while (!page->thread_free.compare_exchange_weak(old, (old & ~kDelayMask) | kDelayNone,
+                                                  std::memory_order_release, std::memory_order_relaxed)) {
+  }
+}
+
+void free_generic(Segment* s, Page* page, void* p) noexcept {
+  if (s->kind == SegmentKind::kHuge) {
+    Page* hp = &s->pages[1];
+    if (p != hp->start) invalid_pointer("free", p);
+    huge_free(s, hp);
+    return;
+  }
+  if (NEBULA_UNLIKELY(page->flags & kPageNotInUse)) invalid_pointer("free", p);
+  Block* b = block_start(s, page, p);
+  if (s->thread_id.load(std::memory_order_relaxed) == os::thread_id()) {
+    free_block_local(page, b);
+  } else {
+    Heap* me = t_heap;
+    if (me->live) me->stats.remote_frees++;
+    free_block_remote(page, b);
+  }
+}
+
+void free_not_fast(void* p) noexcept {
+  if (p == nullptr) return;
+  Segment* s = segment_containing(p);
+  if (s != nullptr && s->kind == SegmentKind::kHuge) {
+    if (p != s->pages[1].start) invalid_pointer("free", p);
+    huge_free(s, &s->pages[1]);
+    return;
+  }
+  if (s != nullptr) invalid_pointer("free", p);
+  foreign_free(p);
+}
+
+// ---- Thread exit --------------------------------------------------------------------------
+namespace {
+
+void heap_abandon(Heap* heap) {
+  heap_delayed_free_all(heap);
+  // From now on other threads push their frees on the pages themselves.
+  for_each_page(heap, [](Segment*, Page* p) {
+    page_set_delay(p, kDelayNever, true);
+    return false;
+  });
+  heap_delayed_free_all(heap);
+  heap_collect(heap, true);
+  uint64_t now = os::clock_ms();
+  while (heap->segments != nullptr) {
+    Segment* s = heap->segments;
+    segment_purge(s, now, true);
+    segment_abandon(s);
+  }
+}
+
+void thread_done(void* arg) noexcept {
+  auto* heap = static_cast<Heap*>(arg);
+  if (heap == nullptr || !heap->live) return;
+  heap_abandon(heap);
+  if (t_heap == heap) t_heap = &g_empty_heap;
+  heap_to_pool(heap);
+}
+
+void fork_prepare() noexcept {
+  g_heaps_lock.lock();
+  segments_fork_prepare();
+  arenas_fork_prepare();
+}
+
+void fork_parent() noexcept {
+  arenas_fork_parent();
+  segments_fork_parent();
+  g_heaps_lock.unlock();
+}
+
+// In the child only the forking thread exists: the heaps of the other threads are orphans.
+// Abandon their segments so that the child's heap can reclaim and reuse that memory.
+void fork_child() noexcept {
+  arenas_fork_child();
+  segments_fork_child();
+  g_heaps_lock.reset();
+  Heap* me = t_heap;
+  for (Heap* h = g_all_heaps; h != nullptr; h = h->next_heap) {
+    if (!h->live || h == me) continue;
+    // A thread may have died in the middle of announcing a free: force every state.
+    for_each_page(h, [](Segment*, Page* p) {
+      uintptr_t tf = p->thread_free.load(std::memory_order_relaxed);
+      p->thread_free.store((tf & ~kDelayMask) | kDelayNever, std::memory_order_relaxed);
+      return false;
+    });
+    Block* b = h->delayed_free.exchange(nullptr, std::memory_order_relaxed);
+    while (b != nullptr) {
+      Block* next = b->next;
+      Page* page = page_of(segment_of(b), b);
+      b->next = page->local_free;
+      page->local_free = b;
+      page->used--;
+      b = next;
+    }
+    while (h->segments != nullptr) segment_abandon(h->segments);
+    heap_to_pool(h);
+  }
+}
+
+}  // namespace
+
+void heaps_collect_abandoned(bool force) noexcept {
+  Heap* heap = t_heap;
+  if (!heap->live) return;
+  size_t n = abandoned_count();
+  while (n-- > 0 && segment_reclaim_one(heap)) {
+  }
+  heap_maintenance(heap, force);
+}
+
+// Walk every heap (stats). fn is called under the heaps lock.
+void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx) noexcept {
+  LockGuard guard(g_heaps_lock);
+  for (Heap* h = g_all_heaps; h != nullptr; h = h->next_heap)
+    if (h->live) fn(h, ctx);
+}
+
+}  // namespace nebula

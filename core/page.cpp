@@ -1,0 +1,232 @@
+// core/page.cpp: pages of small and medium blocks and the heap's per-class page queues.
+//
+// Owns: Page::free/local_free/used/capacity (owner thread), the delay state protocol of
+// Page::thread_free, PageQueue membership, Heap::direct.
+// A page moves between three places: the front of its class queue (allocation happens there),
+// elsewhere in the queue, and the heap's full list (no free block, nothing left to carve).
+#include <cstring>
+
+#include "core/engine.hpp"
+
+namespace nebula {
+
+// The page every empty direct entry points at: its free list is always empty.
+constinit Page g_empty_page = {};
+
+namespace {
+
+constexpr size_t kExtendBytes = 4096;  // carve about one OS page of blocks at a time
+constexpr unsigned kExtendMin = 4;
+
+void page_extend(Page* page) {
+  uint32_t left = page->reserved - page->capacity;
+  uint32_t count = static_cast<uint32_t>(kExtendBytes / page->block_size);
+  if (count < kExtendMin) count = kExtendMin;
+  if (count > left) count = left;
+  size_t bsize = page->block_size;
+  uint8_t* first = page->start + static_cast<size_t>(page->capacity) * bsize;
+  uint8_t* p = first;
+  for (uint32_t i = 1; i < count; ++i, p += bsize) reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
+  reinterpret_cast<Block*>(p)->next = page->free;
+  if (page->free == nullptr) page->free_is_zero = page->is_clean;
+  page->free = reinterpret_cast<Block*>(first);
+  page->capacity += count;
+}
+
+void page_init(Heap* heap, Page* page, unsigned cls) {
+  Segment* s = segment_of(page);
+  page->block_size = kClassSize[cls];
+  page->size_class = static_cast<uint8_t>(cls);
+  page->start = page_start(s, page);
+  page->reserved = static_cast<uint32_t>((static_cast<size_t>(page->slice_count) << kSliceShift) / page->block_size);
+  page->capacity = 0;
+  page->used = 0;
+  page->free = nullptr;
+  page->local_free = nullptr;
+  page->retire_pending = 0;
+  page->free_is_zero = page->is_clean;
+  page->thread_free.store(kDelayNone, std::memory_order_release);
+  (void)heap;
+}
+
+Page* page_new(Heap* heap, unsigned cls) {
+  unsigned slices = page_slices_for_class(cls);
+  Page* page = span_alloc(heap, slices, slices == 1 ? PageKind::kSmall : PageKind::kMedium);
+  if (page == nullptr) return nullptr;
+  page_init(heap, page, cls);
+  page_extend(page);
+  return page;
+}
+
+void list_remove(PageQueue* q, Page* page) {
+  if (page->prev != nullptr) page->prev->next = page->next;
+  else q->first = page->next;
+  if (page->next != nullptr) page->next->prev = page->prev;
+  else q->last = page->prev;
+  page->next = page->prev = nullptr;
+}
+
+void list_push_front(PageQueue* q, Page* page) {
+  page->prev = nullptr;
+  page->next = q->first;
+  if (q->first != nullptr) q->first->prev = page;
+  else q->last = page;
+  q->first = page;
+}
+
+void list_push_back(PageQueue* q, Page* page) {
+  page->next = nullptr;
+  page->prev = q->last;
+  if (q->last != nullptr) q->last->next = page;
+  else q->first = page;
+  q->last = page;
+}
+
+// Move an exhausted page to the full list; blocks freed by other threads from now on are
+// announced through the heap's delayed list.
+void page_to_full(Heap* heap, Page* page) {
+  unsigned cls = page->size_class;
+  queue_remove(heap, &heap->queues[cls], page);
+  list_push_back(&heap->full, page);
+  page->flags |= kPageInFull;
+  page_set_delay(page, kDelayUse, false);
+  // A block that arrived between the last collect and the state change would wait for the
+  // next remote free: take the page out again at once.
+  if ((page->thread_free.load(std::memory_order_acquire) & ~kDelayMask) != 0) page_unfull(heap, page);
+}
+
+}  // namespace
+
+bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept {
+  uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
+  for (;;) {
+    uintptr_t cur = old & kDelayMask;
+    if (cur == kDelayFreeing) {  // another thread is announcing a block: let it finish
+      os::yield();
+      old = page->thread_free.load(std::memory_order_relaxed);
+      continue;
+    }
+    if (cur == kDelayNever && !override_never) return false;
+    if (cur == st) return true;
+    uintptr_t nv = (old & ~kDelayMask) | st;
+    if (page->thread_free.compare_exchange_weak(old, nv, std::memory_order_acq_rel, std::memory_order_relaxed)) return true;
+  }
+}
+
+void heap_update_direct(Heap* heap, unsigned cls) noexcept {
+  if (kClassSize[cls] > kDirectMax) return;
+  Page* page = heap->queues[cls].first;
+  if (page == nullptr) page = &g_empty_page;
+  size_t lo = cls == 0 ? 0 : kClassSize[cls - 1] / 16 + 1;
+  size_t hi = kClassSize[cls] / 16;
+  for (size_t i = lo; i <= hi; ++i) heap->direct[i] = page;
+}
+
+void queue_remove(Heap* heap, PageQueue* q, Page* page) noexcept {
+  bool was_first = q->first == page;
+  list_remove(q, page);
+  if (was_first) heap_update_direct(heap, page->size_class);
+}
+
+void queue_push_front(Heap* heap, PageQueue* q, Page* page, unsigned cls) noexcept {
+  list_push_front(q, page);
+  heap_update_direct(heap, cls);
+}
+
+void queue_push_back(Heap* heap, PageQueue* q, Page* page, unsigned cls) noexcept {
+  bool empty = q->first == nullptr;
+  list_push_back(q, page);
+  if (empty) heap_update_direct(heap, cls);
+}
+
+// Move the blocks freed by the owner and by other threads to where allocation finds them.
+void page_collect(Page* page) noexcept {
+  uintptr_t tf = page->thread_free.load(std::memory_order_relaxed);
+  if ((tf & ~kDelayMask) != 0) {
+    // Take the whole list, keep the state bits.
+    while (!page->thread_free.compare_exchange_weak(tf, tf & kDelayMask, std::memory_order_acquire,
+                                                    std::memory_order_relaxed)) {
+    }
+    auto* head = reinterpret_cast<Block*>(tf & ~kDelayMask);
+    if (head != nullptr) {
+      Block* tail = head;
+      uint32_t count = 1;
+      while (tail->next != nullptr) {
+        tail = tail->next;
+        ++count;
+      }
+      tail->next = page->local_free;
+      page->local_free = head;
+      page->used -= count;
+    }
+  }
+  if (page->free == nullptr && page->local_free != nullptr) {
+    page->free = page->local_free;
+    page->local_free = nullptr;
+    page->free_is_zero = 0;
+  }
+}
+
+void page_unfull(Heap* heap, Page* page) noexcept {
+  list_remove(&heap->full, page);
+  page->flags &= static_cast<uint8_t>(~kPageInFull);
+  page_set_delay(page, kDelayNone, false);
+  queue_push_back(heap, &heap->queues[page->size_class], page, page->size_class);
+}
+
+// Give an empty page's span back to its segment.
+bool page_free(Heap* heap, Page* page) noexcept {
+  if (page->kind == PageKind::kSmall || page->kind == PageKind::kMedium) {
+    if (page->flags & kPageInFull) list_remove(&heap->full, page);
+    else queue_remove(heap, &heap->queues[page->size_class], page);
+  }
+  return span_free(segment_of(page), page);
+}
+
+// used dropped to 0 on a free by the owner. Keep the page if it is the only one of its class
+// (a loop that allocates and frees one block must not make and unmake a page each time).
+void page_retire(Page* page) noexcept {
+  Heap* heap = page->heap.load(std::memory_order_relaxed);
+  if (page->kind == PageKind::kLarge) {
+    span_free(segment_of(page), page);
+    return;
+  }
+  PageQueue* q = &heap->queues[page->size_class];
+  if (q->first == page && page->next == nullptr) {
+    page->retire_pending = 1;
+    return;
+  }
+  page_free(heap, page);
+}
+
+void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
+  PageQueue* q = &heap->queues[cls];
+  Page* page = q->first;
+  while (page != nullptr) {
+    Page* next = page->next;
+    if (page->free == nullptr) page_collect(page);
+    if (page->free == nullptr && page->capacity < page->reserved) page_extend(page);
+    if (page->free != nullptr) break;
+    page_to_full(heap, page);
+    page = next;
+  }
+  if (page == nullptr) {
+    page = page_new(heap, cls);
+    if (page == nullptr) return nullptr;
+    queue_push_front(heap, q, page, cls);
+  } else if (page != q->first) {
+    list_remove(q, page);
+    queue_push_front(heap, q, page, cls);
+  }
+  page->retire_pending = 0;
+  Block* b = page->free;
+  page->free = b->next;
+  page->used++;
+  if (zero) {
+    if (page->free_is_zero) b->next = nullptr;
+    else memset(b, 0, n);
+  }
+  return b;
+}
+
+}  // namespace nebula

@@ -1,0 +1,342 @@
+// core/segment.cpp: segments, the spans (pages) carved from them, large and huge blocks,
+// abandonment of an exiting thread's segments and their reclaim by other heaps.
+//
+// Owns: Segment headers, the abandoned list.
+// A normal segment belongs to one heap; only its owner thread changes free_slices,
+// dirty_slices, used_spans and the page descriptors' owner fields. Huge segments belong to no
+// heap: any thread frees them straight back to the arena.
+#include <cstring>
+
+#include "core/engine.hpp"
+#include "core/options.hpp"
+
+namespace nebula {
+namespace {
+
+SpinLock g_abandoned_lock;
+Segment* g_abandoned = nullptr;          // singly linked through Segment::next (under the lock)
+std::atomic<size_t> g_abandoned_count{0};
+
+constexpr uint64_t run_mask(unsigned first, unsigned n) {
+  return (n >= 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << first;
+}
+
+// Lowest index where `n` consecutive bits of m are set, or -1.
+int find_free_run(uint64_t m, unsigned n) {
+  uint64_t r = m;
+  for (unsigned k = 1; k < n && r != 0; ++k) r &= m >> k;
+  return r == 0 ? -1 : static_cast<int>(ctz64(r));
+}
+
+void heap_segments_push(Heap* heap, Segment* s) {
+  s->prev = nullptr;
+  s->next = heap->segments;
+  if (heap->segments != nullptr) heap->segments->prev = s;
+  heap->segments = s;
+  heap->segment_count++;
+}
+
+void heap_segments_remove(Heap* heap, Segment* s) {
+  if (s->prev != nullptr) s->prev->next = s->next;
+  else heap->segments = s->next;
+  if (s->next != nullptr) s->next->prev = s->prev;
+  s->next = s->prev = nullptr;
+  heap->segment_count--;
+}
+
+void reset_descriptors(Segment* s, unsigned first, unsigned n) {
+  for (unsigned i = first; i < first + n; ++i) {
+    Page* p = &s->pages[i];
+    p->free = nullptr;
+    p->local_free = nullptr;
+    p->used = 0;
+    p->slice_offset = 0;
+    p->flags = kPageNotInUse;
+    p->kind = PageKind::kNone;
+    p->slice_count = 0;
+    p->block_size = 0;
+    p->capacity = p->reserved = 0;
+    p->thread_free.store(0, std::memory_order_relaxed);
+    p->start = nullptr;
+    p->next = p->prev = nullptr;
+    p->heap.store(nullptr, std::memory_order_relaxed);
+  }
+}
+
+Segment* segment_new(Heap* heap) {
+  ChunkGrant g;
+  if (!arena_alloc(1, &g)) return nullptr;
+  auto* s = static_cast<Segment*>(g.base);
+  s->thread_id.store(heap->thread_id, std::memory_order_relaxed);
+  s->kind = SegmentKind::kNormal;
+  s->solo = 0;
+  s->arena_index = g.arena_index;
+  s->chunk_count = 1;
+  s->used_spans = 0;
+  s->free_slices = ~uint64_t{1};
+  s->dirty_slices = g.dirty_first;
+  if ((s->dirty_slices & 1) == 0) {
+    s->dirty_slices |= 1;
+    committed_add(kSliceSize);
+  }
+  s->purge_at_ms = 0;
+  s->mapped_size = kSegmentSize;
+  s->huge_len = 0;
+  s->owner_heap = heap;
+  reset_descriptors(s, 0, kSlicesPerSegment);
+  heap_segments_push(heap, s);
+  g_counters.segments.fetch_add(1, std::memory_order_relaxed);
+  segmap_set(s, 1);
+  return s;
+}
+
+void segment_free(Segment* s) {
+  Heap* heap = s->owner_heap;
+  if (heap != nullptr) heap_segments_remove(heap, s);
+  g_counters.segments.fetch_sub(1, std::memory_order_relaxed);
+  arena_free(s, 1, s->dirty_slices, 0);
+}
+
+Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind kind) {
+  uint64_t mask = run_mask(idx, slices);
+  s->free_slices &= ~mask;
+  uint64_t fresh = mask & ~s->dirty_slices;
+  if (fresh != 0) committed_add(static_cast<size_t>(popcount64(fresh)) << kSliceShift);
+  Page* page = &s->pages[idx];
+  page->is_clean = (mask & s->dirty_slices) == 0;
+  s->dirty_slices |= mask;
+  if ((s->free_slices & s->dirty_slices) == 0) s->purge_at_ms = 0;
+  s->used_spans++;
+  page->slice_count = static_cast<uint16_t>(slices);
+  page->kind = kind;
+  page->flags = 0;
+  page->heap.store(heap, std::memory_order_release);
+  for (unsigned j = 1; j < slices; ++j)
+    s->pages[idx + j].slice_offset = static_cast<uint32_t>(j * sizeof(Page));
+  heap->stats.pages_made[static_cast<unsigned>(kind)]++;
+  return page;
+}
+
+}  // namespace
+
+Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
+      if (static_cast<unsigned>(popcount64(s->free_slices)) < slices) continue;
+      int idx = find_free_run(s->free_slices, slices);
+      if (idx >= 0) return take_span(heap, s, static_cast<unsigned>(idx), slices, kind);
+    }
+    // No room in our own segments: adopt one an exited thread left behind, then try again.
+    if (attempt == 0 && !segment_reclaim_one(heap)) break;
+  }
+  Segment* s = segment_new(heap);
+  if (s == nullptr) return nullptr;
+  return take_span(heap, s, 1, slices, kind);
+}
+
+static bool span_free_internal(Segment* s, Page* page) {
+  unsigned idx = static_cast<unsigned>(page - s->pages);
+  unsigned slices = page->slice_count;
+  Heap* heap = s->owner_heap;
+  if (heap != nullptr) heap->stats.pages_freed[static_cast<unsigned>(page->kind)]++;
+  reset_descriptors(s, idx, slices);
+  s->free_slices |= run_mask(idx, slices);
+  if (--s->used_spans == 0) {
+    segment_free(s);
+    return true;
+  }
+  if (s->purge_at_ms == 0) {
+    s->purge_at_ms = os::clock_ms() + static_cast<uint64_t>(option(Option::kPurgeDelay));
+  }
+  return false;
+}
+
+bool span_free(Segment* s, Page* page) noexcept { return span_free_internal(s, page); }
+
+void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
+  if (s->purge_at_ms == 0 || (!force && now < s->purge_at_ms)) return;
+  uint64_t m = s->free_slices & s->dirty_slices & ~uint64_t{1};
+  uint64_t left = m;
+  while (left != 0) {
+    unsigned lo = ctz64(left);
+    uint64_t inv = ~(left >> lo);
+    unsigned len = inv == 0 ? 64 - lo : ctz64(inv);
+    os::purge(reinterpret_cast<char*>(s) + (static_cast<size_t>(lo) << kSliceShift),
+              static_cast<size_t>(len) << kSliceShift);
+    g_counters.purge_calls.fetch_add(1, std::memory_order_relaxed);
+    left &= ~run_mask(lo, len);
+  }
+  size_t bytes = static_cast<size_t>(popcount64(m)) << kSliceShift;
+  if (bytes != 0) {
+    committed_sub(bytes);
+    g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
+  }
+  s->dirty_slices &= ~m;
+  s->purge_at_ms = 0;
+}
+
+// ---- Large blocks: one block in a span of its own -------------------------------------------
+void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept {
+  size_t pad = align > kSliceSize ? align - kSliceSize : 0;
+  size_t slices = (n + pad + kSliceSize - 1) >> kSliceShift;
+  if (slices >= kSlicesPerSegment) return huge_alloc(n, align, zero);
+  Page* page = span_alloc(heap, static_cast<unsigned>(slices), PageKind::kLarge);
+  if (page == nullptr) return nullptr;
+  Segment* s = segment_of(page);
+  uint8_t* base = page_start(s, page);
+  uint8_t* p = base;
+  if (align > kSliceSize) p = reinterpret_cast<uint8_t*>(align_up(reinterpret_cast<uintptr_t>(base), align));
+  page->start = base;
+  page->block_size = static_cast<uint32_t>(slices << kSliceShift);
+  page->capacity = page->reserved = 1;
+  page->used = 1;
+  page->size_class = 0;
+  // A large page is "full" from the start: frees by other threads go to the owner's delayed
+  // list, and the owner's own free takes the generic path, which frees the span.
+  page->flags = kPageInFull | (p != base ? kPageHasAligned : 0);
+  page->thread_free.store(kDelayUse, std::memory_order_release);
+  heap->stats.large_allocs++;
+  if (zero && !page->is_clean) memset(p, 0, n);
+  return p;
+}
+
+// ---- Huge blocks: a segment of their own --------------------------------------------------
+void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
+  if (align < kSliceSize) align = kSliceSize;
+  // For alignments beyond the chunk size the offset depends on the address: reserve slack.
+  size_t slack = align > kSegmentSize ? align : 0;
+  size_t head = align > kSliceSize ? align : kSliceSize;
+  if (n > kMaxRequest - head - slack) return nullptr;
+  size_t need = align_up(head + n + slack, kSegmentSize);
+  size_t chunks = need >> kSegmentShift;
+  ChunkGrant g;
+  if (!arena_alloc(chunks, &g)) return nullptr;
+  auto* s = static_cast<Segment*>(g.base);
+  uintptr_t sb = reinterpret_cast<uintptr_t>(s);
+  uintptr_t start = align_up(sb + kSliceSize, align);
+  size_t used_len = align_up(start - sb + n, kSliceSize);   // from the segment start
+  size_t dirty_len = used_len > g.dirty_extent ? used_len : g.dirty_extent;
+  if (g.solo) committed_add(dirty_len);
+  else committed_add(dirty_len - g.dirty_bytes);
+  s->thread_id.store(0, std::memory_order_relaxed);
+  s->kind = SegmentKind::kHuge;
+  s->solo = g.solo ? 1 : 0;
+  s->arena_index = g.arena_index;
+  s->chunk_count = static_cast<uint32_t>(chunks);
+  s->used_spans = 1;
+  s->free_slices = 0;
+  s->dirty_slices = ~uint64_t{0};
+  s->purge_at_ms = 0;
+  s->huge_len = dirty_len;
+  s->mapped_size = need;
+  s->owner_heap = nullptr;
+  reset_descriptors(s, 0, 2);
+  Page* page = &s->pages[1];
+  page->kind = PageKind::kHuge;
+  page->flags = kPageNotInUse;  // never the fast path
+  page->start = reinterpret_cast<uint8_t*>(start);
+  page->block_size = static_cast<uint32_t>(0);  // huge sizes do not fit: see huge_usable()
+  page->capacity = page->reserved = page->used = 1;
+  page->slice_count = 1;
+  for (unsigned j = 2; j < kSlicesPerSegment; ++j) s->pages[j].slice_offset = static_cast<uint32_t>((j - 1) * sizeof(Page));
+  g_counters.huge_live.fetch_add(used_len, std::memory_order_relaxed);
+  if (zero && !g.all_clean) {
+    // Only the part that was resident before can hold old data.
+    size_t dirty_from_start = g.dirty_extent > (start - sb) ? g.dirty_extent - (start - sb) : 0;
+    memset(reinterpret_cast<void*>(start), 0, dirty_from_start < n ? dirty_from_start : n);
+  }
+  if (n >= (size_t{2} << 20) && option_bool(Option::kHugePages)) {
+    uintptr_t lo = align_up(start, size_t{2} << 20);
+    uintptr_t hi = (start + n) & ~((uintptr_t{2} << 20) - 1);
+    if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
+  }
+  segmap_set(s, chunks);
+  return reinterpret_cast<void*>(start);
+}
+
+size_t huge_usable(Segment* s, const void* p) noexcept {
+  uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_len;
+  return end - reinterpret_cast<uintptr_t>(p);
+}
+
+void huge_free(Segment* s, Page* page) noexcept {
+  (void)page;
+  size_t dirty_len = s->huge_len;
+  g_counters.huge_live.fetch_sub(dirty_len, std::memory_order_relaxed);
+  arena_free(s, s->chunk_count, 0, dirty_len);
+}
+
+// ---- Abandon and reclaim ------------------------------------------------------------------
+void segment_abandon(Segment* s) noexcept {
+  Heap* heap = s->owner_heap;
+  if (heap != nullptr) heap_segments_remove(heap, s);
+  for (unsigned i = 1; i < kSlicesPerSegment;) {
+    Page* p = &s->pages[i];
+    if (p->kind == PageKind::kNone) { ++i; continue; }
+    p->heap.store(nullptr, std::memory_order_release);
+    p->next = p->prev = nullptr;
+    i += p->slice_count;
+  }
+  s->owner_heap = nullptr;
+  s->thread_id.store(0, std::memory_order_release);
+  LockGuard guard(g_abandoned_lock);
+  s->next = g_abandoned;
+  s->prev = nullptr;
+  g_abandoned = s;
+  g_abandoned_count.fetch_add(1, std::memory_order_relaxed);
+  g_counters.abandoned.fetch_add(1, std::memory_order_relaxed);
+}
+
+size_t abandoned_count() noexcept { return g_abandoned_count.load(std::memory_order_relaxed); }
+
+bool segment_reclaim_one(Heap* heap) noexcept {
+  if (g_abandoned_count.load(std::memory_order_relaxed) == 0) return false;
+  Segment* s;
+  {
+    LockGuard guard(g_abandoned_lock);
+    s = g_abandoned;
+    if (s == nullptr) return false;
+    g_abandoned = s->next;
+    g_abandoned_count.fetch_sub(1, std::memory_order_relaxed);
+  }
+  s->next = s->prev = nullptr;
+  s->owner_heap = heap;
+  s->thread_id.store(heap->thread_id, std::memory_order_release);
+  heap_segments_push(heap, s);
+  heap->stats.segments_reclaimed++;
+  g_counters.reclaimed.fetch_add(1, std::memory_order_relaxed);
+  for (unsigned i = 1; i < kSlicesPerSegment;) {
+    Page* p = &s->pages[i];
+    if (p->kind == PageKind::kNone) { ++i; continue; }
+    unsigned next = i + p->slice_count;
+    p->heap.store(heap, std::memory_order_release);
+    bool large = p->kind == PageKind::kLarge;
+    // Take every block freed by other threads while nobody owned the page.
+    uintptr_t tf = p->thread_free.exchange(large ? kDelayUse : kDelayNone, std::memory_order_acq_rel);
+    auto* b = reinterpret_cast<Block*>(tf & ~kDelayMask);
+    while (b != nullptr) {
+      Block* nb = b->next;
+      b->next = p->local_free;
+      p->local_free = b;
+      p->used--;
+      b = nb;
+    }
+    if (p->used == 0) {
+      if (span_free_internal(s, p)) return true;  // the segment was empty: it is gone
+    } else if (large) {
+      p->flags = static_cast<uint8_t>(kPageInFull | (p->flags & kPageHasAligned));
+    } else {
+      p->flags &= static_cast<uint8_t>(~kPageInFull);
+      page_collect(p);
+      queue_push_back(heap, &heap->queues[p->size_class], p, p->size_class);
+    }
+    i = next;
+  }
+  return true;
+}
+
+void segments_fork_prepare() noexcept { g_abandoned_lock.lock(); }
+void segments_fork_parent() noexcept { g_abandoned_lock.unlock(); }
+void segments_fork_child() noexcept { g_abandoned_lock.reset(); }
+
+}  // namespace nebula

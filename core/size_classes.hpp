@@ -1,0 +1,81 @@
+// core/size_classes.hpp: the size classes of small and medium blocks.
+//
+// Sizes up to 128 bytes go in exact 16-byte steps (the minimum alignment); above, each power of
+// two is split in 4 classes, so rounding a request up wastes at most 20% of a block and about
+// 10% on average. The table is computed at compile time from that rule and checked below;
+// `tools/size-classes` prints it with objects per page and tail waste (docs/size-classes.md).
+//
+//   class  0..7    16, 32, ... 128            step 16
+//   class  8..11   160, 192, 224, 256         step 32
+//   class 12..15   320, 384, 448, 512         step 64
+//   ...            (4 per power of two)
+//   class 44..47   81920 .. 131072            step 16384
+//
+// Blocks up to kSmallMax (8 KiB) live in small pages (64 KiB), larger ones in medium pages
+// (512 KiB). size -> class is a table lookup for sizes <= 1 KiB and a bit-scan above.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "core/config.hpp"
+
+namespace nebula {
+
+inline constexpr unsigned kClassCount = 48;
+
+constexpr size_t class_size_formula(unsigned c) {
+  if (c < 8) return 16 * (c + 1);
+  unsigned k = 7 + (c - 8) / 4;
+  unsigned j = (c - 8) % 4;
+  return (size_t{1} << k) + (j + 1) * (size_t{1} << (k - 2));
+}
+
+constexpr unsigned size_to_class_formula(size_t n) {
+  if (n <= 128) return n == 0 ? 0 : static_cast<unsigned>((n + 15) / 16 - 1);
+  unsigned k = 63 - static_cast<unsigned>(__builtin_clzll(n - 1));  // n in (2^k, 2^(k+1)]
+  return 8 + (k - 7) * 4 + static_cast<unsigned>((n - 1 - (size_t{1} << k)) >> (k - 2));
+}
+
+inline constexpr std::array<uint32_t, kClassCount> kClassSize = [] {
+  std::array<uint32_t, kClassCount> t{};
+  for (unsigned c = 0; c < kClassCount; ++c) t[c] = static_cast<uint32_t>(class_size_formula(c));
+  return t;
+}();
+
+// Class of a request of n <= kDirectMax bytes, indexed by (n + 15) / 16.
+inline constexpr std::array<uint8_t, kDirectCount> kDirectClass = [] {
+  std::array<uint8_t, kDirectCount> t{};
+  for (size_t i = 0; i < kDirectCount; ++i) t[i] = static_cast<uint8_t>(size_to_class_formula(i * 16));
+  return t;
+}();
+
+inline unsigned size_to_class(size_t n) {
+  if (n <= kDirectMax) return kDirectClass[(n + 15) >> 4];
+  return size_to_class_formula(n);
+}
+
+constexpr unsigned page_slices_for_class(unsigned c) {
+  return class_size_formula(c) <= kSmallMax ? 1u : kMediumPageSlices;
+}
+
+// ---- Checks of the table -------------------------------------------------------------------
+consteval bool size_classes_are_sound() {
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    size_t s = class_size_formula(c);
+    if (s % kMinAlign != 0) return false;                        // keeps 16-byte alignment
+    if (c > 0 && s <= class_size_formula(c - 1)) return false;   // strictly increasing
+    if (size_to_class_formula(s) != c) return false;             // size -> class -> size
+    if (size_to_class_formula(s + 1) != c + 1 && c + 1 < kClassCount) return false;
+    if (c > 0 && size_to_class_formula(class_size_formula(c - 1) + 1) != c) return false;
+  }
+  return true;
+}
+static_assert(size_classes_are_sound(), "size classes: rounding must never shrink and must round-trip");
+static_assert(class_size_formula(kClassCount - 1) == kMediumMax, "the last class must be kMediumMax");
+static_assert(page_slices_for_class(size_to_class_formula(kSmallMax)) == 1);
+static_assert(kSmallMax * 8 <= kSliceSize, "a small page holds at least 8 blocks");
+static_assert(kMediumMax * 4 <= kMediumPageSlices * kSliceSize, "a medium page holds at least 4 blocks");
+
+}  // namespace nebula

@@ -1,0 +1,84 @@
+// core/stats.cpp: statistics: merged on read from the per-heap counters, the global counters
+// and a walk of the live segments. NEBULA_MEM_STATS=1 prints the summary at exit.
+#include <cstring>
+
+#include "core/engine.hpp"
+#include "core/options.hpp"
+#include "nebula/mem.h"
+
+namespace nebula {
+namespace {
+
+void add_heap(Heap* h, void* ctx) {
+  auto* out = static_cast<nebula_mem_stats*>(ctx);
+  out->heaps++;
+  for (int i = 0; i < 4; ++i) {
+    out->pages_made[i] += h->stats.pages_made[i];
+    out->pages_freed[i] += h->stats.pages_freed[i];
+  }
+  out->slow_path_calls += h->stats.generic_calls;
+  out->remote_frees += h->stats.remote_frees;
+  // Live bytes of this heap's pages (owner-written counters, read without stopping it).
+  for (Segment* s = h->segments; s != nullptr; s = s->next) {
+    for (unsigned i = 1; i < kSlicesPerSegment;) {
+      Page* p = &s->pages[i];
+      uint16_t sc = __atomic_load_n(&p->slice_count, __ATOMIC_RELAXED);
+      if (p->kind == PageKind::kNone || sc == 0) {
+        ++i;
+        continue;
+      }
+      out->live_bytes += static_cast<uint64_t>(__atomic_load_n(&p->used, __ATOMIC_RELAXED)) * p->block_size;
+      i += sc;
+    }
+  }
+}
+
+}  // namespace
+
+void stats_collect(nebula_mem_stats* out) noexcept {
+  memset(out, 0, sizeof *out);
+  out->committed_bytes = g_counters.committed.load(std::memory_order_relaxed);
+  out->committed_peak = g_counters.committed_peak.load(std::memory_order_relaxed);
+  out->reserved_bytes = g_counters.reserved.load(std::memory_order_relaxed);
+  out->purged_bytes = g_counters.purged.load(std::memory_order_relaxed);
+  out->purge_calls = g_counters.purge_calls.load(std::memory_order_relaxed);
+  out->segments = g_counters.segments.load(std::memory_order_relaxed);
+  out->huge_bytes = g_counters.huge_live.load(std::memory_order_relaxed);
+  out->abandoned_segments = g_counters.abandoned.load(std::memory_order_relaxed);
+  out->reclaimed_segments = g_counters.reclaimed.load(std::memory_order_relaxed);
+  out->foreign_frees = g_counters.foreign_frees.load(std::memory_order_relaxed);
+  for_each_live_heap(add_heap, out);
+  out->live_bytes += out->huge_bytes;
+}
+
+void stats_print(bool detailed) noexcept {
+  nebula_mem_stats st;
+  stats_collect(&st);
+  Message m;
+  m.str("nebula-memory: live ").bytes(st.live_bytes).str(", committed ").bytes(st.committed_bytes)
+      .str(" (peak ").bytes(st.committed_peak).str("), purged ").bytes(st.purged_bytes)
+      .str(" in ").num(st.purge_calls).str(" calls, reserved ").bytes(st.reserved_bytes).ch('\n');
+  m.emit();
+  if (!detailed) return;
+  Message t;
+  t.str("nebula-memory: pages made/freed: small ").num(st.pages_made[0]).ch('/').num(st.pages_freed[0])
+      .str(", medium ").num(st.pages_made[1]).ch('/').num(st.pages_freed[1])
+      .str(", large ").num(st.pages_made[2]).ch('/').num(st.pages_freed[2])
+      .str("; huge live ").bytes(st.huge_bytes).ch('\n');
+  t.emit();
+  Message u;
+  u.str("nebula-memory: heaps ").num(st.heaps).str(", segments ").num(st.segments)
+      .str(", abandoned ").num(st.abandoned_segments).str(", reclaimed ").num(st.reclaimed_segments)
+      .str(", slow-path allocations ").num(st.slow_path_calls).str(", remote frees ").num(st.remote_frees)
+      .str(", foreign frees ").num(st.foreign_frees).ch('\n');
+  u.emit();
+}
+
+void stats_at_exit() noexcept {
+  if (option_bool(Option::kStats)) stats_print(true);
+}
+
+// Runs when the process exits (or the library is unloaded), after main's atexit handlers.
+__attribute__((destructor)) static void nebula_at_exit() { stats_at_exit(); }
+
+}  // namespace nebula

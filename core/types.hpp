@@ -1,0 +1,155 @@
+// core/types.hpp: the engine's data structures.
+//
+// Glossary
+//   block    one allocation handed to the user. Free blocks hold a `Block::next` link.
+//   size class  a block size (core/size_classes.hpp); every small/medium request is rounded up
+//            to one.
+//   slice    64 KiB, the unit in which a segment is divided.
+//   span     a run of consecutive slices of one segment, used as one page.
+//   page     a span that holds blocks of one size class (small: 1 slice, medium: 8 slices), or
+//            exactly one large block (a "large page", up to kLargeMax), or one huge block (the
+//            whole of a huge segment). `Page` is its descriptor, which lives in the segment
+//            header, not in the span.
+//   segment  4 MiB aligned to 4 MiB (a "huge" segment: several chunks). Its first slice holds
+//            the header and the page descriptors. A segment belongs to one thread heap (or to
+//            nobody when abandoned; huge segments never belong to a heap).
+//   chunk    a 4 MiB-aligned 4 MiB piece of an arena; segments are runs of chunks.
+//   arena    an address-space reservation from the OS (1 GiB) that chunks are carved from.
+//   heap     the per-thread allocator state: per size class a queue of pages, the pages' owner.
+//   abandoned  a segment whose owning thread exited, waiting to be reclaimed by another heap.
+//   purge    giving the physical memory of free slices back to the OS (madvise), after a delay.
+//   dirty    a slice that may be resident (touched since it was last purged).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "core/config.hpp"
+#include "core/size_classes.hpp"
+
+namespace nebula {
+
+struct Heap;
+struct Segment;
+
+struct Block {
+  Block* next;
+};
+static_assert(sizeof(Block) <= kMinAlign);
+
+// State bits kept in the low 2 bits of Page::thread_free (blocks are 16-byte aligned).
+// They tell a thread freeing a block of a page it does not own where to put it.
+enum DelayState : uintptr_t {
+  kDelayNone = 0,      // push on the page's thread_free list (the owner collects it)
+  kDelayUse = 1,       // page is full: push on the owner heap's delayed_free list instead
+  kDelayFreeing = 2,   // transient: a thread is pushing to the heap's list; wait
+  kDelayNever = 3,     // owner gone (abandoned): always push on thread_free
+};
+inline constexpr uintptr_t kDelayMask = 3;
+
+// Page::flags: any bit set sends free() to the generic path.
+enum PageFlags : uint8_t {
+  kPageInFull = 1,      // in the heap's full list
+  kPageHasAligned = 2,  // some block was handed out at an offset (aligned allocation)
+  kPageNotInUse = 4,    // descriptor of a free slice, the header slice, or a huge/large page
+};
+
+enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
+
+// Page descriptor. One per slice in the segment header; only the first slice of a span (its
+// head) is live, the others point back to it by slice_offset.
+// Hot for malloc: free, used; for free(): slice_offset, flags, local_free, used.
+// Invariants (owner's view, between operations):
+//   used + |free| + |local_free| + |thread_free| == capacity <= reserved
+//   flags & kPageInFull  <=>  the page is in its heap's full list
+//   (thread_free & kDelayMask) == kDelayUse  =>  flags & kPageInFull
+struct Page {
+  Block* free;                          // blocks ready to hand out (owner only)
+  uint32_t used;                        // blocks handed out, not yet freed back (owner only)
+  uint32_t slice_offset;                // bytes from this descriptor back to its span head
+  Block* local_free;                    // blocks freed by the owner thread (owner only)
+  uint8_t flags;                        // PageFlags; 0 on the fast path
+  PageKind kind;                        // small, medium, large, huge
+  uint8_t size_class;                   // for small and medium pages
+  uint8_t free_is_zero;                 // every block on `free` is zero past its link word
+  uint8_t is_clean;                     // the span was zero (never touched or purged) at init
+  uint8_t retire_pending;               // empty page kept one round to avoid thrashing
+  uint16_t slice_count;                 // span length in slices (head only)
+  uint32_t block_size;                  // bytes per block (large/huge: the span's usable bytes)
+  uint32_t capacity;                    // blocks carved from the span so far
+  uint32_t reserved;                    // blocks that fit in the span
+  std::atomic<uintptr_t> thread_free;   // Block* | DelayState: frees by other threads (atomic)
+  uint8_t* start;                       // address of the first block
+  Page* next;                           // in the heap's queue (owner only)
+  Page* prev;
+  std::atomic<Heap*> heap;              // owning heap, nullptr when abandoned (atomic)
+};
+
+// A queue of pages of one size class; `first` is where allocation happens.
+struct PageQueue {
+  Page* first = nullptr;
+  Page* last = nullptr;
+};
+
+enum class SegmentKind : uint8_t { kNormal, kHuge };
+
+// Segment header, at the start of the segment's first slice.
+// The free() fast path reads thread_id and pages[]. Invariants:
+//   free_slices & 1 == 0 (slice 0 is the header);  used_spans == number of live span heads
+//   a slice in a live span is never in free_slices; dirty_slices covers every live span
+struct Segment {
+  std::atomic<uintptr_t> thread_id;     // owner thread (os::thread_id), 0 if none (atomic)
+  SegmentKind kind;
+  uint8_t solo;                         // huge segment with its own OS mapping (no arena)
+  uint16_t arena_index;                 // which arena (if not solo)
+  uint32_t chunk_count;                 // size in 4 MiB chunks
+  uint32_t used_spans;                  // live pages in this segment (owner)
+  uint64_t free_slices;                 // bitmap: slice not in any span (owner)
+  uint64_t dirty_slices;                // bitmap: slice may be resident (owner)
+  uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
+  size_t mapped_size;                   // bytes of the segment (huge: chunk_count * 4 MiB)
+  size_t huge_len;                      // huge: bytes from the segment start that may be resident
+  Heap* owner_heap;                     // owning heap (owner; nullptr when abandoned)
+  Segment* next;                        // in the heap's segment list or the abandoned list
+  Segment* prev;
+  Page pages[kSlicesPerSegment];        // one descriptor per slice
+};
+static_assert(sizeof(Segment) <= 2 * 4096 + 2048, "segment header must stay within a few OS pages");
+static_assert(sizeof(Segment) < kSliceSize, "the header must fit in slice 0");
+
+// Per-thread counters, merged on read. Only the slow paths touch them.
+struct HeapStats {
+  uint64_t pages_made[4];               // small, medium, large, huge
+  uint64_t pages_freed[4];
+  uint64_t large_allocs;                // blocks > kMediumMax served from a span
+  uint64_t huge_allocs;
+  uint64_t generic_calls;               // times the allocation fast path missed
+  uint64_t remote_frees;                // frees of blocks owned by another thread
+  uint64_t segments_reclaimed;
+};
+
+// A thread heap. Reached through the initial-exec thread-local `t_heap`, which starts at the
+// constant empty heap: every direct entry of the empty heap points at an empty page, so the
+// first malloc of a thread misses like any empty list and the slow path creates the heap.
+struct Heap {
+  Page* direct[kDirectCount] = {};      // page to allocate from for sizes (i*16-15 .. i*16]
+  PageQueue queues[kClassCount] = {};   // per size class, non-full pages first
+  PageQueue full = {};                  // pages with no free block and nothing left to carve
+  std::atomic<Block*> delayed_free{nullptr};  // blocks freed by other threads into full pages
+  uintptr_t thread_id = 0;              // owning thread
+  Segment* segments = nullptr;          // segments owned by this heap
+  uint32_t segment_count = 0;
+  uint32_t ticks = 0;                   // slow-path calls since the last maintenance
+  uint64_t next_maintenance_ms = 0;     // earliest time of the next purge pass
+  bool live = false;                    // false for the empty heap and pooled heaps
+  Heap* next_heap = nullptr;            // all heaps (live and pooled), for stats and fork
+  HeapStats stats = {};
+
+  // The empty heap: every direct entry points at the page with no free block.
+  constexpr explicit Heap(Page* empty) {
+    for (auto& d : direct) d = empty;
+  }
+};
+
+}  // namespace nebula

@@ -1,0 +1,67 @@
+/* nebula/mem.h: the C API of nebula-memory (stable ABI, prefix nebula_mem_ / nebula_).
+ *
+ * Programs that run under the drop-in library (LD_PRELOAD or -lnebulamem) allocate with the
+ * ordinary malloc/free/new. This header adds what the standard API lacks: statistics, a check
+ * that the allocator is active, and prefixed entry points (nebula_malloc, ...) that reach the
+ * engine even when another malloc is the process's default (link libnebulacore.a).
+ */
+#ifndef NEBULA_MEM_H
+#define NEBULA_MEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NEBULA_MEM_VERSION_MAJOR 0
+#define NEBULA_MEM_VERSION_MINOR 1
+#define NEBULA_MEM_VERSION_PATCH 0
+
+/* Statistics of the whole process. Byte counts are exact at the moment of the call, except
+ * live_bytes, which is summed page by page without stopping other threads. */
+typedef struct nebula_mem_stats {
+  uint64_t live_bytes;        /* bytes in blocks handed out and not freed (rounded to classes) */
+  uint64_t committed_bytes;   /* bytes the allocator holds from the OS that may be resident */
+  uint64_t committed_peak;    /* highest committed_bytes so far */
+  uint64_t reserved_bytes;    /* address space reserved from the OS */
+  uint64_t purged_bytes;      /* bytes given back to the OS (madvise) so far */
+  uint64_t purge_calls;
+  uint64_t segments;          /* live 4 MiB segments (huge blocks included) */
+  uint64_t huge_bytes;        /* bytes in live huge blocks (> 2 MiB) */
+  uint64_t heaps;             /* thread heaps in use */
+  uint64_t abandoned_segments;/* segments left by exited threads, so far */
+  uint64_t reclaimed_segments;/* of those, taken over by other threads */
+  uint64_t foreign_frees;     /* pointers passed on to glibc's free */
+  uint64_t pages_made[4];     /* small, medium, large, huge */
+  uint64_t pages_freed[4];
+  uint64_t slow_path_calls;   /* allocations that missed the fast path */
+  uint64_t remote_frees;      /* frees of blocks owned by another thread */
+} nebula_mem_stats;
+
+/* 1 when this allocator serves the process's malloc (the drop-in library is loaded). */
+int nebula_mem_is_active(void);
+/* "0.1.0" */
+const char* nebula_mem_version(void);
+/* Fill *out; returns 0. */
+int nebula_mem_get_stats(nebula_mem_stats* out);
+/* Print the summary that NEBULA_MEM_STATS=1 prints at exit, to stderr. */
+void nebula_mem_print_stats(void);
+/* Return free memory to the OS now (what malloc_trim does); 1 if some was released. */
+int nebula_mem_collect(void);
+
+/* Prefixed entry points: the engine without interposition. */
+void* nebula_malloc(size_t n);
+void* nebula_calloc(size_t count, size_t size);
+void* nebula_realloc(void* p, size_t n);
+void* nebula_aligned_alloc(size_t align, size_t n);
+int nebula_posix_memalign(void** out, size_t align, size_t n);
+void nebula_free(void* p);
+size_t nebula_usable_size(const void* p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NEBULA_MEM_H */

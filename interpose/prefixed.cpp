@@ -1,0 +1,34 @@
+// interpose/prefixed.cpp: the nebula_ entry points and the nebula_mem_ C API, in both builds.
+#include <cstdlib>
+
+#include "interpose/export.hpp"
+#include "nebula/mem.h"
+
+namespace nebula {
+void stats_collect(nebula_mem_stats* out) noexcept;
+}
+
+using namespace nebula;
+
+NEBULA_API void* nebula_malloc(size_t n) { return alloc(n); }
+NEBULA_API void* nebula_calloc(size_t c, size_t n) { return alloc_checked_zero(c, n); }
+NEBULA_API void* nebula_realloc(void* p, size_t n) { return realloc_block(p, n); }
+NEBULA_API void* nebula_aligned_alloc(size_t a, size_t n) { return alloc_aligned_c11(a, n); }
+NEBULA_API int nebula_posix_memalign(void** out, size_t a, size_t n) { return alloc_posix_aligned(out, a, n); }
+NEBULA_API void nebula_free(void* p) { dealloc(p); }
+NEBULA_API size_t nebula_usable_size(const void* p) { return usable_size(p); }
+
+// Active when the process's malloc hands out our blocks.
+NEBULA_API int nebula_mem_is_active(void) {
+  void* p = ::malloc(1);
+  int ours = owns(p) ? 1 : 0;
+  ::free(p);
+  return ours;
+}
+NEBULA_API const char* nebula_mem_version(void) { return "0.1.0"; }
+NEBULA_API int nebula_mem_get_stats(nebula_mem_stats* out) {
+  stats_collect(out);
+  return 0;
+}
+NEBULA_API void nebula_mem_print_stats(void) { stats_print(true); }
+NEBULA_API int nebula_mem_collect(void) { return trim(0); }

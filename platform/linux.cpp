@@ -1,0 +1,260 @@
+// platform/linux.cpp: the Linux implementation of platform/os.hpp.
+#include "platform/os.hpp"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace nebula::os {
+namespace {
+
+// Keeps errno as the caller left it: the engine's OS calls must not change errno on success.
+struct ErrnoGuard {
+  int saved = errno;
+  ~ErrnoGuard() { errno = saved; }
+};
+
+void* map_anonymous(size_t size, int extra_flags) noexcept {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+// Map size bytes aligned to align: map size + align and cut off the misaligned head and tail.
+void* map_aligned(size_t size, size_t align, int extra_flags) noexcept {
+  size_t page = page_size();
+  if (align <= page) return map_anonymous(size, extra_flags);
+  // First try a plain mapping: the kernel often returns an aligned address for big sizes.
+  void* p = map_anonymous(size, extra_flags);
+  if (p == nullptr) return nullptr;
+  if ((reinterpret_cast<uintptr_t>(p) & (align - 1)) == 0) return p;
+  munmap(p, size);
+  size_t over = size + align;
+  if (over < size) return nullptr;
+  char* raw = static_cast<char*>(map_anonymous(over, extra_flags));
+  if (raw == nullptr) return nullptr;
+  uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(uintptr_t)(align - 1);
+  size_t head = start - reinterpret_cast<uintptr_t>(raw);
+  size_t tail = over - head - size;
+  if (head != 0) munmap(raw, head);
+  if (tail != 0) munmap(reinterpret_cast<char*>(start) + size, tail);
+  return reinterpret_cast<void*>(start);
+}
+
+pthread_key_t g_exit_key;
+bool g_exit_key_ok = false;
+
+}  // namespace
+
+size_t page_size() noexcept {
+  static size_t cached = 0;  // benign race: every thread computes the same value
+  if (cached == 0) {
+    long v = sysconf(_SC_PAGESIZE);
+    cached = v > 0 ? static_cast<size_t>(v) : 4096;
+  }
+  return cached;
+}
+
+unsigned features() noexcept {
+  return kLazyCommit | kTransparentHuge | kExplicitHuge | kThreadExitHook;
+}
+
+void* reserve(size_t size, size_t align) noexcept {
+  ErrnoGuard keep;
+  return map_aligned(size, align, 0);
+}
+
+void release(void* p, size_t size) noexcept {
+  ErrnoGuard keep;
+  munmap(p, size);
+}
+
+bool commit(void*, size_t) noexcept { return true; }
+
+bool purge(void* p, size_t size) noexcept {
+  ErrnoGuard keep;
+  return madvise(p, size, MADV_DONTNEED) == 0;
+}
+
+void huge_hint(void* p, size_t size) noexcept {
+  ErrnoGuard keep;
+#ifdef MADV_HUGEPAGE
+  madvise(p, size, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)size;
+#endif
+}
+
+void* reserve_huge(size_t size, size_t align) noexcept {
+  ErrnoGuard keep;
+#ifdef MAP_HUGETLB
+  return map_aligned(size, align, MAP_HUGETLB);
+#else
+  (void)size;
+  (void)align;
+  return nullptr;
+#endif
+}
+
+bool install_thread_exit_hook(void (*fn)(void*)) noexcept {
+  ErrnoGuard keep;
+  if (g_exit_key_ok) return true;
+  g_exit_key_ok = pthread_key_create(&g_exit_key, fn) == 0;
+  return g_exit_key_ok;
+}
+
+void arm_thread_exit_hook(void* arg) noexcept {
+  ErrnoGuard keep;
+  if (g_exit_key_ok) pthread_setspecific(g_exit_key, arg);
+}
+
+uint64_t clock_ms() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000u + static_cast<uint64_t>(ts.tv_nsec) / 1000000u;
+}
+
+void write_stderr(const char* s, size_t n) noexcept {
+  ErrnoGuard keep;
+  while (n > 0) {
+    ssize_t w = write(2, s, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    s += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+[[noreturn]] void abort_process() noexcept {
+  // Restore the default action so a handler cannot swallow the abort, then raise.
+  signal(SIGABRT, SIG_DFL);
+  raise(SIGABRT);
+  _exit(134);
+}
+
+bool on_fork(void (*prepare)(), void (*parent)(), void (*child)()) noexcept {
+  ErrnoGuard keep;
+  return pthread_atfork(prepare, parent, child) == 0;
+}
+
+char** environment() noexcept { return environ; }
+
+long read_file(const char* path, char* buf, size_t cap) noexcept {
+  ErrnoGuard keep;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t got = 0;
+  while (got < cap) {
+    ssize_t r = read(fd, buf + got, cap - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  close(fd);
+  return static_cast<long>(got);
+}
+
+uint64_t physical_memory() noexcept {
+  long pages = sysconf(_SC_PHYS_PAGES);
+  return pages > 0 ? static_cast<uint64_t>(pages) * page_size() : 0;
+}
+
+uint64_t resident_bytes() noexcept {
+  char buf[128];
+  long n = read_file("/proc/self/statm", buf, sizeof buf - 1);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  // second field: resident pages
+  const char* s = buf;
+  while (*s && *s != ' ') ++s;
+  while (*s == ' ') ++s;
+  uint64_t v = 0;
+  while (*s >= '0' && *s <= '9') v = v * 10 + static_cast<uint64_t>(*s++ - '0');
+  return v * page_size();
+}
+
+namespace {
+uint64_t parse_hex(const char*& s) noexcept {
+  uint64_t v = 0;
+  for (;; ++s) {
+    char c = *s;
+    if (c >= '0' && c <= '9') v = v * 16 + static_cast<uint64_t>(c - '0');
+    else if (c >= 'a' && c <= 'f') v = v * 16 + static_cast<uint64_t>(c - 'a' + 10);
+    else return v;
+  }
+}
+}  // namespace
+
+AddressKind classify(uintptr_t addr) noexcept {
+  ErrnoGuard keep;
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return AddressKind::kUnmapped;
+  // Stream the file through a fixed buffer, line by line.
+  char buf[4096];
+  size_t have = 0;
+  AddressKind result = AddressKind::kUnmapped;
+  bool done = false;
+  while (!done) {
+    ssize_t r = read(fd, buf + have, sizeof buf - 1 - have);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0 && have == 0) break;
+    if (r > 0) have += static_cast<size_t>(r);
+    buf[have] = 0;
+    char* line = buf;
+    for (;;) {
+      char* nl = line;
+      while (nl < buf + have && *nl != '\n') ++nl;
+      if (nl == buf + have && r > 0) break;  // partial line: read more
+      *nl = 0;
+      const char* s = line;
+      uint64_t lo = parse_hex(s);
+      if (*s == '-') ++s;
+      uint64_t hi = parse_hex(s);
+      if (addr >= lo && addr < hi) {
+        // fields: perms offset dev inode path
+        int field = 0;
+        const char* path = s;
+        while (*path && field < 5) {
+          while (*path == ' ') ++path;
+          if (field == 4) break;
+          while (*path && *path != ' ') ++path;
+          ++field;
+        }
+        while (*path == ' ') ++path;
+        const char* ino = s;  // inode: 4th field after the range
+        (void)ino;
+        if (path[0] == '[' && path[1] == 's' && path[2] == 't') result = AddressKind::kStack;
+        else if (path[0] == '[' && path[1] == 'h' && path[2] == 'e') result = AddressKind::kHeapBrk;
+        else if (path[0] == '/') result = AddressKind::kFileImage;
+        else result = AddressKind::kAnonymous;
+        done = true;
+        break;
+      }
+      line = nl + 1;
+      if (line >= buf + have) { have = 0; break; }
+    }
+    if (!done && have != 0 && line != buf) {
+      size_t rest = static_cast<size_t>(buf + have - line);
+      for (size_t i = 0; i < rest; ++i) buf[i] = line[i];
+      have = rest;
+    }
+    if (r <= 0) break;
+  }
+  close(fd);
+  return result;
+}
+
+void yield() noexcept { sched_yield(); }
+
+}  // namespace nebula::os

@@ -1,0 +1,126 @@
+// platform/os.hpp: the one interface between the engine and the operating system.
+//
+// core/ calls the OS only through the functions declared here. Each platform supplies one
+// translation unit (linux.cpp, later macos.cpp and windows.cpp) that defines them. The
+// contract is stated per function; docs/porting.md is the long form.
+//
+// Conventions:
+//  - No function here allocates through libc, calls printf, or leaves errno changed.
+//  - Sizes and addresses passed in are multiples of page_size() unless stated.
+//  - "reserve" returns address space that is readable and writable on first touch (on Linux
+//    memory is committed lazily by the kernel); commit()/decommit() exist for platforms that
+//    need explicit commit and for the engine's accounting.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+
+namespace nebula::os {
+
+// Optional abilities, reported by features().
+enum Feature : unsigned {
+  kLazyCommit = 1u << 0,        // reserved memory is usable without commit()
+  kTransparentHuge = 1u << 1,   // huge_hint() can ask for transparent huge pages
+  kExplicitHuge = 1u << 2,      // reserve_huge() can map explicit huge pages
+  kThreadExitHook = 1u << 3,    // set_thread_exit_hook() works
+};
+
+// Bytes of one OS page. Pre: none. Post: a power of two >= 4096.
+size_t page_size() noexcept;
+
+// Which Feature bits this platform has.
+unsigned features() noexcept;
+
+// Reserve `size` bytes aligned to `align` (a power of two, >= page_size()).
+// Post: the range is zero-filled on first touch; nullptr on failure (no partial mapping left).
+void* reserve(size_t size, size_t align) noexcept;
+
+// Give a reserved range back entirely. Pre: exactly a range (or a tail/head piece of one)
+// returned by reserve().
+void release(void* p, size_t size) noexcept;
+
+// Make [p, p+size) usable. Post: true on success; the contents of pages never touched or
+// purged since are zero. On Linux this is a no-op that returns true.
+bool commit(void* p, size_t size) noexcept;
+
+// Return the physical memory of [p, p+size) to the OS now; the range stays reserved and reads
+// back as zero (Linux: MADV_DONTNEED). Returns false if the OS refused (memory stays valid).
+bool purge(void* p, size_t size) noexcept;
+
+// Hint that [p, p+size) should be backed by transparent huge pages. Best effort.
+void huge_hint(void* p, size_t size) noexcept;
+
+// Map `size` bytes of explicit huge pages (MAP_HUGETLB), aligned to `align`; nullptr when the
+// system has none available.
+void* reserve_huge(size_t size, size_t align) noexcept;
+
+// An integer that identifies the calling thread and is never 0: the thread pointer, one
+// instruction on the architectures we know (it is on the free fast path).
+inline uintptr_t thread_id() noexcept {
+#if defined(__x86_64__)
+  uintptr_t tid;
+  __asm__("movq %%fs:0, %0" : "=r"(tid));
+  return tid;
+#elif defined(__aarch64__)
+  uintptr_t tid;
+  __asm__ volatile("mrs %0, tpidr_el0" : "=r"(tid));
+  return tid;
+#else
+  static thread_local char marker;
+  return reinterpret_cast<uintptr_t>(&marker);
+#endif
+}
+
+// Register `fn(arg)` to run when the calling thread exits, while it can still allocate.
+// The hook is process-wide: install it once with install_thread_exit_hook(), then call
+// arm_thread_exit_hook(arg) in each thread that must be told (arg != nullptr).
+bool install_thread_exit_hook(void (*fn)(void*)) noexcept;
+void arm_thread_exit_hook(void* arg) noexcept;
+
+// Milliseconds of a monotonic clock.
+uint64_t clock_ms() noexcept;
+
+// Write bytes to the standard error stream (fd 2) without allocating.
+void write_stderr(const char* s, size_t n) noexcept;
+
+// Terminate the process abnormally after a fatal message (SIGABRT, no cleanup).
+[[noreturn]] void abort_process() noexcept;
+
+// Register fork handlers (prepare, parent, child). Returns false if it could not.
+bool on_fork(void (*prepare)(), void (*parent)(), void (*child)()) noexcept;
+
+// The process environment as an array of "NAME=value" strings, or nullptr.
+char** environment() noexcept;
+
+// Read a whole small file (procfs, sysfs, a config file) into buf without allocating.
+// Returns the byte count read (0..cap) or -1 if the file cannot be opened.
+long read_file(const char* path, char* buf, size_t cap) noexcept;
+
+// Physical memory of the machine in bytes (0 if unknown).
+uint64_t physical_memory() noexcept;
+
+// Resident set size of this process in bytes (0 if unknown).
+uint64_t resident_bytes() noexcept;
+
+// Classify an address that is not ours, for error messages and foreign frees.
+enum class AddressKind { kUnmapped, kStack, kFileImage, kHeapBrk, kAnonymous };
+AddressKind classify(uintptr_t addr) noexcept;
+
+// A short spin-then-yield pause for lock and state waits.
+void yield() noexcept;
+
+}  // namespace nebula::os
+
+// The static shape a platform must have, checked where the engine includes this header.
+namespace nebula::os::detail {
+template <class T = void>
+concept Platform = requires(void* p, size_t n) {
+  { page_size() } -> std::same_as<size_t>;
+  { reserve(n, n) } -> std::same_as<void*>;
+  { commit(p, n) } -> std::same_as<bool>;
+  { purge(p, n) } -> std::same_as<bool>;
+  { thread_id() } -> std::same_as<uintptr_t>;
+};
+static_assert(Platform<>, "platform/os.hpp: the platform layer lacks a required function");
+}  // namespace nebula::os::detail
