@@ -77,7 +77,7 @@ size_t usable_size(const void* p) noexcept {
   if (page->flags & kPageNotInUse) return 0;
   Block* b = block_start(w.s, page, const_cast<void*>(p));
   uint8_t* end = reinterpret_cast<uint8_t*>(b) + page->block_size;
-  if (page->kind == PageKind::kLarge) end = page->start + page->block_size;
+  if (page->kind == PageKind::kLarge) end = page_start(w.s, page) + page->block_size;
   return static_cast<size_t>(end - static_cast<const uint8_t*>(p));
 }
 
@@ -136,14 +136,9 @@ int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept {
   return 0;
 }
 
-// aligned_alloc: the alignment must be a power of two (C17, glibc 2.38 and later).
-void* alloc_aligned_c11(size_t align, size_t n) noexcept {
-  if (!is_pow2(align)) {
-    errno = EINVAL;
-    return nullptr;
-  }
-  return align <= kMinAlign ? alloc(n) : aligned_body(align, n, false);
-}
+// aligned_alloc: as in the glibc we replace (2.36), the same as memalign: an alignment that is
+// not a power of two is rounded up to one, and only an impossible one fails with EINVAL.
+void* alloc_aligned_c11(size_t align, size_t n) noexcept { return alloc_aligned(align, n); }
 
 void* alloc_page_aligned(size_t n) noexcept { return aligned_body(os::page_size(), n, false); }
 

@@ -221,11 +221,11 @@ void* alloc_failed(Heap* heap, size_t n, bool zero, size_t align) {
 
 // ---- Free ---------------------------------------------------------------------------------
 Block* block_start(Segment* s, Page* page, void* p) noexcept {
-  (void)s;
   if (NEBULA_LIKELY(!(page->flags & kPageHasAligned))) return static_cast<Block*>(p);
-  if (page->kind == PageKind::kLarge) return reinterpret_cast<Block*>(page->start);
-  size_t off = static_cast<size_t>(static_cast<uint8_t*>(p) - page->start);
-  return reinterpret_cast<Block*>(page->start + off / page->block_size * page->block_size);
+  uint8_t* start = page_start(s, page);
+  if (page->kind == PageKind::kLarge) return reinterpret_cast<Block*>(start);
+  size_t off = static_cast<size_t>(static_cast<uint8_t*>(p) - start);
+  return reinterpret_cast<Block*>(start + off / page->block_size * page->block_size);
 }
 
 void free_block_local(Page* page, Block* b) noexcept {
@@ -236,7 +236,7 @@ void free_block_local(Page* page, Block* b) noexcept {
     if (page->used == 0) span_free(segment_of(page), page);
     return;
   }
-  Heap* heap = page->heap.load(std::memory_order_relaxed);
+  Heap* heap = segment_of(page)->owner_heap.load(std::memory_order_relaxed);
   if (page->flags & kPageInFull) page_unfull(heap, page);
   if (page->used == 0) page_retire(page);
 }
@@ -262,7 +262,7 @@ void free_block_remote(Page* page, Block* b) noexcept {
   if (st != kDelayUse) return;
   // The page is full: tell its owner through the heap's delayed list, so that it takes the
   // page out of the full list. While the state is kDelayFreeing the heap cannot go away.
-  Heap* heap = page->heap.load(std::memory_order_acquire);
+  Heap* heap = segment_of(page)->owner_heap.load(std::memory_order_acquire);
   Block* head = heap->delayed_free.load(std::memory_order_relaxed);
   do {
     b->next = head;
@@ -276,7 +276,7 @@ void free_block_remote(Page* page, Block* b) noexcept {
 void free_generic(Segment* s, Page* page, void* p) noexcept {
   if (s->kind == SegmentKind::kHuge) {
     Page* hp = &s->pages[1];
-    if (p != hp->start) invalid_pointer("free", p);
+    if (reinterpret_cast<uintptr_t>(p) != s->huge_start) invalid_pointer("free", p);
     huge_free(s, hp);
     return;
   }
@@ -295,7 +295,7 @@ void free_not_fast(void* p) noexcept {
   if (p == nullptr) return;
   Segment* s = segment_containing(p);
   if (s != nullptr && s->kind == SegmentKind::kHuge) {
-    if (p != s->pages[1].start) invalid_pointer("free", p);
+    if (reinterpret_cast<uintptr_t>(p) != s->huge_start) invalid_pointer("free", p);
     huge_free(s, &s->pages[1]);
     return;
   }

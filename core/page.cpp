@@ -19,26 +19,24 @@ constexpr size_t kExtendBytes = 4096;  // carve about one OS page of blocks at a
 constexpr unsigned kExtendMin = 4;
 
 void page_extend(Page* page) {
-  uint32_t left = page->reserved - page->capacity;
+  uint32_t left = static_cast<uint32_t>(page->reserved - page->capacity);
   uint32_t count = static_cast<uint32_t>(kExtendBytes / page->block_size);
   if (count < kExtendMin) count = kExtendMin;
   if (count > left) count = left;
   size_t bsize = page->block_size;
-  uint8_t* first = page->start + static_cast<size_t>(page->capacity) * bsize;
+  uint8_t* first = page_start(segment_of(page), page) + static_cast<size_t>(page->capacity) * bsize;
   uint8_t* p = first;
   for (uint32_t i = 1; i < count; ++i, p += bsize) reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
   reinterpret_cast<Block*>(p)->next = page->free;
   if (page->free == nullptr) page->free_is_zero = page->is_clean;
   page->free = reinterpret_cast<Block*>(first);
-  page->capacity += count;
+  page->capacity = static_cast<uint16_t>(page->capacity + count);
 }
 
 void page_init(Heap* heap, Page* page, unsigned cls) {
-  Segment* s = segment_of(page);
   page->block_size = kClassSize[cls];
   page->size_class = static_cast<uint8_t>(cls);
-  page->start = page_start(s, page);
-  page->reserved = static_cast<uint32_t>((static_cast<size_t>(page->slice_count) << kSliceShift) / page->block_size);
+  page->reserved = static_cast<uint16_t>((static_cast<size_t>(page->slice_count) << kSliceShift) / page->block_size);
   page->capacity = 0;
   page->used = 0;
   page->free = nullptr;
@@ -186,7 +184,7 @@ bool page_free(Heap* heap, Page* page) noexcept {
 // used dropped to 0 on a free by the owner. Keep the page if it is the only one of its class
 // (a loop that allocates and frees one block must not make and unmake a page each time).
 void page_retire(Page* page) noexcept {
-  Heap* heap = page->heap.load(std::memory_order_relaxed);
+  Heap* heap = segment_of(page)->owner_heap.load(std::memory_order_relaxed);
   if (page->kind == PageKind::kLarge) {
     span_free(segment_of(page), page);
     return;

@@ -57,9 +57,7 @@ void reset_descriptors(Segment* s, unsigned first, unsigned n) {
     p->block_size = 0;
     p->capacity = p->reserved = 0;
     p->thread_free.store(0, std::memory_order_relaxed);
-    p->start = nullptr;
     p->next = p->prev = nullptr;
-    p->heap.store(nullptr, std::memory_order_relaxed);
   }
 }
 
@@ -82,7 +80,7 @@ Segment* segment_new(Heap* heap) {
   s->purge_at_ms = 0;
   s->mapped_size = kSegmentSize;
   s->huge_len = 0;
-  s->owner_heap = heap;
+  s->owner_heap.store(heap, std::memory_order_relaxed);
   reset_descriptors(s, 0, kSlicesPerSegment);
   heap_segments_push(heap, s);
   g_counters.segments.fetch_add(1, std::memory_order_relaxed);
@@ -91,7 +89,7 @@ Segment* segment_new(Heap* heap) {
 }
 
 void segment_free(Segment* s) {
-  Heap* heap = s->owner_heap;
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
   if (heap != nullptr) heap_segments_remove(heap, s);
   g_counters.segments.fetch_sub(1, std::memory_order_relaxed);
   arena_free(s, 1, s->dirty_slices, 0);
@@ -110,7 +108,7 @@ Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind 
   page->slice_count = static_cast<uint16_t>(slices);
   page->kind = kind;
   page->flags = 0;
-  page->heap.store(heap, std::memory_order_release);
+  (void)heap;
   for (unsigned j = 1; j < slices; ++j)
     s->pages[idx + j].slice_offset = static_cast<uint32_t>(j * sizeof(Page));
   heap->stats.pages_made[static_cast<unsigned>(kind)]++;
@@ -137,7 +135,7 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
 static bool span_free_internal(Segment* s, Page* page) {
   unsigned idx = static_cast<unsigned>(page - s->pages);
   unsigned slices = page->slice_count;
-  Heap* heap = s->owner_heap;
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
   if (heap != nullptr) heap->stats.pages_freed[static_cast<unsigned>(page->kind)]++;
   reset_descriptors(s, idx, slices);
   s->free_slices |= run_mask(idx, slices);
@@ -186,7 +184,6 @@ void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept {
   uint8_t* base = page_start(s, page);
   uint8_t* p = base;
   if (align > kSliceSize) p = reinterpret_cast<uint8_t*>(align_up(reinterpret_cast<uintptr_t>(base), align));
-  page->start = base;
   page->block_size = static_cast<uint32_t>(slices << kSliceShift);
   page->capacity = page->reserved = 1;
   page->used = 1;
@@ -229,12 +226,12 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   s->purge_at_ms = 0;
   s->huge_len = dirty_len;
   s->mapped_size = need;
-  s->owner_heap = nullptr;
+  s->owner_heap.store(nullptr, std::memory_order_relaxed);
   reset_descriptors(s, 0, 2);
   Page* page = &s->pages[1];
   page->kind = PageKind::kHuge;
   page->flags = kPageNotInUse;  // never the fast path
-  page->start = reinterpret_cast<uint8_t*>(start);
+  s->huge_start = start;
   page->block_size = static_cast<uint32_t>(0);  // huge sizes do not fit: see huge_usable()
   page->capacity = page->reserved = page->used = 1;
   page->slice_count = 1;
@@ -268,16 +265,15 @@ void huge_free(Segment* s, Page* page) noexcept {
 
 // ---- Abandon and reclaim ------------------------------------------------------------------
 void segment_abandon(Segment* s) noexcept {
-  Heap* heap = s->owner_heap;
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
   if (heap != nullptr) heap_segments_remove(heap, s);
   for (unsigned i = 1; i < kSlicesPerSegment;) {
     Page* p = &s->pages[i];
     if (p->kind == PageKind::kNone) { ++i; continue; }
-    p->heap.store(nullptr, std::memory_order_release);
     p->next = p->prev = nullptr;
     i += p->slice_count;
   }
-  s->owner_heap = nullptr;
+  s->owner_heap.store(nullptr, std::memory_order_release);
   s->thread_id.store(0, std::memory_order_release);
   LockGuard guard(g_abandoned_lock);
   s->next = g_abandoned;
@@ -300,7 +296,7 @@ bool segment_reclaim_one(Heap* heap) noexcept {
     g_abandoned_count.fetch_sub(1, std::memory_order_relaxed);
   }
   s->next = s->prev = nullptr;
-  s->owner_heap = heap;
+  s->owner_heap.store(heap, std::memory_order_release);
   s->thread_id.store(heap->thread_id, std::memory_order_release);
   heap_segments_push(heap, s);
   heap->stats.segments_reclaimed++;
@@ -309,7 +305,6 @@ bool segment_reclaim_one(Heap* heap) noexcept {
     Page* p = &s->pages[i];
     if (p->kind == PageKind::kNone) { ++i; continue; }
     unsigned next = i + p->slice_count;
-    p->heap.store(heap, std::memory_order_release);
     bool large = p->kind == PageKind::kLarge;
     // Take every block freed by other threads while nobody owned the page.
     uintptr_t tf = p->thread_free.exchange(large ? kDelayUse : kDelayNone, std::memory_order_acq_rel);

@@ -66,9 +66,9 @@ enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 //   (thread_free & kDelayMask) == kDelayUse  =>  flags & kPageInFull
 struct Page {
   Block* free;                          // blocks ready to hand out (owner only)
+  Block* local_free;                    // blocks freed by the owner thread (owner only)
   uint32_t used;                        // blocks handed out, not yet freed back (owner only)
   uint32_t slice_offset;                // bytes from this descriptor back to its span head
-  Block* local_free;                    // blocks freed by the owner thread (owner only)
   uint8_t flags;                        // PageFlags; 0 on the fast path
   PageKind kind;                        // small, medium, large, huge
   uint8_t size_class;                   // for small and medium pages
@@ -76,15 +76,16 @@ struct Page {
   uint8_t is_clean;                     // the span was zero (never touched or purged) at init
   uint8_t retire_pending;               // empty page kept one round to avoid thrashing
   uint16_t slice_count;                 // span length in slices (head only)
-  uint32_t block_size;                  // bytes per block (large/huge: the span's usable bytes)
-  uint32_t capacity;                    // blocks carved from the span so far
-  uint32_t reserved;                    // blocks that fit in the span
+  uint32_t block_size;                  // bytes per block (large: the span's bytes)
+  uint16_t capacity;                    // blocks carved from the span so far
+  uint16_t reserved;                    // blocks that fit in the span
   std::atomic<uintptr_t> thread_free;   // Block* | DelayState: frees by other threads (atomic)
-  uint8_t* start;                       // address of the first block
-  Page* next;                           // in the heap's queue (owner only)
+  Page* next;                           // in the heap's queue or full list (owner only)
   Page* prev;
-  std::atomic<Heap*> heap;              // owning heap, nullptr when abandoned (atomic)
 };
+static_assert(sizeof(Page) == 64, "a page descriptor is one cache line: free() indexes by shift");
+static_assert(offsetof(Page, free) == 0, "the malloc fast path loads page->free first");
+static_assert(kSliceSize / kMinAlign <= 65535, "capacity and reserved are 16-bit");
 
 // A queue of pages of one size class; `first` is where allocation happens.
 struct PageQueue {
@@ -98,6 +99,7 @@ enum class SegmentKind : uint8_t { kNormal, kHuge };
 // The free() fast path reads thread_id and pages[]. Invariants:
 //   free_slices & 1 == 0 (slice 0 is the header);  used_spans == number of live span heads
 //   a slice in a live span is never in free_slices; dirty_slices covers every live span
+//   pages[i].heap of the old design lives here: every page of a segment has the segment's owner
 struct Segment {
   std::atomic<uintptr_t> thread_id;     // owner thread (os::thread_id), 0 if none (atomic)
   SegmentKind kind;
@@ -110,7 +112,9 @@ struct Segment {
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
   size_t mapped_size;                   // bytes of the segment (huge: chunk_count * 4 MiB)
   size_t huge_len;                      // huge: bytes from the segment start that may be resident
-  Heap* owner_heap;                     // owning heap (owner; nullptr when abandoned)
+  std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
+                                        // free of a full page reads it to reach the heap)
+  uintptr_t huge_start;                 // huge: the block's address
   Segment* next;                        // in the heap's segment list or the abandoned list
   Segment* prev;
   Page pages[kSlicesPerSegment];        // one descriptor per slice
