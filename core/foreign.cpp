@@ -7,7 +7,6 @@
 // else (a stack, a global, our own arena space, an unmapped address) stops the process with a
 // one-line message naming the pointer.
 #include <cstring>
-#include <dlfcn.h>
 
 #include "core/engine.hpp"
 
@@ -24,7 +23,7 @@ template <class Fn>
 Fn next_symbol(std::atomic<Fn>& slot, const char* name) {
   Fn f = slot.load(std::memory_order_acquire);
   if (f == nullptr) {
-    f = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, name));
+    f = reinterpret_cast<Fn>(os::next_symbol(name));
     slot.store(f, std::memory_order_release);
   }
   return f;

@@ -2,6 +2,7 @@
 #include "platform/os.hpp"
 
 #include <cerrno>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -256,5 +257,10 @@ AddressKind classify(uintptr_t addr) noexcept {
 }
 
 void yield() noexcept { sched_yield(); }
+
+void* next_symbol(const char* name) noexcept {
+  ErrnoGuard keep;
+  return dlsym(RTLD_NEXT, name);
+}
 
 }  // namespace nebula::os

@@ -107,6 +107,10 @@ uint64_t resident_bytes() noexcept;
 enum class AddressKind { kUnmapped, kStack, kFileImage, kHeapBrk, kAnonymous };
 AddressKind classify(uintptr_t addr) noexcept;
 
+// The next definition of a C symbol after this library's own (glibc's `free` when we interpose
+// it), or nullptr. May allocate through our malloc; call with no engine lock held.
+void* next_symbol(const char* name) noexcept;
+
 // A short spin-then-yield pause for lock and state waits.
 void yield() noexcept;
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Doc drift check: every relative link in README.md and docs/*.md points at a file that exists,
+# and every NEBULA_MEM_ variable the docs name is an option of the table (core/options.hpp).
+set -u
+root="$(cd "$(dirname "$0")/.." && pwd)"
+status=0
+for f in "$root"/README.md "$root"/docs/*.md "$root"/core/README.md; do
+  [ -f "$f" ] || continue
+  dir=$(dirname "$f")
+  while IFS= read -r link; do
+    target="${link%%#*}"
+    [ -z "$target" ] && continue
+    case "$target" in http*|mailto:*) continue ;; esac
+    if [ ! -e "$dir/$target" ]; then
+      echo "$f: broken link: $link"
+      status=1
+    fi
+  done < <(grep -oE '\]\([^)]+\)' "$f" | sed -E 's/^\]\(//; s/\)$//')
+done
+names=$(grep -ohE 'NEBULA_MEM_[A-Z_]+' "$root"/README.md "$root"/docs/*.md 2>/dev/null | sort -u)
+for n in $names; do
+  case "$n" in NEBULA_MEM_CONF|NEBULA_MEM_H|NEBULA_MEM_VERSION_*) continue ;; esac
+  opt=$(echo "${n#NEBULA_MEM_}" | tr 'A-Z' 'a-z')
+  if ! grep -q "\"$opt\"" "$root"/core/options.hpp; then
+    echo "docs name $n but core/options.hpp has no option \"$opt\""
+    status=1
+  fi
+done
+[ $status -eq 0 ] && echo "docs ok: links resolve, every NEBULA_MEM_ variable named is an option"
+exit $status
