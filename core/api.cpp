@@ -20,7 +20,7 @@ void* aligned_body(size_t align, size_t n, bool zero) {
     size_t want = n < align ? align : n;
     if (want <= kMediumMax) {
       for (unsigned c = size_to_class(want); c < kClassCount; ++c) {
-        if (kClassSize[c] % align == 0) {
+        if ((kClassSize[c] & (align - 1)) == 0) {
           void* p = zero ? alloc_zero(kClassSize[c]) : alloc(kClassSize[c]);
           return p;
         }
@@ -59,14 +59,7 @@ bool locate(const void* p, Where* w) {
 
 }  // namespace
 
-void* alloc_checked_zero(size_t count, size_t size) noexcept {
-  size_t n;
-  if (__builtin_mul_overflow(count, size, &n)) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  return alloc_zero(n);
-}
+void* alloc_aligned_slow(size_t align, size_t n) noexcept { return aligned_body(align, n, false); }
 
 size_t usable_size(const void* p) noexcept {
   if (p == nullptr) return 0;
@@ -121,19 +114,7 @@ void* alloc_aligned(size_t align, size_t n) noexcept {
     return nullptr;
   }
   if (!is_pow2(align)) align = size_t{1} << (64 - clz64(align));
-  return aligned_body(align, n, false);
-}
-
-int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept {
-  if (align % sizeof(void*) != 0 || !is_pow2(align)) return EINVAL;
-  int saved = errno;
-  void* p = align <= kMinAlign ? alloc(n) : aligned_body(align, n, false);
-  if (p == nullptr) {
-    errno = saved;
-    return ENOMEM;
-  }
-  *out = p;
-  return 0;
+  return alloc_aligned_pow2(align, n);
 }
 
 // aligned_alloc: as in the glibc we replace (2.36), the same as memalign: an alignment that is

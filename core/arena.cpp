@@ -269,6 +269,24 @@ void arena_purge(bool force) noexcept {
   purge_expired(now, force);
 }
 
+void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept {
+  LockGuard guard(g_arena_lock);
+  unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  for (unsigned k = 0; k < count; ++k) {
+    Arena* a = g_arenas[k];
+    for (unsigned i = 0; i < a->chunks;) {
+      if (!chunk_used(a, i)) {
+        ++i;
+        continue;
+      }
+      auto* s = reinterpret_cast<Segment*>(a->base + static_cast<uintptr_t>(i) * kSegmentSize);
+      uint32_t chunks = __atomic_load_n(&s->chunk_count, __ATOMIC_RELAXED);
+      fn(s, ctx);
+      i += chunks == 0 ? 1 : chunks;
+    }
+  }
+}
+
 bool arena_contains(uintptr_t addr) noexcept {
   unsigned count = g_arena_count.load(std::memory_order_acquire);
   for (unsigned k = 0; k < count; ++k) {

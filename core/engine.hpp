@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cerrno>
 #include <cstring>
 
 #include "core/base.hpp"
@@ -107,12 +108,44 @@ NEBULA_HOT void dealloc(void* p) noexcept {
   free_generic(s, page, p);
 }
 
+// calloc: overflow check, then the zeroing fast path.
+NEBULA_HOT void* alloc_checked_zero(size_t count, size_t size) noexcept {
+  size_t n;
+  if (NEBULA_UNLIKELY(__builtin_mul_overflow(count, size, &n))) n = SIZE_MAX;  // fails: ENOMEM
+  return alloc_zero(n);
+}
+
+// Aligned allocation with a power-of-two alignment. A multiple of `align` up to 1 KiB is itself
+// a size class whose blocks are all aligned to it (checked below), so small requests take the
+// ordinary fast path.
+void* alloc_aligned_slow(size_t align, size_t n) noexcept;
+NEBULA_HOT void* alloc_aligned_pow2(size_t align, size_t n) noexcept {
+  if (align <= kMinAlign) return alloc(n);
+  size_t want = (n + align - 1) & ~(align - 1);
+  if (NEBULA_LIKELY(want - 1 < kDirectMax)) return alloc(want);  // also rejects want == 0
+  return alloc_aligned_slow(align, n);
+}
+consteval bool small_aligned_classes_hold() {
+  for (size_t a = 32; a <= kDirectMax; a *= 2)
+    for (size_t want = a; want <= kDirectMax; want += a)
+      if (kClassSize[size_to_class_formula(want)] % a != 0) return false;
+  return true;
+}
+static_assert(small_aligned_classes_hold(), "a multiple of a power of two <= 1 KiB must round to an aligned class");
+
+// posix_memalign: EINVAL for an alignment that is not a power-of-two multiple of sizeof(void*).
+NEBULA_HOT int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept {
+  if (NEBULA_UNLIKELY(align % sizeof(void*) != 0 || (align & (align - 1)) != 0 || align == 0)) return EINVAL;
+  void* p = alloc_aligned_pow2(align, n);
+  if (NEBULA_UNLIKELY(p == nullptr)) return ENOMEM;  // errno is ENOMEM as well, as with glibc
+  *out = p;
+  return 0;
+}
+
 // ---- The rest of the API (core/api.cpp) ----------------------------------------------------
-void* alloc_checked_zero(size_t count, size_t size) noexcept;              // calloc
 void* realloc_block(void* p, size_t n) noexcept;                           // realloc
 void* realloc_array(void* p, size_t count, size_t size) noexcept;          // reallocarray
 void* alloc_aligned(size_t align, size_t n) noexcept;                      // memalign semantics
-int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept;      // posix_memalign
 void* alloc_aligned_c11(size_t align, size_t n) noexcept;                  // aligned_alloc
 void* alloc_page_aligned(size_t n) noexcept;                               // valloc
 void* alloc_page_aligned_rounded(size_t n) noexcept;                       // pvalloc
@@ -178,6 +211,9 @@ bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept;
 void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept;
 void arena_purge(bool force) noexcept;
 bool arena_contains(uintptr_t a) noexcept;
+// Calls fn for every live segment of every arena, under the arena lock: no segment header can
+// be reused while fn runs (its owner may still change its pages). Solo huge blocks are not seen.
+void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept;
 void segmap_set(void* base, size_t chunks) noexcept;
 void segmap_clear(void* base, size_t chunks) noexcept;
 Segment* segment_containing(const void* p) noexcept;   // walks the map back from interior chunks

@@ -276,7 +276,8 @@ void free_block_remote(Page* page, Block* b) noexcept {
 void free_generic(Segment* s, Page* page, void* p) noexcept {
   if (s->kind == SegmentKind::kHuge) {
     Page* hp = &s->pages[1];
-    if (reinterpret_cast<uintptr_t>(p) != s->huge_start) invalid_pointer("free", p);
+    if (reinterpret_cast<uintptr_t>(p) != s->huge_start)
+      fatal_pointer("free", p, "pointer into the middle of a huge block, not its start");
     huge_free(s, hp);
     return;
   }
@@ -295,7 +296,8 @@ void free_not_fast(void* p) noexcept {
   if (p == nullptr) return;
   Segment* s = segment_containing(p);
   if (s != nullptr && s->kind == SegmentKind::kHuge) {
-    if (reinterpret_cast<uintptr_t>(p) != s->huge_start) invalid_pointer("free", p);
+    if (reinterpret_cast<uintptr_t>(p) != s->huge_start)
+      fatal_pointer("free", p, "pointer into the middle of a huge block, not its start");
     huge_free(s, &s->pages[1]);
     return;
   }

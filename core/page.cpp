@@ -202,7 +202,13 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   Page* page = q->first;
   while (page != nullptr) {
     Page* next = page->next;
-    if (page->free == nullptr) page_collect(page);
+    // Out of blocks. While the carved part of the page is less than twice what is in use,
+    // carve more before reusing freed blocks: the free list then holds many blocks at once and
+    // the slow path is taken rarely, at the price of touching at most 2x the live bytes.
+    if (page->free == nullptr) {
+      if (page->capacity < page->reserved && page->capacity < 2u * page->used) page_extend(page);
+      else page_collect(page);
+    }
     if (page->free == nullptr && page->capacity < page->reserved) page_extend(page);
     if (page->free != nullptr) break;
     page_to_full(heap, page);

@@ -18,18 +18,22 @@ void add_heap(Heap* h, void* ctx) {
   }
   out->slow_path_calls += h->stats.generic_calls;
   out->remote_frees += h->stats.remote_frees;
-  // Live bytes of this heap's pages (owner-written counters, read without stopping it).
-  for (Segment* s = h->segments; s != nullptr; s = s->next) {
-    for (unsigned i = 1; i < kSlicesPerSegment;) {
-      Page* p = &s->pages[i];
-      uint16_t sc = __atomic_load_n(&p->slice_count, __ATOMIC_RELAXED);
-      if (p->kind == PageKind::kNone || sc == 0) {
-        ++i;
-        continue;
-      }
-      out->live_bytes += static_cast<uint64_t>(__atomic_load_n(&p->used, __ATOMIC_RELAXED)) * p->block_size;
-      i += sc;
+}
+
+// Live bytes of a segment's pages (owner-written counters, read without stopping the owner).
+void add_segment(Segment* s, void* ctx) {
+  auto* out = static_cast<nebula_mem_stats*>(ctx);
+  if (s->kind != SegmentKind::kNormal) return;
+  for (unsigned i = 1; i < kSlicesPerSegment;) {
+    Page* p = &s->pages[i];
+    uint16_t sc = __atomic_load_n(&p->slice_count, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&p->kind, __ATOMIC_RELAXED) == PageKind::kNone || sc == 0) {
+      ++i;
+      continue;
     }
+    out->live_bytes += static_cast<uint64_t>(__atomic_load_n(&p->used, __ATOMIC_RELAXED)) *
+                       __atomic_load_n(&p->block_size, __ATOMIC_RELAXED);
+    i += sc;
   }
 }
 
@@ -48,6 +52,7 @@ void stats_collect(nebula_mem_stats* out) noexcept {
   out->reclaimed_segments = g_counters.reclaimed.load(std::memory_order_relaxed);
   out->foreign_frees = g_counters.foreign_frees.load(std::memory_order_relaxed);
   for_each_live_heap(add_heap, out);
+  arena_walk_segments(add_segment, out);
   out->live_bytes += out->huge_bytes;
 }
 

@@ -40,13 +40,13 @@ inline void* new_impl_nothrow(std::size_t n) noexcept {
 }
 inline void* new_aligned(std::size_t n, std::align_val_t al) {
   std::size_t a = static_cast<std::size_t>(al);
-  void* p = alloc_aligned(a, n);
+  void* p = alloc_aligned_pow2(a, n);
   if (NEBULA_LIKELY(p != nullptr)) return p;
   return new_slow(n, a);
 }
 inline void* new_aligned_nothrow(std::size_t n, std::align_val_t al) noexcept {
   std::size_t a = static_cast<std::size_t>(al);
-  void* p = alloc_aligned(a, n);
+  void* p = alloc_aligned_pow2(a, n);
   if (NEBULA_LIKELY(p != nullptr)) return p;
   return new_slow_nothrow(n, a);
 }
