@@ -28,7 +28,7 @@ typedef struct nebula_mem_stats {
   uint64_t reserved_bytes;    /* address space reserved from the OS */
   uint64_t purged_bytes;      /* bytes given back to the OS (madvise) so far */
   uint64_t purge_calls;
-  uint64_t segments;          /* live 4 MiB segments (huge blocks included) */
+  uint64_t segments;          /* live 4 MiB segments of small, medium and large pages */
   uint64_t huge_bytes;        /* bytes in live huge blocks (> 2 MiB) */
   uint64_t heaps;             /* thread heaps in use */
   uint64_t abandoned_segments;/* segments left by exited threads, so far */
