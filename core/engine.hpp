@@ -185,7 +185,9 @@ bool span_free(Segment* s, Page* page) noexcept;   // true: the segment was free
 void* huge_alloc(size_t n, size_t align, bool zero) noexcept;
 void huge_free(Segment* s, Page* page) noexcept;
 size_t huge_usable(Segment* s, const void* p) noexcept;
-void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx) noexcept;
+// Calls fn for every live heap under the heap-pool lock; *retired gets the summed counters of
+// the heaps of threads that have exited.
+void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired) noexcept;
 void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept;
 void segment_abandon(Segment* s) noexcept;
 bool segment_reclaim_one(Heap* heap) noexcept;

@@ -15,6 +15,7 @@ __thread Heap* t_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap
 namespace {
 
 SpinLock g_heaps_lock;
+HeapStats g_retired_stats;       // counters of heaps whose threads exited (under the lock)
 Heap* g_all_heaps = nullptr;     // every heap ever made, through next_heap (under the lock)
 Heap* g_pool = nullptr;          // heaps of exited threads, ready for reuse (through full.first)
 std::atomic<int> g_init_state{0};  // 0 none, 1 in progress, 2 done
@@ -61,6 +62,17 @@ void heap_reset(Heap* h) {
 void heap_to_pool(Heap* h) {
   h->live = false;
   LockGuard guard(g_heaps_lock);
+  // Keep the counters of exited threads in the totals.
+  HeapStats& r = g_retired_stats;
+  for (int i = 0; i < 4; ++i) {
+    r.pages_made[i] += h->stats.pages_made[i];
+    r.pages_freed[i] += h->stats.pages_freed[i];
+  }
+  r.large_allocs += h->stats.large_allocs;
+  r.huge_allocs += h->stats.huge_allocs;
+  r.generic_calls += h->stats.generic_calls;
+  r.remote_frees += h->stats.remote_frees;
+  r.segments_reclaimed += h->stats.segments_reclaimed;
   Heap* keep_next = h->next_heap;
   memset(static_cast<void*>(h), 0, sizeof(Heap));
   h->next_heap = keep_next;
@@ -386,8 +398,9 @@ void heaps_collect_abandoned(bool force) noexcept {
 }
 
 // Walk every heap (stats). fn is called under the heaps lock.
-void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx) noexcept {
+void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired) noexcept {
   LockGuard guard(g_heaps_lock);
+  if (retired != nullptr) *retired = g_retired_stats;
   for (Heap* h = g_all_heaps; h != nullptr; h = h->next_heap)
     if (h->live) fn(h, ctx);
 }

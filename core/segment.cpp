@@ -80,6 +80,7 @@ Segment* segment_new(Heap* heap) {
   s->purge_at_ms = 0;
   s->mapped_size = kSegmentSize;
   s->huge_len = 0;
+  s->huge_used = 0;
   s->owner_heap.store(heap, std::memory_order_relaxed);
   reset_descriptors(s, 0, kSlicesPerSegment);
   heap_segments_push(heap, s);
@@ -225,6 +226,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   s->dirty_slices = ~uint64_t{0};
   s->purge_at_ms = 0;
   s->huge_len = dirty_len;
+  s->huge_used = used_len;
   s->mapped_size = need;
   s->owner_heap.store(nullptr, std::memory_order_relaxed);
   reset_descriptors(s, 0, 2);
@@ -252,14 +254,14 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
 }
 
 size_t huge_usable(Segment* s, const void* p) noexcept {
-  uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_len;
+  uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_used;
   return end - reinterpret_cast<uintptr_t>(p);
 }
 
 void huge_free(Segment* s, Page* page) noexcept {
   (void)page;
   size_t dirty_len = s->huge_len;
-  g_counters.huge_live.fetch_sub(dirty_len, std::memory_order_relaxed);
+  g_counters.huge_live.fetch_sub(s->huge_used, std::memory_order_relaxed);
   arena_free(s, s->chunk_count, 0, dirty_len);
 }
 

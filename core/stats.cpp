@@ -51,7 +51,14 @@ void stats_collect(nebula_mem_stats* out) noexcept {
   out->abandoned_segments = g_counters.abandoned.load(std::memory_order_relaxed);
   out->reclaimed_segments = g_counters.reclaimed.load(std::memory_order_relaxed);
   out->foreign_frees = g_counters.foreign_frees.load(std::memory_order_relaxed);
-  for_each_live_heap(add_heap, out);
+  HeapStats retired{};
+  for_each_live_heap(add_heap, out, &retired);
+  for (int i = 0; i < 4; ++i) {
+    out->pages_made[i] += retired.pages_made[i];
+    out->pages_freed[i] += retired.pages_freed[i];
+  }
+  out->slow_path_calls += retired.generic_calls;
+  out->remote_frees += retired.remote_frees;
   arena_walk_segments(add_segment, out);
   out->live_bytes += out->huge_bytes;
 }

@@ -61,7 +61,8 @@ enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 // head) is live, the others point back to it by slice_offset.
 // Hot for malloc: free, used; for free(): slice_offset, flags, local_free, used.
 // Invariants (owner's view, between operations):
-//   used + |free| + |local_free| + |thread_free| == capacity <= reserved
+//   used + |free| + |local_free| == capacity <= reserved
+//   |thread_free| <= used  (blocks freed by other threads count as used until collected)
 //   flags & kPageInFull  <=>  the page is in its heap's full list
 //   (thread_free & kDelayMask) == kDelayUse  =>  flags & kPageInFull
 struct Page {
@@ -112,6 +113,7 @@ struct Segment {
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
   size_t mapped_size;                   // bytes of the segment (huge: chunk_count * 4 MiB)
   size_t huge_len;                      // huge: bytes from the segment start that may be resident
+  size_t huge_used;                     // huge: bytes from the segment start to the block's end
   std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
                                         // free of a full page reads it to reach the heap)
   uintptr_t huge_start;                 // huge: the block's address

@@ -1,0 +1,324 @@
+// tests/unit/alloc_test.cpp: allocation properties (alignment, usable size, no overlap,
+// contents) and the page lists of one thread (free, local_free, used, the full list).
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+namespace {
+
+size_t random_size(std::mt19937_64& rng) {
+  unsigned r = static_cast<unsigned>(rng() % 1000);
+  if (r < 750) return rng() % (kDirectMax + 1);                        // direct sizes
+  if (r < 930) return kDirectMax + rng() % (kSmallMax - kDirectMax);   // small pages
+  if (r < 985) return kSmallMax + rng() % (kMediumMax - kSmallMax);    // medium pages
+  if (r < 998) return kMediumMax + 1 + rng() % (kLargeMax - kMediumMax);  // large spans
+  return kLargeMax + 1 + rng() % (6u << 20);                           // huge segments
+}
+
+}  // namespace
+
+TEST_CASE("alloc: alignment and usable size follow the size class") {
+  settle();
+  int bad = 0;
+  auto one = [&](size_t n) {
+    void* p = alloc(n);
+    REQUIRE(p != nullptr);
+    size_t u = usable_size(p);
+    bool ok = reinterpret_cast<uintptr_t>(p) % kMinAlign == 0 && u >= n;
+    if (n <= kMediumMax) ok = ok && u == kClassSize[size_to_class(n)];
+    else if (n <= kLargeMax) ok = ok && u % kSliceSize == 0 && u - n < kSliceSize;
+    else ok = ok && u - n < kSegmentSize + kSliceSize;
+    if (ok && n > 0) {
+      static_cast<uint8_t*>(p)[0] = 1;
+      static_cast<uint8_t*>(p)[n - 1] = 2;
+    }
+    if (!ok && ++bad <= 8) FAIL_CHECK("n=" << n << " p=" << p << " usable=" << u);
+    CHECK(nebula_usable_size(p) == u);
+    dealloc(p);
+  };
+  for (size_t n = 0; n <= 16384; ++n) one(n);
+  for (size_t n = 16384; n <= kMediumMax; n += 509) one(n);
+  for (size_t n : {kMediumMax - 1, kMediumMax, kMediumMax + 1, size_t{200000}, size_t{1} << 20, kLargeMax - 1,
+                   kLargeMax, kLargeMax + 1, size_t{3} << 20})
+    one(n);
+  CHECK(bad == 0);
+  // The prefixed API gives the same guarantees.
+  for (size_t n : {size_t{0}, size_t{1}, size_t{17}, size_t{1000}, size_t{5000}, size_t{70000}}) {
+    void* p = nebula_malloc(n);
+    REQUIRE(p != nullptr);
+    CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0);
+    CHECK(nebula_usable_size(p) >= n);
+    nebula_free(p);
+  }
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
+TEST_CASE("alloc: live blocks never overlap and keep their contents") {
+  settle();
+  size_t base_segments = segments_now();
+  std::mt19937_64 rng(42);
+  struct Live {
+    uint8_t* p;
+    size_t n;
+    size_t usable;
+    uint64_t id;
+  };
+  std::vector<Live> live;
+  const int kCount = 6000;
+  for (int i = 0; i < kCount; ++i) {
+    size_t n = random_size(rng);
+    auto* p = static_cast<uint8_t*>(alloc(n));
+    REQUIRE(p != nullptr);
+    size_t u = usable_size(p);
+    live.push_back({p, n, u, static_cast<uint64_t>(i)});
+    fill_edges(p, n, static_cast<uint64_t>(i));
+  }
+  CHECK(check_heap_invariants(t_heap) == 0);
+
+  // Properties of each block according to where it lives.
+  int bad = 0;
+  for (const Live& b : live) {
+    bool ok = reinterpret_cast<uintptr_t>(b.p) % kMinAlign == 0 && b.usable >= b.n && owns(b.p);
+    if (b.n <= kLargeMax) {
+      Segment* s = segment_of(b.p);
+      Page* pg = page_of(s, b.p);
+      ok = ok && is_segment_start_chunk(b.p) && s->kind == SegmentKind::kNormal;
+      ok = ok && (reinterpret_cast<uintptr_t>(b.p) & kSegmentMask) >= kSliceSize;  // not in the header
+      if (b.n <= kMediumMax) {
+        ok = ok && pg->kind == (kClassSize[size_to_class(b.n)] <= kSmallMax ? PageKind::kSmall : PageKind::kMedium);
+        ok = ok && (b.p - page_start(s, pg)) % pg->block_size == 0 && pg->block_size == b.usable;
+      } else {
+        ok = ok && pg->kind == PageKind::kLarge && b.p == page_start(s, pg);
+      }
+    } else {
+      Segment* s = segment_containing(b.p);
+      ok = ok && s != nullptr && s->kind == SegmentKind::kHuge && s->huge_start == reinterpret_cast<uintptr_t>(b.p);
+    }
+    if (!ok && ++bad <= 8) FAIL_CHECK("block " << b.id << " n=" << b.n << " p=" << static_cast<void*>(b.p));
+  }
+  CHECK(bad == 0);
+
+  // No two blocks overlap, counting each block's whole usable size.
+  std::vector<Live> sorted = live;
+  std::sort(sorted.begin(), sorted.end(), [](const Live& a, const Live& b) { return a.p < b.p; });
+  int overlaps = 0;
+  for (size_t i = 1; i < sorted.size(); ++i) {
+    if (sorted[i - 1].p + sorted[i - 1].usable > sorted[i].p && ++overlaps <= 8)
+      FAIL_CHECK("blocks overlap: " << static_cast<void*>(sorted[i - 1].p) << " + " << sorted[i - 1].usable
+                                    << " > " << static_cast<void*>(sorted[i].p));
+  }
+  CHECK(overlaps == 0);
+
+  // Free a random half, then allocate again: the contents of the survivors are intact and the
+  // new blocks do not overlap them either.
+  std::shuffle(live.begin(), live.end(), rng);
+  for (size_t i = 0; i < live.size() / 2; ++i) {
+    REQUIRE(check_edges(live[i].p, live[i].n, live[i].id));
+    dealloc(live[i].p);
+  }
+  live.erase(live.begin(), live.begin() + static_cast<long>(live.size() / 2));
+  for (int i = 0; i < kCount / 2; ++i) {
+    size_t n = random_size(rng);
+    auto* p = static_cast<uint8_t*>(alloc(n));
+    REQUIRE(p != nullptr);
+    uint64_t id = static_cast<uint64_t>(kCount + i);
+    fill_edges(p, n, id);
+    live.push_back({p, n, usable_size(p), id});
+  }
+  sorted = live;
+  std::sort(sorted.begin(), sorted.end(), [](const Live& a, const Live& b) { return a.p < b.p; });
+  overlaps = 0;
+  for (size_t i = 1; i < sorted.size(); ++i)
+    if (sorted[i - 1].p + sorted[i - 1].usable > sorted[i].p) ++overlaps;
+  CHECK(overlaps == 0);
+  int corrupt = 0;
+  for (const Live& b : live)
+    if (!check_edges(b.p, b.n, b.id)) ++corrupt;
+  CHECK(corrupt == 0);
+  CHECK(check_heap_invariants(t_heap) == 0);
+  for (const Live& b : live) dealloc(b.p);
+  settle();
+  CHECK(segments_now() == base_segments);
+}
+
+TEST_CASE("page lists: local frees return a page's blocks to it for reuse") {
+  settle();
+  Heap* h = t_heap;
+  REQUIRE(h->live);
+  const unsigned cls = size_to_class(64);
+  REQUIRE(kClassSize[cls] == 64);
+  REQUIRE(h->queues[cls].first == nullptr);  // settle() freed every empty page
+  const size_t per_page = kSliceSize / 64;
+
+  std::vector<void*> first;
+  for (size_t i = 0; i < per_page; ++i) first.push_back(alloc(64));
+  Page* page = page_of_ptr(first[0]);
+  for (void* p : first) REQUIRE(page_of_ptr(p) == page);
+  CHECK(page->kind == PageKind::kSmall);
+  CHECK(page->size_class == cls);
+  CHECK(page->block_size == 64);
+  CHECK(page->reserved == per_page);
+  CHECK(page->capacity == per_page);
+  CHECK(page->used == per_page);
+  CHECK(page->free == nullptr);
+  CHECK(h->queues[cls].first == page);
+  CHECK(h->direct[64 / 16] == page);
+  PageCounts pc = page_counts(page);
+  CHECK(pc.consistent());
+
+  // Free them all on the owner thread: they go to local_free, used returns to 0 and the page
+  // stays (it is the only page of its class).
+  for (void* p : first) dealloc(p);
+  pc = page_counts(page);
+  CHECK(pc.used == 0);
+  CHECK(pc.local_free == per_page);
+  CHECK(pc.free == 0);
+  CHECK(pc.thread_free == 0);
+  CHECK(pc.consistent());
+  CHECK(page->kind == PageKind::kSmall);
+  CHECK(page->retire_pending == 1);
+  CHECK(h->queues[cls].first == page);
+
+  // The next allocations reuse exactly those blocks.
+  std::vector<void*> second;
+  for (size_t i = 0; i < per_page; ++i) second.push_back(alloc(64));
+  CHECK(std::set<void*>(first.begin(), first.end()) == std::set<void*>(second.begin(), second.end()));
+  CHECK(page->used == per_page);
+  CHECK(page->local_free == nullptr);
+  CHECK(page->retire_pending == 0);
+
+  // One more: the exhausted page moves to the full list, a new page serves the request.
+  void* extra = alloc(64);
+  Page* page2 = page_of_ptr(extra);
+  CHECK(page2 != page);
+  CHECK((page->flags & kPageInFull) != 0);
+  CHECK(delay_state(page) == kDelayUse);
+  CHECK(h->full.first != nullptr);
+  bool found = false;
+  for (Page* p = h->full.first; p != nullptr; p = p->next) found = found || p == page;
+  CHECK(found);
+  CHECK(h->queues[cls].first == page2);
+  CHECK(h->direct[64 / 16] == page2);
+
+  // A local free into the full page takes it out of the full list.
+  dealloc(second[0]);
+  CHECK((page->flags & kPageInFull) == 0);
+  CHECK(delay_state(page) == kDelayNone);
+  CHECK(page->used == per_page - 1);
+  CHECK(list_contains(page->local_free, second[0]));
+  CHECK(check_heap_invariants(h) == 0);
+
+  // Freeing the new page's only block frees it (it is not the only page of the class).
+  dealloc(extra);
+  CHECK(page2->kind == PageKind::kNone);
+  for (size_t i = 1; i < second.size(); ++i) dealloc(second[i]);
+  CHECK(page->used == 0);
+  CHECK(page->kind == PageKind::kSmall);
+  CHECK(check_heap_invariants(h) == 0);
+  // A forced collection frees the page kept for reuse.
+  settle();
+  CHECK(h->queues[cls].first == nullptr);
+  CHECK(h->direct[64 / 16] == &g_empty_page);
+}
+
+TEST_CASE("page lists: the counts invariant holds through a mixed workload") {
+  settle();
+  Heap* h = t_heap;
+  std::mt19937_64 rng(7);
+  std::vector<void*> live;
+  for (int round = 0; round < 6; ++round) {
+    for (int i = 0; i < 4000; ++i) {
+      size_t n = rng() % 3 == 0 ? rng() % kMediumMax : rng() % 512;
+      live.push_back(alloc(n));
+    }
+    std::shuffle(live.begin(), live.end(), rng);
+    size_t keep = live.size() / 3;
+    for (size_t i = keep; i < live.size(); ++i) dealloc(live[i]);
+    live.resize(keep);
+    CAPTURE(round);
+    CHECK(check_heap_invariants(h) == 0);
+  }
+  for (void* p : live) dealloc(p);
+  CHECK(check_heap_invariants(h) == 0);
+  settle();
+  CHECK(h->segments == nullptr);
+}
+
+TEST_CASE("api: edge cases of the prefixed entry points") {
+  settle();
+  void* z = nebula_malloc(0);
+  CHECK(z != nullptr);
+  CHECK(nebula_usable_size(z) >= 1);
+  nebula_free(z);
+  nebula_free(nullptr);  // no-op
+  CHECK(nebula_usable_size(nullptr) == 0);
+
+  errno = 0;
+  CHECK(nebula_calloc(SIZE_MAX / 2, 3) == nullptr);
+  CHECK(errno == ENOMEM);
+  errno = 0;
+  CHECK(nebula_malloc(static_cast<size_t>(PTRDIFF_MAX)) == nullptr);
+  CHECK(errno == ENOMEM);
+  errno = 0;
+  CHECK(nebula_realloc(nullptr, SIZE_MAX) == nullptr);
+  CHECK(errno == ENOMEM);
+
+  // realloc(NULL, n) allocates, realloc(p, 0) frees and returns NULL.
+  void* r = nebula_realloc(nullptr, 100);
+  REQUIRE(r != nullptr);
+  CHECK(owns(r));
+  CHECK(nebula_realloc(r, 0) == nullptr);
+
+  void* out = nullptr;
+  CHECK(nebula_posix_memalign(&out, 24, 10) == EINVAL);
+  CHECK(nebula_posix_memalign(&out, 8, 10) == 0);
+  CHECK(out != nullptr);
+  nebula_free(out);
+  CHECK(nebula_posix_memalign(&out, 4096, 10) == 0);
+  CHECK(reinterpret_cast<uintptr_t>(out) % 4096 == 0);
+  nebula_free(out);
+  // aligned_alloc rounds an alignment that is not a power of two up to one (glibc 2.36).
+  void* a = nebula_aligned_alloc(48, 10);
+  REQUIRE(a != nullptr);
+  CHECK(reinterpret_cast<uintptr_t>(a) % 64 == 0);
+  nebula_free(a);
+
+  CHECK(nebula_mem_is_active() == 0);  // glibc serves this process's malloc
+  CHECK(std::string(nebula_mem_version()) == "0.1.0");
+
+  // A block of glibc's malloc handed to nebula_free goes back to glibc.
+  size_t ff = g_counters.foreign_frees.load();
+  void* g = std::malloc(100);
+  REQUIRE(g != nullptr);
+  CHECK_FALSE(owns(g));
+  CHECK(nebula_usable_size(g) >= 100);
+  nebula_free(g);
+  CHECK(g_counters.foreign_frees.load() == ff + 1);
+  void* gbig = std::malloc(size_t{1} << 20);  // glibc serves this one with its own mmap
+  REQUIRE(gbig != nullptr);
+  CHECK_FALSE(owns(gbig));
+  nebula_free(gbig);
+  CHECK(g_counters.foreign_frees.load() == ff + 2);
+  ff = g_counters.foreign_frees.load();
+  // ... and realloc moves it into our memory, keeping the contents.
+  auto* g2 = static_cast<uint8_t*>(std::malloc(200));
+  REQUIRE(g2 != nullptr);
+  fill(g2, 200, 9);
+  auto* m = static_cast<uint8_t*>(nebula_realloc(g2, 5000));
+  REQUIRE(m != nullptr);
+  CHECK(owns(m));
+  CHECK(check_fill(m, 200, 9));
+  CHECK(g_counters.foreign_frees.load() == ff + 1);
+  // A failed realloc leaves the block alone.
+  errno = 0;
+  CHECK(nebula_realloc(m, SIZE_MAX / 2) == nullptr);
+  CHECK(errno == ENOMEM);
+  CHECK(check_fill(m, 200, 9));
+  nebula_free(m);
+}

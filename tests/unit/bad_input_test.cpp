@@ -1,0 +1,121 @@
+// tests/unit/bad_input_test.cpp: pointers that were never handed out stop the process with a
+// one-line message naming the pointer. Each case runs in a forked child whose stderr is read
+// back through a pipe.
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+namespace {
+
+int g_global_word = 1;
+
+std::string hex(const void* p) {
+  char b[32];
+  snprintf(b, sizeof b, "0x%lx", static_cast<unsigned long>(reinterpret_cast<uintptr_t>(p)));
+  return b;
+}
+
+void expect_abort(const ChildResult& r, const void* p, const char* op, const char* reason) {
+  CAPTURE(r.err);
+  CHECK(WIFSIGNALED(r.status));
+  if (WIFSIGNALED(r.status)) CHECK(WTERMSIG(r.status) == SIGABRT);
+  std::string prefix = std::string("nebula-memory: ") + op + "(0x";
+  CHECK(r.err.rfind(prefix, 0) == 0);  // the message is the first thing written
+  CHECK(r.err.find(std::string(op) + "(" + hex(p) + "): ") != std::string::npos);
+  CHECK(r.err.find(reason) != std::string::npos);
+  // One line, then (with libunwind) backtrace lines that start with two spaces.
+  size_t nl = r.err.find('\n');
+  REQUIRE(nl != std::string::npos);
+  CHECK((nl + 1 == r.err.size() || r.err.compare(nl + 1, 3, "  #") == 0));
+}
+
+}  // namespace
+
+TEST_CASE("bad input: free of a stack address aborts with a message naming the pointer") {
+  settle();
+  int on_stack = 5;
+  void* p = &on_stack;
+  ChildResult r = run_child([p] { nebula_free(p); });
+  expect_abort(r, p, "free", "stack");
+}
+
+TEST_CASE("bad input: free of a global aborts") {
+  void* p = &g_global_word;
+  ChildResult r = run_child([p] { nebula_free(p); });
+  expect_abort(r, p, "free", "global");
+}
+
+TEST_CASE("bad input: free of an interior pointer of a huge block aborts") {
+  settle();
+  auto* h = static_cast<uint8_t*>(nebula_malloc(size_t{10} << 20));
+  REQUIRE(h != nullptr);
+  void* p1 = h + 4096;                  // in the segment's first chunk
+  void* p2 = h + (size_t{6} << 20);     // in an interior chunk
+  ChildResult r1 = run_child([p1] { nebula_free(p1); });
+  expect_abort(r1, p1, "free", "middle of a huge block");
+  ChildResult r2 = run_child([p2] { nebula_free(p2); });
+  expect_abort(r2, p2, "free", "middle of a huge block");
+  nebula_free(h);
+}
+
+TEST_CASE("bad input: free into a free slice of a live segment aborts") {
+  settle();
+  void* keep = nebula_malloc(100);
+  REQUIRE(keep != nullptr);
+  Segment* s = segment_of(keep);
+  uint64_t free_slices = s->free_slices;
+  REQUIRE(free_slices != 0);
+  unsigned idx = ctz64(free_slices);
+  void* p = reinterpret_cast<char*>(s) + (size_t{idx} << kSliceShift) + 64;
+  ChildResult r = run_child([p] { nebula_free(p); });
+  expect_abort(r, p, "free", "not a live block");
+  // The segment header (slice 0) is not a block either.
+  void* hdr = reinterpret_cast<char*>(s) + 256;
+  ChildResult r2 = run_child([hdr] { nebula_free(hdr); });
+  expect_abort(r2, hdr, "free", "not a live block");
+  nebula_free(keep);
+}
+
+TEST_CASE("bad input: free of a freed huge block (unmapped from the map) aborts") {
+  settle();
+  void* h = nebula_malloc(size_t{400} << 20);  // its own mapping: released on free
+  REQUIRE(h != nullptr);
+  nebula_free(h);
+  ChildResult r = run_child([h] { nebula_free(h); });
+  expect_abort(r, h, "free", "unmapped");
+}
+
+TEST_CASE("bad input: free of a block whose segment was already released aborts") {
+  settle();
+  void* p = nebula_malloc(100);
+  REQUIRE(p != nullptr);
+  nebula_free(p);
+  settle();  // the page and its segment go back to the arena
+  REQUIRE_FALSE(is_segment_start_chunk(p));
+  ChildResult r = run_child([p] { nebula_free(p); });
+  expect_abort(r, p, "free", "not a live block");
+}
+
+TEST_CASE("bad input: usable_size and realloc of a stack address abort too") {
+  int on_stack = 0;
+  void* p = &on_stack;
+  ChildResult r1 = run_child([p] { (void)nebula_usable_size(p); });
+  expect_abort(r1, p, "malloc_usable_size", "stack");
+  ChildResult r2 = run_child([p] { (void)nebula_realloc(p, 100); });
+  CHECK(WIFSIGNALED(r2.status));
+  CHECK(r2.err.rfind("nebula-memory: ", 0) == 0);
+  CHECK(r2.err.find(hex(p)) != std::string::npos);
+}
+
+TEST_CASE("bad input: a child that frees valid memory exits normally (control)") {
+  void* p = nebula_malloc(64);
+  ChildResult r = run_child([p] { nebula_free(p); });
+  CHECK(WIFEXITED(r.status));
+  CHECK(r.err.empty());
+  nebula_free(p);
+}

@@ -1,0 +1,270 @@
+// tests/unit/large_huge_test.cpp: large blocks (a span of their own, 128 KiB .. 2 MiB), huge
+// blocks (a segment of their own, > 2 MiB), aligned allocation, calloc on reused memory,
+// realloc across tiers, and the accounting of huge blocks.
+#include <algorithm>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+TEST_CASE("large: sizes up to kLargeMax get a span of whole slices") {
+  settle();
+  for (size_t n : {kMediumMax + 1, size_t{150000}, size_t{300000}, size_t{1} << 20, kLargeMax - 100, kLargeMax}) {
+    CAPTURE(n);
+    auto* p = static_cast<uint8_t*>(alloc(n));
+    REQUIRE(p != nullptr);
+    Page* page = page_of_ptr(p);
+    CHECK(page->kind == PageKind::kLarge);
+    CHECK(page_start(segment_of(p), page) == p);
+    CHECK(reinterpret_cast<uintptr_t>(p) % kSliceSize == 0);
+    size_t slices = (n + kSliceSize - 1) / kSliceSize;
+    CHECK(page->slice_count == slices);
+    CHECK(usable_size(p) == slices * kSliceSize);
+    CHECK(nebula_usable_size(p + 1000) == slices * kSliceSize - 1000);  // interior pointer
+    fill_edges(p, usable_size(p), n);
+    CHECK(check_edges(p, usable_size(p), n));
+    dealloc(p);
+    CHECK(page->kind == PageKind::kNone);  // the span went back to the segment
+  }
+}
+
+TEST_CASE("huge: sizes above kLargeMax get a segment of their own") {
+  settle();
+  const size_t live0 = huge_live_now();
+  for (size_t n : {kLargeMax + 1, size_t{5} << 20, (size_t{17} << 20) + 3}) {
+    CAPTURE(n);
+    auto* p = static_cast<uint8_t*>(alloc(n));
+    REQUIRE(p != nullptr);
+    Segment* s = segment_containing(p);
+    REQUIRE(s != nullptr);
+    CHECK(s->kind == SegmentKind::kHuge);
+    CHECK(s->huge_start == reinterpret_cast<uintptr_t>(p));
+    CHECK(reinterpret_cast<uintptr_t>(p) % kSliceSize == 0);
+    CHECK(usable_size(p) >= n);
+    CHECK(usable_size(p) < n + kSegmentSize + kSliceSize);
+    CHECK(huge_live_now() - live0 >= n);
+    fill_edges(p, n, n, 4096);
+    CHECK(check_edges(p, n, n, 4096));
+    dealloc(p);
+    CHECK(huge_live_now() == live0);
+  }
+}
+
+TEST_CASE("aligned: alignments from 32 bytes to 1 MiB") {
+  settle();
+  std::vector<std::pair<uint8_t*, size_t>> live;
+  int bad = 0;
+  for (size_t align = 32; align <= (size_t{1} << 20); align *= 2) {
+    for (size_t n : {size_t{1}, size_t{24}, align - 1, align, align + 1, 3 * align, size_t{100000}, size_t{700000}}) {
+      auto* p = static_cast<uint8_t*>(alloc_aligned(align, n));
+      if (p == nullptr || reinterpret_cast<uintptr_t>(p) % align != 0 || usable_size(p) < n || !owns(p)) {
+        if (++bad <= 8) FAIL_CHECK("align=" << align << " n=" << n << " p=" << static_cast<void*>(p));
+        continue;
+      }
+      p[n - 1] = 0xa5;
+      p[0] = 0x5a;
+      live.push_back({p, n});
+    }
+  }
+  CHECK(bad == 0);
+  // Non-power-of-two alignments round up.
+  for (size_t align : {size_t{48}, size_t{96}, size_t{3000}, size_t{100000}}) {
+    void* p = alloc_aligned(align, 10);
+    REQUIRE(p != nullptr);
+    size_t pow2 = 1;
+    while (pow2 < align) pow2 *= 2;
+    CHECK(reinterpret_cast<uintptr_t>(p) % pow2 == 0);
+    dealloc(p);
+  }
+  // Nothing was overwritten, and aligned blocks do not overlap.
+  std::sort(live.begin(), live.end());
+  for (size_t i = 0; i < live.size(); ++i) {
+    CHECK(live[i].first[0] == 0x5a);
+    if (live[i].second > 1) CHECK(live[i].first[live[i].second - 1] == 0xa5);
+    if (i > 0) CHECK(live[i - 1].first + live[i - 1].second <= live[i].first);
+  }
+  for (auto& b : live) dealloc(b.first);
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
+TEST_CASE("aligned: 2, 4, 8 and 16 MiB alignments (huge path)") {
+  settle();
+  const size_t live0 = huge_live_now();
+  for (size_t align : {size_t{2} << 20, size_t{4} << 20, size_t{8} << 20, size_t{16} << 20}) {
+    for (size_t n : {size_t{1}, size_t{3} << 20, size_t{10} << 20}) {
+      CAPTURE(align);
+      CAPTURE(n);
+      auto* p = static_cast<uint8_t*>(alloc_aligned(align, n));
+      REQUIRE(p != nullptr);
+      CHECK(reinterpret_cast<uintptr_t>(p) % align == 0);
+      Segment* s = segment_containing(p);
+      REQUIRE(s != nullptr);
+      CHECK(s->kind == SegmentKind::kHuge);
+      CHECK(s->huge_start == reinterpret_cast<uintptr_t>(p));
+      CHECK(usable_size(p) >= n);
+      CHECK(owns(p + n - 1));
+      p[0] = 1;
+      p[n - 1] = 2;
+      dealloc(p);
+    }
+  }
+  // Every block was freed (see also the huge_live test below).
+  CHECK(huge_live_now() == live0);
+  void* out = nullptr;
+  CHECK(nebula_posix_memalign(&out, size_t{8} << 20, 100) == 0);
+  CHECK(reinterpret_cast<uintptr_t>(out) % (size_t{8} << 20) == 0);
+  nebula_free(out);
+}
+
+TEST_CASE("calloc: blocks are zero even when they reuse dirty memory") {
+  settle();
+  for (size_t n : {size_t{24}, size_t{1000}, size_t{5000}, size_t{100000}, size_t{300000}, size_t{3} << 20}) {
+    CAPTURE(n);
+    // Enough blocks to fill two pages of the class (or a few large/huge blocks).
+    size_t count = n <= kMediumMax ? 2 * (static_cast<size_t>(page_slices_for_class(size_to_class(n))) * kSliceSize /
+                                          kClassSize[size_to_class(n)])
+                                   : 4;
+    std::vector<void*> dirty;
+    for (size_t i = 0; i < count; ++i) {
+      void* p = nebula_malloc(n);
+      REQUIRE(p != nullptr);
+      memset(p, 0xAB, n);
+      dirty.push_back(p);
+    }
+    std::set<void*> dirty_set(dirty.begin(), dirty.end());
+    for (void* p : dirty) nebula_free(p);
+    std::vector<void*> zeroed;
+    size_t reused = 0;
+    int nonzero = 0;
+    for (size_t i = 0; i < count; ++i) {
+      void* p = nebula_calloc(1, n);
+      REQUIRE(p != nullptr);
+      if (!all_zero(p, n)) ++nonzero;
+      if (dirty_set.count(p)) ++reused;
+      memset(p, 0xCD, n);  // dirty again for the next round
+      zeroed.push_back(p);
+    }
+    CHECK(nonzero == 0);
+    CHECK(reused > 0);  // the test really exercised reused memory
+    for (void* p : zeroed) nebula_free(p);
+  }
+  // calloc of count * size with both > 1.
+  auto* q = static_cast<uint32_t*>(nebula_calloc(1000, sizeof(uint32_t)));
+  REQUIRE(q != nullptr);
+  CHECK(all_zero(q, 4000));
+  nebula_free(q);
+}
+
+TEST_CASE("realloc: contents survive moves across small, medium, large and huge tiers") {
+  settle();
+  const size_t steps[] = {10,      100,     1000,          10000,  100000, 500000, 1500000, 3u << 20,
+                          9u << 20, 2500000, 700000, 50000, 500,    20,     1};
+  auto* p = static_cast<uint8_t*>(nebula_malloc(steps[0]));
+  REQUIRE(p != nullptr);
+  fill(p, steps[0], 77);
+  size_t have = steps[0];
+  for (size_t k = 1; k < sizeof steps / sizeof steps[0]; ++k) {
+    size_t n = steps[k];
+    CAPTURE(n);
+    auto* q = static_cast<uint8_t*>(nebula_realloc(p, n));
+    REQUIRE(q != nullptr);
+    CHECK(check_fill(q, have < n ? have : n, 77));
+    CHECK(nebula_usable_size(q) >= n);
+    fill(q, n, 77);
+    p = q;
+    have = n;
+  }
+  // Growing within the usable size keeps the block.
+  void* r = nebula_malloc(100);
+  size_t u = nebula_usable_size(r);
+  CHECK(nebula_realloc(r, u) == r);
+  nebula_free(r);
+  nebula_free(p);
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
+TEST_CASE("huge: freeing gives back huge_live at once and committed bytes after a purge") {
+  settle();
+  const size_t live0 = huge_live_now();
+  const size_t committed0 = committed_now();
+  const size_t n = size_t{5} << 20;
+  const size_t used_len = align_up(kSliceSize + n, kSliceSize);
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  memset(p, 1, n);
+  CHECK(huge_live_now() == live0 + used_len);
+  CHECK(committed_now() == committed0 + used_len);
+  dealloc(p);
+  CHECK(huge_live_now() == live0);
+  trim(0);
+  CHECK(committed_now() == committed0);
+
+  // A block big enough for its own mapping (not an arena run) gives everything back at once.
+  const size_t big = size_t{300} << 20;
+  size_t reserved0 = g_counters.reserved.load();
+  auto* b = static_cast<uint8_t*>(alloc(big));
+  REQUIRE(b != nullptr);
+  CHECK(segment_of(b)->solo == 1);
+  b[0] = 1;
+  b[big - 1] = 1;
+  CHECK(huge_live_now() - live0 >= big);
+  CHECK(committed_now() >= committed0 + big);
+  dealloc(b);
+  CHECK(huge_live_now() == live0);
+  CHECK(committed_now() == committed0);
+  CHECK(g_counters.reserved.load() == reserved0);
+}
+
+// A huge block that lands on chunks a bigger huge block left dirty: huge_alloc adds used_len to
+// huge_live but records dirty_len (which also covers the stale dirty tail) in huge_len, and
+// huge_free subtracts huge_len.
+TEST_CASE("huge: huge_live returns to its value when a huge block reuses dirty chunks") {
+  settle();
+  const size_t live0 = huge_live_now();
+  const size_t committed0 = committed_now();
+  // Two chunks, all of them dirty once freed.
+  auto* a = static_cast<uint8_t*>(alloc(2 * kSegmentSize - kSliceSize));
+  REQUIRE(a != nullptr);
+  Segment* sa = segment_of(a);
+  dealloc(a);
+  CHECK(huge_live_now() == live0);
+  // A smaller huge block of two chunks takes the same run (first fit), which is still dirty.
+  const size_t n = size_t{5} << 20;
+  auto* b = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(b != nullptr);
+  CHECK(segment_of(b) == sa);
+  CHECK(huge_live_now() == live0 + align_up(kSliceSize + n, kSliceSize));
+  dealloc(b);
+  CHECK(huge_live_now() == live0);
+  settle();
+  CHECK(committed_now() == committed0);  // the committed count, by contrast, stays exact
+}
+
+// include/nebula/mem.h: segments counts the segments of small, medium and large pages (not
+// huge blocks); huge_bytes the bytes of live huge blocks; live_bytes includes both.
+TEST_CASE("stats: segments, huge_bytes and live_bytes") {
+  settle();
+  nebula_mem_stats st0 = stats();
+  void* h = nebula_malloc(size_t{5} << 20);
+  REQUIRE(h != nullptr);
+  nebula_mem_stats st1 = stats();
+  CHECK(st1.segments == st0.segments);
+  CHECK(st1.huge_bytes == st0.huge_bytes + align_up(kSliceSize + (size_t{5} << 20), kSliceSize));
+  CHECK(st1.live_bytes - st0.live_bytes == st1.huge_bytes - st0.huge_bytes);
+  std::vector<void*> v;
+  for (int i = 0; i < 1000; ++i) v.push_back(nebula_malloc(100));
+  void* large = nebula_malloc(300000);
+  nebula_mem_stats st2 = stats();
+  CHECK(st2.segments >= st0.segments + 1);
+  CHECK(st2.live_bytes - st1.live_bytes == 1000 * kClassSize[size_to_class(100)] + 5 * kSliceSize);
+  for (void* p : v) nebula_free(p);
+  nebula_free(large);
+  nebula_free(h);
+  settle();
+  nebula_mem_stats st3 = stats();
+  CHECK(st3.segments == st0.segments);
+  CHECK(st3.huge_bytes == st0.huge_bytes);
+  CHECK(st3.live_bytes == st0.live_bytes);
+}

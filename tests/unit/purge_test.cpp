@@ -1,0 +1,80 @@
+// tests/unit/purge_test.cpp: giving memory back to the OS: free chunks of the arenas and free
+// slices of live segments are purged (madvise) and leave the committed count.
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+namespace {
+constexpr size_t kMiB = size_t{1} << 20;
+constexpr size_t kBlocks = 1024;  // 64 MiB of 64 KiB blocks
+}  // namespace
+
+TEST_CASE("purge: 64 MiB freed then trimmed leaves the committed count and the RSS") {
+  settle();
+  const size_t c0 = committed_now();
+  const size_t p0 = g_counters.purged.load();
+  const size_t seg0 = segments_now();
+  std::vector<void*> v;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    void* p = alloc(64 * 1024);
+    REQUIRE(p != nullptr);
+    memset(p, static_cast<int>(i), 64 * 1024);
+    v.push_back(p);
+  }
+  const size_t c1 = committed_now();
+  const uint64_t rss1 = os::resident_bytes();
+  CHECK(c1 >= c0 + 64 * kMiB);
+  CHECK(segments_now() > seg0);
+  for (void* p : v) dealloc(p);
+  // Every segment was emptied and freed, but for the one holding the last page of the class
+  // (an empty page that is alone in its queue is kept for reuse).
+  CHECK(segments_now() <= seg0 + 1);
+  CHECK(trim(0) == 1);  // something was purged
+  CHECK(segments_now() == seg0);
+  CHECK(trim(0) == 0);  // and nothing is left to purge
+  const uint64_t rss2 = os::resident_bytes();
+  CHECK(g_counters.purged.load() >= p0 + 48 * kMiB);
+  CHECK(committed_now() < c0 + 16 * kMiB);
+  CHECK(committed_now() == c0);
+  if (rss1 != 0) CHECK(rss2 + 40 * kMiB < rss1);
+}
+
+TEST_CASE("purge: free slices of live segments are purged, live spans are kept") {
+  settle();
+  const size_t c0 = committed_now();
+  const size_t p0 = g_counters.purged.load();
+  std::vector<void*> v;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    void* p = alloc(64 * 1024);
+    REQUIRE(p != nullptr);
+    memset(p, 0x11, 64 * 1024);
+    v.push_back(p);
+  }
+  // Keep the first block of each segment alive, free the rest.
+  std::set<Segment*> segs;
+  std::vector<void*> kept;
+  for (void* p : v) {
+    if (segs.insert(segment_of(p)).second) kept.push_back(p);
+    else dealloc(p);
+  }
+  CHECK(kept.size() >= 64 * kMiB / kSegmentSize);
+  const size_t purge_calls0 = g_counters.purge_calls.load();
+  trim(0);
+  CHECK(g_counters.purge_calls.load() > purge_calls0);
+  CHECK(g_counters.purged.load() > p0);
+  // What stays committed: per kept segment its header slice and one medium page.
+  const size_t per_segment = kSliceSize + kMediumPageSlices * kSliceSize;
+  CHECK(committed_now() <= c0 + kept.size() * per_segment);
+  CHECK(committed_now() < c0 + 16 * kMiB);
+  for (void* p : kept) {
+    Segment* s = segment_of(p);
+    CHECK((s->free_slices & s->dirty_slices) == 0);  // nothing free is left resident
+    CHECK(static_cast<uint8_t*>(p)[12345] == 0x11);  // the live block is untouched
+  }
+  for (void* p : kept) dealloc(p);
+  settle();
+  CHECK(committed_now() == c0);
+}

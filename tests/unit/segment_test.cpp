@@ -1,0 +1,138 @@
+// tests/unit/segment_test.cpp: telling our blocks from foreign pointers (the segment map),
+// segment_of / page_of / segment_containing for small, medium, large and huge blocks.
+#include <cstdlib>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+namespace {
+int g_global_int = 42;
+char g_global_buf[256];
+}  // namespace
+
+TEST_CASE("segment map: foreign addresses are not segment start chunks") {
+  int on_stack = 0;
+  CHECK_FALSE(is_segment_start_chunk(&on_stack));
+  CHECK_FALSE(is_segment_start_chunk(&g_global_int));
+  CHECK_FALSE(is_segment_start_chunk(g_global_buf));
+  CHECK_FALSE(is_segment_start_chunk(reinterpret_cast<void*>(&std::malloc)));
+  void* small = std::malloc(64);          // glibc: brk heap
+  void* big = std::malloc(size_t{8} << 20);  // glibc: its own mmap
+  REQUIRE(small != nullptr);
+  REQUIRE(big != nullptr);
+  CHECK_FALSE(is_segment_start_chunk(small));
+  CHECK_FALSE(is_segment_start_chunk(big));
+  CHECK(segment_containing(small) == nullptr);
+  CHECK(segment_containing(big) == nullptr);
+  CHECK(segment_containing(&on_stack) == nullptr);
+  CHECK(segment_containing(&g_global_int) == nullptr);
+  CHECK_FALSE(owns(small));
+  CHECK_FALSE(owns(&on_stack));
+  std::free(small);
+  std::free(big);
+  // Addresses beyond the map (kernel half, non-canonical) are never ours.
+  CHECK_FALSE(is_segment_start_chunk(reinterpret_cast<void*>(~uintptr_t{0} - 4095)));
+  CHECK(segment_containing(reinterpret_cast<void*>(uintptr_t{1} << 62)) == nullptr);
+  CHECK_FALSE(is_segment_start_chunk(nullptr));
+}
+
+TEST_CASE("segment map: small, medium and large blocks lead to their segment and page") {
+  settle();
+  std::vector<size_t> sizes = {1, 16, 100, 1024, 3000, kSmallMax, kSmallMax + 1, 50000, kMediumMax,
+                               kMediumMax + 1, 300000, size_t{1} << 20, kLargeMax};
+  std::vector<void*> blocks;
+  for (size_t n : sizes)
+    for (int k = 0; k < 3; ++k) blocks.push_back(alloc(n));
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    void* p = blocks[i];
+    size_t n = sizes[i / 3];
+    CAPTURE(n);
+    REQUIRE(p != nullptr);
+    CHECK(is_segment_start_chunk(p));
+    Segment* s = segment_of(p);
+    CHECK(reinterpret_cast<uintptr_t>(s) % kSegmentSize == 0);
+    CHECK(s->kind == SegmentKind::kNormal);
+    CHECK(s->owner_heap.load() == t_heap);
+    CHECK(s->thread_id.load() == os::thread_id());
+    CHECK(segment_containing(p) == s);
+    Page* page = page_of(s, p);
+    uint8_t* start = page_start(s, page);
+    auto* u = static_cast<uint8_t*>(p);
+    if (n <= kMediumMax) {
+      CHECK(start <= u);
+      CHECK(u < start + static_cast<size_t>(page->reserved) * page->block_size);
+      CHECK(page->block_size == kClassSize[size_to_class(n)]);
+      CHECK(page->kind == (page->block_size <= kSmallMax ? PageKind::kSmall : PageKind::kMedium));
+      CHECK(page->slice_count == page_slices_for_class(page->size_class));
+    } else {
+      CHECK(page->kind == PageKind::kLarge);
+      CHECK(start == u);
+      CHECK(page->block_size >= n);
+      CHECK(page->slice_count == (n + kSliceSize - 1) / kSliceSize);
+    }
+    // Any interior byte of the block leads back to the same page descriptor.
+    CHECK(page_of(s, u + n / 2) == page);
+    if (n > 0) CHECK(page_of(s, u + n - 1) == page);
+    CHECK(page_start(s, page) <= u);
+  }
+  for (void* p : blocks) dealloc(p);
+}
+
+TEST_CASE("segment map: huge blocks are found from any interior chunk") {
+  settle();
+  const size_t n = (size_t{20} << 20) + 12345;  // 6 chunks
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  CHECK(is_segment_start_chunk(p));  // the block starts in its segment's first chunk
+  Segment* s = segment_of(p);
+  CHECK(s->kind == SegmentKind::kHuge);
+  CHECK(s->owner_heap.load() == nullptr);
+  CHECK(s->huge_start == reinterpret_cast<uintptr_t>(p));
+  CHECK(s->chunk_count * kSegmentSize >= n + kSliceSize);
+  for (size_t off : {size_t{0}, size_t{1} << 20, size_t{5} << 20, size_t{9} << 20, size_t{17} << 20, n - 1}) {
+    CAPTURE(off);
+    CHECK(segment_containing(p + off) == s);
+    if (off >= kSegmentSize) CHECK_FALSE(is_segment_start_chunk(p + off));
+    CHECK(owns(p + off));
+  }
+  p[0] = 1;
+  p[n - 1] = 2;
+  // Past the end of the segment, nothing of ours.
+  uint8_t* past = reinterpret_cast<uint8_t*>(s) + s->chunk_count * kSegmentSize;
+  Segment* after = segment_containing(past);
+  CHECK((after == nullptr || after == segment_of(past)));
+  dealloc(p);
+  CHECK(segment_containing(p) == nullptr);
+  CHECK_FALSE(is_segment_start_chunk(p));
+  CHECK(segment_containing(p + (size_t{9} << 20)) == nullptr);
+}
+
+TEST_CASE("segment map: a huge block of more than 254 chunks (map entries saturate at 255)") {
+  settle();
+  size_t reserved0 = g_counters.reserved.load();
+  const size_t n = (size_t{1} << 30) + (size_t{100} << 20);  // 1.1 GiB: its own mapping, 276 chunks
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  Segment* s = segment_of(p);
+  REQUIRE(is_segment_start_chunk(p));
+  CHECK(s->kind == SegmentKind::kHuge);
+  CHECK(s->solo == 1);
+  CHECK(s->chunk_count > 255);
+  CHECK(g_counters.reserved.load() >= reserved0 + n);
+  // Touch only a few pages: the mapping is lazily committed.
+  for (size_t chunk : {size_t{1}, size_t{200}, size_t{253}, size_t{254}, size_t{255}, size_t{256}, size_t{260},
+                       size_t{s->chunk_count} - 1}) {
+    uint8_t* q = reinterpret_cast<uint8_t*>(s) + chunk * kSegmentSize + 4096;
+    if (q >= p + n) q = p + n - 1;
+    CAPTURE(chunk);
+    CHECK(segment_containing(q) == s);
+    *q = 7;
+  }
+  CHECK(usable_size(p) >= n);
+  dealloc(p);
+  CHECK(segment_containing(p + (size_t{1} << 30)) == nullptr);
+  CHECK(g_counters.reserved.load() == reserved0);
+}

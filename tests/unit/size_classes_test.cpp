@@ -1,0 +1,86 @@
+// tests/unit/size_classes_test.cpp: the size-class table (core/size_classes.hpp).
+#include "support.hpp"
+
+using namespace nebula;
+
+namespace {
+
+// Report at most a few failures per property, with the offending size, instead of one
+// assertion per size.
+struct Failures {
+  int count = 0;
+  void add(const char* what, size_t n, size_t got) {
+    if (++count <= 8) FAIL_CHECK(what << ": n=" << n << " got " << got);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("size classes: every request up to kMediumMax rounds up to a minimal, aligned class") {
+  Failures f;
+  unsigned prev_cls = 0;
+  for (size_t n = 0; n <= kMediumMax; ++n) {
+    unsigned c = size_to_class(n);
+    if (c >= kClassCount) {
+      f.add("class out of range", n, c);
+      continue;
+    }
+    size_t cs = kClassSize[c];
+    if (cs < n) f.add("class smaller than the request", n, cs);
+    if (cs % 16 != 0) f.add("class size not a multiple of 16", n, cs);
+    if (class_size_formula(c) != cs) f.add("table differs from the formula", n, cs);
+    // Minimal: the previous class would not hold n.
+    if (c > 0 && kClassSize[c - 1] >= n) f.add("a smaller class holds the request", n, kClassSize[c - 1]);
+    // Round trip: the class of a class size is itself.
+    if (size_to_class(cs) != c) f.add("class_size -> class does not round-trip", n, size_to_class(cs));
+    // Monotonic in n.
+    if (c < prev_cls) f.add("class decreases with a larger request", n, c);
+    prev_cls = c;
+    // The table lookup (n <= 1 KiB) and the formula agree.
+    if (n >= 1 && size_to_class_formula(n) != c) f.add("size_to_class differs from the formula", n, size_to_class_formula(n));
+    // Waste above 128 bytes stays within 25% of the request.
+    if (n > 128 && (cs - n) * 4 > n) f.add("more than 25% waste", n, cs);
+    // ... which is at most 20% of the block (the header's claim).
+    if (n > 128 && (cs - n) * 5 > cs) f.add("more than 20% of the block wasted", n, cs);
+    // Below 128 bytes, exact 16-byte steps.
+    if (n >= 1 && n <= 128 && cs != (n + 15) / 16 * 16) f.add("not a 16-byte step below 128", n, cs);
+  }
+  CHECK(f.count == 0);
+  CHECK(size_to_class(kMediumMax) == kClassCount - 1);
+  CHECK(kClassSize[kClassCount - 1] == kMediumMax);
+  CHECK(size_to_class(0) == 0);
+  CHECK(kClassSize[0] == 16);
+}
+
+TEST_CASE("size classes: the table is strictly increasing and each class is reachable") {
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    CAPTURE(c);
+    if (c > 0) CHECK(kClassSize[c] > kClassSize[c - 1]);
+    CHECK(size_to_class(kClassSize[c]) == c);
+    if (c + 1 < kClassCount) CHECK(size_to_class(kClassSize[c] + 1) == c + 1);
+    // Small classes fit 8+ blocks in one slice, medium ones 4+ in a medium page.
+    unsigned slices = page_slices_for_class(c);
+    CHECK((slices == 1) == (kClassSize[c] <= kSmallMax));
+    CHECK((static_cast<size_t>(slices) << kSliceShift) / kClassSize[c] >= 4);
+  }
+  // Four classes per power of two above 128 bytes.
+  CHECK(kClassSize[8] == 160);
+  CHECK(kClassSize[11] == 256);
+  CHECK(kClassSize[12] == 320);
+  CHECK(kClassSize[44] == 81920);
+}
+
+TEST_CASE("size classes: the direct table agrees with the formula") {
+  for (size_t i = 0; i < kDirectCount; ++i) {
+    CAPTURE(i);
+    CHECK(kDirectClass[i] == size_to_class_formula(i * 16));
+    // Every request of the 16-byte step (i*16-15 .. i*16] maps to that class.
+    size_t lo = i == 0 ? 0 : i * 16 - 15;
+    for (size_t n = lo; n <= i * 16; ++n) {
+      if (size_to_class_formula(n == 0 ? 1 : n) != kDirectClass[i]) {
+        FAIL_CHECK("direct entry " << i << " disagrees for n=" << n);
+        break;
+      }
+    }
+  }
+}

@@ -1,0 +1,290 @@
+// tests/unit/support.hpp: helpers shared by the unit tests: list walkers over the engine's
+// page structures, a worker thread that runs closures on request (so a heap stays alive and
+// owned by one thread across test steps), counters and a fixed-seed random generator.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <set>
+#include <thread>
+
+#include "core/engine.hpp"
+#include "nebula/mem.h"
+
+namespace unit {
+
+using namespace nebula;
+
+inline size_t list_len(const Block* b, size_t limit = 1u << 24) {
+  size_t n = 0;
+  while (b != nullptr && n < limit) {
+    ++n;
+    b = b->next;
+  }
+  return n;
+}
+
+inline bool list_contains(const Block* b, const void* p) {
+  for (; b != nullptr; b = b->next)
+    if (b == p) return true;
+  return false;
+}
+
+inline const Block* thread_free_head(const Page* page) {
+  return reinterpret_cast<const Block*>(page->thread_free.load(std::memory_order_acquire) & ~kDelayMask);
+}
+
+inline uintptr_t delay_state(const Page* page) {
+  return page->thread_free.load(std::memory_order_acquire) & kDelayMask;
+}
+
+// The counts of a page's block lists. Blocks on thread_free (and on the owner heap's delayed
+// list) are still counted in `used` until the owner collects them (page_collect subtracts them),
+// so the owner's invariant is  used + |free| + |local_free| == capacity,  |thread_free| <= used.
+struct PageCounts {
+  size_t used, free, local_free, thread_free, capacity, reserved;
+  size_t total() const { return used + free + local_free; }
+  bool consistent() const { return total() == capacity && thread_free <= used && capacity <= reserved; }
+};
+
+// Read a page's counts. Only meaningful while its owner thread is idle.
+inline PageCounts page_counts(const Page* page) {
+  return PageCounts{page->used, list_len(page->free), list_len(page->local_free),
+                    list_len(thread_free_head(page)), page->capacity, page->reserved};
+}
+
+inline Page* page_of_ptr(const void* p) {
+  Segment* s = segment_of(p);
+  return page_of(s, p);
+}
+
+// The heap's direct table must point, for each 16-byte size step, at the first page of the
+// step's class queue (or at the empty page). Returns the number of wrong entries.
+inline int direct_table_errors(const Heap* heap) {
+  int bad = 0;
+  for (size_t i = 0; i < kDirectCount; ++i) {
+    unsigned cls = kDirectClass[i];
+    const Page* want = heap->queues[cls].first != nullptr ? heap->queues[cls].first : &g_empty_page;
+    if (heap->direct[i] != want) ++bad;
+  }
+  return bad;
+}
+
+// Make the calling (main) thread's heap live: the stats count remote frees only for threads
+// that have a heap.
+inline void ensure_heap() { nebula_free(nebula_malloc(1)); }
+
+// Give everything free back: reclaim abandoned segments, free empty pages, purge.
+inline void settle() {
+  ensure_heap();
+  trim(0);
+}
+
+inline size_t segments_now() { return g_counters.segments.load(); }
+inline size_t committed_now() { return g_counters.committed.load(); }
+inline size_t huge_live_now() { return g_counters.huge_live.load(); }
+
+inline nebula_mem_stats stats() {
+  nebula_mem_stats st;
+  nebula_mem_get_stats(&st);
+  return st;
+}
+
+// A pattern that depends on the block's address-independent id and the byte offset.
+inline uint8_t pattern_byte(uint64_t id, size_t i) { return static_cast<uint8_t>((id * 131) ^ (i * 7) ^ (i >> 8)); }
+
+inline void fill(void* p, size_t n, uint64_t id) {
+  auto* b = static_cast<uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i) b[i] = pattern_byte(id, i);
+}
+
+// Fill only the ends of a big block: the first and last `edge` bytes.
+inline void fill_edges(void* p, size_t n, uint64_t id, size_t edge = 256) {
+  auto* b = static_cast<uint8_t*>(p);
+  if (n <= 2 * edge) return fill(p, n, id);
+  for (size_t i = 0; i < edge; ++i) b[i] = pattern_byte(id, i);
+  for (size_t i = n - edge; i < n; ++i) b[i] = pattern_byte(id, i);
+}
+
+inline bool check_fill(const void* p, size_t n, uint64_t id) {
+  auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i)
+    if (b[i] != pattern_byte(id, i)) return false;
+  return true;
+}
+
+inline bool check_edges(const void* p, size_t n, uint64_t id, size_t edge = 256) {
+  auto* b = static_cast<const uint8_t*>(p);
+  if (n <= 2 * edge) return check_fill(p, n, id);
+  for (size_t i = 0; i < edge; ++i)
+    if (b[i] != pattern_byte(id, i)) return false;
+  for (size_t i = n - edge; i < n; ++i)
+    if (b[i] != pattern_byte(id, i)) return false;
+  return true;
+}
+
+inline bool all_zero(const void* p, size_t n) {
+  auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i)
+    if (b[i] != 0) return false;
+  return true;
+}
+
+// What a forked child left: its wait status and what it wrote on stderr.
+struct ChildResult {
+  int status = 0;
+  std::string err;
+};
+
+// Run fn in a forked child whose stderr goes to a pipe. If fn returns, the child exits with 0.
+template <class Fn>
+inline ChildResult run_child(Fn fn) {
+  ChildResult r;
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], 2);
+    close(fds[1]);
+    fn();
+    _exit(0);
+  }
+  close(fds[1]);
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n <= 0) break;
+    r.err.append(buf, static_cast<size_t>(n));
+  }
+  close(fds[0]);
+  REQUIRE(waitpid(pid, &r.status, 0) == pid);
+  return r;
+}
+
+// A thread that runs closures on request, one at a time; run() returns when the closure is
+// done. The thread keeps its heap between calls and exits (abandoning its heap) on finish().
+class Worker {
+ public:
+  Worker() : th_([this] { loop(); }) {}
+  ~Worker() { finish(); }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  void run(std::function<void()> fn) {
+    std::unique_lock<std::mutex> lk(m_);
+    job_ = std::move(fn);
+    has_job_ = true;
+    cv_.notify_all();
+    cv_.wait(lk, [this] { return !has_job_; });
+  }
+
+  void finish() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      if (stop_) return;
+      stop_ = true;
+      cv_.notify_all();
+    }
+    th_.join();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lk(m_);
+    for (;;) {
+      cv_.wait(lk, [this] { return has_job_ || stop_; });
+      if (has_job_) {
+        job_();
+        job_ = nullptr;
+        has_job_ = false;
+        cv_.notify_all();
+        continue;
+      }
+      return;
+    }
+  }
+
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::function<void()> job_;
+  bool has_job_ = false;
+  bool stop_ = false;
+  std::thread th_;
+};
+
+// Walk every page of a heap and check the owner's invariants. Returns the number of errors
+// (each also reported).
+inline int check_heap_invariants(Heap* h) {
+  int errors = 0;
+  auto fail = [&](const char* what, const void* where) {
+    if (++errors <= 8) FAIL_CHECK(what << " at " << where);
+  };
+  std::set<const Page*> in_full;
+  for (const Page* p = h->full.first; p != nullptr; p = p->next) in_full.insert(p);
+  std::set<const Page*> in_queue;
+  for (unsigned c = 0; c < kClassCount; ++c)
+    for (const Page* p = h->queues[c].first; p != nullptr; p = p->next) {
+      in_queue.insert(p);
+      if (p->size_class != c) fail("page in the queue of another class", p);
+    }
+  unsigned segs = 0;
+  for (Segment* s = h->segments; s != nullptr; s = s->next) {
+    ++segs;
+    if (s->owner_heap.load() != h) fail("segment of the heap names another owner", s);
+    if (s->thread_id.load() != h->thread_id) fail("segment thread id differs from the heap's", s);
+    if (s->free_slices & 1) fail("header slice marked free", s);
+    if (!is_segment_start_chunk(s)) fail("segment not in the segment map", s);
+    unsigned heads = 0;
+    for (unsigned i = 1; i < kSlicesPerSegment;) {
+      Page* p = &s->pages[i];
+      if (p->kind == PageKind::kNone) {
+        if (!((s->free_slices >> i) & 1)) fail("slice neither free nor in a span", p);
+        ++i;
+        continue;
+      }
+      ++heads;
+      if (p->slice_count == 0 || i + p->slice_count > kSlicesPerSegment) {
+        fail("bad span length", p);
+        break;
+      }
+      for (unsigned j = i; j < i + p->slice_count; ++j) {
+        if ((s->free_slices >> j) & 1) fail("slice of a live span marked free", &s->pages[j]);
+        if (!((s->dirty_slices >> j) & 1)) fail("slice of a live span not dirty", &s->pages[j]);
+        if (j > i && page_of(s, reinterpret_cast<char*>(s) + (size_t{j} << kSliceShift)) != p)
+          fail("interior slice does not lead back to its span head", &s->pages[j]);
+      }
+      if (p->kind == PageKind::kSmall || p->kind == PageKind::kMedium) {
+        PageCounts pc = page_counts(p);
+        if (pc.total() != pc.capacity) fail("used + |free| + |local_free| != capacity", p);
+        if (pc.thread_free > pc.used) fail("more blocks on thread_free than in use", p);
+        if (pc.capacity > pc.reserved) fail("capacity above reserved", p);
+        if (p->block_size != kClassSize[p->size_class]) fail("block size differs from the class", p);
+        bool full_flag = (p->flags & kPageInFull) != 0;
+        if (full_flag != (in_full.count(p) != 0)) fail("kPageInFull disagrees with the full list", p);
+        if (!full_flag && in_queue.count(p) == 0) fail("page in neither its queue nor the full list", p);
+        if (delay_state(p) == kDelayUse && !full_flag) fail("delay state 'use' on a page not in the full list", p);
+      }
+      i += p->slice_count;
+    }
+    if (heads != s->used_spans) fail("used_spans differs from the number of live spans", s);
+  }
+  if (segs != h->segment_count) fail("segment_count differs from the segment list", h);
+  if (direct_table_errors(h) != 0) fail("direct table out of date", h);
+  return errors;
+}
+
+}  // namespace unit

@@ -1,0 +1,355 @@
+// tests/unit/threads_test.cpp: frees by other threads (thread_free lists, the delayed list of
+// full pages), thread exit (abandonment) and reclaim of abandoned segments, and a short
+// multi-threaded exchange of blocks.
+#include <atomic>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+TEST_CASE("cross-thread: blocks freed by another thread go back to their owner and are reused") {
+  settle();
+  ensure_heap();  // the main thread's heap is live, so its remote frees are counted
+  const size_t kN = 10000, kSize = 48;
+  const unsigned cls = size_to_class(kSize);
+  const size_t per_page = kSliceSize / kClassSize[cls];
+  Worker a;
+  std::vector<void*> blocks(kN);
+  Heap* ha = nullptr;
+  a.run([&] {
+    for (size_t i = 0; i < kN; ++i) {
+      blocks[i] = alloc(kSize);
+      fill(blocks[i], kSize, i);
+    }
+    ha = t_heap;
+  });
+  REQUIRE(ha != nullptr);
+  REQUIRE(ha != t_heap);
+  std::set<Page*> pages;
+  for (void* p : blocks) pages.insert(page_of_ptr(p));
+  CHECK(pages.size() == (kN + per_page - 1) / per_page);
+  for (Page* pg : pages) {
+    CHECK(segment_of(pg)->owner_heap.load() == ha);
+    CHECK(segment_of(pg)->thread_id.load() == ha->thread_id);
+    CHECK(segment_of(pg)->thread_id.load() != os::thread_id());
+  }
+
+  // The main thread frees 9,900 blocks, a thread that never allocated frees the other 100.
+  nebula_mem_stats st0 = stats();
+  int corrupt = 0;
+  for (size_t i = 0; i < kN - 100; ++i) {
+    if (!check_fill(blocks[i], kSize, i)) ++corrupt;
+    dealloc(blocks[i]);
+  }
+  CHECK(corrupt == 0);
+  nebula_mem_stats st1 = stats();
+  CHECK(st1.remote_frees >= st0.remote_frees + (kN - 100));
+  std::thread c([&] {
+    for (size_t i = kN - 100; i < kN; ++i) dealloc(blocks[i]);
+  });
+  c.join();
+
+  // Every freed block waits either on its page's thread_free list or (for pages that were in
+  // the full list) on the owner heap's delayed list. used still counts them all.
+  size_t on_pages = 0;
+  for (Page* pg : pages) on_pages += list_len(thread_free_head(pg));
+  size_t delayed = list_len(ha->delayed_free.load());
+  CHECK(on_pages + delayed == kN);
+  CHECK(delayed >= 1);  // the first remote free into each full page is announced
+  for (Page* pg : pages) {
+    PageCounts pc = page_counts(pg);
+    CHECK(pc.used >= pc.thread_free);
+    CHECK(delay_state(pg) != kDelayUse);  // announced: back to 'none'
+  }
+
+  // The owner allocates again: it collects the delayed and thread_free lists and reuses the
+  // same pages; only blocks never handed out before may be new.
+  std::vector<void*> again(kN);
+  a.run([&] {
+    for (size_t i = 0; i < kN; ++i) again[i] = alloc(kSize);
+  });
+  CHECK(ha->delayed_free.load() == nullptr);
+  std::set<void*> old(blocks.begin(), blocks.end());
+  size_t outside = 0, reused = 0;
+  for (void* p : again) {
+    if (pages.count(page_of_ptr(p)) == 0) ++outside;
+    if (old.count(p) != 0) ++reused;
+  }
+  CHECK(outside == 0);
+  CHECK(reused >= kN - (pages.size() * per_page - kN));
+  a.run([&] {
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (void* p : again) dealloc(p);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+  a.finish();
+  settle();
+}
+
+TEST_CASE("cross-thread: a free into a full page reaches the owner through the delayed list") {
+  settle();
+  ensure_heap();
+  const size_t kSize = 256;
+  const size_t per_page = kSliceSize / kSize;
+  Worker a;
+  std::vector<void*> blocks;
+  Heap* ha = nullptr;
+  Page* page = nullptr;
+  Page* page2 = nullptr;
+  a.run([&] {
+    for (size_t i = 0; i < per_page + 1; ++i) blocks.push_back(alloc(kSize));
+    ha = t_heap;
+    page = page_of_ptr(blocks[0]);
+    page2 = page_of_ptr(blocks[per_page]);
+  });
+  for (size_t i = 0; i < per_page; ++i) REQUIRE(page_of_ptr(blocks[i]) == page);
+  REQUIRE(page2 != page);
+  CHECK((page->flags & kPageInFull) != 0);
+  CHECK(delay_state(page) == kDelayUse);
+  CHECK(page->used == per_page);
+
+  // First remote free: announced on the owner's delayed list; the page goes back to 'none'.
+  dealloc(blocks[5]);
+  CHECK(ha->delayed_free.load() == blocks[5]);
+  CHECK(delay_state(page) == kDelayNone);
+  CHECK(thread_free_head(page) == nullptr);
+  CHECK((page->flags & kPageInFull) != 0);
+  CHECK(page->used == per_page);
+  // Second remote free: on the page's thread_free list.
+  dealloc(blocks[6]);
+  CHECK(thread_free_head(page) == blocks[6]);
+  CHECK(ha->delayed_free.load() == blocks[5]);
+
+  // The owner's next slow-path call takes the page out of the full list.
+  a.run([&] {
+    void* big = alloc(kMediumMax + 1);
+    CHECK(ha->delayed_free.load() == nullptr);
+    CHECK((page->flags & kPageInFull) == 0);
+    CHECK(page->used == per_page - 1);                // the delayed block, freed locally
+    CHECK(list_contains(page->local_free, blocks[5]));
+    CHECK(thread_free_head(page) == blocks[6]);       // still waiting for a collect
+    PageCounts pc = page_counts(page);
+    CHECK(pc.used == per_page - 1);
+    CHECK(pc.thread_free == 1);
+    CHECK(pc.local_free == 1);
+    CHECK(pc.consistent());
+    CHECK(check_heap_invariants(t_heap) == 0);
+    dealloc(big);
+  });
+
+  // A large block freed by another thread also goes through the delayed list.
+  void* large = nullptr;
+  uint64_t large_freed0 = 0;
+  a.run([&] {
+    large = alloc(300000);
+    large_freed0 = t_heap->stats.pages_freed[static_cast<unsigned>(PageKind::kLarge)];
+  });
+  Page* lp = page_of_ptr(large);
+  CHECK(lp->kind == PageKind::kLarge);
+  CHECK(delay_state(lp) == kDelayUse);
+  dealloc(large);
+  CHECK(ha->delayed_free.load() == large);
+  CHECK(lp->kind == PageKind::kLarge);  // not freed until the owner looks
+  a.run([&] {
+    void* q = alloc(kSmallMax);  // a class with no page yet: the slow path
+    CHECK(t_heap->stats.pages_freed[static_cast<unsigned>(PageKind::kLarge)] == large_freed0 + 1);
+    CHECK(ha->delayed_free.load() == nullptr);
+    dealloc(q);
+    for (size_t i = 0; i < blocks.size(); ++i)
+      if (i != 5 && i != 6) dealloc(blocks[i]);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+  a.finish();
+  settle();
+}
+
+TEST_CASE("thread exit: segments are abandoned, reclaimed by another thread, and freed") {
+  settle();
+  const size_t seg0 = segments_now();
+  const size_t committed0 = committed_now();
+  REQUIRE(abandoned_count() == 0);
+  const size_t ab0 = g_counters.abandoned.load();
+  const size_t rc0 = g_counters.reclaimed.load();
+  struct Left {
+    void* p;
+    size_t n;
+    uint64_t id;
+  };
+  std::vector<Left> left;
+  std::thread t([&] {
+    uint64_t id = 0;
+    auto batch = [&](size_t count, size_t n) {
+      for (size_t i = 0; i < count; ++i, ++id) {
+        void* p = alloc(n);
+        fill_edges(p, n, id);
+        if (i % 2 == 0) dealloc(p);
+        else left.push_back({p, n, id});
+      }
+    };
+    batch(3000, 100);
+    batch(60, 20000);
+    batch(4, 300000);
+  });
+  t.join();
+  CHECK(g_counters.abandoned.load() > ab0);
+  CHECK(abandoned_count() >= 1);
+  std::set<Segment*> t_segments;
+  int bad = 0;
+  for (const Left& l : left) {
+    Segment* s = segment_of(l.p);
+    t_segments.insert(s);
+    if (s->thread_id.load() != 0 || s->owner_heap.load() != nullptr || page_of(s, l.p)->next != nullptr) ++bad;
+    if (!check_edges(l.p, l.n, l.id)) ++bad;
+  }
+  CHECK(bad == 0);
+  CHECK(g_counters.abandoned.load() - ab0 == t_segments.size());
+
+  // Another thread allocates: with no segment of its own it adopts an abandoned one.
+  Segment* u_first_segment = nullptr;
+  std::thread u([&] {
+    std::vector<void*> v;
+    for (int i = 0; i < 500; ++i) v.push_back(alloc(100));
+    u_first_segment = segment_of(v[0]);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (void* p : v) dealloc(p);
+  });
+  u.join();
+  CHECK(g_counters.reclaimed.load() > rc0);
+  CHECK(t_segments.count(u_first_segment) == 1);
+
+  // The leftovers are intact and the main thread can free them (their segments are abandoned
+  // again, since the thread that adopted one exited too).
+  bad = 0;
+  for (const Left& l : left) {
+    if (!check_edges(l.p, l.n, l.id)) ++bad;
+    dealloc(l.p);
+  }
+  CHECK(bad == 0);
+  settle();
+  CHECK(abandoned_count() == 0);
+  CHECK(segments_now() == seg0);
+  CHECK(committed_now() <= committed0 + kSliceSize);
+  CHECK(g_counters.reclaimed.load() - rc0 >= t_segments.size());
+}
+
+TEST_CASE("threads: blocks exchanged between threads stay intact") {
+  settle();
+  const size_t seg0 = segments_now();
+  constexpr int kSlots = 2048;
+  constexpr int kThreads = 4;
+  constexpr int kOps = 30000;
+  static std::atomic<void*> slots[kSlots];
+  for (auto& s : slots) s.store(nullptr);
+  std::atomic<int> errors{0};
+  auto stamp = [](void* p, size_t n) {
+    auto* w = static_cast<uint64_t*>(p);
+    w[0] = n;
+    w[1] = reinterpret_cast<uintptr_t>(p) ^ (n * 0x9e3779b97f4a7c15ull);
+    static_cast<uint8_t*>(p)[n - 1] = static_cast<uint8_t>(n * 13);
+  };
+  auto verify = [](void* p) {
+    auto* w = static_cast<uint64_t*>(p);
+    size_t n = w[0];
+    if (n < 24 || n > (1u << 20)) return false;
+    if (w[1] != (reinterpret_cast<uintptr_t>(p) ^ (n * 0x9e3779b97f4a7c15ull))) return false;
+    if (static_cast<uint8_t*>(p)[n - 1] != static_cast<uint8_t>(n * 13)) return false;
+    return usable_size(p) >= n;
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(1000 + static_cast<unsigned>(t));
+      for (int i = 0; i < kOps; ++i) {
+        unsigned r = static_cast<unsigned>(rng() % 1000);
+        size_t n = r < 950 ? 24 + rng() % 500 : r < 998 ? 24 + rng() % 65536 : 200000 + rng() % 100000;
+        void* p = alloc(n);
+        if (p == nullptr) {
+          errors++;
+          continue;
+        }
+        stamp(p, n);
+        if (rng() % 8 == 0) {  // a local free now and then
+          if (!verify(p)) errors++;
+          dealloc(p);
+          continue;
+        }
+        void* old = slots[rng() % kSlots].exchange(p);
+        if (old != nullptr) {
+          if (!verify(old)) errors++;
+          dealloc(old);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (auto& s : slots) {
+    void* p = s.exchange(nullptr);
+    if (p == nullptr) continue;
+    if (!verify(p)) errors++;
+    dealloc(p);
+  }
+  CHECK(errors.load() == 0);
+  settle();
+  CHECK(abandoned_count() == 0);
+  CHECK(segments_now() == seg0);
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
+TEST_CASE("fork: the child adopts the segments of threads that do not exist in it") {
+  settle();
+  REQUIRE(segments_now() == 0);
+  Worker a;
+  const size_t kN = 2000;
+  const size_t per_page = kSliceSize / 128;
+  std::vector<void*> blocks;
+  void* large = nullptr;
+  a.run([&] {
+    for (size_t i = 0; i < kN; ++i) {
+      void* p = alloc(128);
+      fill(p, 128, i);
+      blocks.push_back(p);
+    }
+    large = alloc(300000);
+    fill_edges(large, 300000, 99);
+  });
+  // One block of a full page of A's goes on A's delayed list.
+  Page* first_page = page_of_ptr(blocks[0]);
+  REQUIRE((first_page->flags & kPageInFull) != 0);
+  dealloc(blocks[per_page / 2]);
+  REQUIRE(t_heap != nullptr);
+  ChildResult r = run_child([&] {
+    int fail = 0;
+    if (abandoned_count() == 0) fail |= 1;  // A's segments are orphans in the child
+    for (size_t i = 0; i < kN; ++i) {
+      if (i == per_page / 2) continue;
+      if (!check_fill(blocks[i], 128, i)) fail |= 2;
+      dealloc(blocks[i]);
+    }
+    if (!check_edges(large, 300000, 99)) fail |= 2;
+    dealloc(large);
+    std::vector<void*> mine;
+    for (int i = 0; i < 5000; ++i) mine.push_back(alloc(128));
+    for (void* p : mine) dealloc(p);
+    trim(0);
+    if (abandoned_count() != 0) fail |= 4;
+    if (segments_now() != 0) fail |= 8;
+    _exit(fail);
+  });
+  CAPTURE(r.err);
+  REQUIRE(WIFEXITED(r.status));
+  CHECK(WEXITSTATUS(r.status) == 0);
+  // The parent is unaffected: A still owns its blocks and frees them.
+  a.run([&] {
+    for (size_t i = 0; i < kN; ++i) {
+      if (i == per_page / 2) continue;
+      CHECK(check_fill(blocks[i], 128, i));
+      dealloc(blocks[i]);
+    }
+    dealloc(large);
+  });
+  a.finish();
+  settle();
+  CHECK(segments_now() == 0);
+}
