@@ -3,10 +3,15 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/budget.hpp"
 #include "core/engine.hpp"
 
 namespace nebula {
 namespace {
+
+void* attempt_aligned(Heap* heap, size_t n, size_t align, bool zero) {
+  return (n + align <= kLargeMax) ? large_alloc(heap, n, align, zero) : huge_alloc(n, align, zero);
+}
 
 // A block of at least n bytes aligned to align (a power of two > kMinAlign).
 void* aligned_body(size_t align, size_t n, bool zero) {
@@ -35,12 +40,9 @@ void* aligned_body(size_t align, size_t n, bool zero) {
       return nullptr;
     }
   }
-  void* p = (n + align <= kLargeMax) ? large_alloc(heap, n, align, zero) : huge_alloc(n, align, zero);
-  if (p == nullptr) {
-    heap_maintenance(heap, true);
-    p = (n + align <= kLargeMax) ? large_alloc(heap, n, align, zero) : huge_alloc(n, align, zero);
-  }
-  if (p == nullptr) errno = ENOMEM;
+  void* p = attempt_aligned(heap, n, align, zero);
+  if (p == nullptr) return oom_retry(heap, n, attempt_aligned, align, zero);
+  budget_poll_if_needed();
   return p;
 }
 
@@ -160,6 +162,7 @@ int trim(size_t pad) noexcept {
   Heap* heap = t_heap;
   if (heap->live) heaps_collect_abandoned(true);
   else arena_purge(true);
+  budget_poll_if_needed();
   return g_counters.purged.load(std::memory_order_relaxed) != before ? 1 : 0;
 }
 

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/engine.hpp"
+#include "core/budget.hpp"
 #include "core/options.hpp"
 
 namespace nebula {
@@ -122,7 +123,7 @@ void purge_chunk(Arena* a, unsigned i) {
   size_t bytes = static_cast<size_t>(popcount64(mask)) << kSliceShift;
   a->dirty_mask[i] = 0;
   g_free_dirty -= bytes;
-  committed_sub(bytes);
+  budget_release(bytes);
   g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
   g_counters.purge_calls.fetch_add(1, std::memory_order_relaxed);
 }
@@ -229,7 +230,7 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
     segmap_clear(s, chunks);
     os::release(s, bytes);
     g_counters.reserved.fetch_sub(bytes, std::memory_order_relaxed);
-    committed_sub(dirty_len);
+    budget_release(dirty_len);
     return;
   }
   unsigned k = s->arena_index;

@@ -158,6 +158,8 @@ bool owns(const void* p) noexcept;                                         // ou
 // ---- Internals shared between engine files -------------------------------------------------
 // heap.cpp
 Heap* heap_init_thread() noexcept;
+// After an allocation attempt failed: purge, call the critical callbacks, retry, then fail.
+void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bool), size_t align, bool zero);
 void heap_collect(Heap* heap, bool force) noexcept;
 void heap_delayed_free_all(Heap* heap) noexcept;
 void heap_maintenance(Heap* heap, bool force) noexcept;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/engine.hpp"
+#include "core/budget.hpp"
 #include "core/options.hpp"
 
 namespace nebula {
@@ -112,6 +113,7 @@ void engine_init() noexcept {
   int expected = 0;
   if (!g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
   options_init();
+  budget_init();
   os::install_thread_exit_hook(thread_done);
   os::on_fork(fork_prepare, fork_parent, fork_child);
   g_init_state.store(2, std::memory_order_release);
@@ -180,7 +182,11 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
   heap->next_maintenance_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
 }
 
-NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero, size_t align);
+NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero);
+
+// Raised when an allocation hits the budget: every heap purges its free slices at its next
+// slow path (memory freed by other threads' heaps is otherwise purged only after the delay).
+std::atomic<uint32_t> g_purge_epoch{0};
 
 namespace {
 // Shared body of the generic allocation paths.
@@ -198,6 +204,10 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
     heap->ticks = 0;
     heap_maintenance(heap, false);
   }
+  if (NEBULA_UNLIKELY(heap->purge_epoch != g_purge_epoch.load(std::memory_order_relaxed))) {
+    heap->purge_epoch = g_purge_epoch.load(std::memory_order_relaxed);
+    heap_maintenance(heap, true);
+  }
   void* p;
   if (n <= kMediumMax) {
     p = queue_alloc(heap, size_to_class(n), zero, n);
@@ -210,7 +220,8 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
     errno = ENOMEM;
     return nullptr;
   }
-  if (NEBULA_UNLIKELY(p == nullptr)) return alloc_failed(heap, n, zero, 0);
+  if (NEBULA_UNLIKELY(p == nullptr)) return alloc_failed(heap, n, zero);
+  budget_poll_if_needed();
   return p;
 }
 }  // namespace
@@ -218,18 +229,35 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
 void* alloc_generic(Heap* heap, size_t n) noexcept { return generic_body(heap, n, false); }
 void* alloc_zero_generic(Heap* heap, size_t n) noexcept { return generic_body(heap, n, true); }
 
-// The OS refused memory: give back what we cache, retry once, then fail with ENOMEM.
-void* alloc_failed(Heap* heap, size_t n, bool zero, size_t align) {
-  heap_maintenance(heap, true);
-  void* p = nullptr;
-  if (align <= kMinAlign) {
-    if (n <= kMediumMax) p = queue_alloc(heap, size_to_class(n), zero, n);
-    else if (n <= kLargeMax) p = large_alloc(heap, n, 0, zero);
-    else p = huge_alloc(n, 0, zero);
+// The OS or the budget refused memory: purge what we cache (and ask the other heaps to), tell
+// the pressure callbacks (level critical; they may free), retry; only then fail with ENOMEM, or
+// abort if NEBULA_MEM_ON_OOM=abort.
+void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bool), size_t align, bool zero) {
+  g_purge_epoch.fetch_add(1, std::memory_order_relaxed);
+  heaps_collect_abandoned(true);
+  void* p = attempt(heap, n, align, zero);
+  if (p == nullptr) {
+    budget_critical(n);
+    heap_maintenance(heap, true);
+    p = attempt(heap, n, align, zero);
   }
-  if (p == nullptr) errno = ENOMEM;
-  return p;
+  budget_poll_if_needed();
+  if (p != nullptr) return p;
+  g_budget.failures.fetch_add(1, std::memory_order_relaxed);
+  if (option(Option::kOnOom) == 1) budget_abort(n);
+  errno = ENOMEM;
+  return nullptr;
 }
+
+namespace {
+void* attempt_plain(Heap* heap, size_t n, size_t, bool zero) {
+  if (n <= kMediumMax) return queue_alloc(heap, size_to_class(n), zero, n);
+  if (n <= kLargeMax) return large_alloc(heap, n, 0, zero);
+  return huge_alloc(n, 0, zero);
+}
+}  // namespace
+
+void* alloc_failed(Heap* heap, size_t n, bool zero) { return oom_retry(heap, n, attempt_plain, 0, zero); }
 
 // ---- Free ---------------------------------------------------------------------------------
 Block* block_start(Segment* s, Page* page, void* p) noexcept {
@@ -291,6 +319,7 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
     if (reinterpret_cast<uintptr_t>(p) != s->huge_start)
       fatal_pointer("free", p, "pointer into the middle of a huge block, not its start");
     huge_free(s, hp);
+    budget_poll_if_needed();
     return;
   }
   if (NEBULA_UNLIKELY(page->flags & kPageNotInUse)) invalid_pointer("free", p);
@@ -302,6 +331,7 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
     if (me->live) me->stats.remote_frees++;
     free_block_remote(page, b);
   }
+  budget_poll_if_needed();
 }
 
 void free_not_fast(void* p) noexcept {

@@ -11,6 +11,7 @@ namespace {
 
 constexpr unsigned kCount = static_cast<unsigned>(Option::kCount);
 int64_t g_values[kCount];
+char g_texts[kCount][256];  // kPath values
 OptionSource g_sources[kCount];
 std::atomic<int> g_state{0};  // 0 not read, 1 reading, 2 ready
 SpinLock g_lock;
@@ -46,15 +47,29 @@ void report_bad_value(unsigned i, const char* v, size_t len, const char* origin)
   Message m;
   m.str("nebula-memory: bad value '");
   for (size_t k = 0; k < len && k < 120; ++k) m.ch(v[k]);
-  m.str("' for option ").str(kOptions[i].name).str(" (").str(origin).str("); keeping the default ");
-  m.num(static_cast<uint64_t>(kOptions[i].def)).str("\n");
+  m.str("' for option ").str(kOptions[i].name).str(" (").str(origin).str("); keeping the default");
+  if (kOptions[i].type == OptionType::kPath) m.str(" ").str(kOptions[i].choices);
+  else if (kOptions[i].type == OptionType::kChoice) m.str(" '").str(kOptions[i].choices).str("'");
+  else m.ch(' ').num(static_cast<uint64_t>(kOptions[i].def));
+  m.str("\n");
   m.emit();
 }
 
 void set_value(unsigned i, const char* v, size_t len, OptionSource src, const char* origin) {
   int64_t out;
-  if (!parse_option_value(kOptions[i].type, v, len, &out) || out < kOptions[i].min ||
-      out > kOptions[i].max) {
+  if (kOptions[i].type == OptionType::kPath) {
+    while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t' || v[len - 1] == '\r')) --len;
+    if (len == 0 || len >= sizeof g_texts[i]) {
+      report_bad_value(i, v, len, origin);
+      return;
+    }
+    for (size_t k = 0; k < len; ++k) g_texts[i][k] = v[k];
+    g_texts[i][len] = 0;
+    g_sources[i] = src;
+    return;
+  }
+  if (!parse_option_value(kOptions[i].type, v, len, &out, kOptions[i].choices) ||
+      out < kOptions[i].min || out > kOptions[i].max) {
     report_bad_value(i, v, len, origin);
     return;
   }
@@ -118,6 +133,11 @@ void read_all() {
   for (unsigned i = 0; i < kCount; ++i) {
     g_values[i] = kOptions[i].def;
     g_sources[i] = OptionSource::kDefault;
+    if (kOptions[i].type == OptionType::kPath) {
+      size_t k = 0;
+      for (const char* d = kOptions[i].choices; *d && k + 1 < sizeof g_texts[i]; ++d) g_texts[i][k++] = *d;
+      g_texts[i][k] = 0;
+    }
   }
   char** env = os::environment();
   if (env == nullptr) return;
@@ -138,7 +158,7 @@ void read_all() {
     if (len == 4 && n[0] == 'C' && n[1] == 'O' && n[2] == 'N' && n[3] == 'F') continue;
     int i = find_option(n, len);
     if (i < 0) {
-      report("unknown option NEBULA_MEM_", n, len, "the environment");
+      report("unknown option", *e, len + kPrefixLen, "the environment");
       continue;
     }
     const char* v = eq + 1;
@@ -150,10 +170,36 @@ void read_all() {
 
 }  // namespace
 
-bool parse_option_value(OptionType t, const char* s, size_t len, int64_t* out) noexcept {
+bool parse_option_value(OptionType t, const char* s, size_t len, int64_t* out,
+                        const char* choices) noexcept {
   while (len > 0 && is_space(*s)) { ++s; --len; }
   while (len > 0 && is_space(s[len - 1])) --len;
   if (len == 0) return false;
+  if (t == OptionType::kChoice) {
+    if (choices == nullptr) return false;
+    int64_t idx = 0;
+    const char* w = choices;
+    for (;;) {
+      const char* e = w;
+      while (*e && *e != '|') ++e;
+      bool same = static_cast<size_t>(e - w) == len;
+      for (size_t k = 0; same && k < len; ++k) same = lower(s[k]) == w[k];
+      if (same) { *out = idx; return true; }
+      if (*e == 0) return false;
+      w = e + 1;
+      ++idx;
+    }
+  }
+  if (t == OptionType::kBudget) {
+    if (name_equals("cgroup", s, len)) { *out = kBudgetCgroup; return true; }
+    if (s[len - 1] == '%') {
+      int64_t pct;
+      if (!parse_option_value(OptionType::kInt, s, len - 1, &pct) || pct < 1 || pct > 100) return false;
+      *out = -pct;
+      return true;
+    }
+    t = OptionType::kBytes;
+  }
   if (t == OptionType::kBool) {
     auto eq = [&](const char* w) { return name_equals(w, s, len); };
     if (eq("1") || eq("true") || eq("yes") || eq("on")) { *out = 1; return true; }
@@ -207,9 +253,47 @@ int64_t option(Option o) noexcept {
   return g_values[static_cast<unsigned>(o)];
 }
 
+const char* option_text(Option o) noexcept {
+  options_init();
+  return g_texts[static_cast<unsigned>(o)];
+}
+
+bool option_set(Option o, int64_t v) noexcept {
+  options_init();
+  const OptionDesc& d = kOptions[static_cast<unsigned>(o)];
+  if (v < d.min || v > d.max) return false;
+  g_values[static_cast<unsigned>(o)] = v;
+  g_sources[static_cast<unsigned>(o)] = OptionSource::kEnvironment;
+  return true;
+}
+
 OptionSource option_source(Option o) noexcept {
   options_init();
   return g_sources[static_cast<unsigned>(o)];
+}
+
+void option_format(Option o, int64_t v, Message& m) noexcept {
+  unsigned i = static_cast<unsigned>(o);
+  switch (kOptions[i].type) {
+    case OptionType::kBool: m.str(v ? "on" : "off"); break;
+    case OptionType::kBytes: m.bytes(static_cast<uint64_t>(v)); break;
+    case OptionType::kMillis: m.num(static_cast<uint64_t>(v)).str(" ms"); break;
+    case OptionType::kInt: m.num(static_cast<uint64_t>(v)); break;
+    case OptionType::kBudget:
+      if (v == 0) m.str("none");
+      else if (v == kBudgetCgroup) m.str("cgroup");
+      else if (v < 0) m.num(static_cast<uint64_t>(-v)).str("% of physical memory");
+      else m.bytes(static_cast<uint64_t>(v));
+      break;
+    case OptionType::kChoice: {
+      const char* w = kOptions[i].choices;
+      for (int64_t k = 0; k < v && *w; ++w)
+        if (*w == '|') ++k;
+      while (*w && *w != '|') m.ch(*w++);
+      break;
+    }
+    case OptionType::kPath: m.str(g_texts[i]); break;
+  }
 }
 
 void options_print() noexcept {
@@ -218,12 +302,7 @@ void options_print() noexcept {
     Message m;
     m.str("nebula-memory: option ").str(kOptions[i].name).str(" = ");
     int64_t v = g_values[i];
-    switch (kOptions[i].type) {
-      case OptionType::kBool: m.str(v ? "on" : "off"); break;
-      case OptionType::kBytes: m.bytes(static_cast<uint64_t>(v)); break;
-      case OptionType::kMillis: m.num(static_cast<uint64_t>(v)).str(" ms"); break;
-      case OptionType::kInt: m.num(static_cast<uint64_t>(v)); break;
-    }
+    option_format(kOptions[i].id, v, m);
     const char* src = g_sources[i] == OptionSource::kDefault ? "default"
                       : g_sources[i] == OptionSource::kFile  ? "NEBULA_MEM_CONF"
                                                              : "environment";

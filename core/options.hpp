@@ -18,10 +18,21 @@ enum class Option : unsigned {
   kPurgeDelay,
   kRetain,
   kHugePages,
+  kBudget,
+  kPressureLow,
+  kPressureMedium,
+  kPressureHigh,
+  kOnOom,
+  kCgroupRoot,
   kCount
 };
 
-enum class OptionType : uint8_t { kBool, kInt, kBytes, kMillis };
+// kBudget: bytes with K/M/G/T suffixes, a percentage of physical memory ("50%"), or "cgroup";
+//          stored as bytes, as -(percent) for a percentage, or kBudgetCgroup.
+// kChoice: one of the words in OptionDesc::choices ("a|b"), stored as its index.
+// kPath:   a file system path, kept as text (option_text()).
+enum class OptionType : uint8_t { kBool, kInt, kBytes, kMillis, kBudget, kChoice, kPath };
+inline constexpr int64_t kBudgetCgroup = INT64_MIN;
 
 struct OptionDesc {
   Option id;
@@ -31,6 +42,7 @@ struct OptionDesc {
   int64_t min;
   int64_t max;
   const char* doc;
+  const char* choices = nullptr;  // kChoice: "word0|word1|..."; kPath: the default text
 };
 
 inline constexpr OptionDesc kOptions[] = {
@@ -44,6 +56,18 @@ inline constexpr OptionDesc kOptions[] = {
    "bytes of free segments kept resident for reuse; beyond this they are purged at once"},
   {Option::kHugePages, "huge_pages", OptionType::kBool, 1, 0, 1,
    "ask for transparent huge pages (madvise) on huge blocks of 2 MiB and more"},
+  {Option::kBudget, "budget", OptionType::kBudget, 0, INT64_MIN, 1ll << 50,
+   "limit on the bytes the allocator holds from the OS: 512M, 50% (of physical memory), cgroup; 0 = none"},
+  {Option::kPressureLow, "pressure_low", OptionType::kInt, 70, 1, 100,
+   "percent of the budget at which pressure callbacks are told level low"},
+  {Option::kPressureMedium, "pressure_medium", OptionType::kInt, 85, 1, 100,
+   "percent of the budget at which pressure callbacks are told level medium"},
+  {Option::kPressureHigh, "pressure_high", OptionType::kInt, 95, 1, 100,
+   "percent of the budget at which pressure callbacks are told level high"},
+  {Option::kOnOom, "on_oom", OptionType::kChoice, 0, 0, 1,
+   "at the budget or when the OS refuses: null (malloc returns NULL, new throws) or abort", "null|abort"},
+  {Option::kCgroupRoot, "cgroup_root", OptionType::kPath, 0, 0, 0,
+   "where the cgroup file system is mounted, for budget=cgroup", "/sys/fs/cgroup"},
 };
 static_assert(sizeof(kOptions) / sizeof(kOptions[0]) == static_cast<size_t>(Option::kCount),
               "options: one table row per Option");
@@ -56,13 +80,20 @@ static_assert(options_in_enum_order(), "options: table rows must follow the Opti
 
 // The value in force (reads the environment on first use).
 int64_t option(Option o) noexcept;
+const char* option_text(Option o) noexcept;  // kPath options
 inline bool option_bool(Option o) noexcept { return option(o) != 0; }
 void options_init() noexcept;
 // Where each value came from, for `nebulamem options` and verbose output.
 enum class OptionSource : uint8_t { kDefault, kEnvironment, kFile };
 OptionSource option_source(Option o) noexcept;
 void options_print() noexcept;
+class Message;
+// Append value v of option o to m as a user reads it ("64.0 MiB", "on", "abort", "50% ...").
+void option_format(Option o, int64_t v, Message& m) noexcept;
 // Parse a value of a type; false on a bad value. Exposed for unit tests.
-bool parse_option_value(OptionType t, const char* s, size_t len, int64_t* out) noexcept;
+bool parse_option_value(OptionType t, const char* s, size_t len, int64_t* out,
+                        const char* choices = nullptr) noexcept;
+// Set an option at run time (the C API's budget setter); false on a bad value.
+bool option_set(Option o, int64_t v) noexcept;
 
 }  // namespace nebula

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/engine.hpp"
+#include "core/budget.hpp"
 #include "core/options.hpp"
 
 namespace nebula {
@@ -62,8 +63,13 @@ void reset_descriptors(Segment* s, unsigned first, unsigned n) {
 }
 
 Segment* segment_new(Heap* heap) {
+  // The header slice becomes committed: charge it first (refunded if it already was).
+  if (!budget_charge(kSliceSize)) return nullptr;
   ChunkGrant g;
-  if (!arena_alloc(1, &g)) return nullptr;
+  if (!arena_alloc(1, &g)) {
+    budget_release(kSliceSize);
+    return nullptr;
+  }
   auto* s = static_cast<Segment*>(g.base);
   s->thread_id.store(heap->thread_id, std::memory_order_relaxed);
   s->kind = SegmentKind::kNormal;
@@ -72,15 +78,11 @@ Segment* segment_new(Heap* heap) {
   s->chunk_count = 1;
   s->used_spans = 0;
   s->free_slices = ~uint64_t{1};
-  s->dirty_slices = g.dirty_first;
-  if ((s->dirty_slices & 1) == 0) {
-    s->dirty_slices |= 1;
-    committed_add(kSliceSize);
-  }
+  s->dirty_slices = g.dirty_first | 1;
+  if (g.dirty_first & 1) budget_release(kSliceSize);
   s->purge_at_ms = 0;
   s->mapped_size = kSegmentSize;
   s->huge_len = 0;
-  s->huge_used = 0;
   s->owner_heap.store(heap, std::memory_order_relaxed);
   reset_descriptors(s, 0, kSlicesPerSegment);
   heap_segments_push(heap, s);
@@ -96,11 +98,12 @@ void segment_free(Segment* s) {
   arena_free(s, 1, s->dirty_slices, 0);
 }
 
+// Take slices [idx, idx+slices) for a page; nullptr when committing them would exceed the budget.
 Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind kind) {
   uint64_t mask = run_mask(idx, slices);
-  s->free_slices &= ~mask;
   uint64_t fresh = mask & ~s->dirty_slices;
-  if (fresh != 0) committed_add(static_cast<size_t>(popcount64(fresh)) << kSliceShift);
+  if (fresh != 0 && !budget_charge(static_cast<size_t>(popcount64(fresh)) << kSliceShift)) return nullptr;
+  s->free_slices &= ~mask;
   Page* page = &s->pages[idx];
   page->is_clean = (mask & s->dirty_slices) == 0;
   s->dirty_slices |= mask;
@@ -130,7 +133,9 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
   }
   Segment* s = segment_new(heap);
   if (s == nullptr) return nullptr;
-  return take_span(heap, s, 1, slices, kind);
+  Page* page = take_span(heap, s, 1, slices, kind);
+  if (page == nullptr) segment_free(s);  // over budget: give the empty segment back
+  return page;
 }
 
 static bool span_free_internal(Segment* s, Page* page) {
@@ -167,7 +172,7 @@ void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
   }
   size_t bytes = static_cast<size_t>(popcount64(m)) << kSliceShift;
   if (bytes != 0) {
-    committed_sub(bytes);
+    budget_release(bytes);
     g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
   }
   s->dirty_slices &= ~m;
@@ -207,15 +212,25 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   if (n > kMaxRequest - head - slack) return nullptr;
   size_t need = align_up(head + n + slack, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
+  // Charge the most the block can commit; the exact figure is known once the run is chosen.
+  size_t charged = align_up(head + n + slack, kSliceSize);
+  if (!budget_charge(charged)) return nullptr;
   ChunkGrant g;
-  if (!arena_alloc(chunks, &g)) return nullptr;
+  if (!arena_alloc(chunks, &g)) {
+    budget_release(charged);
+    return nullptr;
+  }
   auto* s = static_cast<Segment*>(g.base);
   uintptr_t sb = reinterpret_cast<uintptr_t>(s);
   uintptr_t start = align_up(sb + kSliceSize, align);
   size_t used_len = align_up(start - sb + n, kSliceSize);   // from the segment start
-  size_t dirty_len = used_len > g.dirty_extent ? used_len : g.dirty_extent;
-  if (g.solo) committed_add(dirty_len);
-  else committed_add(dirty_len - g.dirty_bytes);
+  // The run's resident slices were counted already: count them once, and give back what lies
+  // beyond the block (left by a bigger block before), so that exactly used_len is committed.
+  if (g.dirty_extent > used_len) {
+    os::purge(reinterpret_cast<void*>(sb + used_len), g.dirty_extent - used_len);
+    g_counters.purged.fetch_add(g.dirty_extent - used_len, std::memory_order_relaxed);
+  }
+  budget_release(charged - used_len + g.dirty_bytes);
   s->thread_id.store(0, std::memory_order_relaxed);
   s->kind = SegmentKind::kHuge;
   s->solo = g.solo ? 1 : 0;
@@ -225,8 +240,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   s->free_slices = 0;
   s->dirty_slices = ~uint64_t{0};
   s->purge_at_ms = 0;
-  s->huge_len = dirty_len;
-  s->huge_used = used_len;
+  s->huge_len = used_len;
   s->mapped_size = need;
   s->owner_heap.store(nullptr, std::memory_order_relaxed);
   reset_descriptors(s, 0, 2);
@@ -241,7 +255,8 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   g_counters.huge_live.fetch_add(used_len, std::memory_order_relaxed);
   if (zero && !g.all_clean) {
     // Only the part that was resident before can hold old data.
-    size_t dirty_from_start = g.dirty_extent > (start - sb) ? g.dirty_extent - (start - sb) : 0;
+    size_t dirty_end = g.dirty_extent < used_len ? g.dirty_extent : used_len;
+    size_t dirty_from_start = dirty_end > (start - sb) ? dirty_end - (start - sb) : 0;
     memset(reinterpret_cast<void*>(start), 0, dirty_from_start < n ? dirty_from_start : n);
   }
   if (n >= (size_t{2} << 20) && option_bool(Option::kHugePages)) {
@@ -254,14 +269,14 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
 }
 
 size_t huge_usable(Segment* s, const void* p) noexcept {
-  uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_used;
+  uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_len;
   return end - reinterpret_cast<uintptr_t>(p);
 }
 
 void huge_free(Segment* s, Page* page) noexcept {
   (void)page;
   size_t dirty_len = s->huge_len;
-  g_counters.huge_live.fetch_sub(s->huge_used, std::memory_order_relaxed);
+  g_counters.huge_live.fetch_sub(dirty_len, std::memory_order_relaxed);
   arena_free(s, s->chunk_count, 0, dirty_len);
 }
 

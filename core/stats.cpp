@@ -2,6 +2,7 @@
 // and a walk of the live segments. NEBULA_MEM_STATS=1 prints the summary at exit.
 #include <cstring>
 
+#include "core/budget.hpp"
 #include "core/engine.hpp"
 #include "core/options.hpp"
 #include "nebula/mem.h"
@@ -51,6 +52,11 @@ void stats_collect(nebula_mem_stats* out) noexcept {
   out->abandoned_segments = g_counters.abandoned.load(std::memory_order_relaxed);
   out->reclaimed_segments = g_counters.reclaimed.load(std::memory_order_relaxed);
   out->foreign_frees = g_counters.foreign_frees.load(std::memory_order_relaxed);
+  out->budget = g_budget.limit.load(std::memory_order_relaxed);
+  out->budget_peak = g_budget.peak.load(std::memory_order_relaxed);
+  out->pressure_level = static_cast<uint64_t>(g_budget.reported.load(std::memory_order_relaxed));
+  for (int i = 0; i < 5; ++i) out->level_crossings[i] = g_budget.crossings[i].load(std::memory_order_relaxed);
+  out->budget_failures = g_budget.failures.load(std::memory_order_relaxed);
   HeapStats retired{};
   for_each_live_heap(add_heap, out, &retired);
   for (int i = 0; i < 4; ++i) {
@@ -71,6 +77,17 @@ void stats_print(bool detailed) noexcept {
       .str(" (peak ").bytes(st.committed_peak).str("), purged ").bytes(st.purged_bytes)
       .str(" in ").num(st.purge_calls).str(" calls, reserved ").bytes(st.reserved_bytes).ch('\n');
   m.emit();
+  if (st.budget != 0 || st.budget_failures != 0 || st.level_crossings[4] != 0) {
+    Message b;
+    b.str("nebula-memory: budget ");
+    if (st.budget == 0) b.str("none");
+    else b.bytes(st.budget);
+    b.str(", in use ").bytes(st.committed_bytes).str(", peak ").bytes(st.budget_peak)
+        .str("; crossings low ").num(st.level_crossings[1]).str(", medium ").num(st.level_crossings[2])
+        .str(", high ").num(st.level_crossings[3]).str(", critical ").num(st.level_crossings[4])
+        .str("; failed allocations ").num(st.budget_failures).ch('\n');
+    b.emit();
+  }
   if (!detailed) return;
   Message t;
   t.str("nebula-memory: pages made/freed: small ").num(st.pages_made[0]).ch('/').num(st.pages_freed[0])

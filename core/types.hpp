@@ -112,8 +112,8 @@ struct Segment {
   uint64_t dirty_slices;                // bitmap: slice may be resident (owner)
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
   size_t mapped_size;                   // bytes of the segment (huge: chunk_count * 4 MiB)
-  size_t huge_len;                      // huge: bytes from the segment start that may be resident
-  size_t huge_used;                     // huge: bytes from the segment start to the block's end
+  size_t huge_len;                      // huge: bytes from the segment start to the block's end
+                                        // (all of it counted committed; nothing beyond is resident)
   std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
                                         // free of a full page reads it to reach the heap)
   uintptr_t huge_start;                 // huge: the block's address
@@ -148,6 +148,7 @@ struct Heap {
   uint32_t segment_count = 0;
   uint32_t ticks = 0;                   // slow-path calls since the last maintenance
   uint64_t next_maintenance_ms = 0;     // earliest time of the next purge pass
+  uint32_t purge_epoch = 0;             // last g_purge_epoch this heap purged for
   bool live = false;                    // false for the empty heap and pooled heaps
   Heap* next_heap = nullptr;            // all heaps (live and pooled), for stats and fork
   HeapStats stats = {};

@@ -1,11 +1,16 @@
 // interpose/prefixed.cpp: the nebula_ entry points and the nebula_mem_ C API, in both builds.
 #include <cstdlib>
 
+#include "core/budget.hpp"
 #include "interpose/export.hpp"
 #include "nebula/mem.h"
 
 namespace nebula {
 void stats_collect(nebula_mem_stats* out) noexcept;
+uint64_t budget_register(nebula_mem_pressure_fn fn, void* ctx) noexcept;
+bool budget_unregister(uint64_t handle) noexcept;
+bool budget_set_limit(uint64_t bytes) noexcept;
+int budget_level() noexcept;
 }
 
 using namespace nebula;
@@ -32,3 +37,12 @@ NEBULA_API int nebula_mem_get_stats(nebula_mem_stats* out) {
 }
 NEBULA_API void nebula_mem_print_stats(void) { stats_print(true); }
 NEBULA_API int nebula_mem_collect(void) { return trim(0); }
+
+NEBULA_API uint64_t nebula_mem_pressure_register(nebula_mem_pressure_fn fn, void* ctx) { return budget_register(fn, ctx); }
+NEBULA_API int nebula_mem_pressure_unregister(uint64_t handle) { return budget_unregister(handle) ? 0 : -1; }
+NEBULA_API int nebula_mem_set_budget(uint64_t bytes) { return budget_set_limit(bytes) ? 0 : -1; }
+NEBULA_API uint64_t nebula_mem_get_budget(void) {
+  engine_init();
+  return g_budget.limit.load(std::memory_order_relaxed);
+}
+NEBULA_API int nebula_mem_pressure_level_now(void) { return budget_level(); }

@@ -3,7 +3,9 @@
 // README's table.
 #include <cstdio>
 #include <cstring>
+#include <string>
 
+#include "core/base.hpp"
 #include "core/options.hpp"
 
 using namespace nebula;
@@ -14,40 +16,36 @@ static const char* type_name(OptionType t) {
     case OptionType::kInt: return "int";
     case OptionType::kBytes: return "bytes";
     case OptionType::kMillis: return "ms";
+    case OptionType::kBudget: return "budget";
+    case OptionType::kChoice: return "choice";
+    case OptionType::kPath: return "path";
   }
   return "?";
 }
 
-static void upper(const char* s, char* out) {
-  while (*s) {
-    char c = *s++;
-    *out++ = (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
-  }
-  *out = 0;
+static std::string shown(const OptionDesc& o, int64_t v, bool is_default) {
+  if (o.type == OptionType::kPath) return is_default ? o.choices : option_text(o.id);
+  Message m;
+  option_format(o.id, v, m);
+  return std::string(m.data(), m.size());
 }
 
 int main(int argc, char** argv) {
   bool md = argc > 1 && strcmp(argv[1], "--markdown") == 0;
   options_init();
-  if (md) {
-    printf("| variable | type | default | meaning |\n|---|---|---|---|\n");
-  } else {
-    printf("%-26s %-6s %-12s %-12s %s\n", "variable", "type", "default", "in force", "meaning");
-  }
+  if (md) printf("| variable | type | default | meaning |\n|---|---|---|---|\n");
+  else printf("%-28s %-7s %-16s %-18s %s\n", "variable", "type", "default", "in force", "meaning");
   for (const OptionDesc& o : kOptions) {
-    char env[64];
-    char up[48];
-    upper(o.name, up);
-    snprintf(env, sizeof env, "NEBULA_MEM_%s", up);
-    long long def = static_cast<long long>(o.def);
-    long long cur = static_cast<long long>(option(o.id));
+    std::string env = "NEBULA_MEM_";
+    for (const char* c = o.name; *c; ++c) env += static_cast<char>(*c >= 'a' && *c <= 'z' ? *c - 'a' + 'A' : *c);
+    std::string def = shown(o, o.def, true);
+    if (o.type == OptionType::kChoice) def += std::string(" (") + o.choices + ")";
     if (md) {
-      printf("| `%s` | %s | %lld | %s |\n", env, type_name(o.type), def, o.doc);
+      printf("| `%s` | %s | %s | %s |\n", env.c_str(), type_name(o.type), def.c_str(), o.doc);
     } else {
-      const char* src = option_source(o.id) == OptionSource::kDefault ? "" : " *";
-      char curs[32];
-      snprintf(curs, sizeof curs, "%lld%s", cur, src);
-      printf("%-26s %-6s %-12lld %-12s %s\n", env, type_name(o.type), def, curs, o.doc);
+      std::string cur = shown(o, option(o.id), false);
+      if (option_source(o.id) != OptionSource::kDefault) cur += " *";
+      printf("%-28s %-7s %-16s %-18s %s\n", env.c_str(), type_name(o.type), def.c_str(), cur.c_str(), o.doc);
     }
   }
   if (!md) printf("\n* set in this environment or in the NEBULA_MEM_CONF file\n");

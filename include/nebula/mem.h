@@ -37,7 +37,12 @@ typedef struct nebula_mem_stats {
   uint64_t pages_made[4];     /* small, medium, large, huge */
   uint64_t pages_freed[4];
   uint64_t slow_path_calls;   /* allocations that missed the fast path */
-  uint64_t remote_frees;      /* frees of blocks owned by another thread */
+  uint64_t remote_frees;      /* frees of blocks owned by another thread (by threads with a heap) */
+  uint64_t budget;            /* the budget in bytes, 0 = none */
+  uint64_t budget_peak;       /* highest committed_bytes while a budget was set */
+  uint64_t pressure_level;    /* last level reported to the callbacks (nebula_mem_pressure_level) */
+  uint64_t level_crossings[5];/* upward crossings per level; [4]: allocations that hit the limit */
+  uint64_t budget_failures;   /* allocations that failed (NULL / bad_alloc) after purge and callbacks */
 } nebula_mem_stats;
 
 /* 1 when this allocator serves the process's malloc (the drop-in library is loaded). */
@@ -50,6 +55,47 @@ int nebula_mem_get_stats(nebula_mem_stats* out);
 void nebula_mem_print_stats(void);
 /* Return free memory to the OS now (what malloc_trim does); 1 if some was released. */
 int nebula_mem_collect(void);
+
+/* ---- Budget and pressure ----------------------------------------------------------------
+ * The budget bounds the bytes the allocator holds from the OS (committed memory, which is what
+ * becomes resident). Set it with NEBULA_MEM_BUDGET (512M, 50%, cgroup) or at run time. As the
+ * committed bytes cross NEBULA_MEM_PRESSURE_LOW/MEDIUM/HIGH percent of it, the registered
+ * callbacks are called, once per crossing, up and down (down with a 2-point hysteresis). When an
+ * allocation would exceed the budget the allocator purges its own caches, calls the callbacks
+ * with NEBULA_MEM_PRESSURE_CRITICAL (they may free memory), retries, and only then fails:
+ * malloc returns NULL with errno ENOMEM, operator new calls the new-handler and throws
+ * std::bad_alloc (NEBULA_MEM_ON_OOM=abort aborts instead).
+ * Callbacks run on the allocating or freeing thread, with no allocator lock held: they may
+ * allocate and free. An allocation made inside a callback does not call callbacks again. */
+typedef enum nebula_mem_pressure_level {
+  NEBULA_MEM_PRESSURE_NONE = 0,
+  NEBULA_MEM_PRESSURE_LOW = 1,
+  NEBULA_MEM_PRESSURE_MEDIUM = 2,
+  NEBULA_MEM_PRESSURE_HIGH = 3,
+  NEBULA_MEM_PRESSURE_CRITICAL = 4
+} nebula_mem_pressure_level;
+
+typedef struct nebula_mem_pressure_event {
+  int level;            /* the level entered */
+  int previous;         /* the level left */
+  uint64_t committed;   /* committed bytes now */
+  uint64_t budget;      /* the budget in bytes (0 = none: critical events from OS refusals) */
+  uint64_t requested;   /* critical: size of the allocation that cannot be served */
+} nebula_mem_pressure_event;
+
+typedef void (*nebula_mem_pressure_fn)(const nebula_mem_pressure_event* event, void* ctx);
+
+/* Register a callback; returns a handle (never 0), or 0 if fn is NULL or 64 are registered. */
+uint64_t nebula_mem_pressure_register(nebula_mem_pressure_fn fn, void* ctx);
+/* Unregister; once it returns the callback is not running and will not run again (unless it
+ * is the caller itself). Returns 0, or -1 for an unknown handle. */
+int nebula_mem_pressure_unregister(uint64_t handle);
+/* Set the budget in bytes (0: no budget); 0 on success, -1 for a value over 1 PiB. */
+int nebula_mem_set_budget(uint64_t bytes);
+/* The budget in bytes, 0 if none. */
+uint64_t nebula_mem_get_budget(void);
+/* The current pressure level (nebula_mem_pressure_level). */
+int nebula_mem_pressure_level_now(void);
 
 /* Prefixed entry points: the engine without interposition. */
 void* nebula_malloc(size_t n);
