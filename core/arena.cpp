@@ -263,6 +263,29 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
   if (now >= g_next_purge_ms) purge_expired(now, false);
 }
 
+void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {
+  size_t bytes = chunks * kSegmentSize;
+  if (g.solo) {
+    os::release(g.base, bytes);
+    g_counters.reserved.fetch_sub(bytes, std::memory_order_relaxed);
+    return;
+  }
+  // Whatever was resident goes back to the OS now, so the chunks return clean.
+  if (g.dirty_bytes != 0) {
+    os::purge(g.base, bytes);
+    budget_release(g.dirty_bytes);
+    g_counters.purged.fetch_add(g.dirty_bytes, std::memory_order_relaxed);
+  }
+  LockGuard guard(g_arena_lock);
+  Arena* a = g_arenas[g.arena_index];
+  unsigned first = static_cast<unsigned>((reinterpret_cast<uintptr_t>(g.base) - a->base) >> kSegmentShift);
+  for (size_t i = 0; i < chunks; ++i) {
+    chunk_set_used(a, first + static_cast<unsigned>(i), false);
+    a->dirty_mask[first + i] = 0;
+  }
+  a->free_count += static_cast<uint32_t>(chunks);
+}
+
 void arena_purge(bool force) noexcept {
   uint64_t now = os::clock_ms();
   LockGuard guard(g_arena_lock);

@@ -164,6 +164,8 @@ void heap_collect(Heap* heap, bool force) noexcept;
 void heap_delayed_free_all(Heap* heap) noexcept;
 void heap_maintenance(Heap* heap, bool force) noexcept;
 void engine_init() noexcept;
+// Fault injection for tests: "off", "nth:N", "every:N", "random:N[:SEED]"; false if malformed.
+bool fault_injection_set(const char* spec) noexcept;
 void free_block_local(Page* page, Block* b) noexcept;
 void free_block_remote(Page* page, Block* b) noexcept;
 Block* block_start(Segment* s, Page* page, void* p) noexcept;
@@ -214,6 +216,8 @@ bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept;
 // length from the segment start that may be resident (dirty_first is then ignored).
 void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept;
 void arena_purge(bool force) noexcept;
+// Give back a grant that never became a segment (a commit failed).
+void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept;
 bool arena_contains(uintptr_t a) noexcept;
 // Calls fn for every live segment of every arena, under the arena lock: no segment header can
 // be reused while fn runs (its owner may still change its pages). Solo huge blocks are not seen.

@@ -109,11 +109,57 @@ void for_each_page(Heap* heap, Fn fn) {
 // takes the slow path without a check of its own on the fast path.
 constinit Heap g_empty_heap{&g_empty_page};
 
+bool fault_injection_set(const char* spec) noexcept {
+  auto starts = [&](const char* w) {
+    size_t i = 0;
+    for (; w[i]; ++i)
+      if (spec[i] != w[i]) return size_t{0};
+    return i;
+  };
+  auto number = [](const char*& s, uint64_t* out) {
+    if (*s < '0' || *s > '9') return false;
+    uint64_t v = 0;
+    while (*s >= '0' && *s <= '9') {
+      if (v > UINT64_MAX / 10 - 9) return false;
+      v = v * 10 + static_cast<uint64_t>(*s++ - '0');
+    }
+    *out = v;
+    return true;
+  };
+  if (spec == nullptr) return false;
+  size_t k;
+  os::FaultMode mode;
+  if ((k = starts("off")) && spec[k] == 0) {
+    os::set_fault_injection(os::FaultMode::kOff, 0, 0);
+    return true;
+  }
+  if ((k = starts("nth:"))) mode = os::FaultMode::kNth;
+  else if ((k = starts("every:"))) mode = os::FaultMode::kEvery;
+  else if ((k = starts("random:"))) mode = os::FaultMode::kRandom;
+  else return false;
+  const char* s = spec + k;
+  uint64_t n = 0, seed = 0x2545f4914f6cdd1dull;
+  if (!number(s, &n) || n == 0) return false;
+  if (*s == ':' && mode == os::FaultMode::kRandom) {
+    ++s;
+    if (!number(s, &seed)) return false;
+  }
+  if (*s != 0) return false;
+  os::set_fault_injection(mode, n, seed);
+  return true;
+}
+
 void engine_init() noexcept {
   int expected = 0;
   if (!g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
   options_init();
   budget_init();
+  const char* fault = option_text(Option::kFaultInject);
+  if (!(fault[0] == 'o' && fault[1] == 'f' && fault[2] == 'f' && fault[3] == 0) && !fault_injection_set(fault)) {
+    Message m;
+    m.str("nebula-memory: bad value '").str(fault).str("' for option fault_inject; keeping the default off\n");
+    m.emit();
+  }
   os::install_thread_exit_hook(thread_done);
   os::on_fork(fork_prepare, fork_parent, fork_child);
   g_init_state.store(2, std::memory_order_release);

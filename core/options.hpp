@@ -24,6 +24,7 @@ enum class Option : unsigned {
   kPressureHigh,
   kOnOom,
   kCgroupRoot,
+  kFaultInject,
   kCount
 };
 
@@ -68,6 +69,8 @@ inline constexpr OptionDesc kOptions[] = {
    "at the budget or when the OS refuses: null (malloc returns NULL, new throws) or abort", "null|abort"},
   {Option::kCgroupRoot, "cgroup_root", OptionType::kPath, 0, 0, 0,
    "where the cgroup file system is mounted, for budget=cgroup", "/sys/fs/cgroup"},
+  {Option::kFaultInject, "fault_inject", OptionType::kPath, 0, 0, 0,
+   "tests: make requests to the OS fail: off, nth:N, every:N, random:N[:SEED]", "off"},
 };
 static_assert(sizeof(kOptions) / sizeof(kOptions[0]) == static_cast<size_t>(Option::kCount),
               "options: one table row per Option");

@@ -71,6 +71,11 @@ Segment* segment_new(Heap* heap) {
     return nullptr;
   }
   auto* s = static_cast<Segment*>(g.base);
+  if (!os::commit(s, kSliceSize)) {  // the header slice
+    arena_free_unused(g, 1);
+    budget_release(kSliceSize);
+    return nullptr;
+  }
   s->thread_id.store(heap->thread_id, std::memory_order_relaxed);
   s->kind = SegmentKind::kNormal;
   s->solo = 0;
@@ -102,7 +107,13 @@ void segment_free(Segment* s) {
 Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind kind) {
   uint64_t mask = run_mask(idx, slices);
   uint64_t fresh = mask & ~s->dirty_slices;
-  if (fresh != 0 && !budget_charge(static_cast<size_t>(popcount64(fresh)) << kSliceShift)) return nullptr;
+  size_t fresh_bytes = static_cast<size_t>(popcount64(fresh)) << kSliceShift;
+  if (fresh != 0 && !budget_charge(fresh_bytes)) return nullptr;
+  if (!os::commit(reinterpret_cast<char*>(s) + (static_cast<size_t>(idx) << kSliceShift),
+                  static_cast<size_t>(slices) << kSliceShift)) {
+    if (fresh != 0) budget_release(fresh_bytes);
+    return nullptr;
+  }
   s->free_slices &= ~mask;
   Page* page = &s->pages[idx];
   page->is_clean = (mask & s->dirty_slices) == 0;
@@ -224,6 +235,11 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   uintptr_t sb = reinterpret_cast<uintptr_t>(s);
   uintptr_t start = align_up(sb + kSliceSize, align);
   size_t used_len = align_up(start - sb + n, kSliceSize);   // from the segment start
+  if (!os::commit(s, used_len)) {
+    arena_free_unused(g, chunks);
+    budget_release(charged);
+    return nullptr;
+  }
   // The run's resident slices were counted already: count them once, and give back what lies
   // beyond the block (left by a bigger block before), so that exactly used_len is committed.
   if (g.dirty_extent > used_len) {

@@ -46,3 +46,8 @@ NEBULA_API uint64_t nebula_mem_get_budget(void) {
   return g_budget.limit.load(std::memory_order_relaxed);
 }
 NEBULA_API int nebula_mem_pressure_level_now(void) { return budget_level(); }
+NEBULA_API int nebula_mem_fault_inject(const char* spec) {
+  engine_init();
+  return fault_injection_set(spec) ? 0 : -1;
+}
+NEBULA_API uint64_t nebula_mem_faults_injected(void) { return os::faults_injected(); }

@@ -1,6 +1,7 @@
 // platform/linux.cpp: the Linux implementation of platform/os.hpp.
 #include "platform/os.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -50,6 +51,32 @@ void* map_aligned(size_t size, size_t align, int extra_flags) noexcept {
   return reinterpret_cast<void*>(start);
 }
 
+std::atomic<int> g_fault_mode{0};
+std::atomic<uint64_t> g_fault_n{0};
+std::atomic<uint64_t> g_fault_seed{0};
+std::atomic<uint64_t> g_fault_requests{0};
+std::atomic<uint64_t> g_fault_injected{0};
+
+// True when this request to the OS must fail (fault injection is on).
+bool inject_fault() noexcept {
+  int mode = g_fault_mode.load(std::memory_order_relaxed);
+  if (__builtin_expect(mode == 0, 1)) return false;
+  uint64_t n = g_fault_n.load(std::memory_order_relaxed);
+  uint64_t c = g_fault_requests.fetch_add(1, std::memory_order_relaxed) + 1;
+  bool fail = false;
+  if (mode == static_cast<int>(FaultMode::kNth)) fail = c == n;
+  else if (mode == static_cast<int>(FaultMode::kEvery)) fail = n != 0 && c % n == 0;
+  else {
+    uint64_t x = g_fault_seed.load(std::memory_order_relaxed) ^ (c * 0x9e3779b97f4a7c15ull);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    fail = n != 0 && x % n == 0;
+  }
+  if (fail) g_fault_injected.fetch_add(1, std::memory_order_relaxed);
+  return fail;
+}
+
 pthread_key_t g_exit_key;
 bool g_exit_key_ok = false;
 
@@ -69,6 +96,7 @@ unsigned features() noexcept {
 }
 
 void* reserve(size_t size, size_t align) noexcept {
+  if (inject_fault()) return nullptr;
   ErrnoGuard keep;
   return map_aligned(size, align, 0);
 }
@@ -78,7 +106,7 @@ void release(void* p, size_t size) noexcept {
   munmap(p, size);
 }
 
-bool commit(void*, size_t) noexcept { return true; }
+bool commit(void*, size_t) noexcept { return !inject_fault(); }
 
 bool purge(void* p, size_t size) noexcept {
   ErrnoGuard keep;
@@ -96,6 +124,7 @@ void huge_hint(void* p, size_t size) noexcept {
 }
 
 void* reserve_huge(size_t size, size_t align) noexcept {
+  if (inject_fault()) return nullptr;
   ErrnoGuard keep;
 #ifdef MAP_HUGETLB
   return map_aligned(size, align, MAP_HUGETLB);
@@ -257,6 +286,16 @@ AddressKind classify(uintptr_t addr) noexcept {
 }
 
 void yield() noexcept { sched_yield(); }
+
+void set_fault_injection(FaultMode mode, uint64_t n, uint64_t seed) noexcept {
+  g_fault_mode.store(0, std::memory_order_relaxed);
+  g_fault_n.store(n, std::memory_order_relaxed);
+  g_fault_seed.store(seed, std::memory_order_relaxed);
+  g_fault_requests.store(0, std::memory_order_relaxed);
+  g_fault_mode.store(static_cast<int>(mode), std::memory_order_release);
+}
+
+uint64_t faults_injected() noexcept { return g_fault_injected.load(std::memory_order_relaxed); }
 
 void* next_symbol(const char* name) noexcept {
   ErrnoGuard keep;

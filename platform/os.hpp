@@ -111,6 +111,14 @@ AddressKind classify(uintptr_t addr) noexcept;
 // it), or nullptr. May allocate through our malloc; call with no engine lock held.
 void* next_symbol(const char* name) noexcept;
 
+// ---- Fault injection (tests) ---------------------------------------------------------------
+// Make requests to the OS for memory (reserve, reserve_huge, commit) fail on purpose:
+//   kNth: only the n-th request from now;  kEvery: every n-th;  kRandom: each with chance 1/n.
+// kOff turns it off. Failed requests behave exactly like an OS refusal.
+enum class FaultMode { kOff, kNth, kEvery, kRandom };
+void set_fault_injection(FaultMode mode, uint64_t n, uint64_t seed) noexcept;
+uint64_t faults_injected() noexcept;   // requests failed on purpose so far
+
 // A short spin-then-yield pause for lock and state waits.
 void yield() noexcept;
 

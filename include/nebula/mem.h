@@ -97,6 +97,14 @@ uint64_t nebula_mem_get_budget(void);
 /* The current pressure level (nebula_mem_pressure_level). */
 int nebula_mem_pressure_level_now(void);
 
+/* ---- Test hooks ---------------------------------------------------------------------------
+ * Make the allocator's requests to the OS for memory fail on purpose, as if the OS refused:
+ * "nth:N" (the N-th request from now), "every:N", "random:N[:SEED]" (chance 1/N), or "off".
+ * Also settable at start with NEBULA_MEM_FAULT_INJECT. Returns 0, or -1 for a bad spec. */
+int nebula_mem_fault_inject(const char* spec);
+/* Requests failed on purpose so far. */
+uint64_t nebula_mem_faults_injected(void);
+
 /* Prefixed entry points: the engine without interposition. */
 void* nebula_malloc(size_t n);
 void* nebula_calloc(size_t count, size_t size);
