@@ -89,6 +89,12 @@ void* realloc_block(void* p, size_t n) noexcept {
   Where w;
   if (!locate(p, &w)) return foreign_realloc(p, n);
   if (w.s->kind != SegmentKind::kHuge && (w.page->flags & kPageNotInUse)) invalid_pointer("realloc", p);
+  if (w.s->kind == SegmentKind::kNormal && w.page->kind != PageKind::kLarge) {
+    if (!(w.page->flags & kPageHasAligned) && !is_block_start(w.page, p))
+      fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");
+    if (static_cast<Block*>(p)->key == g_free_key && block_is_free_any(w.s, w.page, static_cast<Block*>(p)))
+      fatal_pointer("realloc", p, "the block was freed already");
+  }
   size_t have = usable_size(p);
   // Keep the block when the new size fits and does not waste more than half of it.
   if (n <= have && n >= have / 2) return p;

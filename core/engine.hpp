@@ -35,6 +35,8 @@ namespace nebula {
 // ---- Globals the fast paths read --------------------------------------------------------
 extern __thread Heap* t_heap __attribute__((tls_model("initial-exec")));
 extern Heap g_empty_heap;
+// Stored in the second word of every free block (random per process, never 0).
+extern uintptr_t g_free_key __attribute__((visibility("hidden")));
 // One byte per 4 MiB chunk of the address space: 0 not ours, 1 first chunk of a segment,
 // k >= 2: chunk k-1 chunks after the first chunk of a (huge) segment (255: at least 254).
 extern std::atomic<uint8_t> g_segmap[kSegmentMapSize];
@@ -71,6 +73,7 @@ NEBULA_HOT void* alloc(size_t n) noexcept {
     if (NEBULA_LIKELY(b != nullptr)) {
       page->free = b->next;
       page->used++;
+      b->key = 0;
       return b;
     }
   }
@@ -85,6 +88,7 @@ NEBULA_HOT void* alloc_zero(size_t n) noexcept {
     if (NEBULA_LIKELY(b != nullptr)) {
       page->free = b->next;
       page->used++;
+      b->key = 0;
       if (page->free_is_zero) b->next = nullptr;
       else memset(b, 0, n);
       return b;
@@ -93,13 +97,24 @@ NEBULA_HOT void* alloc_zero(size_t n) noexcept {
   return alloc_zero_generic(heap, n);
 }
 
+// Is p the start of a block of this (small or medium) page? One multiply (see Page::div_magic).
+// The multiply takes the whole address: div_bias also cancels the segment's base, so that the
+// product is (p - page start) * div_magic mod 2^64.
+NEBULA_HOT bool is_block_start(const Page* page, const void* p) noexcept {
+  return reinterpret_cast<uintptr_t>(p) * page->div_magic + page->div_bias < page->div_magic;
+}
+
 NEBULA_HOT void dealloc(void* p) noexcept {
   if (NEBULA_UNLIKELY(!is_segment_start_chunk(p))) return free_not_fast(p);
   Segment* s = segment_of(p);
   Page* page = page_of(s, p);
+  Block* b = static_cast<Block*>(p);
+  uintptr_t key = g_free_key;
+  // The generic path takes over for: another thread's block, a page that is full, aligned or
+  // not in use, a pointer into the middle of a block, and a block that looks freed already.
   if (NEBULA_LIKELY(s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
-                    page->flags == 0)) {
-    Block* b = static_cast<Block*>(p);
+                    page->flags == 0 && is_block_start(page, p) && b->key != key)) {
+    b->key = key;
     b->next = page->local_free;
     page->local_free = b;
     if (NEBULA_UNLIKELY(--page->used == 0)) page_retire(page);
@@ -169,6 +184,8 @@ bool fault_injection_set(const char* spec) noexcept;
 void free_block_local(Page* page, Block* b) noexcept;
 void free_block_remote(Page* page, Block* b) noexcept;
 Block* block_start(Segment* s, Page* page, void* p) noexcept;
+// Is b on one of its page's free lists (as far as the calling thread may look)?
+bool block_is_free_any(Segment* s, Page* page, Block* b) noexcept;
 void heaps_collect_abandoned(bool force) noexcept;
 
 // page.cpp

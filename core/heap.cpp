@@ -94,7 +94,7 @@ void for_each_page(Heap* heap, Fn fn) {
         ++i;
         continue;
       }
-      unsigned next = i + p->slice_count;
+      unsigned next = i + (p->slice_count != 0 ? p->slice_count : 1u);  // never stuck, even on a torn descriptor
       if (fn(s, p)) break;
       i = next;
     }
@@ -108,6 +108,7 @@ void for_each_page(Heap* heap, Fn fn) {
 // built at compile time, so the first malloc of any thread, even before our constructors ran,
 // takes the slow path without a check of its own on the fast path.
 constinit Heap g_empty_heap{&g_empty_page};
+uintptr_t g_free_key = 0x9e3779b97f4a7c15u;  // replaced by a random value at engine_init
 
 bool fault_injection_set(const char* spec) noexcept {
   auto starts = [&](const char* w) {
@@ -152,7 +153,10 @@ bool fault_injection_set(const char* spec) noexcept {
 void engine_init() noexcept {
   int expected = 0;
   if (!g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
+  uintptr_t key = static_cast<uintptr_t>(os::random_u64());
+  if (key != 0) g_free_key = key;
   options_init();
+  if (option_bool(Option::kStats)) os::keep_stderr();  // the summary is printed at exit
   budget_init();
   const char* fault = option_text(Option::kFaultInject);
   if (!(fault[0] == 'o' && fault[1] == 'f' && fault[2] == 'f' && fault[3] == 0) && !fault_injection_set(fault)) {
@@ -359,6 +363,45 @@ void free_block_remote(Page* page, Block* b) noexcept {
   }
 }
 
+namespace {
+
+// Is b on one of the page's free lists? Only the owner may walk free and local_free; anyone
+// may walk thread_free (pushers only prepend) and the owner heap's delayed list.
+bool block_is_free(Segment* s, Page* page, Block* b, bool owner) {
+  size_t limit = static_cast<size_t>(page->capacity) + 1;
+  auto on = [&](Block* l) {
+    for (size_t i = 0; l != nullptr && i < limit; ++i, l = l->next)
+      if (l == b) return true;
+    return false;
+  };
+  if (on(reinterpret_cast<Block*>(page->thread_free.load(std::memory_order_acquire) & ~kDelayMask))) return true;
+  if (!owner) return false;
+  if (on(page->free) || on(page->local_free)) return true;
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
+  return heap != nullptr && on(heap->delayed_free.load(std::memory_order_acquire));
+}
+
+[[noreturn]] NEBULA_COLD void interior_pointer(Segment* s, Page* page, void* p) {
+  Message m;
+  uint8_t* start = page_start(s, page);
+  size_t off = static_cast<size_t>(static_cast<uint8_t*>(p) - start);
+  uint8_t* block = start + off / page->block_size * page->block_size;
+  m.str("pointer into the middle of a ").num(page->block_size).str("-byte block at ")
+      .hex(reinterpret_cast<uintptr_t>(block)).str(", not its start");
+  // Message is a fixed buffer: copy it for fatal_pointer's own message.
+  static char what[160];
+  size_t n = m.size() < sizeof what - 1 ? m.size() : sizeof what - 1;
+  for (size_t i = 0; i < n; ++i) what[i] = m.data()[i];
+  what[n] = 0;
+  fatal_pointer("free", p, what);
+}
+
+}  // namespace
+
+bool block_is_free_any(Segment* s, Page* page, Block* b) noexcept {
+  return block_is_free(s, page, b, s->thread_id.load(std::memory_order_relaxed) == os::thread_id());
+}
+
 void free_generic(Segment* s, Page* page, void* p) noexcept {
   if (s->kind == SegmentKind::kHuge) {
     Page* hp = &s->pages[1];
@@ -369,8 +412,15 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
     return;
   }
   if (NEBULA_UNLIKELY(page->flags & kPageNotInUse)) invalid_pointer("free", p);
+  bool owner = s->thread_id.load(std::memory_order_relaxed) == os::thread_id();
   Block* b = block_start(s, page, p);
-  if (s->thread_id.load(std::memory_order_relaxed) == os::thread_id()) {
+  if (page->kind != PageKind::kLarge) {
+    if (NEBULA_UNLIKELY(!(page->flags & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
+    if (NEBULA_UNLIKELY(b->key == g_free_key) && block_is_free(s, page, b, owner))
+      fatal_pointer("free", p, "double free (the block is free already)");
+    b->key = g_free_key;
+  }
+  if (owner) {
     free_block_local(page, b);
   } else {
     Heap* me = t_heap;
@@ -416,7 +466,12 @@ void heap_abandon(Heap* heap) {
 void thread_done(void* arg) noexcept {
   auto* heap = static_cast<Heap*>(arg);
   if (heap == nullptr || !heap->live) return;
-  heap_abandon(heap);
+  {
+    // Under the heap-pool lock, which fork() takes first: a child never sees a heap half
+    // abandoned. (Lock order: heaps, then abandoned segments, then arenas.)
+    LockGuard guard(g_heaps_lock);
+    heap_abandon(heap);
+  }
   if (t_heap == heap) t_heap = &g_empty_heap;
   heap_to_pool(heap);
 }
@@ -457,7 +512,17 @@ void fork_child() noexcept {
       page->used--;
       b = next;
     }
-    while (h->segments != nullptr) segment_abandon(h->segments);
+    // Take the segment list as it stands; a thread that died while changing it may have left
+    // it torn, so walk it with a bound and detach each segment without trusting back links.
+    Segment* s = h->segments;
+    h->segments = nullptr;
+    size_t bound = g_counters.segments.load(std::memory_order_relaxed) + 1;
+    for (size_t i = 0; s != nullptr && i < bound; ++i) {
+      Segment* next = s->next;
+      s->owner_heap.store(nullptr, std::memory_order_relaxed);
+      segment_abandon(s);
+      s = next;
+    }
     heap_to_pool(h);
   }
 }

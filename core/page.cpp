@@ -35,6 +35,9 @@ void page_extend(Page* page) {
 
 void page_init(Heap* heap, Page* page, unsigned cls) {
   page->block_size = kClassSize[cls];
+  page->div_magic = ~uint64_t{0} / page->block_size + 1;
+  uint64_t start = reinterpret_cast<uintptr_t>(page_start(segment_of(page), page));
+  page->div_bias = uint64_t{0} - start * page->div_magic;
   page->size_class = static_cast<uint8_t>(cls);
   page->reserved = static_cast<uint16_t>((static_cast<size_t>(page->slice_count) << kSliceShift) / page->block_size);
   page->capacity = 0;
@@ -226,6 +229,7 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   Block* b = page->free;
   page->free = b->next;
   page->used++;
+  b->key = 0;
   if (zero) {
     if (page->free_is_zero) b->next = nullptr;
     else memset(b, 0, n);

@@ -304,7 +304,7 @@ void segment_abandon(Segment* s) noexcept {
     Page* p = &s->pages[i];
     if (p->kind == PageKind::kNone) { ++i; continue; }
     p->next = p->prev = nullptr;
-    i += p->slice_count;
+    i += p->slice_count != 0 ? p->slice_count : 1u;
   }
   s->owner_heap.store(nullptr, std::memory_order_release);
   s->thread_id.store(0, std::memory_order_release);
@@ -337,7 +337,7 @@ bool segment_reclaim_one(Heap* heap) noexcept {
   for (unsigned i = 1; i < kSlicesPerSegment;) {
     Page* p = &s->pages[i];
     if (p->kind == PageKind::kNone) { ++i; continue; }
-    unsigned next = i + p->slice_count;
+    unsigned next = i + (p->slice_count != 0 ? p->slice_count : 1u);
     bool large = p->kind == PageKind::kLarge;
     // Take every block freed by other threads while nobody owned the page.
     uintptr_t tf = p->thread_free.exchange(large ? kDelayUse : kDelayNone, std::memory_order_acq_rel);

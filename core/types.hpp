@@ -33,10 +33,14 @@ namespace nebula {
 struct Heap;
 struct Segment;
 
+// A free block. `key` holds g_free_key while the block is free (the allocation fast path clears
+// it): a free() that finds the key already there is a suspected double free, confirmed on the
+// slow path by looking the block up in the page's free lists.
 struct Block {
   Block* next;
+  uintptr_t key;
 };
-static_assert(sizeof(Block) <= kMinAlign);
+static_assert(sizeof(Block) <= kMinAlign, "a free block's two words fit in the smallest block");
 
 // State bits kept in the low 2 bits of Page::thread_free (blocks are 16-byte aligned).
 // They tell a thread freeing a block of a page it does not own where to put it.
@@ -83,8 +87,17 @@ struct Page {
   std::atomic<uintptr_t> thread_free;   // Block* | DelayState: frees by other threads (atomic)
   Page* next;                           // in the heap's queue or full list (owner only)
   Page* prev;
+  // Is p a block start? With the block size d and the page start address a:
+  //   (p * div_magic + div_bias) mod 2^64 < div_magic  <=>  d divides p - a
+  // (div_magic = ceil(2^64 / d), div_bias = -a * div_magic mod 2^64; Lemire's divisibility
+  // test, exact because p - a < 2^32).
+  uint64_t div_magic;                   // small and medium pages (written at page init)
+  uint64_t div_bias;
+  uint64_t list_key;                    // secure mode: the key of this page's encoded links
+  uint64_t* live_bits;                  // secure mode: one bit per block, set while allocated
+  uint8_t reserved_for_layout[32];      // keeps the descriptor at 128 bytes
 };
-static_assert(sizeof(Page) == 64, "a page descriptor is one cache line: free() indexes by shift");
+static_assert(sizeof(Page) == 128, "page descriptors are 128 bytes: free() indexes by shift");
 static_assert(offsetof(Page, free) == 0, "the malloc fast path loads page->free first");
 static_assert(kSliceSize / kMinAlign <= 65535, "capacity and reserved are 16-bit");
 
@@ -121,7 +134,7 @@ struct Segment {
   Segment* prev;
   Page pages[kSlicesPerSegment];        // one descriptor per slice
 };
-static_assert(sizeof(Segment) <= 2 * 4096 + 2048, "segment header must stay within a few OS pages");
+static_assert(sizeof(Segment) <= 3 * 4096, "segment header must stay within a few OS pages");
 static_assert(sizeof(Segment) < kSliceSize, "the header must fit in slice 0");
 
 // Per-thread counters, merged on read. Only the slow paths touch them.

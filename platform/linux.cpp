@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -147,16 +148,44 @@ void arm_thread_exit_hook(void* arg) noexcept {
   if (g_exit_key_ok) pthread_setspecific(g_exit_key, arg);
 }
 
+uint64_t random_u64() noexcept {
+  // AT_RANDOM: 16 random bytes the kernel gives every process; mix in the clock and the stack
+  // address so that two calls differ.
+  uint64_t v = 0;
+  if (auto* r = reinterpret_cast<const unsigned char*>(getauxval(AT_RANDOM))) {
+    for (int i = 0; i < 8; ++i) v = (v << 8) | r[i];
+  }
+  static std::atomic<uint64_t> counter{0};
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  uint64_t x = v ^ (static_cast<uint64_t>(ts.tv_nsec) << 20) ^ reinterpret_cast<uintptr_t>(&v) ^
+               (counter.fetch_add(1, std::memory_order_relaxed) * 0x9e3779b97f4a7c15ull);
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 29;
+  return x;
+}
+
 uint64_t clock_ms() noexcept {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000u + static_cast<uint64_t>(ts.tv_nsec) / 1000000u;
 }
 
+std::atomic<int> g_stderr_fd{2};
+
+void keep_stderr() noexcept {
+  ErrnoGuard keep;
+  if (g_stderr_fd.load(std::memory_order_relaxed) != 2) return;
+  int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+  if (fd >= 0) g_stderr_fd.store(fd, std::memory_order_relaxed);
+}
+
 void write_stderr(const char* s, size_t n) noexcept {
   ErrnoGuard keep;
+  int fd = g_stderr_fd.load(std::memory_order_relaxed);
   while (n > 0) {
-    ssize_t w = write(2, s, n);
+    ssize_t w = write(fd, s, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       return;

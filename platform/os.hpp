@@ -78,11 +78,17 @@ inline uintptr_t thread_id() noexcept {
 bool install_thread_exit_hook(void (*fn)(void*)) noexcept;
 void arm_thread_exit_hook(void* arg) noexcept;
 
+// 64 random bits from the kernel (no system call where the platform can avoid one).
+uint64_t random_u64() noexcept;
+
 // Milliseconds of a monotonic clock.
 uint64_t clock_ms() noexcept;
 
 // Write bytes to the standard error stream (fd 2) without allocating.
 void write_stderr(const char* s, size_t n) noexcept;
+// Keep a private duplicate of fd 2 for write_stderr, for messages printed at exit by programs
+// that close stderr in their own exit handlers (coreutils do).
+void keep_stderr() noexcept;
 
 // Terminate the process abnormally after a fatal message (SIGABRT, no cleanup).
 [[noreturn]] void abort_process() noexcept;

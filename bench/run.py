@@ -1,0 +1,653 @@
+#!/usr/bin/env python3
+"""bench/run.py: run the allocator workloads under every allocator and print one table.
+
+    bench/run.py [--build-dir DIR] [--quick | --smoke] [--only NAME[,NAME...]] [--reps N]
+                 [--threads N] [--allocators LIST] [--nebula-lib PATH] [--out DIR] [--list]
+    bench/run.py --micro [--micro-filter REGEX] [--quick] [--allocators LIST]
+
+Each workload (bench/workloads/, built as BUILD/bench/wl-*) runs once per repetition under each
+allocator: glibc (no preload), jemalloc, mimalloc, tcmalloc (the Debian packages) and
+nebula-memory (BUILD/libnebulamem.so), each through LD_PRELOAD. The order of the allocators
+rotates from run to run, so no allocator always runs first or last after a given one. For each
+run the driver measures the child's wall time (spawn to reap) and its peak RSS (ru_maxrss of
+os.wait4), and parses the program's `time_s=` (and, for frag, `rss_after_kib=`) lines. A run
+counts only if it exited 0 (the program verified its own result) and printed `allocator=NAME`
+naming the allocator that was meant to be preloaded.
+
+The table (markdown, ready to paste into docs/performance.md) gives, per workload and allocator,
+the median wall time and median peak RSS as a ratio to mimalloc (to glibc when mimalloc is not
+in the set), the median itself and the min-max spread, then the geometric mean of the ratios per
+allocator. Results go to BUILD/bench-results/<time>/ (runs.csv, summary.csv, results.json,
+table.md, chart.png when gnuplot is installed), and BUILD/bench-results/latest points there.
+
+--quick: smaller sizes (a few tenths of a second each) and 3 repetitions; for checking that it
+works, not for figures. --smoke: tiny sizes, one repetition, nebula-memory and glibc only, no
+chart; exits non-zero unless every workload ran and verified under both (the meson test
+`bench-smoke`). Standard library only.
+"""
+
+import argparse
+import csv
+import datetime
+import fnmatch
+import glob
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name, program, arguments, what it models. Full sizes are each program's defaults (about 1 to
+# 5 s under glibc on a 2-core machine); QUICK holds the reduced sizes of --quick.
+WORKLOADS = [
+    ("larson", "wl-larson", [], True,
+     "server: threads replace random blocks of a shared array; blocks die on other threads"),
+    ("cfrac", "wl-cfrac", [], False,
+     "bignum continued-fraction factoring: small immutable integers made and freed per step"),
+    ("espresso", "wl-espresso", [], False,
+     "logic minimisation: covers of small cube sets, cofactored and complemented recursively"),
+    ("cache-thrash", "wl-false_sharing", ["--mode", "thrash"], True,
+     "active false sharing: threads write small objects they allocate themselves"),
+    ("cache-scratch", "wl-false_sharing", ["--mode", "scratch"], True,
+     "passive false sharing: threads free neighbouring objects handed to them, then allocate"),
+    ("xmalloc", "wl-xmalloc", [], True,
+     "producer/consumer: one half of the threads allocates, the other half frees"),
+    ("mstress", "wl-rand_bursts", ["--style", "mstress"], True,
+     "skewed random sizes up to 4 MiB, bursts, transfers between threads, thread rounds"),
+    ("rptest", "wl-rand_bursts", ["--style", "rptest"], True,
+     "random-size batches freed in random order, 1/8 freed by the next thread"),
+    ("large", "wl-large", [], False,
+     "blocks of 5 to 25 MiB, every page written, some grown with realloc"),
+    ("glibc-simple", "wl-glibc_bench", ["--style", "simple"], False,
+     "glibc bench-malloc-simple: allocate n blocks of one size, free them all"),
+    ("glibc-thread", "wl-glibc_bench", ["--style", "thread"], True,
+     "glibc bench-malloc-thread: random replacement in a working set, sizes 4 B..32 KiB"),
+    ("strbuild", "wl-strbuild", [], False,
+     "string builder: realloc to the exact size on every append, strings up to 256 KiB"),
+    ("frag", "wl-frag", [], False,
+     "fragmentation: tree of 500k nodes, 90% freed at random, keep going; RSS at the end"),
+]
+QUICK = {
+    "larson": ["--ops", "2000000"],
+    "cfrac": ["--steps", "150000"],
+    "espresso": ["--problems", "50"],
+    "cache-thrash": ["--writes", "20000"],
+    "cache-scratch": ["--writes", "20000"],
+    "xmalloc": ["--blocks", "1000000"],
+    "mstress": ["--ops", "1500000", "--rounds", "4"],
+    "rptest": ["--batches", "1200"],
+    "large": ["--iters", "150"],
+    "glibc-simple": ["--ops", "1500000"],
+    "glibc-thread": ["--ops", "2500000"],
+    "strbuild": ["--appends", "600000"],
+    "frag": ["--nodes", "100000", "--after", "100000"],
+}
+
+# The micro benchmarks the smoke run tries (one of each kind, the threaded ones at 2 threads).
+SMOKE_MICRO = ("^BM_(malloc_free/64|batch_random/n:64/size:128|calloc/4096|realloc_grow/limit:4096/step16:1"
+               "|posix_memalign/64|new_sized_delete/32|threads_local/64/real_time/threads:2"
+               "|cross_thread_free/64/real_time/threads:2)$")
+
+ALLOCATORS = ["glibc", "jemalloc", "mimalloc", "tcmalloc", "nebula"]
+PEER_SONAMES = {
+    "jemalloc": ("libjemalloc.so.2", "libjemalloc2"),
+    "mimalloc": ("libmimalloc.so.2", "libmimalloc2.0"),
+    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
+}
+
+
+def say(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- machine and versions -----------------------------------------------------------------------
+def find_peer(soname):
+    """Path of a peer allocator's library: from the loader cache, else the usual directories."""
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    found = []
+    for line in out.splitlines():
+        m = re.match(r"\s*(\S+) \(([^)]*)\) => (\S+)", line)
+        if m and m.group(1) == soname and os.path.exists(m.group(3)):
+            found.append((0 if "64" in m.group(2) else 1, m.group(3)))
+    if found:
+        return sorted(found)[0][1]
+    for d in glob.glob("/usr/lib/*-linux-gnu") + ["/usr/lib64", "/usr/lib", "/usr/local/lib"]:
+        p = os.path.join(d, soname)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def dpkg_version(pkg):
+    try:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True,
+                           text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+    except OSError:
+        return None
+
+
+def machine_info(build_dir):
+    info = {"nproc": os.cpu_count(), "cpus_allowed": len(os.sched_getaffinity(0))}
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info["cpu"] = model or platform.processor() or "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+        info["memory_gib"] = round(kib / 1048576, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    info["kernel"] = platform.release()
+    try:
+        info["os"] = platform.freedesktop_os_release().get("PRETTY_NAME")
+    except (OSError, AttributeError):
+        info["os"] = None
+    try:
+        info["glibc"] = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        info["glibc"] = None
+    for name, (_, pkg) in PEER_SONAMES.items():
+        info[name] = dpkg_version(pkg)
+    version = None
+    try:
+        with open(os.path.join(build_dir, "meson-info", "intro-projectinfo.json")) as f:
+            version = json.load(f).get("version")
+    except (OSError, ValueError):
+        pass
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        rev = ""
+    info["nebula"] = " ".join(x for x in (version, rev) if x) or None
+    try:
+        info["compiler"] = subprocess.run(["c++", "--version"], capture_output=True, text=True,
+                                          check=False).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        info["compiler"] = None
+    try:
+        info["load_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# ---- one run ------------------------------------------------------------------------------------
+def run_once(argv, preload, timeout):
+    """Runs argv with LD_PRELOAD=preload (None: unset); returns a dict of measurements."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    with tempfile.TemporaryDirectory(prefix="nebula-bench-") as tmp:
+        out_path, err_path = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_OPEN, 2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+        ]
+        killed = []
+        t0 = time.perf_counter()
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+
+        def kill():
+            killed.append(True)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, ru = os.wait4(pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - t0
+        with open(out_path, errors="replace") as f:
+            out = f.read()
+        with open(err_path, errors="replace") as f:
+            err = f.read()
+    code = os.waitstatus_to_exitcode(status)
+    kv = dict(m.groups() for m in re.finditer(r"^([a-z_]+)=(\S+)$", out, re.M))
+    r = {
+        "wall_s": wall,
+        "user_s": ru.ru_utime,
+        "sys_s": ru.ru_stime,
+        # Peak RSS: the program's own VmHWM when it printed one; wait4's ru_maxrss otherwise.
+        # ru_maxrss also holds the driver's resident set at the moment of exec (Linux keeps the
+        # larger of the old and the new address space's peaks), a floor of about 17 MiB here.
+        "peak_rss_kib": int(kv["peak_rss_kib"]) if "peak_rss_kib" in kv else ru.ru_maxrss,
+        "ru_maxrss_kib": ru.ru_maxrss,
+        "exit": code,
+        "allocator_seen": kv.get("allocator"),
+        "time_s": float(kv["time_s"]) if "time_s" in kv else None,
+        "rss_after_kib": int(kv["rss_after_kib"]) if "rss_after_kib" in kv else None,
+        "reported": {k: v for k, v in kv.items() if k != "allocator"},
+        "stdout": out,
+        "stderr": err,
+        "timed_out": bool(killed),
+    }
+    return r
+
+
+def problem(r, alloc):
+    if r["timed_out"]:
+        return "timed out"
+    if r["exit"] != 0:
+        tail = (r["stderr"].strip().splitlines() or ["(no stderr)"])[-1]
+        return f"exit status {r['exit']}: {tail}"
+    if r["allocator_seen"] != alloc:
+        return f"expected allocator {alloc}, the program found {r['allocator_seen']!r} mapped"
+    if r["time_s"] is None:
+        return "no time_s= line"
+    return None
+
+
+# ---- summary ------------------------------------------------------------------------------------
+def fmt_time(s):
+    if s >= 100:
+        return f"{s:.0f}"
+    if s >= 10:
+        return f"{s:.1f}"
+    if s >= 0.1:
+        return f"{s:.2f}"
+    return f"{s:.3f}"
+
+
+def fmt_mib(kib):
+    mib = kib / 1024
+    return f"{mib:.0f}" if mib >= 100 else f"{mib:.1f}"
+
+
+def geomean(xs):
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def summarise(runs, workloads, allocs):
+    """Per (workload, metric, allocator): median, min, max, ratio to the baseline's median."""
+    base = "mimalloc" if "mimalloc" in allocs else ("glibc" if "glibc" in allocs else allocs[0])
+    metrics = [("time", "wall_s"), ("peak RSS", "peak_rss_kib"), ("RSS after", "rss_after_kib")]
+    rows = []
+    for w in workloads:
+        for label, key in metrics:
+            cells = {}
+            for a in allocs:
+                vals = [r[key] for r in runs if r["workload"] == w and r["allocator"] == a
+                        and r["ok"] and r[key] is not None]
+                if vals:
+                    cells[a] = {"median": statistics.median(vals), "min": min(vals),
+                                "max": max(vals), "n": len(vals)}
+            if not cells:
+                continue
+            b = cells.get(base)
+            for a, c in cells.items():
+                c["ratio"] = c["median"] / b["median"] if b and b["median"] > 0 else None
+            rows.append({"workload": w, "metric": label, "key": key, "cells": cells})
+    geo = {}
+    for label in ("time", "peak RSS"):
+        geo[label] = {a: geomean([row["cells"][a]["ratio"] for row in rows
+                                  if row["metric"] == label and a in row["cells"]])
+                      for a in allocs}
+    return base, rows, geo
+
+
+def markdown(base, rows, geo, allocs, reps, info, mode, threads):
+    names = {"glibc": "glibc", "jemalloc": "jemalloc", "mimalloc": "mimalloc",
+             "tcmalloc": "tcmalloc", "nebula": "**nebula**"}
+    out = []
+    vers = ", ".join(f"{a} {info.get(a)}" for a in ("jemalloc", "mimalloc", "tcmalloc") if info.get(a))
+    out.append(f"Machine: {info.get('nproc')} CPUs ({info.get('cpu')}), "
+               f"{info.get('memory_gib', '?')} GiB, {info.get('os') or 'Linux'}, kernel "
+               f"{info.get('kernel')}; {info.get('glibc')}; {vers}; nebula-memory "
+               f"{info.get('nebula')}; {info.get('compiler')}.")
+    out.append(f"Mode: {mode}, {reps} run(s) per workload and allocator, allocators alternating "
+               f"run by run, threaded workloads at {threads} threads. Cells: ratio to {base} of the "
+               f"median (lower is better), then the median and the min-max over the runs.")
+    out.append("")
+    out.append("| workload | metric | " + " | ".join(names.get(a, a) for a in allocs) + " |")
+    out.append("|---|---|" + "---|" * len(allocs))
+    for row in rows:
+        cells = []
+        for a in allocs:
+            c = row["cells"].get(a)
+            if not c:
+                cells.append("failed")
+                continue
+            ratio = f"{c['ratio']:.2f}" if c["ratio"] is not None else "-"
+            if row["key"] == "wall_s":
+                cells.append(f"{ratio} ({fmt_time(c['median'])} s; "
+                             f"{fmt_time(c['min'])}-{fmt_time(c['max'])})")
+            else:
+                cells.append(f"{ratio} ({fmt_mib(c['median'])} MiB; "
+                             f"{fmt_mib(c['min'])}-{fmt_mib(c['max'])})")
+        out.append(f"| {row['workload']} | {row['metric']} | " + " | ".join(cells) + " |")
+    for label in ("time", "peak RSS"):
+        cells = [f"**{geo[label][a]:.2f}**" if geo[label].get(a) else "-" for a in allocs]
+        out.append(f"| **geometric mean** | {label} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("`RSS after` (frag only) is the resident memory the program reads from "
+               "/proc/self/status at its end, after freeing 90% of its tree and running on; it is "
+               "not in the geometric mean.")
+    return "\n".join(out)
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+def write_outputs(out_dir, runs, base, rows, geo, allocs, info, table, args, gnuplot):
+    os.makedirs(out_dir, exist_ok=True)
+    fields = ["workload", "allocator", "rep", "ok", "wall_s", "time_s", "user_s", "sys_s",
+              "peak_rss_kib", "ru_maxrss_kib", "rss_after_kib", "exit", "allocator_seen", "problem"]
+    with open(os.path.join(out_dir, "runs.csv"), "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        wr.writeheader()
+        for r in runs:
+            wr.writerow(r)
+    with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["workload", "metric", "allocator", "median", "min", "max", "runs",
+                     f"ratio_to_{base}"])
+        for row in rows:
+            for a in allocs:
+                c = row["cells"].get(a)
+                if c:
+                    wr.writerow([row["workload"], row["key"], a, c["median"], c["min"], c["max"],
+                                 c["n"], c["ratio"]])
+        for label in geo:
+            for a in allocs:
+                wr.writerow(["geometric_mean", label, a, "", "", "", "", geo[label].get(a)])
+    doc = {
+        "machine": info, "baseline": base, "allocators": allocs,
+        "command": sys.argv, "mode": args.mode, "reps": args.reps, "threads": args.threads,
+        "summary": [{"workload": r["workload"], "metric": r["key"], "cells": r["cells"]} for r in rows],
+        "geometric_mean": geo,
+        "runs": [{k: v for k, v in r.items() if k not in ("stdout", "stderr")} for r in runs],
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    chart = None
+    if gnuplot:
+        chart = draw_chart(out_dir, rows, allocs, base, gnuplot)
+    return chart
+
+
+def draw_chart(out_dir, rows, allocs, base, gnuplot):
+    for label, fname in (("time", "time.dat"), ("peak RSS", "rss.dat")):
+        with open(os.path.join(out_dir, fname), "w") as f:
+            f.write("workload " + " ".join(allocs) + "\n")
+            for row in rows:
+                if row["metric"] != label:
+                    continue
+                vals = []
+                for a in allocs:
+                    c = row["cells"].get(a)
+                    vals.append(f"{c['ratio']:.4f}" if c and c["ratio"] else "NaN")
+                f.write(row["workload"] + " " + " ".join(vals) + "\n")
+    cols = ", ".join(
+        ("'{f}' using {i}:xtic(1) title columnheader({i})" if i == 2 else "'' using {i} title columnheader({i})")
+        .format(f="{f}", i=i) for i in range(2, len(allocs) + 2))
+    script = f"""
+set terminal pngcairo size 1500,1000 font ",10"
+set output 'chart.png'
+set multiplot layout 2,1 title "nebula-memory beside its peers: ratio to {base} (lower is better, log scale)"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set logscale y 2
+set yrange [0.125:*]
+set grid ytics
+set key outside right top
+set xtics rotate by -25 nomirror
+set ylabel "median wall time / {base}"
+plot {cols.format(f='time.dat')}, 1 notitle dt 2 lc rgb "black"
+set ylabel "median peak RSS / {base}"
+plot {cols.format(f='rss.dat')}, 1 notitle dt 2 lc rgb "black"
+unset multiplot
+"""
+    with open(os.path.join(out_dir, "chart.gp"), "w") as f:
+        f.write(script)
+    r = subprocess.run([gnuplot, "chart.gp"], cwd=out_dir, capture_output=True, text=True)
+    if r.returncode != 0 or not os.path.exists(os.path.join(out_dir, "chart.png")):
+        say(f"gnuplot failed: {r.stderr.strip()[:500]}")
+        return None
+    return os.path.join(out_dir, "chart.png")
+
+
+# ---- micro benchmarks ---------------------------------------------------------------------------
+def run_micro(args, build_dir, preloads, allocs):
+    exe = os.path.join(build_dir, "bench", "nebula-micro")
+    if not os.path.exists(exe):
+        say(f"{exe} not built (Google Benchmark, libbenchmark-dev, missing at meson setup?)")
+        return 1
+    results = {}
+    min_time = "0.05" if args.mode != "full" else "0.5"
+    if args.mode == "smoke":
+        min_time = "0.002"
+    for a in allocs:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tf:
+            path = tf.name
+        argv = [exe, f"--benchmark_filter={args.micro_filter}", f"--benchmark_min_time={min_time}",
+                "--benchmark_format=json", f"--benchmark_out={path}", "--benchmark_out_format=json"]
+        say(f"micro under {a}")
+        r = run_once(argv, preloads[a], args.timeout * 20)
+        p = problem(r, a) if r["exit"] != 0 or r["timed_out"] else None
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            doc = None
+        os.unlink(path)
+        if p or not doc:
+            say(f"micro under {a}: {p or 'no JSON output'}")
+            return 1
+        seen = doc.get("context", {}).get("allocator")
+        if seen != a:
+            say(f"micro under {a}: the program found {seen!r} mapped")
+            return 1
+        results[a] = {b["name"]: 1e9 / b["items_per_second"] for b in doc["benchmarks"]
+                      if b.get("items_per_second")}
+    base = "mimalloc" if "mimalloc" in allocs else allocs[0]
+    names = list(results[allocs[0]].keys())
+    print(f"ns per allocation + free (real time for the threaded ones); ratio to {base} in "
+          "parentheses, lower is better\n")
+    print("| benchmark | " + " | ".join(allocs) + " |")
+    print("|---|" + "---|" * len(allocs))
+    ratios = {a: [] for a in allocs}
+    for n in names:
+        b = results.get(base, {}).get(n)
+        cells = []
+        for a in allocs:
+            v = results[a].get(n)
+            if v is None:
+                cells.append("-")
+                continue
+            ratio = v / b if b else None
+            if ratio:
+                ratios[a].append(ratio)
+            cells.append(f"{v:.1f} ({ratio:.2f})" if ratio else f"{v:.1f}")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    print("| **geometric mean** | " + " | ".join(
+        f"**{geomean(ratios[a]):.2f}**" if geomean(ratios[a]) else "-" for a in allocs) + " |")
+    return 0
+
+
+# ---- main ---------------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build-dir", default=os.environ.get("NEBULA_BUILD_DIR", os.path.join(ROOT, "build")))
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="reduced sizes, 3 runs: checks it works")
+    g.add_argument("--smoke", action="store_true", help="tiny sizes, 1 run, nebula and glibc only (CI)")
+    ap.add_argument("--only", help="comma-separated workload names (shell patterns allowed)")
+    ap.add_argument("--reps", type=int, help="runs per workload and allocator (default 5, quick 3, smoke 1)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for the threaded workloads (default 2)")
+    ap.add_argument("--allocators", help="comma-separated subset of " + ",".join(ALLOCATORS))
+    ap.add_argument("--nebula-lib", help="library to preload as nebula (default BUILD/libnebulamem.so)")
+    ap.add_argument("--out", help="results directory (default BUILD/bench-results/<time>)")
+    ap.add_argument("--timeout", type=float, help="seconds before a run is killed (120; smoke 20)")
+    ap.add_argument("--micro", action="store_true", help="run the Google Benchmark programs instead")
+    ap.add_argument("--micro-filter", default=".", help="--benchmark_filter for --micro")
+    ap.add_argument("--list", action="store_true", help="list the workloads and exit")
+    args = ap.parse_args()
+    args.mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    if args.reps is None:
+        args.reps = {"smoke": 1, "quick": 3, "full": 5}[args.mode]
+    if args.timeout is None:
+        args.timeout = 20.0 if args.smoke else 120.0
+    if args.reps < 1 or args.threads < 1:
+        ap.error("--reps and --threads must be at least 1")
+
+    if args.list:
+        for name, prog, extra, threaded, what in WORKLOADS:
+            print(f"{name:14} {prog} {' '.join(extra)}{' (threads)' if threaded else ''}\n{'':14} {what}")
+        return 0
+
+    build_dir = os.path.abspath(args.build_dir)
+    if args.allocators:
+        allocs = [a.strip() for a in args.allocators.split(",") if a.strip()]
+        bad = [a for a in allocs if a not in ALLOCATORS]
+        if bad:
+            ap.error(f"unknown allocator(s) {', '.join(bad)}; known: {', '.join(ALLOCATORS)}")
+    else:
+        allocs = ["glibc", "nebula"] if args.smoke else list(ALLOCATORS)
+
+    preloads = {"glibc": None}
+    nebula = os.path.abspath(args.nebula_lib) if args.nebula_lib else os.path.join(build_dir, "libnebulamem.so")
+    missing = []
+    for a in allocs:
+        if a == "nebula":
+            preloads[a] = nebula if os.path.exists(nebula) else None
+            if not preloads[a]:
+                missing.append(f"nebula ({nebula} not built)")
+        elif a in PEER_SONAMES:
+            preloads[a] = find_peer(PEER_SONAMES[a][0])
+            if not preloads[a]:
+                missing.append(f"{a} ({PEER_SONAMES[a][0]}, Debian package {PEER_SONAMES[a][1]})")
+    if missing:
+        if args.allocators or args.smoke:
+            say("missing: " + "; ".join(missing))
+            return 2
+        say("skipping, not installed: " + "; ".join(missing) + " (./nebulamem bench installs them)")
+        allocs = [a for a in allocs if preloads.get(a) or a == "glibc"]
+
+    if args.micro:
+        return run_micro(args, build_dir, preloads, allocs)
+
+    selected = WORKLOADS
+    if args.only:
+        pats = [p.strip() for p in args.only.split(",") if p.strip()]
+        selected = [w for w in WORKLOADS if any(fnmatch.fnmatch(w[0], p) for p in pats)]
+        unknown = [p for p in pats if not any(fnmatch.fnmatch(w[0], p) for w in WORKLOADS)]
+        if unknown or not selected:
+            ap.error(f"no workload named {', '.join(unknown) or args.only}; "
+                     f"known: {', '.join(w[0] for w in WORKLOADS)}")
+    for _, prog, _, _, _ in selected:
+        if not os.path.exists(os.path.join(build_dir, "bench", prog)):
+            say(f"{build_dir}/bench/{prog} is missing: build first (./nebulamem build)")
+            return 2
+
+    info = machine_info(build_dir)
+    say(f"{len(selected)} workloads x {len(allocs)} allocators x {args.reps} runs ({args.mode}); "
+        f"load average at start {info.get('load_at_start')}")
+    runs, failures = [], []
+    order = list(allocs)
+    for rep in range(args.reps):
+        for wi, (name, prog, extra, threaded, _) in enumerate(selected):
+            argv = [os.path.join(build_dir, "bench", prog)] + extra
+            if args.smoke:
+                argv.append("--smoke")
+            elif args.mode == "quick":
+                argv += QUICK.get(name, [])
+            if threaded:
+                argv += ["--threads", str(args.threads)]
+            # Rotate the order: run by run each allocator moves one place.
+            k = (rep * len(selected) + wi) % len(order)
+            for a in order[k:] + order[:k]:
+                r = run_once(argv, preloads[a], args.timeout)
+                p = problem(r, a)
+                r.update({"workload": name, "allocator": a, "rep": rep + 1, "ok": p is None,
+                          "problem": p})
+                runs.append(r)
+                if p:
+                    failures.append(f"{name} under {a} (run {rep + 1}): {p}")
+                    say(f"FAIL {name} under {a}: {p}")
+                    if r["stderr"].strip():
+                        sys.stderr.write(r["stderr"][-2000:])
+            say(f"run {rep + 1}/{args.reps}: {name} done")
+
+    names = [w[0] for w in selected]
+    base, rows, geo = summarise(runs, names, allocs)
+    mode_txt = {"full": "full sizes", "quick": "--quick (reduced sizes)", "smoke": "--smoke (tiny sizes)"}[args.mode]
+    table = markdown(base, rows, geo, allocs, args.reps, info, mode_txt, args.threads)
+    print(table)
+
+    results_root = os.path.join(build_dir, "bench-results")
+    if args.out:
+        out_dir = os.path.abspath(args.out)
+    elif args.smoke:
+        out_dir = os.path.join(results_root, "smoke")
+    else:
+        out_dir = os.path.join(results_root, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    gnuplot = None if args.smoke else shutil.which("gnuplot")
+    chart = write_outputs(out_dir, runs, base, rows, geo, allocs, info, table, args, gnuplot)
+    if not args.out and not args.smoke:
+        latest = os.path.join(results_root, "latest")
+        try:
+            if os.path.islink(latest) or os.path.exists(latest):
+                os.unlink(latest)
+            os.symlink(os.path.basename(out_dir), latest)
+        except OSError:
+            pass
+    say(f"results in {out_dir}: runs.csv summary.csv results.json table.md"
+        + (" chart.png" if chart else " (no chart: gnuplot not installed)" if not args.smoke and not gnuplot else ""))
+
+    # Every workload must have run and verified under every allocator.
+    for name in names:
+        for a in allocs:
+            if not any(r["workload"] == name and r["allocator"] == a and r["ok"] for r in runs):
+                failures.append(f"{name} under {a}: no successful run")
+    if args.smoke:
+        # The micro benchmark binary too: a few of its benchmarks, briefly, under each allocator.
+        if os.path.exists(os.path.join(build_dir, "bench", "nebula-micro")):
+            args.micro_filter = SMOKE_MICRO
+            if run_micro(args, build_dir, preloads, allocs) != 0:
+                failures.append("nebula-micro failed")
+        else:
+            say("nebula-micro not built (no Google Benchmark): micro smoke skipped")
+    if failures:
+        say(f"{len(failures)} failure(s):")
+        for f in dict.fromkeys(failures):
+            say("  " + f)
+        return 1
+    if args.smoke:
+        say(f"smoke ok: {len(names)} workloads verified under {', '.join(allocs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
