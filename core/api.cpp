@@ -92,8 +92,14 @@ void* realloc_block(void* p, size_t n) noexcept {
   if (w.s->kind == SegmentKind::kNormal && w.page->kind != PageKind::kLarge) {
     if (!(w.page->flags & kPageHasAligned) && !is_block_start(w.page, p))
       fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");
-    if (static_cast<Block*>(p)->key == g_free_key && block_is_free_any(w.s, w.page, static_cast<Block*>(p)))
-      fatal_pointer("realloc", p, "the block was freed already");
+    bool freed;
+    if (g_secure) {
+      size_t i = static_cast<size_t>(static_cast<uint8_t*>(p) - page_start(w.s, w.page)) / w.page->block_size;
+      freed = !((live_bits(w.s, w.page)[i / 64] >> (i % 64)) & 1);
+    } else {
+      freed = static_cast<Block*>(p)->key == g_free_key && block_is_free_any(w.s, w.page, static_cast<Block*>(p));
+    }
+    if (freed) fatal_pointer("realloc", p, "the block was freed already");
   }
   size_t have = usable_size(p);
   // Keep the block when the new size fits and does not waste more than half of it.
@@ -147,7 +153,23 @@ void* alloc_aligned_zero(size_t align, size_t n) noexcept {
 }
 
 void dealloc_sized(void* p, size_t n) noexcept {
-  (void)n;
+  // Secure mode: the size must be one the block could have been allocated (or realloc'ed in
+  // place, which keeps a block only down to half its size) with.
+  if (NEBULA_UNLIKELY(g_secure) && p != nullptr) {
+    size_t have = usable_size(p);
+    Where w;
+    bool small = locate(p, &w) && w.s->kind == SegmentKind::kNormal && w.page->kind != PageKind::kLarge;
+    bool ok = n <= have && (n >= have / 2 || (small && size_to_class(n) == w.page->size_class));
+    if (!ok) {
+      Message m;
+      m.str("free_sized with size ").num(n).str(", but the block holds ").num(have).str(" bytes");
+      static char what[128];
+      size_t k = m.size() < sizeof what - 1 ? m.size() : sizeof what - 1;
+      memcpy(what, m.data(), k);
+      what[k] = 0;
+      fatal_pointer("free_sized", p, what);
+    }
+  }
   dealloc(p);
 }
 

@@ -35,6 +35,11 @@ namespace nebula {
 // ---- Globals the fast paths read --------------------------------------------------------
 extern __thread Heap* t_heap __attribute__((tls_model("initial-exec")));
 extern Heap g_empty_heap;
+// Secure mode (NEBULA_MEM_SECURE=1), fixed at start. The fast paths never run in it: the heaps'
+// direct tables stay empty and every page carries kPageSecure, so malloc and free always take
+// the generic paths, which check and encode.
+extern bool g_secure __attribute__((visibility("hidden")));
+extern bool g_zero_on_free __attribute__((visibility("hidden")));
 // Stored in the second word of every free block (random per process, never 0).
 extern uintptr_t g_free_key __attribute__((visibility("hidden")));
 // One byte per 4 MiB chunk of the address space: 0 not ours, 1 first chunk of a segment,
@@ -55,6 +60,34 @@ inline Page* page_of(Segment* s, const void* p) {
 }
 inline uint8_t* page_start(Segment* s, Page* page) {
   return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(page - s->pages) << kSliceShift);
+}
+inline uint8_t* page_start(Segment* s, const Page* page) { return page_start(s, const_cast<Page*>(page)); }
+
+// ---- Free-list links ---------------------------------------------------------------------
+// In secure mode a link stored in block b is next ^ (b's page key) ^ b, so that an overwrite
+// from a neighbouring block cannot forge a pointer. The slow paths use these; the fast paths
+// (never run in secure mode) read and write links directly.
+inline uintptr_t link_key(const Block* b) {
+  Segment* s = reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(b) & ~kSegmentMask);
+  size_t idx = (reinterpret_cast<uintptr_t>(b) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift;
+  const Page* slice = &s->pages[idx];
+  const Page* page = reinterpret_cast<const Page*>(reinterpret_cast<const char*>(slice) - slice->slice_offset);
+  return page->list_key ^ reinterpret_cast<uintptr_t>(b);
+}
+inline Block* link_get(const Block* b) {
+  if (NEBULA_LIKELY(!g_secure)) return b->next;
+  return reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(b->next) ^ link_key(b));
+}
+inline void link_set(Block* b, Block* next) {
+  if (NEBULA_LIKELY(!g_secure)) b->next = next;
+  else b->next = reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(next) ^ link_key(b));
+}
+// Secure mode: one bit per block of a small or medium page, set while the block is allocated.
+// The bitmaps live in the segment's header slice (512 bytes per slice).
+inline constexpr size_t kLiveBitsOffset = 12 * 1024;
+inline uint64_t* live_bits(Segment* s, Page* page) {
+  return reinterpret_cast<uint64_t*>(reinterpret_cast<char*>(s) + kLiveBitsOffset +
+                                     static_cast<size_t>(page - s->pages) * 512);
 }
 
 // ---- Slow paths (out of line) ------------------------------------------------------------

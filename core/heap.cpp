@@ -109,6 +109,8 @@ void for_each_page(Heap* heap, Fn fn) {
 // takes the slow path without a check of its own on the fast path.
 constinit Heap g_empty_heap{&g_empty_page};
 uintptr_t g_free_key = 0x9e3779b97f4a7c15u;  // replaced by a random value at engine_init
+bool g_secure = false;
+bool g_zero_on_free = false;
 
 bool fault_injection_set(const char* spec) noexcept {
   auto starts = [&](const char* w) {
@@ -156,6 +158,8 @@ void engine_init() noexcept {
   uintptr_t key = static_cast<uintptr_t>(os::random_u64());
   if (key != 0) g_free_key = key;
   options_init();
+  g_secure = option_bool(Option::kSecure);
+  g_zero_on_free = g_secure && option_bool(Option::kZeroOnFree);
   if (option_bool(Option::kStats)) os::keep_stderr();  // the summary is printed at exit
   budget_init();
   const char* fault = option_text(Option::kFaultInject);
@@ -190,7 +194,7 @@ Heap* heap_init_thread() noexcept {
 void heap_delayed_free_all(Heap* heap) noexcept {
   Block* b = heap->delayed_free.exchange(nullptr, std::memory_order_acquire);
   while (b != nullptr) {
-    Block* next = b->next;
+    Block* next = link_get(b);
     Segment* s = segment_of(b);
     Page* page = page_of(s, b);
     // Wait until the thread that announced the block has finished with the page's state.
@@ -319,7 +323,7 @@ Block* block_start(Segment* s, Page* page, void* p) noexcept {
 }
 
 void free_block_local(Page* page, Block* b) noexcept {
-  b->next = page->local_free;
+  link_set(b, page->local_free);
   page->local_free = b;
   page->used--;
   if (page->kind == PageKind::kLarge) {
@@ -344,7 +348,7 @@ void free_block_remote(Page* page, Block* b) noexcept {
       old = page->thread_free.load(std::memory_order_relaxed);
       continue;
     } else {
-      b->next = reinterpret_cast<Block*>(old & ~kDelayMask);
+      link_set(b, reinterpret_cast<Block*>(old & ~kDelayMask));
       nv = reinterpret_cast<uintptr_t>(b) | st;
     }
     if (page->thread_free.compare_exchange_weak(old, nv, std::memory_order_acq_rel, std::memory_order_relaxed)) break;
@@ -355,7 +359,7 @@ void free_block_remote(Page* page, Block* b) noexcept {
   Heap* heap = segment_of(page)->owner_heap.load(std::memory_order_acquire);
   Block* head = heap->delayed_free.load(std::memory_order_relaxed);
   do {
-    b->next = head;
+    link_set(b, head);
   } while (!heap->delayed_free.compare_exchange_weak(head, b, std::memory_order_release, std::memory_order_relaxed));
   old = page->thread_free.load(std::memory_order_relaxed);
   while (!page->thread_free.compare_exchange_weak(old, (old & ~kDelayMask) | kDelayNone,
@@ -370,7 +374,7 @@ namespace {
 bool block_is_free(Segment* s, Page* page, Block* b, bool owner) {
   size_t limit = static_cast<size_t>(page->capacity) + 1;
   auto on = [&](Block* l) {
-    for (size_t i = 0; l != nullptr && i < limit; ++i, l = l->next)
+    for (size_t i = 0; l != nullptr && i < limit; ++i, l = link_get(l))
       if (l == b) return true;
     return false;
   };
@@ -416,8 +420,17 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
   Block* b = block_start(s, page, p);
   if (page->kind != PageKind::kLarge) {
     if (NEBULA_UNLIKELY(!(page->flags & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
-    if (NEBULA_UNLIKELY(b->key == g_free_key) && block_is_free(s, page, b, owner))
+    if (NEBULA_UNLIKELY(g_secure)) {
+      // Exact: the block's live bit says whether it is allocated.
+      size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page)) / page->block_size;
+      uint64_t* bits = live_bits(s, page);
+      uint64_t bit = uint64_t{1} << (i % 64);
+      uint64_t old = __atomic_fetch_and(&bits[i / 64], ~bit, __ATOMIC_ACQ_REL);
+      if (!(old & bit)) fatal_pointer("free", p, "double free (the block is free already)");
+      if (g_zero_on_free) memset(b, 0, page->block_size);
+    } else if (NEBULA_UNLIKELY(b->key == g_free_key) && block_is_free(s, page, b, owner)) {
       fatal_pointer("free", p, "double free (the block is free already)");
+    }
     b->key = g_free_key;
   }
   if (owner) {
@@ -505,9 +518,9 @@ void fork_child() noexcept {
     });
     Block* b = h->delayed_free.exchange(nullptr, std::memory_order_relaxed);
     while (b != nullptr) {
-      Block* next = b->next;
+      Block* next = link_get(b);
       Page* page = page_of(segment_of(b), b);
-      b->next = page->local_free;
+      link_set(b, page->local_free);
       page->local_free = b;
       page->used--;
       b = next;

@@ -25,6 +25,8 @@ enum class Option : unsigned {
   kOnOom,
   kCgroupRoot,
   kFaultInject,
+  kSecure,
+  kZeroOnFree,
   kCount
 };
 
@@ -71,6 +73,14 @@ inline constexpr OptionDesc kOptions[] = {
    "where the cgroup file system is mounted, for budget=cgroup", "/sys/fs/cgroup"},
   {Option::kFaultInject, "fault_inject", OptionType::kPath, 0, 0, 0,
    "tests: make requests to the OS fail: off, nth:N, every:N, random:N[:SEED]", "off"},
+#if defined(NEBULA_SECURE_DEFAULT)
+  {Option::kSecure, "secure", OptionType::kBool, 1, 0, 1,
+#else
+  {Option::kSecure, "secure", OptionType::kBool, 0, 0, 1,
+#endif
+   "secure mode: encoded free lists, random order in pages, guard pages, every double free caught"},
+  {Option::kZeroOnFree, "zero_on_free", OptionType::kBool, 0, 0, 1,
+   "in secure mode, overwrite every freed block with zeros"},
 };
 static_assert(sizeof(kOptions) / sizeof(kOptions[0]) == static_cast<size_t>(Option::kCount),
               "options: one table row per Option");

@@ -25,11 +25,36 @@ void page_extend(Page* page) {
   if (count > left) count = left;
   size_t bsize = page->block_size;
   uint8_t* first = page_start(segment_of(page), page) + static_cast<size_t>(page->capacity) * bsize;
-  uint8_t* p = first;
-  for (uint32_t i = 1; i < count; ++i, p += bsize) reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
-  reinterpret_cast<Block*>(p)->next = page->free;
-  if (page->free == nullptr) page->free_is_zero = page->is_clean;
-  page->free = reinterpret_cast<Block*>(first);
+  if (NEBULA_UNLIKELY(g_secure)) {
+    // Secure mode: link the new blocks in a random order (Fisher-Yates over their indices).
+    static __thread uint64_t rng = 0;
+    if (rng == 0) rng = os::random_u64() | 1;
+    uint16_t order[kSliceSize / 16];
+    for (uint32_t i = 0; i < count; ++i) order[i] = static_cast<uint16_t>(i);
+    for (uint32_t i = count; i > 1; --i) {
+      rng ^= rng << 13;
+      rng ^= rng >> 7;
+      rng ^= rng << 17;
+      uint32_t j = static_cast<uint32_t>(rng % i);
+      uint16_t t = order[i - 1];
+      order[i - 1] = order[j];
+      order[j] = t;
+    }
+    Block* head = page->free;
+    for (uint32_t i = 0; i < count; ++i) {
+      auto* b = reinterpret_cast<Block*>(first + static_cast<size_t>(order[i]) * bsize);
+      link_set(b, head);
+      head = b;
+    }
+    page->free = head;
+    page->free_is_zero = 0;
+  } else {
+    uint8_t* p = first;
+    for (uint32_t i = 1; i < count; ++i, p += bsize) reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
+    reinterpret_cast<Block*>(p)->next = page->free;
+    if (page->free == nullptr) page->free_is_zero = page->is_clean;
+    page->free = reinterpret_cast<Block*>(first);
+  }
   page->capacity = static_cast<uint16_t>(page->capacity + count);
 }
 
@@ -38,6 +63,11 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
   page->div_magic = ~uint64_t{0} / page->block_size + 1;
   uint64_t start = reinterpret_cast<uintptr_t>(page_start(segment_of(page), page));
   page->div_bias = uint64_t{0} - start * page->div_magic;
+  if (g_secure) {
+    page->list_key = os::random_u64();
+    page->flags = kPageSecure;
+    memset(live_bits(segment_of(page), page), 0, 512);
+  }
   page->size_class = static_cast<uint8_t>(cls);
   page->reserved = static_cast<uint16_t>((static_cast<size_t>(page->slice_count) << kSliceShift) / page->block_size);
   page->capacity = 0;
@@ -115,7 +145,7 @@ bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept {
 }
 
 void heap_update_direct(Heap* heap, unsigned cls) noexcept {
-  if (kClassSize[cls] > kDirectMax) return;
+  if (kClassSize[cls] > kDirectMax || g_secure) return;  // secure mode: the fast path stays off
   Page* page = heap->queues[cls].first;
   if (page == nullptr) page = &g_empty_page;
   size_t lo = cls == 0 ? 0 : kClassSize[cls - 1] / 16 + 1;
@@ -152,11 +182,11 @@ void page_collect(Page* page) noexcept {
     if (head != nullptr) {
       Block* tail = head;
       uint32_t count = 1;
-      while (tail->next != nullptr) {
-        tail = tail->next;
+      for (Block* n = link_get(tail); n != nullptr; n = link_get(tail)) {
+        tail = n;
         ++count;
       }
-      tail->next = page->local_free;
+      link_set(tail, page->local_free);
       page->local_free = head;
       page->used -= count;
     }
@@ -227,9 +257,18 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   }
   page->retire_pending = 0;
   Block* b = page->free;
-  page->free = b->next;
+  page->free = link_get(b);
   page->used++;
   b->key = 0;
+  if (NEBULA_UNLIKELY(g_secure)) {
+    Segment* s = segment_of(page);
+    size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page)) / page->block_size;
+    uint64_t* bits = live_bits(s, page);
+    uint64_t bit = uint64_t{1} << (i % 64);
+    // Atomic: other threads clear bits of the same word when they free blocks of this page.
+    if (i >= page->reserved || (__atomic_fetch_or(&bits[i / 64], bit, __ATOMIC_ACQ_REL) & bit))
+      fatal_pointer("malloc", b, "free list corrupted: this block is allocated already (a write after free?)");
+  }
   if (zero) {
     if (page->free_is_zero) b->next = nullptr;
     else memset(b, 0, n);

@@ -83,6 +83,11 @@ Segment* segment_new(Heap* heap) {
   s->chunk_count = 1;
   s->used_spans = 0;
   s->free_slices = ~uint64_t{1};
+  if (g_secure) {
+    // A guard between segments: the last slice is never handed out and cannot be touched.
+    s->free_slices &= ~(uint64_t{1} << (kSlicesPerSegment - 1));
+    os::protect(reinterpret_cast<char*>(s) + kSegmentSize - kSliceSize, kSliceSize, false);
+  }
   s->dirty_slices = g.dirty_first | 1;
   if (g.dirty_first & 1) budget_release(kSliceSize);
   s->purge_at_ms = 0;
@@ -100,6 +105,7 @@ void segment_free(Segment* s) {
   Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
   if (heap != nullptr) heap_segments_remove(heap, s);
   g_counters.segments.fetch_sub(1, std::memory_order_relaxed);
+  if (g_secure) os::protect(reinterpret_cast<char*>(s) + kSegmentSize - kSliceSize, kSliceSize, true);
   arena_free(s, 1, s->dirty_slices, 0);
 }
 
@@ -207,7 +213,7 @@ void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept {
   page->size_class = 0;
   // A large page is "full" from the start: frees by other threads go to the owner's delayed
   // list, and the owner's own free takes the generic path, which frees the span.
-  page->flags = kPageInFull | (p != base ? kPageHasAligned : 0);
+  page->flags = static_cast<uint8_t>(kPageInFull | (p != base ? kPageHasAligned : 0) | (g_secure ? kPageSecure : 0));
   page->thread_free.store(kDelayUse, std::memory_order_release);
   heap->stats.large_allocs++;
   if (zero && !page->is_clean) memset(p, 0, n);
@@ -221,7 +227,8 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   size_t slack = align > kSegmentSize ? align : 0;
   size_t head = align > kSliceSize ? align : kSliceSize;
   if (n > kMaxRequest - head - slack) return nullptr;
-  size_t need = align_up(head + n + slack, kSegmentSize);
+  size_t guard = g_secure ? kSliceSize : 0;  // secure mode: an inaccessible slice after the block
+  size_t need = align_up(head + n + slack + guard, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
   // Charge the most the block can commit; the exact figure is known once the run is chosen.
   size_t charged = align_up(head + n + slack, kSliceSize);
@@ -280,6 +287,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
     uintptr_t hi = (start + n) & ~((uintptr_t{2} << 20) - 1);
     if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
   }
+  if (g_secure) os::protect(reinterpret_cast<char*>(s) + used_len, kSliceSize, false);
   segmap_set(s, chunks);
   return reinterpret_cast<void*>(start);
 }
@@ -293,6 +301,7 @@ void huge_free(Segment* s, Page* page) noexcept {
   (void)page;
   size_t dirty_len = s->huge_len;
   g_counters.huge_live.fetch_sub(dirty_len, std::memory_order_relaxed);
+  if (g_secure) os::protect(reinterpret_cast<char*>(s) + dirty_len, kSliceSize, true);
   arena_free(s, s->chunk_count, 0, dirty_len);
 }
 
@@ -343,8 +352,8 @@ bool segment_reclaim_one(Heap* heap) noexcept {
     uintptr_t tf = p->thread_free.exchange(large ? kDelayUse : kDelayNone, std::memory_order_acq_rel);
     auto* b = reinterpret_cast<Block*>(tf & ~kDelayMask);
     while (b != nullptr) {
-      Block* nb = b->next;
-      b->next = p->local_free;
+      Block* nb = link_get(b);
+      link_set(b, p->local_free);
       p->local_free = b;
       p->used--;
       b = nb;

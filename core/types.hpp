@@ -57,6 +57,7 @@ enum PageFlags : uint8_t {
   kPageInFull = 1,      // in the heap's full list
   kPageHasAligned = 2,  // some block was handed out at an offset (aligned allocation)
   kPageNotInUse = 4,    // descriptor of a free slice, the header slice, or a huge/large page
+  kPageSecure = 8,      // secure mode: every free goes through the checking generic path
 };
 
 enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
@@ -94,8 +95,7 @@ struct Page {
   uint64_t div_magic;                   // small and medium pages (written at page init)
   uint64_t div_bias;
   uint64_t list_key;                    // secure mode: the key of this page's encoded links
-  uint64_t* live_bits;                  // secure mode: one bit per block, set while allocated
-  uint8_t reserved_for_layout[32];      // keeps the descriptor at 128 bytes
+  uint8_t reserved_for_layout[40];      // keeps the descriptor at 128 bytes
 };
 static_assert(sizeof(Page) == 128, "page descriptors are 128 bytes: free() indexes by shift");
 static_assert(offsetof(Page, free) == 0, "the malloc fast path loads page->free first");
@@ -135,6 +135,9 @@ struct Segment {
   Page pages[kSlicesPerSegment];        // one descriptor per slice
 };
 static_assert(sizeof(Segment) <= 3 * 4096, "segment header must stay within a few OS pages");
+static_assert(12 * 1024 + kSlicesPerSegment * 512 <= kSliceSize, "secure-mode bitmaps fit in slice 0");
+static_assert(sizeof(Segment) <= 12 * 1024, "the header ends before the secure-mode bitmaps");
+static_assert(kSliceSize / kMinAlign <= 512 * 8, "512 bytes of bits cover a small page");
 static_assert(sizeof(Segment) < kSliceSize, "the header must fit in slice 0");
 
 // Per-thread counters, merged on read. Only the slow paths touch them.

@@ -114,6 +114,11 @@ bool purge(void* p, size_t size) noexcept {
   return madvise(p, size, MADV_DONTNEED) == 0;
 }
 
+bool protect(void* p, size_t size, bool accessible) noexcept {
+  ErrnoGuard keep;
+  return mprotect(p, size, accessible ? (PROT_READ | PROT_WRITE) : PROT_NONE) == 0;
+}
+
 void huge_hint(void* p, size_t size) noexcept {
   ErrnoGuard keep;
 #ifdef MADV_HUGEPAGE

@@ -48,6 +48,9 @@ bool commit(void* p, size_t size) noexcept;
 // back as zero (Linux: MADV_DONTNEED). Returns false if the OS refused (memory stays valid).
 bool purge(void* p, size_t size) noexcept;
 
+// Make [p, p+size) inaccessible (a guard) or accessible again. Returns false on failure.
+bool protect(void* p, size_t size, bool accessible) noexcept;
+
 // Hint that [p, p+size) should be backed by transparent huge pages. Best effort.
 void huge_hint(void* p, size_t size) noexcept;
 

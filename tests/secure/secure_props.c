@@ -1,0 +1,59 @@
+/* Secure-mode properties (run with NEBULA_MEM_SECURE=1):
+ *  - allocation order within a page is random: consecutive 64-byte blocks are not at
+ *    consecutive addresses most of the time;
+ *  - free lists are encoded: the first word of a freed block is not a plain pointer into the
+ *    heap;
+ *  - zero on free (NEBULA_MEM_ZERO_ON_FREE=1): a freed block reads zero past its two link words;
+ *  - there is a guard after each segment: writing just past a huge block faults (checked in a
+ *    child, which must die of SIGSEGV). */
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "nebula/mem.h"
+
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); exit(1); } } while (0)
+
+int main(void) {
+  CHECK(nebula_mem_is_active());
+  enum { N = 2000 };
+  static char* b[N];
+  int sequential = 0;
+  for (int i = 0; i < N; i++) {
+    b[i] = malloc(64);
+    CHECK(b[i] != NULL);
+    memset(b[i], 0xAB, 64);
+    if (i > 0 && b[i] == b[i - 1] + 64) sequential++;
+  }
+  CHECK(sequential < N / 10);
+  /* encoded links: a freed block's first word is not a pointer to another block of ours */
+  free(b[10]);
+  free(b[11]);
+  uintptr_t w = *(uintptr_t*)b[11];
+  CHECK(w != (uintptr_t)b[10]);
+  uintptr_t seg = (uintptr_t)b[11] & ~(uintptr_t)(4 * 1024 * 1024 - 1);
+  CHECK(!(w >= seg && w < seg + 4 * 1024 * 1024));
+  /* zero on free */
+  if (getenv("NEBULA_MEM_ZERO_ON_FREE")) {
+    for (int k = 16; k < 64; k++) CHECK(b[11][k] == 0);
+  }
+  /* guard after a huge block */
+  pid_t pid = fork();
+  if (pid == 0) {
+    char* h = malloc(5 << 20);
+    size_t usable = nebula_usable_size(h);
+    h[usable] = 1; /* just past the block: the guard */
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+  for (int i = 0; i < N; i++)
+    if (i != 10 && i != 11) free(b[i]);
+  printf("secure_props: ok (%d of %d consecutive blocks adjacent, links encoded, guard faults)\n", sequential, N);
+  return 0;
+}
