@@ -226,7 +226,7 @@ int main(int argc, char** argv) {
   const long steps = a.num("steps", 900000, 2000);
   const long primes = a.num("primes", 60, 20);
   a.done("cfrac [--digits 60] [--steps 900000] [--primes 60] [--smoke]");
-  if (digits < 10 || digits > 300 || steps < 1 || primes < 1) wl::fail("bad parameters");
+  if (digits < 10 || digits > 300 || steps < 1 || primes < 1) wl::usage_error("bad parameters");
 
   // N: a pseudo-random number of `digits` decimal digits, made odd and not a perfect square.
   wl::Rng rng(12345);

@@ -40,13 +40,25 @@ inline void fail(const char* fmt, ...) {
   _exit(1);
 }
 
+// A command-line mistake: exit status 2, so it is not mistaken for a verification failure.
+[[noreturn]] inline void usage_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+inline void usage_error(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("usage error: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(2);
+}
+
 // ---- command line -------------------------------------------------------------------------
 class Args {
  public:
   Args(int argc, char** argv) {
     for (int i = 1; i < argc; i++) {
       std::string a = argv[i];
-      if (a.rfind("--", 0) != 0) fail("unexpected argument '%s'", a.c_str());
+      if (a.rfind("--", 0) != 0) usage_error("unexpected argument '%s'", a.c_str());
       a = a.substr(2);
       auto eq = a.find('=');
       if (eq != std::string::npos) {
@@ -56,7 +68,7 @@ class Args {
       } else if (i + 1 < argc) {
         kv_.push_back({a, argv[++i]});
       } else {
-        fail("option --%s needs a value", a.c_str());
+        usage_error("option --%s needs a value", a.c_str());
       }
     }
     smoke = has("smoke");
@@ -72,7 +84,7 @@ class Args {
       if (key == k) {
         char* end = nullptr;
         long x = strtol(v.c_str(), &end, 10);
-        if (end == v.c_str() || *end != 0) fail("--%s: not an integer: %s", k, v.c_str());
+        if (end == v.c_str() || *end != 0) usage_error("--%s: not an integer: %s", k, v.c_str());
         return x;
       }
     }
@@ -91,7 +103,7 @@ class Args {
       if (key == "smoke" || key == "help") continue;
       bool ok = false;
       for (auto& k : known_) if (k == key) ok = true;
-      if (!ok) fail("unknown option --%s\n%s", key.c_str(), usage);
+      if (!ok) usage_error("unknown option --%s\n%s", key.c_str(), usage);
     }
   }
   bool smoke = false;

@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
   const long problems = a.num("problems", 300, 10);
   const long samples = a.num("samples", 1000, 200);
   a.done("espresso [--vars 16] [--cubes 40] [--problems 300] [--samples 1000] [--smoke]");
-  if (g_vars < 2 || g_vars > 64 || cubes < 1 || problems < 1) wl::fail("bad parameters");
+  if (g_vars < 2 || g_vars > 64 || cubes < 1 || problems < 1) wl::usage_error("bad parameters");
   g_words = (2 * g_vars + 63) / 64;
 
   wl::Rng rng(4242);

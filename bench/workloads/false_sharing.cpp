@@ -23,8 +23,8 @@ int main(int argc, char** argv) {
   const long writes = a.num("writes", 150000, 500);
   const long objsize = a.num("objsize", 8, 8);
   a.done("false_sharing [--mode thrash|scratch] [--threads 2] [--iters 1000] [--writes 150000] [--objsize 8] [--smoke]");
-  if (mode != "thrash" && mode != "scratch") wl::fail("--mode must be thrash or scratch");
-  if (threads < 1 || iters < 1 || writes < 1 || objsize < 1) wl::fail("bad parameters");
+  if (mode != "thrash" && mode != "scratch") wl::usage_error("--mode must be thrash or scratch");
+  if (threads < 1 || iters < 1 || writes < 1 || objsize < 1) wl::usage_error("bad parameters");
 
   // scratch: the objects handed out, allocated together by the main thread.
   std::vector<char*> handed(static_cast<size_t>(threads), nullptr);

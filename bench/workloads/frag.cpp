@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
   const long after = a.num("after", 500000, 20000);
   const long keep_pct = a.num("keep_pct", 10, 10);
   a.done("frag [--nodes 500000] [--after 500000] [--keep_pct 10] [--smoke]");
-  if (nodes < 10 || after < 0 || keep_pct < 1 || keep_pct > 100 || nodes * keep_pct < 100) wl::fail("bad parameters");
+  if (nodes < 10 || after < 0 || keep_pct < 1 || keep_pct > 100 || nodes * keep_pct < 100) wl::usage_error("bad parameters");
 
   wl::Rng rng(31337);
   std::vector<uint64_t> keys(static_cast<size_t>(nodes));

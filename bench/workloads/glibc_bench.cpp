@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
   const long working = a.num("working", 1024, 1024);
   a.done("glibc_bench --style simple [--ops 8000000] [--smoke]\n"
          "glibc_bench --style thread [--threads 2] [--ops 16000000] [--working 1024] [--smoke]");
-  if (ops < 1 || threads < 1 || working < 1) wl::fail("bad parameters");
+  if (ops < 1 || threads < 1 || working < 1) wl::usage_error("bad parameters");
 
   double t0 = wl::now(), t1;
   if (style == "simple") {
@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
     t1 = wl::now();
     if (in.load() != out.load()) wl::fail("tag sums differ");
   } else {
-    wl::fail("--style must be simple or thread");
+    wl::usage_error("--style must be simple or thread");
   }
   printf("style=%s\n", style.c_str());
   wl::report(t1 - t0);

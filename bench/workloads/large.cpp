@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   const long lo = a.num("min_mib", 5, 5), hi = a.num("max_mib", 25, 25);
   const long realloc_every = a.num("realloc_every", 4, 2);
   a.done("large [--threads 1] [--iters 1000] [--live 4] [--min_mib 5] [--max_mib 25] [--realloc_every 4] [--smoke]");
-  if (threads < 1 || iters < 1 || live < 1 || lo < 1 || hi < lo || realloc_every < 0) wl::fail("bad parameters");
+  if (threads < 1 || iters < 1 || live < 1 || lo < 1 || hi < lo || realloc_every < 0) wl::usage_error("bad parameters");
 
   std::atomic<uint64_t> bytes{0};
   double t0 = wl::now();

@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   const long ops = a.num("ops", 12000000, 20000);
   const long lo = a.num("min", 8, 8), hi = a.num("max", 1000, 1000);
   a.done("larson [--threads 2] [--rounds 8] [--slots 20000] [--ops 12000000] [--min 8] [--max 1000] [--smoke]");
-  if (threads < 1 || rounds < 1 || slots < 1 || lo < 1 || hi < lo) wl::fail("bad parameters");
+  if (threads < 1 || rounds < 1 || slots < 1 || lo < 1 || hi < lo) wl::usage_error("bad parameters");
 
   auto* table = new std::atomic<void*>[static_cast<size_t>(slots)];
   std::atomic<uint64_t> tags_in{0}, tags_out{0};

@@ -175,16 +175,16 @@ int main(int argc, char** argv) {
   const long hi = a.num("max", 16384, 16384);
   a.done("rand_bursts --style mstress [--threads 2] [--rounds 10] [--ops 10000000] [--live 2000] [--big 4194304]\n"
          "rand_bursts --style rptest [--threads 2] [--batches 8000] [--batch 500] [--working 2000] [--max 16384]");
-  if (threads < 1) wl::fail("bad parameters");
+  if (threads < 1) wl::usage_error("bad parameters");
   double t0 = wl::now();
   if (style == "mstress") {
-    if (rounds < 1 || live < 1 || ops < 1) wl::fail("bad parameters");
+    if (rounds < 1 || live < 1 || ops < 1) wl::usage_error("bad parameters");
     mstress(threads, rounds, ops, live, big);
   } else if (style == "rptest") {
-    if (batches < 1 || batch < 1 || working < 0 || hi < 16) wl::fail("bad parameters");
+    if (batches < 1 || batch < 1 || working < 0 || hi < 16) wl::usage_error("bad parameters");
     rptest(threads, batches, batch, working, hi);
   } else {
-    wl::fail("--style must be mstress or rptest");
+    wl::usage_error("--style must be mstress or rptest");
   }
   double t1 = wl::now();
   if (g_in.load() != g_out.load()) wl::fail("tag sums differ: a block was lost or freed twice");

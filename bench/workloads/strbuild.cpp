@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   const long chunk = a.num("chunk", 48, 48);
   const long maxlen = a.num("maxlen", 256 * 1024, 16 * 1024);
   a.done("strbuild [--strings 1000] [--appends 3000000] [--chunk 48] [--maxlen 262144] [--smoke]");
-  if (strings < 1 || appends < 1 || chunk < 1 || maxlen < chunk) wl::fail("bad parameters");
+  if (strings < 1 || appends < 1 || chunk < 1 || maxlen < chunk) wl::usage_error("bad parameters");
 
   std::vector<Str> S(static_cast<size_t>(strings));
   wl::Rng rng(2024);

@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   const long batch = a.num("batch", 100, 50);
   const long lo = a.num("min", 16, 16), hi = a.num("max", 512, 512);
   a.done("xmalloc [--threads 2] [--blocks 6000000] [--batch 100] [--min 16] [--max 512] [--smoke]");
-  if (threads < 1 || blocks < 1 || batch < 1 || hi < lo) wl::fail("bad parameters");
+  if (threads < 1 || blocks < 1 || batch < 1 || hi < lo) wl::usage_error("bad parameters");
   const int producers = threads >= 2 ? threads / 2 : 1;
   const int consumers = threads >= 2 ? threads - producers : 1;
   const long per_producer = blocks / producers;
