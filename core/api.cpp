@@ -88,20 +88,29 @@ void* realloc_block(void* p, size_t n) noexcept {
   }
   Where w;
   if (!locate(p, &w)) return foreign_realloc(p, n);
-  if (w.s->kind != SegmentKind::kHuge && (w.page->flags & kPageNotInUse)) invalid_pointer("realloc", p);
-  if (w.s->kind == SegmentKind::kNormal && w.page->kind != PageKind::kLarge) {
-    if (!(w.page->flags & kPageHasAligned) && !is_block_start(w.page, p))
-      fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");
-    bool freed;
-    if (g_secure) {
-      size_t i = static_cast<size_t>(static_cast<uint8_t*>(p) - page_start(w.s, w.page)) / w.page->block_size;
-      freed = !((live_bits(w.s, w.page)[i / 64] >> (i % 64)) & 1);
+  size_t have;
+  if (w.s->kind == SegmentKind::kHuge) {
+    if (reinterpret_cast<uintptr_t>(p) != w.s->huge_start) fatal_pointer("realloc", p, "pointer into the middle of a huge block, not its start");
+    have = huge_usable(w.s, p);
+  } else {
+    Page* page = w.page;
+    if (page->flags & kPageNotInUse) invalid_pointer("realloc", p);
+    if (page->kind == PageKind::kLarge) {
+      have = static_cast<size_t>(page_start(w.s, page) + page->block_size - static_cast<uint8_t*>(p));
     } else {
-      freed = static_cast<Block*>(p)->key == g_free_key && block_is_free_any(w.s, w.page, static_cast<Block*>(p));
+      if (!(page->flags & kPageHasAligned) && !is_block_start(page, p))
+        fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");
+      bool freed;
+      if (g_secure) {
+        size_t i = static_cast<size_t>(static_cast<uint8_t*>(p) - page_start(w.s, page)) / page->block_size;
+        freed = !((live_bits(w.s, page)[i / 64] >> (i % 64)) & 1);
+      } else {
+        freed = static_cast<Block*>(p)->key == g_free_key && block_is_free_any(w.s, page, static_cast<Block*>(p));
+      }
+      if (freed) fatal_pointer("realloc", p, "the block was freed already");
+      have = page->block_size;  // small and medium blocks are never handed out at an offset
     }
-    if (freed) fatal_pointer("realloc", p, "the block was freed already");
   }
-  size_t have = usable_size(p);
   // Keep the block when the new size fits and does not waste more than half of it.
   if (n <= have && n >= have / 2) return p;
   void* q = alloc(n);

@@ -233,6 +233,8 @@ void page_retire(Page* page) noexcept {
 void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   PageQueue* q = &heap->queues[cls];
   Page* page = q->first;
+  bool reclaimed = false;
+again:
   while (page != nullptr) {
     Page* next = page->next;
     // Out of blocks. While the carved part of the page is less than twice what is in use,
@@ -246,6 +248,15 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
     if (page->free != nullptr) break;
     page_to_full(heap, page);
     page = next;
+  }
+  if (page == nullptr && !reclaimed && abandoned_count() != 0) {
+    // Before a fresh page, adopt a segment an exited thread left: its pages of this class
+    // (and the blocks other threads freed into them) are reused instead of new memory.
+    reclaimed = true;
+    if (segment_reclaim_one(heap)) {
+      page = q->first;
+      goto again;
+    }
   }
   if (page == nullptr) {
     page = page_new(heap, cls);
