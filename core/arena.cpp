@@ -65,13 +65,16 @@ int find_run(const Arena* a, unsigned n) {
     }
     return any;
   }
-  unsigned run = 0;
-  for (unsigned i = 0; i < a->chunks; ++i) {
-    if (chunk_used(a, i)) {
-      run = 0;
-      continue;
+  // First a run that is resident already (no page faults on reuse), then any run.
+  for (int pass = 0; pass < 2; ++pass) {
+    unsigned run = 0;
+    for (unsigned i = 0; i < a->chunks; ++i) {
+      if (chunk_used(a, i) || (pass == 0 && a->dirty_mask[i] == 0)) {
+        run = 0;
+        continue;
+      }
+      if (++run == n) return static_cast<int>(i + 1 - n);
     }
-    if (++run == n) return static_cast<int>(i + 1 - n);
   }
   return -1;
 }
@@ -126,6 +129,27 @@ void purge_chunk(Arena* a, unsigned i) {
   budget_release(bytes);
   g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
   g_counters.purge_calls.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Purge the free dirty chunk freed longest ago; false if there is none.
+bool purge_oldest() {
+  Arena* best = nullptr;
+  unsigned best_i = 0;
+  uint64_t best_t = UINT64_MAX;
+  unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  for (unsigned k = 0; k < count; ++k) {
+    Arena* a = g_arenas[k];
+    if (a->free_count == 0) continue;
+    for (unsigned i = 0; i < a->chunks; ++i) {
+      if (chunk_used(a, i) || a->dirty_mask[i] == 0 || a->freed_at_ms[i] >= best_t) continue;
+      best = a;
+      best_i = i;
+      best_t = a->freed_at_ms[i];
+    }
+  }
+  if (best == nullptr) return false;
+  purge_chunk(best, best_i);
+  return true;
 }
 
 // Purge free chunks whose delay expired (all of them when force).
@@ -257,8 +281,18 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
   g_free_dirty += dirty_bytes;
   uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   if (g_next_purge_ms == 0 || now + delay < g_next_purge_ms) g_next_purge_ms = now + delay;
-  if (g_free_dirty > static_cast<size_t>(option(Option::kRetain)) || delay == 0) {
+  // Free chunks stay resident (for reuse without page faults) up to the larger of the retain
+  // option and the memory in use; beyond that, and when purge_delay is 0, they go back now.
+  size_t in_use = g_counters.committed.load(std::memory_order_relaxed) - g_free_dirty;
+  size_t retain = static_cast<size_t>(option(Option::kRetain));
+  size_t limit = retain > in_use ? retain : in_use;
+  if (delay == 0) {
     for (size_t i = 0; i < chunks; ++i) purge_chunk(a, first + static_cast<unsigned>(i));
+  } else {
+    // Over the limit: purge the chunks that have been free longest (the newest are the likeliest
+    // to be reused soon).
+    while (g_free_dirty > limit && purge_oldest()) {
+    }
   }
   if (now >= g_next_purge_ms) purge_expired(now, false);
 }

@@ -93,6 +93,7 @@ Segment* segment_new(Heap* heap) {
   s->purge_at_ms = 0;
   s->mapped_size = kSegmentSize;
   s->huge_len = 0;
+  s->huge_used = 0;
   s->owner_heap.store(heap, std::memory_order_relaxed);
   reset_descriptors(s, 0, kSlicesPerSegment);
   heap_segments_push(heap, s);
@@ -247,13 +248,23 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
     budget_release(charged);
     return nullptr;
   }
-  // The run's resident slices were counted already: count them once, and give back what lies
-  // beyond the block (left by a bigger block before), so that exactly used_len is committed.
+  // The run's resident slices were counted already (g.dirty_bytes). A resident tail beyond the
+  // block, left by a bigger block, is kept (the next bigger block reuses it without page
+  // faults) when the budget can count all of [0, tail end); otherwise it is purged now.
+  size_t dirty_len = used_len;
   if (g.dirty_extent > used_len) {
-    os::purge(reinterpret_cast<void*>(sb + used_len), g.dirty_extent - used_len);
-    g_counters.purged.fetch_add(g.dirty_extent - used_len, std::memory_order_relaxed);
+    size_t net = g.dirty_extent - g.dirty_bytes;
+    if (net <= charged || budget_charge(net - charged)) {
+      if (net < charged) budget_release(charged - net);
+      dirty_len = g.dirty_extent;
+    } else {
+      os::purge(reinterpret_cast<void*>(sb + used_len), g.dirty_extent - used_len);
+      g_counters.purged.fetch_add(g.dirty_extent - used_len, std::memory_order_relaxed);
+      budget_release(charged - used_len + g.dirty_bytes);
+    }
+  } else {
+    budget_release(charged - used_len + g.dirty_bytes);
   }
-  budget_release(charged - used_len + g.dirty_bytes);
   s->thread_id.store(0, std::memory_order_relaxed);
   s->kind = SegmentKind::kHuge;
   s->solo = g.solo ? 1 : 0;
@@ -263,7 +274,8 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   s->free_slices = 0;
   s->dirty_slices = ~uint64_t{0};
   s->purge_at_ms = 0;
-  s->huge_len = used_len;
+  s->huge_len = dirty_len;
+  s->huge_used = used_len;
   s->mapped_size = need;
   s->owner_heap.store(nullptr, std::memory_order_relaxed);
   reset_descriptors(s, 0, 2);
@@ -293,15 +305,15 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
 }
 
 size_t huge_usable(Segment* s, const void* p) noexcept {
-  uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_len;
+  uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_used;
   return end - reinterpret_cast<uintptr_t>(p);
 }
 
 void huge_free(Segment* s, Page* page) noexcept {
   (void)page;
   size_t dirty_len = s->huge_len;
-  g_counters.huge_live.fetch_sub(dirty_len, std::memory_order_relaxed);
-  if (g_secure) os::protect(reinterpret_cast<char*>(s) + dirty_len, kSliceSize, true);
+  g_counters.huge_live.fetch_sub(s->huge_used, std::memory_order_relaxed);
+  if (g_secure) os::protect(reinterpret_cast<char*>(s) + s->huge_used, kSliceSize, true);
   arena_free(s, s->chunk_count, 0, dirty_len);
 }
 

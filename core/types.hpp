@@ -125,8 +125,10 @@ struct Segment {
   uint64_t dirty_slices;                // bitmap: slice may be resident (owner)
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
   size_t mapped_size;                   // bytes of the segment (huge: chunk_count * 4 MiB)
-  size_t huge_len;                      // huge: bytes from the segment start to the block's end
-                                        // (all of it counted committed; nothing beyond is resident)
+  size_t huge_len;                      // huge: bytes from the segment start counted committed
+                                        // (the block, and a resident tail kept from a bigger
+                                        // block before; nothing beyond is resident)
+  size_t huge_used;                     // huge: bytes from the segment start to the block's end
   std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
                                         // free of a full page reads it to reach the heap)
   uintptr_t huge_start;                 // huge: the block's address
