@@ -161,10 +161,10 @@ void* alloc_aligned_zero(size_t align, size_t n) noexcept {
   return aligned_body(align, n, true);
 }
 
-void dealloc_sized(void* p, size_t n) noexcept {
-  // Secure mode: the size must be one the block could have been allocated (or realloc'ed in
-  // place, which keeps a block only down to half its size) with.
-  if (NEBULA_UNLIKELY(g_secure) && p != nullptr) {
+// Secure mode: the size must be one the block could have been allocated (or realloc'ed in
+// place, which keeps a block only down to half its size) with.
+void dealloc_sized_secure(void* p, size_t n) noexcept {
+  if (p != nullptr) {
     size_t have = usable_size(p);
     Where w;
     bool small = locate(p, &w) && w.s->kind == SegmentKind::kNormal && w.page->kind != PageKind::kLarge;

@@ -198,7 +198,11 @@ void* alloc_aligned_c11(size_t align, size_t n) noexcept;                  // al
 void* alloc_page_aligned(size_t n) noexcept;                               // valloc
 void* alloc_page_aligned_rounded(size_t n) noexcept;                       // pvalloc
 size_t usable_size(const void* p) noexcept;                                // malloc_usable_size
-void dealloc_sized(void* p, size_t n) noexcept;                            // free_sized
+NEBULA_COLD void dealloc_sized_secure(void* p, size_t n) noexcept;        // checks, then frees
+NEBULA_HOT void dealloc_sized(void* p, size_t n) noexcept {                // free_sized
+  if (NEBULA_UNLIKELY(g_secure)) return dealloc_sized_secure(p, n);       // a tail call: no frame
+  dealloc(p);
+}
 void dealloc_aligned_sized(void* p, size_t align, size_t n) noexcept;      // free_aligned_sized
 int trim(size_t pad) noexcept;                                             // malloc_trim
 bool owns(const void* p) noexcept;                                         // ours and live?

@@ -234,18 +234,48 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   PageQueue* q = &heap->queues[cls];
   Page* page = q->first;
   bool reclaimed = false;
+  // A page that, once collected, has only a few free blocks would send every few allocations
+  // back here: remember the best such page, move it to the back of the queue to gather more
+  // frees, and look further; if no page has enough, a fresh page adds free capacity (bounded:
+  // pages stop being "poor" once the spare blocks reach about 1/8 of the class's capacity).
+  Page* poor = nullptr;
+  unsigned poor_seen = 0;
 again:
   while (page != nullptr) {
     Page* next = page->next;
+    bool was_empty = page->free == nullptr;
+    bool carved = false;
     // Out of blocks. While the carved part of the page is less than twice what is in use,
     // carve more before reusing freed blocks: the free list then holds many blocks at once and
     // the slow path is taken rarely, at the price of touching at most 2x the live bytes.
-    if (page->free == nullptr) {
-      if (page->capacity < page->reserved && page->capacity < 2u * page->used) page_extend(page);
-      else page_collect(page);
+    if (was_empty) {
+      if (page->capacity < page->reserved && page->capacity < 2u * page->used) {
+        page_extend(page);
+        carved = true;
+      } else {
+        page_collect(page);
+      }
     }
-    if (page->free == nullptr && page->capacity < page->reserved) page_extend(page);
-    if (page->free != nullptr) break;
+    if (page->free == nullptr && page->capacity < page->reserved) {
+      page_extend(page);
+      carved = true;
+    }
+    if (page->free != nullptr) {
+      if (!was_empty || carved) break;
+      uint32_t avail = static_cast<uint32_t>(page->capacity - page->used);  // all on `free` now
+      if (avail >= page->reserved / 8u) break;
+      if (poor == nullptr || avail > static_cast<uint32_t>(poor->capacity - poor->used)) poor = page;
+      if (++poor_seen >= 4) {
+        page = nullptr;
+        break;
+      }
+      if (next != nullptr) {  // rotate: let it gather frees while the others are used
+        queue_remove(heap, q, page);
+        queue_push_back(heap, q, page, cls);
+      }
+      page = next;
+      continue;
+    }
     page_to_full(heap, page);
     page = next;
   }
@@ -260,9 +290,14 @@ again:
   }
   if (page == nullptr) {
     page = page_new(heap, cls);
-    if (page == nullptr) return nullptr;
-    queue_push_front(heap, q, page, cls);
-  } else if (page != q->first) {
+    if (page == nullptr) {
+      if (poor == nullptr) return nullptr;
+      page = poor;  // no memory for a fresh page: the few free blocks will do
+    } else {
+      queue_push_front(heap, q, page, cls);
+    }
+  }
+  if (page != q->first) {
     list_remove(q, page);
     queue_push_front(heap, q, page, cls);
   }

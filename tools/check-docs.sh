@@ -29,5 +29,13 @@ for n in $names; do
     status=1
   fi
 done
+# The README's options table is the one the option table prints (tools/options.cpp --markdown).
+tool="${1:-}"
+if [ -n "$tool" ] && [ -x "$tool" ]; then
+  if ! diff <("$tool" --markdown) <(sed -n '/^| variable | type | default | meaning |$/,/^$/p' "$root/README.md" | sed '/^$/d') >/dev/null; then
+    echo "README.md: the options table differs from 'nebulamem-options --markdown'; paste its output"
+    status=1
+  fi
+fi
 [ $status -eq 0 ] && echo "docs ok: links resolve, every NEBULA_MEM_ variable named is an option"
 exit $status
