@@ -15,6 +15,7 @@ void* attempt_aligned(Heap* heap, size_t n, size_t align, bool zero) {
 
 // A block of at least n bytes aligned to align (a power of two > kMinAlign).
 void* aligned_body(size_t align, size_t n, bool zero) {
+  if (n == 0) n = 1;  // a unique block that lies inside its span (the aligned start must too)
   if (n > kMaxRequest || align > kMaxRequest / 2) {
     errno = ENOMEM;
     return nullptr;
@@ -69,7 +70,7 @@ size_t usable_size(const void* p) noexcept {
   if (!locate(p, &w)) return foreign_usable_size(p);
   if (w.s->kind == SegmentKind::kHuge) return huge_usable(w.s, p);
   Page* page = w.page;
-  if (page->flags & kPageNotInUse) return 0;
+  if (page_flags(page) & kPageNotInUse) return 0;
   Block* b = block_start(w.s, page, const_cast<void*>(p));
   uint8_t* end = reinterpret_cast<uint8_t*>(b) + page->block_size;
   if (page->kind == PageKind::kLarge) end = page_start(w.s, page) + page->block_size;
@@ -94,11 +95,11 @@ void* realloc_block(void* p, size_t n) noexcept {
     have = huge_usable(w.s, p);
   } else {
     Page* page = w.page;
-    if (page->flags & kPageNotInUse) invalid_pointer("realloc", p);
+    if (page_flags(page) & kPageNotInUse) invalid_pointer("realloc", p);
     if (page->kind == PageKind::kLarge) {
       have = static_cast<size_t>(page_start(w.s, page) + page->block_size - static_cast<uint8_t*>(p));
     } else {
-      if (!(page->flags & kPageHasAligned) && !is_block_start(page, p))
+      if (!(page_flags(page) & kPageHasAligned) && !is_block_start(page, p))
         fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");
       bool freed;
       if (g_secure) {

@@ -46,6 +46,11 @@ extern uintptr_t g_free_key __attribute__((visibility("hidden")));
 // k >= 2: chunk k-1 chunks after the first chunk of a (huge) segment (255: at least 254).
 extern std::atomic<uint8_t> g_segmap[kSegmentMapSize];
 
+// Page::flags is written by the owner and read by any thread (free, usable_size): relaxed
+// atomic accesses, which compile to plain byte loads and stores.
+inline uint8_t page_flags(const Page* p) { return __atomic_load_n(&p->flags, __ATOMIC_RELAXED); }
+inline void set_page_flags(Page* p, uint8_t f) { __atomic_store_n(&p->flags, f, __ATOMIC_RELAXED); }
+
 inline Segment* segment_of(const void* p) {
   return reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(p) & ~kSegmentMask);
 }
@@ -146,7 +151,7 @@ NEBULA_HOT void dealloc(void* p) noexcept {
   // The generic path takes over for: another thread's block, a page that is full, aligned or
   // not in use, a pointer into the middle of a block, and a block that looks freed already.
   if (NEBULA_LIKELY(s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
-                    page->flags == 0 && is_block_start(page, p) && b->key != key)) {
+                    page_flags(page) == 0 && is_block_start(page, p) && b->key != key)) {
     b->key = key;
     b->next = page->local_free;
     page->local_free = b;

@@ -215,7 +215,7 @@ void heap_collect(Heap* heap, bool force) noexcept {
     if (p->used == 0) {
       PageQueue* q = &heap->queues[p->size_class];
       if (force || !(q->first == p && p->next == nullptr)) return page_free(heap, p);
-    } else if ((p->flags & kPageInFull) && p->free != nullptr) {
+    } else if ((page_flags(p) & kPageInFull) && p->free != nullptr) {
       page_unfull(heap, p);
     }
     return false;
@@ -315,7 +315,7 @@ void* alloc_failed(Heap* heap, size_t n, bool zero) { return oom_retry(heap, n, 
 
 // ---- Free ---------------------------------------------------------------------------------
 Block* block_start(Segment* s, Page* page, void* p) noexcept {
-  if (NEBULA_LIKELY(!(page->flags & kPageHasAligned))) return static_cast<Block*>(p);
+  if (NEBULA_LIKELY(!(page_flags(page) & kPageHasAligned))) return static_cast<Block*>(p);
   uint8_t* start = page_start(s, page);
   if (page->kind == PageKind::kLarge) return reinterpret_cast<Block*>(start);
   size_t off = static_cast<size_t>(static_cast<uint8_t*>(p) - start);
@@ -331,7 +331,7 @@ void free_block_local(Page* page, Block* b) noexcept {
     return;
   }
   Heap* heap = segment_of(page)->owner_heap.load(std::memory_order_relaxed);
-  if (page->flags & kPageInFull) page_unfull(heap, page);
+  if (page_flags(page) & kPageInFull) page_unfull(heap, page);
   if (page->used == 0) page_retire(page);
 }
 
@@ -415,11 +415,11 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
     budget_poll_if_needed();
     return;
   }
-  if (NEBULA_UNLIKELY(page->flags & kPageNotInUse)) invalid_pointer("free", p);
+  if (NEBULA_UNLIKELY(page_flags(page) & kPageNotInUse)) invalid_pointer("free", p);
   bool owner = s->thread_id.load(std::memory_order_relaxed) == os::thread_id();
   Block* b = block_start(s, page, p);
   if (page->kind != PageKind::kLarge) {
-    if (NEBULA_UNLIKELY(!(page->flags & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
+    if (NEBULA_UNLIKELY(!(page_flags(page) & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
     if (NEBULA_UNLIKELY(g_secure)) {
       // Exact: the block's live bit says whether it is allocated.
       size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page)) / page->block_size;

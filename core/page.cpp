@@ -65,7 +65,7 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
   page->div_bias = uint64_t{0} - start * page->div_magic;
   if (g_secure) {
     page->list_key = os::random_u64();
-    page->flags = kPageSecure;
+    set_page_flags(page, kPageSecure);
     memset(live_bits(segment_of(page), page), 0, 512);
   }
   page->size_class = static_cast<uint8_t>(cls);
@@ -119,7 +119,7 @@ void page_to_full(Heap* heap, Page* page) {
   unsigned cls = page->size_class;
   queue_remove(heap, &heap->queues[cls], page);
   list_push_back(&heap->full, page);
-  page->flags |= kPageInFull;
+  set_page_flags(page, static_cast<uint8_t>(page_flags(page) | kPageInFull));
   page_set_delay(page, kDelayUse, false);
   // A block that arrived between the last collect and the state change would wait for the
   // next remote free: take the page out again at once.
@@ -200,7 +200,7 @@ void page_collect(Page* page) noexcept {
 
 void page_unfull(Heap* heap, Page* page) noexcept {
   list_remove(&heap->full, page);
-  page->flags &= static_cast<uint8_t>(~kPageInFull);
+  set_page_flags(page, static_cast<uint8_t>(page_flags(page) & ~kPageInFull));
   page_set_delay(page, kDelayNone, false);
   queue_push_back(heap, &heap->queues[page->size_class], page, page->size_class);
 }
@@ -208,7 +208,7 @@ void page_unfull(Heap* heap, Page* page) noexcept {
 // Give an empty page's span back to its segment.
 bool page_free(Heap* heap, Page* page) noexcept {
   if (page->kind == PageKind::kSmall || page->kind == PageKind::kMedium) {
-    if (page->flags & kPageInFull) list_remove(&heap->full, page);
+    if (page_flags(page) & kPageInFull) list_remove(&heap->full, page);
     else queue_remove(heap, &heap->queues[page->size_class], page);
   }
   return span_free(segment_of(page), page);

@@ -52,7 +52,7 @@ void reset_descriptors(Segment* s, unsigned first, unsigned n) {
     p->local_free = nullptr;
     p->used = 0;
     p->slice_offset = 0;
-    p->flags = kPageNotInUse;
+    set_page_flags(p, kPageNotInUse);
     p->kind = PageKind::kNone;
     p->slice_count = 0;
     p->block_size = 0;
@@ -129,7 +129,7 @@ Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind 
   s->used_spans++;
   page->slice_count = static_cast<uint16_t>(slices);
   page->kind = kind;
-  page->flags = 0;
+  set_page_flags(page, 0);
   (void)heap;
   for (unsigned j = 1; j < slices; ++j)
     s->pages[idx + j].slice_offset = static_cast<uint32_t>(j * sizeof(Page));
@@ -214,7 +214,7 @@ void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept {
   page->size_class = 0;
   // A large page is "full" from the start: frees by other threads go to the owner's delayed
   // list, and the owner's own free takes the generic path, which frees the span.
-  page->flags = static_cast<uint8_t>(kPageInFull | (p != base ? kPageHasAligned : 0) | (g_secure ? kPageSecure : 0));
+  set_page_flags(page, static_cast<uint8_t>(kPageInFull | (p != base ? kPageHasAligned : 0) | (g_secure ? kPageSecure : 0)));
   page->thread_free.store(kDelayUse, std::memory_order_release);
   heap->stats.large_allocs++;
   if (zero && !page->is_clean) memset(p, 0, n);
@@ -281,7 +281,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   reset_descriptors(s, 0, 2);
   Page* page = &s->pages[1];
   page->kind = PageKind::kHuge;
-  page->flags = kPageNotInUse;  // never the fast path
+  set_page_flags(page, kPageNotInUse);  // never the fast path
   s->huge_start = start;
   page->block_size = static_cast<uint32_t>(0);  // huge sizes do not fit: see huge_usable()
   page->capacity = page->reserved = page->used = 1;
@@ -373,9 +373,9 @@ bool segment_reclaim_one(Heap* heap) noexcept {
     if (p->used == 0) {
       if (span_free_internal(s, p)) return true;  // the segment was empty: it is gone
     } else if (large) {
-      p->flags = static_cast<uint8_t>(kPageInFull | (p->flags & kPageHasAligned));
+      set_page_flags(p, static_cast<uint8_t>(kPageInFull | (page_flags(p) & kPageHasAligned)));
     } else {
-      p->flags &= static_cast<uint8_t>(~kPageInFull);
+      set_page_flags(p, static_cast<uint8_t>(page_flags(p) & ~kPageInFull));
       page_collect(p);
       queue_push_back(heap, &heap->queues[p->size_class], p, p->size_class);
     }

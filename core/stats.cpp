@@ -28,7 +28,8 @@ void add_segment(Segment* s, void* ctx) {
   for (unsigned i = 1; i < kSlicesPerSegment;) {
     Page* p = &s->pages[i];
     uint16_t sc = __atomic_load_n(&p->slice_count, __ATOMIC_RELAXED);
-    if (__atomic_load_n(&p->kind, __ATOMIC_RELAXED) == PageKind::kNone || sc == 0) {
+    auto kind = static_cast<PageKind>(__atomic_load_n(reinterpret_cast<const uint8_t*>(&p->kind), __ATOMIC_RELAXED));
+    if (kind == PageKind::kNone || sc == 0) {
       ++i;
       continue;
     }

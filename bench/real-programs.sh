@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# bench/real-programs.sh: wall time and peak RSS of real programs under glibc, mimalloc and
+# nebula-memory, runs alternated, medians of REPS (default 5).
+#   python3: tests/programs/py_workload.py (dicts, strings, json, threads, sorting)
+#   gcc:     -O2 compile of a generated 4000-function C file (cc1's own allocations)
+# Usage: bench/real-programs.sh [BUILD_DIR] [REPS]     (run on an otherwise idle machine)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+build="${1:-$root/build}"
+reps="${2:-5}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mimalloc=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
+python3 - "$tmp/gen.c" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    for i in range(4000):
+        f.write(f"int f{i}(int x) {{ int a[8]; for (int k = 0; k < 8; k++) a[k] = x * {i} + k;"
+                f" return a[x & 7] + {i % 97}; }}\n")
+    f.write("int main(void) { int s = 0;\n")
+    for i in range(0, 4000, 7):
+        f.write(f"  s += f{i}({i});\n")
+    f.write("  return s & 1; }\n")
+PY
+declare -A cmd
+cmd[python3]="/usr/bin/python3 $root/tests/programs/py_workload.py"
+cmd[gcc]="gcc -O2 -c $tmp/gen.c -o $tmp/gen.o"
+allocs=(glibc mimalloc nebula)
+preload() {
+  case $1 in glibc) echo "" ;; mimalloc) echo "$mimalloc" ;; nebula) echo "$build/libnebulamem.so" ;; esac
+}
+for prog in python3 gcc; do
+  for ((r = 0; r < reps; r++)); do
+    for ((k = 0; k < ${#allocs[@]}; k++)); do
+      a=${allocs[$(((k + r) % ${#allocs[@]}))]}
+      /usr/bin/time -f "%e %M" -o "$tmp/t" env LD_PRELOAD="$(preload "$a")" ${cmd[$prog]} >/dev/null 2>&1
+      echo "$prog $a $(cat "$tmp/t")" >>"$tmp/runs"
+    done
+  done
+done
+python3 - "$tmp/runs" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    prog, alloc, t, rss = line.split()
+    rows.setdefault((prog, alloc), []).append((float(t), int(rss)))
+print("| program | allocator | median wall s | median peak RSS MiB | time vs glibc | RSS vs glibc |")
+print("|---|---|---|---|---|---|")
+for prog in ("python3", "gcc"):
+    base_t = statistics.median(t for t, _ in rows[(prog, "glibc")])
+    base_r = statistics.median(r for _, r in rows[(prog, "glibc")])
+    for alloc in ("glibc", "mimalloc", "nebula"):
+        ts = [t for t, _ in rows[(prog, alloc)]]
+        rs = [r for _, r in rows[(prog, alloc)]]
+        mt, mr = statistics.median(ts), statistics.median(rs)
+        print(f"| {prog} | {alloc} | {mt:.2f} ({min(ts):.2f}-{max(ts):.2f}) | {mr/1024:.1f} | {mt/base_t:.2f} | {mr/base_r:.2f} |")
+PY
