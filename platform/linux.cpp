@@ -296,8 +296,6 @@ AddressKind classify(uintptr_t addr) noexcept {
           ++field;
         }
         while (*path == ' ') ++path;
-        const char* ino = s;  // inode: 4th field after the range
-        (void)ino;
         if (path[0] == '[' && path[1] == 's' && path[2] == 't') result = AddressKind::kStack;
         else if (path[0] == '[' && path[1] == 'h' && path[2] == 'e') result = AddressKind::kHeapBrk;
         else if (path[0] == '/') result = AddressKind::kFileImage;
