@@ -45,6 +45,26 @@ SpinLock g_arena_lock;
 size_t g_free_dirty = 0;          // bytes resident in free chunks (under the lock)
 uint64_t g_next_purge_ms = 0;     // earliest freed_at + delay among free dirty chunks
 
+// The recent peak of the bytes in use (committed, less free resident chunks), over two windows
+// of kPeakWindowMs: free chunks are kept resident up to that peak (plus `retain`), because a
+// program that has just used that much will likely use it again; a program whose use stays
+// lower sees the peak fall within two windows, and the purge delay returns the rest.
+constexpr uint64_t kPeakWindowMs = 1000;
+size_t g_peak_now = 0, g_peak_prev = 0;  // peak of the current and of the previous window
+uint64_t g_peak_window_start = 0;
+
+size_t note_in_use(uint64_t now) {
+  size_t in_use = g_counters.committed.load(std::memory_order_relaxed);
+  in_use = in_use > g_free_dirty ? in_use - g_free_dirty : 0;
+  if (now - g_peak_window_start >= kPeakWindowMs) {
+    g_peak_prev = now - g_peak_window_start >= 2 * kPeakWindowMs ? 0 : g_peak_now;
+    g_peak_now = 0;
+    g_peak_window_start = now;
+  }
+  if (in_use > g_peak_now) g_peak_now = in_use;
+  return in_use;
+}
+
 constexpr uint64_t kAllSlices = ~uint64_t{0};
 
 bool chunk_used(const Arena* a, unsigned i) { return (a->used[i / 64] >> (i % 64)) & 1; }
@@ -53,30 +73,32 @@ void chunk_set_used(Arena* a, unsigned i, bool v) {
   else a->used[i / 64] &= ~(uint64_t{1} << (i % 64));
 }
 
-// Find `n` consecutive free chunks; for a single chunk prefer one that is still resident.
+// Find `n` consecutive free chunks, choosing among all the runs that fit the one with the most
+// resident slices (fewest page faults on reuse; ties go to the lowest address). Linear in the
+// arena's chunks, and only reached when a segment or a huge block is made.
 int find_run(const Arena* a, unsigned n) {
-  if (a->free_count < n) return -1;
-  if (n == 1) {
-    int any = -1;
-    for (unsigned i = 0; i < a->chunks; ++i) {
-      if (chunk_used(a, i)) continue;
-      if (a->dirty_mask[i] != 0) return static_cast<int>(i);
-      if (any < 0) any = static_cast<int>(i);
+  if (a->free_count < n || n == 0) return -1;
+  const unsigned full = n * 64;
+  int best = -1;
+  unsigned best_score = 0;
+  unsigned run = 0, score = 0;  // length and resident slices of the window ending at i
+  for (unsigned i = 0; i < a->chunks; ++i) {
+    if (chunk_used(a, i)) {
+      run = score = 0;
+      continue;
     }
-    return any;
-  }
-  // First a run that is resident already (no page faults on reuse), then any run.
-  for (int pass = 0; pass < 2; ++pass) {
-    unsigned run = 0;
-    for (unsigned i = 0; i < a->chunks; ++i) {
-      if (chunk_used(a, i) || (pass == 0 && a->dirty_mask[i] == 0)) {
-        run = 0;
-        continue;
-      }
-      if (++run == n) return static_cast<int>(i + 1 - n);
+    score += popcount64(a->dirty_mask[i]);
+    if (++run > n) {
+      score -= popcount64(a->dirty_mask[i - n]);
+      run = n;
+    }
+    if (run == n && (best < 0 || score > best_score)) {
+      best = static_cast<int>(i + 1 - n);
+      best_score = score;
+      if (score == full) break;
     }
   }
-  return -1;
+  return best;
 }
 
 Arena* arena_create() {
@@ -207,7 +229,9 @@ bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept {
     *out = ChunkGrant{p, 0, true, 0, true, 0, 0};
     return true;
   }
+  uint64_t now = os::clock_ms();
   LockGuard guard(g_arena_lock);
+  note_in_use(now);
   Arena* a = nullptr;
   int at = -1;
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
@@ -281,20 +305,50 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
   g_free_dirty += dirty_bytes;
   uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   if (g_next_purge_ms == 0 || now + delay < g_next_purge_ms) g_next_purge_ms = now + delay;
-  // Free chunks stay resident (for reuse without page faults) up to the larger of the retain
-  // option and the memory in use; beyond that, and when purge_delay is 0, they go back now.
-  size_t in_use = g_counters.committed.load(std::memory_order_relaxed) - g_free_dirty;
+  // Free chunks stay resident (for reuse without page faults) as long as the footprint stays
+  // within the recent peak of the bytes in use plus the retain option: a program that churns
+  // through big blocks refills them. When the use falls below 1/16 of that peak, the program has
+  // let go of nearly everything (a phase ended) and may not call the allocator again for a long
+  // time, so the limit becomes the larger of retain and the bytes in use. Beyond the limit, and
+  // when purge_delay is 0, free chunks go back now, those free longest first.
+  size_t in_use = note_in_use(now);
+  size_t peak = g_peak_now > g_peak_prev ? g_peak_now : g_peak_prev;
   size_t retain = static_cast<size_t>(option(Option::kRetain));
-  size_t limit = retain > in_use ? retain : in_use;
+  size_t limit = in_use < peak / 16 ? (retain > in_use ? retain : in_use) : retain + (peak - in_use);
   if (delay == 0) {
     for (size_t i = 0; i < chunks; ++i) purge_chunk(a, first + static_cast<unsigned>(i));
   } else {
-    // Over the limit: purge the chunks that have been free longest (the newest are the likeliest
-    // to be reused soon).
     while (g_free_dirty > limit && purge_oldest()) {
     }
   }
   if (now >= g_next_purge_ms) purge_expired(now, false);
+}
+
+bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size_t* dirty_extent) noexcept {
+  if (s->solo || add == 0) return false;
+  LockGuard guard(g_arena_lock);
+  Arena* a = g_arenas[s->arena_index];
+  unsigned from = static_cast<unsigned>(((reinterpret_cast<uintptr_t>(s) - a->base) >> kSegmentShift) + chunks);
+  if (from + add > a->chunks) return false;
+  for (size_t i = 0; i < add; ++i)
+    if (chunk_used(a, from + static_cast<unsigned>(i))) return false;
+  size_t bytes = 0, extent = 0;
+  for (size_t i = 0; i < add; ++i) {
+    unsigned c = from + static_cast<unsigned>(i);
+    chunk_set_used(a, c, true);
+    uint64_t d = a->dirty_mask[c];
+    if (d != 0) {
+      size_t b = static_cast<size_t>(popcount64(d)) << kSliceShift;
+      bytes += b;
+      g_free_dirty -= b;
+      extent = i * kSegmentSize + (static_cast<size_t>(64 - clz64(d)) << kSliceShift);
+    }
+    a->dirty_mask[c] = 0;
+  }
+  a->free_count -= static_cast<uint32_t>(add);
+  *dirty_bytes = bytes;
+  *dirty_extent = extent;
+  return true;
 }
 
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {

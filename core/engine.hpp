@@ -49,7 +49,10 @@ extern std::atomic<uint8_t> g_segmap[kSegmentMapSize];
 // Page::flags is written by the owner and read by any thread (free, usable_size): relaxed
 // atomic accesses, which compile to plain byte loads and stores.
 inline uint8_t page_flags(const Page* p) { return __atomic_load_n(&p->flags, __ATOMIC_RELAXED); }
-inline void set_page_flags(Page* p, uint8_t f) { __atomic_store_n(&p->flags, f, __ATOMIC_RELAXED); }
+inline void set_page_flags(Page* p, uint8_t f) {
+  __atomic_store_n(&p->flags, f, __ATOMIC_RELAXED);
+  p->fast_magic = f == 0 ? p->div_magic : 0;
+}
 
 inline Segment* segment_of(const void* p) {
   return reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(p) & ~kSegmentMask);
@@ -60,8 +63,7 @@ inline bool is_segment_start_chunk(const void* p) {
 }
 inline Page* page_of(Segment* s, const void* p) {
   size_t idx = (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift;
-  Page* slice = &s->pages[idx];
-  return reinterpret_cast<Page*>(reinterpret_cast<char*>(slice) - slice->slice_offset);
+  return s->pages[idx].head;
 }
 inline uint8_t* page_start(Segment* s, Page* page) {
   return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(page - s->pages) << kSliceShift);
@@ -75,9 +77,7 @@ inline uint8_t* page_start(Segment* s, const Page* page) { return page_start(s, 
 inline uintptr_t link_key(const Block* b) {
   Segment* s = reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(b) & ~kSegmentMask);
   size_t idx = (reinterpret_cast<uintptr_t>(b) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift;
-  const Page* slice = &s->pages[idx];
-  const Page* page = reinterpret_cast<const Page*>(reinterpret_cast<const char*>(slice) - slice->slice_offset);
-  return page->list_key ^ reinterpret_cast<uintptr_t>(b);
+  return s->pages[idx].head->list_key ^ reinterpret_cast<uintptr_t>(b);
 }
 inline Block* link_get(const Block* b) {
   if (NEBULA_LIKELY(!g_secure)) return b->next;
@@ -96,8 +96,8 @@ inline uint64_t* live_bits(Segment* s, Page* page) {
 }
 
 // ---- Slow paths (out of line) ------------------------------------------------------------
-NEBULA_NOINLINE void* alloc_generic(Heap* heap, size_t n) noexcept;
-NEBULA_NOINLINE void* alloc_zero_generic(Heap* heap, size_t n) noexcept;
+NEBULA_NOINLINE void* alloc_generic(size_t n, Heap* heap) noexcept;
+NEBULA_NOINLINE void* alloc_zero_generic(size_t n, Heap* heap) noexcept;
 NEBULA_NOINLINE void free_generic(Segment* s, Page* page, void* p) noexcept;
 NEBULA_NOINLINE void free_not_fast(void* p) noexcept;
 NEBULA_NOINLINE void page_retire(Page* page) noexcept;
@@ -115,7 +115,7 @@ NEBULA_HOT void* alloc(size_t n) noexcept {
       return b;
     }
   }
-  return alloc_generic(heap, n);
+  return alloc_generic(n, heap);
 }
 
 NEBULA_HOT void* alloc_zero(size_t n) noexcept {
@@ -132,7 +132,7 @@ NEBULA_HOT void* alloc_zero(size_t n) noexcept {
       return b;
     }
   }
-  return alloc_zero_generic(heap, n);
+  return alloc_zero_generic(n, heap);
 }
 
 // Is p the start of a block of this (small or medium) page? One multiply (see Page::div_magic).
@@ -140,6 +140,10 @@ NEBULA_HOT void* alloc_zero(size_t n) noexcept {
 // product is (p - page start) * div_magic mod 2^64.
 NEBULA_HOT bool is_block_start(const Page* page, const void* p) noexcept {
   return reinterpret_cast<uintptr_t>(p) * page->div_magic + page->div_bias < page->div_magic;
+}
+// The same test with fast_magic: also false whenever the page has a flag set.
+NEBULA_HOT bool is_block_start_fast(const Page* page, const void* p) noexcept {
+  return reinterpret_cast<uintptr_t>(p) * page->fast_magic + page->div_bias < page->fast_magic;
 }
 
 NEBULA_HOT void dealloc(void* p) noexcept {
@@ -151,7 +155,7 @@ NEBULA_HOT void dealloc(void* p) noexcept {
   // The generic path takes over for: another thread's block, a page that is full, aligned or
   // not in use, a pointer into the middle of a block, and a block that looks freed already.
   if (NEBULA_LIKELY(s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
-                    page_flags(page) == 0 && is_block_start(page, p) && b->key != key)) {
+                    is_block_start_fast(page, p) && b->key != key)) {
     b->key = key;
     b->next = page->local_free;
     page->local_free = b;
@@ -248,6 +252,9 @@ bool span_free(Segment* s, Page* page) noexcept;   // true: the segment was free
 void* huge_alloc(size_t n, size_t align, bool zero) noexcept;
 void huge_free(Segment* s, Page* page) noexcept;
 size_t huge_usable(Segment* s, const void* p) noexcept;
+// Grow a huge block in place to n bytes (into its run's slack or the free chunks after it);
+// false leaves it as it was.
+bool huge_grow(Segment* s, size_t n) noexcept;
 // Calls fn for every live heap under the heap-pool lock; *retired gets the summed counters of
 // the heaps of threads that have exited.
 void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired) noexcept;
@@ -275,6 +282,10 @@ bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept;
 // length from the segment start that may be resident (dirty_first is then ignored).
 void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept;
 void arena_purge(bool force) noexcept;
+// Extend a segment's run by the `add` chunks that follow it, if they are all free; reports the
+// bytes of them that may be resident (counted committed already) and the end of the last such
+// slice from the first added chunk.
+bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size_t* dirty_extent) noexcept;
 // Give back a grant that never became a segment (a commit failed).
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept;
 bool arena_contains(uintptr_t a) noexcept;

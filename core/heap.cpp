@@ -280,8 +280,9 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
 }
 }  // namespace
 
-void* alloc_generic(Heap* heap, size_t n) noexcept { return generic_body(heap, n, false); }
-void* alloc_zero_generic(Heap* heap, size_t n) noexcept { return generic_body(heap, n, true); }
+// (n, heap): the fast path's argument stays in its register on the way here.
+void* alloc_generic(size_t n, Heap* heap) noexcept { return generic_body(heap, n, false); }
+void* alloc_zero_generic(size_t n, Heap* heap) noexcept { return generic_body(heap, n, true); }
 
 // The OS or the budget refused memory: purge what we cache (and ask the other heaps to), tell
 // the pressure callbacks (level critical; they may free), retry; only then fail with ENOMEM, or

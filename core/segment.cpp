@@ -51,7 +51,7 @@ void reset_descriptors(Segment* s, unsigned first, unsigned n) {
     p->free = nullptr;
     p->local_free = nullptr;
     p->used = 0;
-    p->slice_offset = 0;
+    p->head = p;
     set_page_flags(p, kPageNotInUse);
     p->kind = PageKind::kNone;
     p->slice_count = 0;
@@ -132,7 +132,7 @@ Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind 
   set_page_flags(page, 0);
   (void)heap;
   for (unsigned j = 1; j < slices; ++j)
-    s->pages[idx + j].slice_offset = static_cast<uint32_t>(j * sizeof(Page));
+    s->pages[idx + j].head = page;
   heap->stats.pages_made[static_cast<unsigned>(kind)]++;
   return page;
 }
@@ -286,7 +286,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   page->block_size = static_cast<uint32_t>(0);  // huge sizes do not fit: see huge_usable()
   page->capacity = page->reserved = page->used = 1;
   page->slice_count = 1;
-  for (unsigned j = 2; j < kSlicesPerSegment; ++j) s->pages[j].slice_offset = static_cast<uint32_t>((j - 1) * sizeof(Page));
+  for (unsigned j = 2; j < kSlicesPerSegment; ++j) s->pages[j].head = page;
   g_counters.huge_live.fetch_add(used_len, std::memory_order_relaxed);
   if (zero && !g.all_clean) {
     // Only the part that was resident before can hold old data.
@@ -307,6 +307,64 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
 size_t huge_usable(Segment* s, const void* p) noexcept {
   uintptr_t end = reinterpret_cast<uintptr_t>(s) + s->huge_used;
   return end - reinterpret_cast<uintptr_t>(p);
+}
+
+bool huge_grow(Segment* s, size_t n) noexcept {
+  if (g_secure || s->solo) return false;  // secure mode keeps its guard slice where it is
+  uintptr_t sb = reinterpret_cast<uintptr_t>(s);
+  size_t offset = s->huge_start - sb;
+  if (n > kSoloThreshold - offset) return false;
+  size_t used_len = align_up(offset + n, kSliceSize);
+  size_t old_used = s->huge_used, old_len = s->huge_len, old_chunks = s->chunk_count;
+  if (used_len <= old_used) return true;
+  size_t need = align_up(used_len, kSegmentSize);
+  size_t add = need > s->mapped_size ? (need - s->mapped_size) >> kSegmentShift : 0;
+  // Charge what the block itself adds to the counted extent; the resident slices of absorbed
+  // chunks are counted already and move to the block.
+  size_t charged = used_len > old_len ? used_len - old_len : 0;
+  if (charged != 0 && !budget_charge(charged)) return false;
+  if (!os::commit(reinterpret_cast<void*>(sb + old_used), used_len - old_used)) {
+    budget_release(charged);
+    return false;
+  }
+  size_t len = used_len > old_len ? used_len : old_len;
+  if (add != 0) {
+    size_t dirty_bytes = 0, dirty_extent = 0;
+    if (!arena_grow(s, old_chunks, add, &dirty_bytes, &dirty_extent)) {
+      budget_release(charged);
+      return false;
+    }
+    if (dirty_bytes != 0) {
+      // Count the whole extent up to the last resident slice, as huge_alloc does, or purge the
+      // resident tail beyond the block when the budget cannot take it.
+      size_t tail_end = s->mapped_size + dirty_extent;
+      if (tail_end > len) {
+        size_t extra = tail_end - len;  // counted as part of the block from now on
+        if (extra > dirty_bytes && !budget_charge(extra - dirty_bytes)) {
+          os::purge(reinterpret_cast<void*>(sb + len), tail_end - len);
+          g_counters.purged.fetch_add(dirty_bytes, std::memory_order_relaxed);
+          budget_release(dirty_bytes);
+        } else {
+          if (extra < dirty_bytes) budget_release(dirty_bytes - extra);
+          len = tail_end;
+        }
+      } else {
+        budget_release(dirty_bytes);  // inside the block: counted by `charged` already
+      }
+    }
+    s->chunk_count = static_cast<uint32_t>(old_chunks + add);
+    s->mapped_size = need;
+    segmap_set(s, old_chunks + add);
+  }
+  s->huge_used = used_len;
+  s->huge_len = len;
+  g_counters.huge_live.fetch_add(used_len - old_used, std::memory_order_relaxed);
+  if (n >= (size_t{2} << 20) && option_bool(Option::kHugePages)) {
+    uintptr_t lo = align_up(sb + old_used, size_t{2} << 20);
+    uintptr_t hi = (s->huge_start + n) & ~((uintptr_t{2} << 20) - 1);
+    if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
+  }
+  return true;
 }
 
 void huge_free(Segment* s, Page* page) noexcept {

@@ -63,42 +63,49 @@ enum PageFlags : uint8_t {
 enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 
 // Page descriptor. One per slice in the segment header; only the first slice of a span (its
-// head) is live, the others point back to it by slice_offset.
-// Hot for malloc: free, used; for free(): slice_offset, flags, local_free, used.
+// head) is live, the others point to it with `head`.
+// The first 64 bytes (one cache line: descriptors are 64-byte aligned) hold what the fast paths
+// touch: malloc reads free and used; free() reads head, fast_magic, div_bias, local_free, used.
 // Invariants (owner's view, between operations):
 //   used + |free| + |local_free| == capacity <= reserved
 //   |thread_free| <= used  (blocks freed by other threads count as used until collected)
 //   flags & kPageInFull  <=>  the page is in its heap's full list
 //   (thread_free & kDelayMask) == kDelayUse  =>  flags & kPageInFull
-struct Page {
+//   fast_magic == (flags == 0 ? div_magic : 0)   (set_page_flags keeps it)
+struct alignas(64) Page {
   Block* free;                          // blocks ready to hand out (owner only)
   Block* local_free;                    // blocks freed by the owner thread (owner only)
   uint32_t used;                        // blocks handed out, not yet freed back (owner only)
-  uint32_t slice_offset;                // bytes from this descriptor back to its span head
   uint8_t flags;                        // PageFlags; 0 on the fast path
   PageKind kind;                        // small, medium, large, huge
   uint8_t size_class;                   // for small and medium pages
   uint8_t free_is_zero;                 // every block on `free` is zero past its link word
-  uint8_t is_clean;                     // the span was zero (never touched or purged) at init
-  uint8_t retire_pending;               // empty page kept one round to avoid thrashing
-  uint16_t slice_count;                 // span length in slices (head only)
-  uint32_t block_size;                  // bytes per block (large: the span's bytes)
-  uint16_t capacity;                    // blocks carved from the span so far
-  uint16_t reserved;                    // blocks that fit in the span
-  std::atomic<uintptr_t> thread_free;   // Block* | DelayState: frees by other threads (atomic)
-  Page* next;                           // in the heap's queue or full list (owner only)
-  Page* prev;
+  Page* head;                           // the span's head descriptor (itself for the head)
   // Is p a block start? With the block size d and the page start address a:
   //   (p * div_magic + div_bias) mod 2^64 < div_magic  <=>  d divides p - a
   // (div_magic = ceil(2^64 / d), div_bias = -a * div_magic mod 2^64; Lemire's divisibility
-  // test, exact because p - a < 2^32).
-  uint64_t div_magic;                   // small and medium pages (written at page init)
+  // test, exact because p - a < 2^32). The free() fast path uses fast_magic, which is 0 while
+  // any flag is set: then no pointer passes, and one test covers the flags and the block start.
+  uint64_t fast_magic;                  // div_magic, or 0 when flags != 0 (owner writes)
   uint64_t div_bias;
+  uint32_t block_size;                  // bytes per block (large: the span's bytes)
+  uint16_t capacity;                    // blocks carved from the span so far
+  uint16_t reserved;                    // blocks that fit in the span
+  uint8_t is_clean;                     // the span was zero (never touched or purged) at init
+  uint8_t retire_pending;               // empty page kept one round to avoid thrashing
+  uint16_t slice_count;                 // span length in slices (head only)
+  uint32_t unused_;
+  // Second line: what other threads write, and the slow paths' fields.
+  std::atomic<uintptr_t> thread_free;   // Block* | DelayState: frees by other threads (atomic)
+  Page* next;                           // in the heap's queue or full list (owner only)
+  Page* prev;
+  uint64_t div_magic;                   // small and medium pages (written at page init)
   uint64_t list_key;                    // secure mode: the key of this page's encoded links
-  uint8_t reserved_for_layout[40];      // keeps the descriptor at 128 bytes
+  uint8_t reserved_for_layout[24];      // keeps the descriptor at 128 bytes
 };
 static_assert(sizeof(Page) == 128, "page descriptors are 128 bytes: free() indexes by shift");
 static_assert(offsetof(Page, free) == 0, "the malloc fast path loads page->free first");
+static_assert(offsetof(Page, slice_count) < 64, "the fast paths' fields share one cache line");
 static_assert(kSliceSize / kMinAlign <= 65535, "capacity and reserved are 16-bit");
 
 // A queue of pages of one size class; `first` is where allocation happens.
@@ -134,7 +141,7 @@ struct Segment {
   uintptr_t huge_start;                 // huge: the block's address
   Segment* next;                        // in the heap's segment list or the abandoned list
   Segment* prev;
-  Page pages[kSlicesPerSegment];        // one descriptor per slice
+  Page pages[kSlicesPerSegment];        // one descriptor per slice (64-byte aligned)
 };
 static_assert(sizeof(Segment) <= 3 * 4096, "segment header must stay within a few OS pages");
 static_assert(12 * 1024 + kSlicesPerSegment * 512 <= kSliceSize, "secure-mode bitmaps fit in slice 0");

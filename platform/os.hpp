@@ -59,12 +59,11 @@ void huge_hint(void* p, size_t size) noexcept;
 void* reserve_huge(size_t size, size_t align) noexcept;
 
 // An integer that identifies the calling thread and is never 0: the thread pointer, one
-// instruction on the architectures we know (it is on the free fast path).
+// instruction on the architectures we know (it is on the free fast path). On x86-64 the builtin
+// lets the compiler compare with %fs:0 directly (one instruction instead of a load and a compare).
 inline uintptr_t thread_id() noexcept {
 #if defined(__x86_64__)
-  uintptr_t tid;
-  __asm__("movq %%fs:0, %0" : "=r"(tid));
-  return tid;
+  return reinterpret_cast<uintptr_t>(__builtin_thread_pointer());
 #elif defined(__aarch64__)
   uintptr_t tid;
   __asm__ volatile("mrs %0, tpidr_el0" : "=r"(tid));
