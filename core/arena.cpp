@@ -101,6 +101,28 @@ int find_run(const Arena* a, unsigned n) {
   return best;
 }
 
+// Mark chunks [first, first + n) used (under the lock). Their dirty masks go to the new owner:
+// reports the bytes that may be resident (counted committed already, no longer free) and the
+// end of the last such slice, from the first chunk.
+void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t* dirty_extent) {
+  size_t bytes = 0, extent = 0;
+  for (size_t i = 0; i < n; ++i) {
+    unsigned c = first + static_cast<unsigned>(i);
+    chunk_set_used(a, c, true);
+    uint64_t d = a->dirty_mask[c];
+    if (d != 0) {
+      size_t b = static_cast<size_t>(popcount64(d)) << kSliceShift;
+      bytes += b;
+      g_free_dirty -= b;
+      extent = i * kSegmentSize + (static_cast<size_t>(64 - clz64(d)) << kSliceShift);
+    }
+    a->dirty_mask[c] = 0;
+  }
+  a->free_count -= static_cast<uint32_t>(n);
+  *dirty_bytes = bytes;
+  *dirty_extent = extent;
+}
+
 Arena* arena_create() {
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
   if (count >= kMaxArenas) return nullptr;
@@ -250,25 +272,12 @@ bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept {
     at = find_run(a, static_cast<unsigned>(chunks));
     if (at < 0) return false;
   }
+  uint64_t dirty_first = a->dirty_mask[at];
   size_t dirty_bytes = 0, dirty_extent = 0;
-  for (size_t i = 0; i < chunks; ++i) {
-    unsigned c = static_cast<unsigned>(at) + static_cast<unsigned>(i);
-    chunk_set_used(a, c, true);
-    uint64_t d = a->dirty_mask[c];
-    if (d != 0) {
-      size_t b = static_cast<size_t>(popcount64(d)) << kSliceShift;
-      dirty_bytes += b;
-      g_free_dirty -= b;
-      dirty_extent = i * kSegmentSize + (static_cast<size_t>(64 - clz64(d)) << kSliceShift);
-    }
-  }
-  a->free_count -= static_cast<uint32_t>(chunks);
+  take_chunks(a, static_cast<unsigned>(at), chunks, &dirty_bytes, &dirty_extent);
   void* base = reinterpret_cast<void*>(a->base + static_cast<uintptr_t>(at) * kSegmentSize);
-  *out = ChunkGrant{base, a->dirty_mask[at], dirty_bytes == 0, static_cast<uint16_t>(k), false,
+  *out = ChunkGrant{base, dirty_first, dirty_bytes == 0, static_cast<uint16_t>(k), false,
                     dirty_bytes, dirty_extent};
-  // The dirty masks of used chunks are owned by the segment from now on; the huge path
-  // counts the whole run as committed, so record what was already counted.
-  for (size_t i = 0; i < chunks; ++i) a->dirty_mask[static_cast<unsigned>(at) + i] = 0;
   return true;
 }
 
@@ -332,22 +341,7 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
   if (from + add > a->chunks) return false;
   for (size_t i = 0; i < add; ++i)
     if (chunk_used(a, from + static_cast<unsigned>(i))) return false;
-  size_t bytes = 0, extent = 0;
-  for (size_t i = 0; i < add; ++i) {
-    unsigned c = from + static_cast<unsigned>(i);
-    chunk_set_used(a, c, true);
-    uint64_t d = a->dirty_mask[c];
-    if (d != 0) {
-      size_t b = static_cast<size_t>(popcount64(d)) << kSliceShift;
-      bytes += b;
-      g_free_dirty -= b;
-      extent = i * kSegmentSize + (static_cast<size_t>(64 - clz64(d)) << kSliceShift);
-    }
-    a->dirty_mask[c] = 0;
-  }
-  a->free_count -= static_cast<uint32_t>(add);
-  *dirty_bytes = bytes;
-  *dirty_extent = extent;
+  take_chunks(a, from, add, dirty_bytes, dirty_extent);
   return true;
 }
 
