@@ -143,7 +143,9 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
   for (int attempt = 0; attempt < 2; ++attempt) {
     for (Segment* s = heap->segments; s != nullptr; s = s->next) {
       if (static_cast<unsigned>(popcount64(s->free_slices)) < slices) continue;
-      int idx = find_free_run(s->free_slices, slices);
+      // Slices that are still resident first: no page faults, no new RSS.
+      int idx = find_free_run(s->free_slices & s->dirty_slices, slices);
+      if (idx < 0) idx = find_free_run(s->free_slices, slices);
       if (idx >= 0) return take_span(heap, s, static_cast<unsigned>(idx), slices, kind);
     }
     // No room in our own segments: adopt one an exited thread left behind, then try again.

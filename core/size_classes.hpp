@@ -56,8 +56,14 @@ inline unsigned size_to_class(size_t n) {
   return size_to_class_formula(n);
 }
 
+// Medium pages are sized to hold at least 8 blocks where they can (the small pages' rule): 2, 4
+// or kMediumPageSlices slices. A class with few live blocks then does not pin 512 KiB.
 constexpr unsigned page_slices_for_class(unsigned c) {
-  return class_size_formula(c) <= kSmallMax ? 1u : kMediumPageSlices;
+  size_t size = class_size_formula(c);
+  if (size <= kSmallMax) return 1u;
+  unsigned slices = 2;
+  while (slices < kMediumPageSlices && slices * kSliceSize < 8 * size) slices *= 2;
+  return slices;
 }
 
 // ---- Checks of the table -------------------------------------------------------------------
