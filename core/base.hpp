@@ -14,7 +14,14 @@ constexpr size_t align_up(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
 constexpr bool is_pow2(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
 inline unsigned ctz64(uint64_t x) { return static_cast<unsigned>(__builtin_ctzll(x)); }
 inline unsigned clz64(uint64_t x) { return static_cast<unsigned>(__builtin_clzll(x)); }
-inline unsigned popcount64(uint64_t x) { return static_cast<unsigned>(__builtin_popcountll(x)); }
+// Written out rather than __builtin_popcountll: without -mpopcnt that builtin calls libgcc_s's
+// __popcountdi2, and the drop-in library must not need libgcc_s (see meson.build).
+inline unsigned popcount64(uint64_t x) {
+  x = x - ((x >> 1) & 0x5555555555555555ull);
+  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+  return static_cast<unsigned>((x * 0x0101010101010101ull) >> 56);
+}
 
 // A test-and-test-and-set lock for the engine's few global structures (arenas, abandoned
 // segments, the heap pool). Held only for short, non-allocating sections; a thread that

@@ -1,10 +1,32 @@
 // interpose/new_delete.cpp: every replaceable operator new and delete. Built with exceptions
 // (the rest of the engine is not): a failed allocation calls the new-handler until it gives
 // memory or throws, and throws std::bad_alloc when there is no handler.
+//
+// The C++ runtime is not a dependency of libnebulamem.so: a C program (git, python3, sqlite3)
+// that preloads it would otherwise map libstdc++, libm and libgcc_s, about 1.3 MiB of resident
+// memory, for nothing. Every symbol of the runtime this file uses is a weak reference (the
+// .weak directives below) and the library is linked with --as-needed, so no DT_NEEDED entry is
+// recorded for it. A program that calls operator new has a C++ runtime loaded, and the weak
+// references resolve to it; if one were missing anyway, a failed allocation aborts with a
+// message instead of calling through a null pointer.
 #include <cstddef>
 #include <new>
 
 #include "interpose/export.hpp"
+
+__asm__(
+    ".weak _ZSt15get_new_handlerv\n"       // std::get_new_handler
+    ".weak _ZTISt9bad_alloc\n"             // typeinfo for std::bad_alloc
+    ".weak _ZTVSt9bad_alloc\n"             // its vtable
+    ".weak _ZNSt9bad_allocD1Ev\n"          // its destructor
+    ".weak __cxa_allocate_exception\n"
+    ".weak __cxa_throw\n"
+    ".weak __cxa_begin_catch\n"
+    ".weak __cxa_end_catch\n"
+    ".weak __gxx_personality_v0\n");
+
+// A weak C declaration the compiler cannot assume to be non-null: is the runtime there?
+extern "C" void* __cxa_allocate_exception(std::size_t) noexcept __attribute__((weak));
 
 using namespace nebula;
 
@@ -12,6 +34,7 @@ namespace {
 
 [[gnu::noinline, gnu::cold]] void* new_slow(std::size_t n, std::size_t align) {
   for (;;) {
+    if (__cxa_allocate_exception == nullptr) fatal("operator new: out of memory, and no C++ runtime is loaded to throw std::bad_alloc");
     std::new_handler handler = std::get_new_handler();
     if (handler == nullptr) throw std::bad_alloc();
     handler();
