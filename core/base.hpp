@@ -26,10 +26,15 @@ inline unsigned popcount64(uint64_t x) {
 // A test-and-test-and-set lock for the engine's few global structures (arenas, abandoned
 // segments, the heap pool). Held only for short, non-allocating sections; a thread that
 // waits spins briefly then yields. Constant-initialised, so usable before any constructor.
+// Engine locks the calling thread holds (slow paths only): the fatal path loads its unwinder
+// with dlopen, which allocates, and skips the backtrace while any engine lock is held.
+extern __thread unsigned t_locks_held __attribute__((tls_model("initial-exec")));
+
 class SpinLock {
  public:
   constexpr SpinLock() = default;
   void lock() noexcept {
+    ++t_locks_held;
     for (;;) {
       if (!locked_.exchange(true, std::memory_order_acquire)) return;
       unsigned spins = 0;
@@ -40,12 +45,20 @@ class SpinLock {
     }
   }
   bool try_lock() noexcept {
-    return !locked_.load(std::memory_order_relaxed) &&
-           !locked_.exchange(true, std::memory_order_acquire);
+    bool got = !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
+    if (got) ++t_locks_held;
+    return got;
   }
-  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
-  // After fork() in the child, where the holder no longer exists.
-  void reset() noexcept { locked_.store(false, std::memory_order_relaxed); }
+  void unlock() noexcept {
+    locked_.store(false, std::memory_order_release);
+    --t_locks_held;
+  }
+  // After fork() in the child: the lock was taken by the forking thread (the fork handlers'
+  // prepare step), which is the child's only thread.
+  void reset() noexcept {
+    locked_.store(false, std::memory_order_relaxed);
+    if (t_locks_held > 0) --t_locks_held;
+  }
 
  private:
   static void __builtin_ia32_pause_or_nothing() noexcept {

@@ -11,6 +11,8 @@
 
 namespace nebula {
 
+__thread unsigned t_locks_held = 0;
+
 Message& Message::ch(char c) noexcept {
   if (len_ < sizeof buf_) buf_[len_++] = c;
   return *this;
@@ -62,19 +64,42 @@ Message& Message::bytes(uint64_t v) noexcept {
 void Message::emit() noexcept { os::write_stderr(buf_, len_); }
 
 namespace {
+#if defined(NEBULA_HAVE_LIBUNWIND)
+// libunwind is loaded only when a backtrace is printed: as a dependency it would map libunwind
+// and liblzma into every program (about 110 KiB resident). The names are libunwind's own
+// (its header maps unw_* to architecture-specific symbols).
+#define NEBULA_STR2(x) #x
+#define NEBULA_STR(x) NEBULA_STR2(x)
+template <typename F>
+F unwinder(const char* name) {
+  void* f = os::library_symbol("libunwind.so.8", name);
+  return reinterpret_cast<F>(f);
+}
+#endif
+
 void backtrace() noexcept {
 #if defined(NEBULA_HAVE_LIBUNWIND)
+  if (t_locks_held != 0) {  // dlopen allocates: not with an engine lock held
+    Message().str("  (no backtrace: the error was found inside the allocator)\n").emit();
+    return;
+  }
+  auto getcontext = unwinder<decltype(&unw_tdep_getcontext)>(NEBULA_STR(unw_tdep_getcontext));
+  auto init_local = unwinder<decltype(&unw_init_local)>(NEBULA_STR(unw_init_local));
+  auto step = unwinder<decltype(&unw_step)>(NEBULA_STR(unw_step));
+  auto get_reg = unwinder<decltype(&unw_get_reg)>(NEBULA_STR(unw_get_reg));
+  auto get_proc_name = unwinder<decltype(&unw_get_proc_name)>(NEBULA_STR(unw_get_proc_name));
+  if (!getcontext || !init_local || !step || !get_reg || !get_proc_name) return;
   unw_context_t ctx;
   unw_cursor_t cur;
-  if (unw_getcontext(&ctx) != 0 || unw_init_local(&cur, &ctx) != 0) return;
+  if (getcontext(&ctx) != 0 || init_local(&cur, &ctx) != 0) return;
   int depth = 0;
-  while (unw_step(&cur) > 0 && depth < 32) {
+  while (step(&cur) > 0 && depth < 32) {
     unw_word_t ip = 0, off = 0;
-    unw_get_reg(&cur, UNW_REG_IP, &ip);
+    get_reg(&cur, UNW_REG_IP, &ip);
     char name[128];
     Message m;
     m.str("  #").num(static_cast<uint64_t>(depth++)).ch(' ').hex(ip);
-    if (unw_get_proc_name(&cur, name, sizeof name, &off) == 0) m.ch(' ').str(name).str("+").hex(off);
+    if (get_proc_name(&cur, name, sizeof name, &off) == 0) m.ch(' ').str(name).str("+").hex(off);
     m.ch('\n').emit();
   }
 #endif

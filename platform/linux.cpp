@@ -334,4 +334,10 @@ void* next_symbol(const char* name) noexcept {
   return dlsym(RTLD_NEXT, name);
 }
 
+void* library_symbol(const char* library, const char* name) noexcept {
+  ErrnoGuard keep;
+  void* handle = dlopen(library, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  return handle == nullptr ? nullptr : dlsym(handle, name);
+}
+
 }  // namespace nebula::os

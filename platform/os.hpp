@@ -119,6 +119,10 @@ AddressKind classify(uintptr_t addr) noexcept;
 // it), or nullptr. May allocate through our malloc; call with no engine lock held.
 void* next_symbol(const char* name) noexcept;
 
+// A symbol of a shared library loaded on first use (dlopen of `library`, RTLD_LOCAL), or
+// nullptr. Allocates through our malloc; call with no engine lock held.
+void* library_symbol(const char* library, const char* name) noexcept;
+
 // ---- Fault injection (tests) ---------------------------------------------------------------
 // Make requests to the OS for memory (reserve, reserve_huge, commit) fail on purpose:
 //   kNth: only the n-th request from now;  kEvery: every n-th;  kRandom: each with chance 1/n.
