@@ -56,7 +56,7 @@ inline constexpr OptionDesc kOptions[] = {
   {Option::kPurgeDelay, "purge_delay", OptionType::kMillis, 250, 0, 3600000,
    "milliseconds a free span stays resident before its memory is returned to the OS"},
   {Option::kRetain, "retain", OptionType::kBytes, 32ll << 20, 0, 1ll << 40,
-   "bytes of free segments kept resident for reuse (or as much as is in use, if more); beyond, purged at once"},
+   "free memory kept resident beyond the recent peak of use (until purge_delay); beyond, purged at once"},
   {Option::kHugePages, "huge_pages", OptionType::kBool, 1, 0, 1,
    "ask for transparent huge pages (madvise) on huge blocks of 2 MiB and more"},
   {Option::kBudget, "budget", OptionType::kBudget, 0, INT64_MIN, 1ll << 50,
