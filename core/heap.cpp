@@ -349,8 +349,8 @@ void free_block_remote(Page* page, Block* b) noexcept {
       old = page->thread_free.load(std::memory_order_relaxed);
       continue;
     } else {
-      link_set(b, reinterpret_cast<Block*>(old & ~kDelayMask));
-      nv = reinterpret_cast<uintptr_t>(b) | st;
+      link_set(b, tf_block(old));
+      nv = (static_cast<uintptr_t>(tf_count(old) + 1) << kTfCountShift) | reinterpret_cast<uintptr_t>(b) | st;
     }
     if (page->thread_free.compare_exchange_weak(old, nv, std::memory_order_acq_rel, std::memory_order_relaxed)) break;
   }
@@ -379,7 +379,7 @@ bool block_is_free(Segment* s, Page* page, Block* b, bool owner) {
       if (l == b) return true;
     return false;
   };
-  if (on(reinterpret_cast<Block*>(page->thread_free.load(std::memory_order_acquire) & ~kDelayMask))) return true;
+  if (on(tf_block(page->thread_free.load(std::memory_order_acquire)))) return true;
   if (!owner) return false;
   if (on(page->free) || on(page->local_free)) return true;
   Heap* heap = s->owner_heap.load(std::memory_order_relaxed);

@@ -124,7 +124,7 @@ void page_to_full(Heap* heap, Page* page) {
   page_set_delay(page, kDelayUse, false);
   // A block that arrived between the last collect and the state change would wait for the
   // next remote free: take the page out again at once.
-  if ((page->thread_free.load(std::memory_order_acquire) & ~kDelayMask) != 0) page_unfull(heap, page);
+  if (tf_block(page->thread_free.load(std::memory_order_acquire)) != nullptr) page_unfull(heap, page);
 }
 
 }  // namespace
@@ -174,22 +174,25 @@ void queue_push_back(Heap* heap, PageQueue* q, Page* page, unsigned cls) noexcep
 // Move the blocks freed by the owner and by other threads to where allocation finds them.
 void page_collect(Page* page) noexcept {
   uintptr_t tf = page->thread_free.load(std::memory_order_relaxed);
-  if ((tf & ~kDelayMask) != 0) {
+  if (tf_block(tf) != nullptr) {
     // Take the whole list, keep the state bits.
     while (!page->thread_free.compare_exchange_weak(tf, tf & kDelayMask, std::memory_order_acquire,
                                                     std::memory_order_relaxed)) {
     }
-    auto* head = reinterpret_cast<Block*>(tf & ~kDelayMask);
+    Block* head = tf_block(tf);
     if (head != nullptr) {
-      Block* tail = head;
-      uint32_t count = 1;
-      for (Block* n = link_get(tail); n != nullptr; n = link_get(tail)) {
-        tail = n;
-        ++count;
+      page->used -= tf_count(tf);
+      if (page->free == nullptr) {
+        // The list becomes the free list as it is: its blocks are read one at a time as they
+        // are handed out, instead of in one chain of misses here.
+        page->free = head;
+        page->free_is_zero = 0;
+      } else {
+        Block* tail = head;
+        for (Block* n = link_get(tail); n != nullptr; n = link_get(tail)) tail = n;
+        link_set(tail, page->local_free);
+        page->local_free = head;
       }
-      link_set(tail, page->local_free);
-      page->local_free = head;
-      page->used -= count;
     }
   }
   if (page->free == nullptr && page->local_free != nullptr) {

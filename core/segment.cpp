@@ -422,7 +422,7 @@ bool segment_reclaim_one(Heap* heap) noexcept {
     bool large = p->kind == PageKind::kLarge;
     // Take every block freed by other threads while nobody owned the page.
     uintptr_t tf = p->thread_free.exchange(large ? kDelayUse : kDelayNone, std::memory_order_acq_rel);
-    auto* b = reinterpret_cast<Block*>(tf & ~kDelayMask);
+    Block* b = tf_block(tf);
     while (b != nullptr) {
       Block* nb = link_get(b);
       link_set(b, p->local_free);

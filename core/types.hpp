@@ -51,6 +51,15 @@ enum DelayState : uintptr_t {
   kDelayNever = 3,     // owner gone (abandoned): always push on thread_free
 };
 inline constexpr uintptr_t kDelayMask = 3;
+// Page::thread_free also counts its blocks, in the top 16 bits (block addresses are below 2^47
+// and a page holds at most 4096 blocks), so that the owner can take the list as its free list
+// without walking it: the walk was a chain of cache misses on blocks another core just wrote.
+inline constexpr unsigned kTfCountShift = 48;
+inline constexpr uintptr_t kTfPtrMask = ((uintptr_t{1} << kTfCountShift) - 1) & ~kDelayMask;
+inline Block* tf_block(uintptr_t tf) { return reinterpret_cast<Block*>(tf & kTfPtrMask); }
+inline uint32_t tf_count(uintptr_t tf) { return static_cast<uint32_t>(tf >> kTfCountShift); }
+static_assert(kSliceSize / kMinAlign < (1u << 16), "thread_free counts fit in 16 bits");
+static_assert(kAddressBits <= kTfCountShift, "block addresses leave the top 16 bits of thread_free free");
 
 // Page::flags: any bit set sends free() to the generic path.
 enum PageFlags : uint8_t {
@@ -96,7 +105,7 @@ struct alignas(64) Page {
   uint16_t slice_count;                 // span length in slices (head only)
   uint32_t unused_;
   // Second line: what other threads write, and the slow paths' fields.
-  std::atomic<uintptr_t> thread_free;   // Block* | DelayState: frees by other threads (atomic)
+  std::atomic<uintptr_t> thread_free;   // count << 48 | Block* | DelayState: frees by other threads
   Page* next;                           // in the heap's queue or full list (owner only)
   Page* prev;
   uint64_t div_magic;                   // small and medium pages (written at page init)

@@ -41,7 +41,7 @@ inline bool list_contains(const Block* b, const void* p) {
 }
 
 inline const Block* thread_free_head(const Page* page) {
-  return reinterpret_cast<const Block*>(page->thread_free.load(std::memory_order_acquire) & ~kDelayMask);
+  return tf_block(page->thread_free.load(std::memory_order_acquire));
 }
 
 inline uintptr_t delay_state(const Page* page) {
@@ -271,6 +271,7 @@ inline int check_heap_invariants(Heap* h) {
         PageCounts pc = page_counts(p);
         if (pc.total() != pc.capacity) fail("used + |free| + |local_free| != capacity", p);
         if (pc.thread_free > pc.used) fail("more blocks on thread_free than in use", p);
+        if (tf_count(p->thread_free.load()) != pc.thread_free) fail("thread_free's count differs from its list", p);
         if (pc.capacity > pc.reserved) fail("capacity above reserved", p);
         if (p->block_size != kClassSize[p->size_class]) fail("block size differs from the class", p);
         bool full_flag = (p->flags & kPageInFull) != 0;

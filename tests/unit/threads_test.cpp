@@ -120,6 +120,7 @@ TEST_CASE("cross-thread: a free into a full page reaches the owner through the d
   // Second remote free: on the page's thread_free list.
   dealloc(blocks[6]);
   CHECK(thread_free_head(page) == blocks[6]);
+  CHECK(tf_count(page->thread_free.load()) == 1);
   CHECK(ha->delayed_free.load() == blocks[5]);
 
   // The owner's next slow-path call takes the page out of the full list.
