@@ -11,7 +11,7 @@ check=0
 if [ "${1:-}" = "--check" ]; then check=1; shift; fi
 pair="$1"; lib="${2:-}"; golden="${3:-}"
 iters=100000
-cases="malloc:16 malloc:32 malloc:128 malloc:1024 calloc:64 new:32 sized-delete:32 aligned:64"
+cases="malloc:16 malloc:32 malloc:128 malloc:1024 malloc:4096 calloc:64 new:32 sized-delete:32 aligned:64"
 count() {  # mode size iterations -> total instructions
   local out
   out=$(LD_PRELOAD="$lib" valgrind --tool=callgrind --callgrind-out-file=/dev/null "$pair" "$1" "$2" "$3" 2>&1)

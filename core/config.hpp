@@ -45,7 +45,7 @@ inline constexpr size_t kLargeMax = 2 * 1024 * 1024;
 static_assert(kLargeMax < (kSlicesPerSegment - 1) * kSliceSize, "a large block must fit in one segment");
 
 // Sizes up to kDirectMax are served from the heap's direct table, one entry per 16 bytes.
-inline constexpr size_t kDirectMax = 1024;
+inline constexpr size_t kDirectMax = 4096;
 inline constexpr size_t kDirectCount = kDirectMax / 16 + 1;
 
 // Every block is at least 16-byte aligned, as glibc guarantees on 64-bit targets.

@@ -3,7 +3,7 @@
 // Call tree of an allocation (each arrow is taken only when the condition holds):
 //
 //   alloc(n)                                   inline, in this header
-//     n <= 1 KiB and heap->direct[..]->free    pop, used++, return          (fast path)
+//     n <= 4 KiB and heap->direct[..]->free    pop, used++, return          (fast path)
 //     else -> alloc_generic(heap, n)           core/heap.cpp
 //       heap is the empty heap                 heap_init_thread(), retry
 //       n > kLargeMax                          huge_alloc                   (core/segment.cpp)
@@ -172,7 +172,7 @@ NEBULA_HOT void* alloc_checked_zero(size_t count, size_t size) noexcept {
   return alloc_zero(n);
 }
 
-// Aligned allocation with a power-of-two alignment. A multiple of `align` up to 1 KiB is itself
+// Aligned allocation with a power-of-two alignment. A multiple of `align` up to 4 KiB is itself
 // a size class whose blocks are all aligned to it (checked below), so small requests take the
 // ordinary fast path.
 void* alloc_aligned_slow(size_t align, size_t n) noexcept;
@@ -188,7 +188,7 @@ consteval bool small_aligned_classes_hold() {
       if (kClassSize[size_to_class_formula(want)] % a != 0) return false;
   return true;
 }
-static_assert(small_aligned_classes_hold(), "a multiple of a power of two <= 1 KiB must round to an aligned class");
+static_assert(small_aligned_classes_hold(), "a multiple of a power of two <= kDirectMax must round to an aligned class");
 
 // posix_memalign: EINVAL for an alignment that is not a power-of-two multiple of sizeof(void*).
 NEBULA_HOT int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept {
