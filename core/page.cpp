@@ -253,7 +253,10 @@ again:
     // carve more before reusing freed blocks: the free list then holds many blocks at once and
     // the slow path is taken rarely, at the price of touching at most 2x the live bytes.
     if (was_empty) {
-      if (page->capacity < page->reserved && page->capacity < 2u * page->used) {
+      // Live blocks: `used` less those other threads freed and nobody collected yet (counted in
+      // thread_free), so that remote frees waiting on the page do not make it carve more.
+      uint32_t live = page->used - tf_count(page->thread_free.load(std::memory_order_relaxed));
+      if (page->capacity < page->reserved && page->capacity < 2u * live) {
         page_extend(page);
         carved = true;
       } else {
