@@ -248,6 +248,8 @@ extern Page g_empty_page;
 
 // segment.cpp
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept;
+// Does one of the heap's segments other than `except` have `slices` free slices in a row?
+bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices) noexcept;
 bool span_free(Segment* s, Page* page) noexcept;   // true: the segment was freed too
 void* huge_alloc(size_t n, size_t align, bool zero) noexcept;
 void huge_free(Segment* s, Page* page) noexcept;

@@ -228,8 +228,16 @@ void page_retire(Page* page) noexcept {
   }
   PageQueue* q = &heap->queues[page->size_class];
   if (q->first == page && page->next == nullptr) {
-    page->retire_pending = 1;
-    return;
+    // Kept empty, so that a loop allocating and freeing one block does not make and unmake a
+    // page each time; except when it is the last span of its segment and another of the
+    // heap's segments has room for the next page of its class: then the page goes, its
+    // segment with it, and the segment's resident chunk is free for any thread (a thread that
+    // then waits, as in a join, no longer pins 4 MiB that a thread starting now could use).
+    Segment* s = segment_of(page);
+    if (s->used_spans != 1 || !heap_has_room_elsewhere(heap, s, page->slice_count)) {
+      page->retire_pending = 1;
+      return;
+    }
   }
   page_free(heap, page);
 }

@@ -139,6 +139,12 @@ Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind 
 
 }  // namespace
 
+bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices) noexcept {
+  for (Segment* s = heap->segments; s != nullptr; s = s->next)
+    if (s != except && find_free_run(s->free_slices, slices) >= 0) return true;
+  return false;
+}
+
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
   for (int attempt = 0; attempt < 2; ++attempt) {
     for (Segment* s = heap->segments; s != nullptr; s = s->next) {

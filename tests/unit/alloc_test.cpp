@@ -322,3 +322,52 @@ TEST_CASE("api: edge cases of the prefixed entry points") {
   CHECK(check_fill(m, 200, 9));
   nebula_free(m);
 }
+
+// An empty page that is the only one of its class is kept (a loop that allocates and frees one
+// block must not make and unmake a page each time), unless it is the last span of its segment
+// and another of the heap's segments has room for the class's next page: then it goes, and its
+// segment with it, so that an idle thread does not pin a segment another thread could use.
+TEST_CASE("page retire: the last page of a segment goes when the heap has room elsewhere") {
+  Worker w;
+  w.run([] {
+    Heap* h = nullptr;
+    const size_t big = size_t{30} * kSliceSize - 4096;  // a large block of 30 slices
+    void* l1 = alloc(big);
+    h = t_heap;
+    void* l2 = alloc(big);
+    REQUIRE(l1 != nullptr);
+    REQUIRE(l2 != nullptr);
+    Segment* a = segment_of(l1);
+    REQUIRE(segment_of(l2) == a);                       // 60 of 63 slices used
+    const size_t medium = 40960;                        // 8-slice pages
+    REQUIRE(page_slices_for_class(size_to_class(medium)) == 8);
+    void* m = alloc(medium);
+    REQUIRE(m != nullptr);
+    Segment* b = segment_of(m);
+    REQUIRE(b != a);                                    // no room in a: a second segment
+    CHECK(h->segment_count == 2);
+    // a is full: the empty page is kept, and b with it.
+    dealloc(m);
+    Page* pm = page_of(b, m);
+    CHECK(pm->retire_pending == 1);
+    CHECK(h->segment_count == 2);
+    // Reuse: the next block comes from the kept page.
+    void* m2 = alloc(medium);
+    CHECK(page_of(segment_of(m2), m2) == pm);
+    // Now a has room: freeing the block frees the page and b.
+    dealloc(l2);
+    CHECK(h->segment_count == 2);
+    dealloc(m2);
+    CHECK(h->segment_count == 1);
+    CHECK(segment_containing(m2) == nullptr);
+    // The next block of the class goes to a, and its page is kept there when it empties.
+    void* m3 = alloc(medium);
+    REQUIRE(m3 != nullptr);
+    CHECK(segment_of(m3) == a);
+    dealloc(m3);
+    CHECK(h->segment_count == 1);
+    CHECK(page_of(a, m3)->retire_pending == 1);
+    CHECK(check_heap_invariants(h) == 0);
+    dealloc(l1);
+  });
+}
