@@ -172,17 +172,10 @@ void worker(Shared* sh, unsigned id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options d;
-  d.name = "aligned";
-  Options smoke = d;
-  smoke.threads = 4;
-  smoke.seconds = 4;
-  Options o = parse_options(argc, argv, kAbout, d, smoke);
+  Options o = parse_standard(argc, argv, kAbout, "aligned");
   Run run(o);
   Shared sh(o);
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < o.threads; ++t) ts.emplace_back(worker, &sh, t);
-  for (auto& t : ts) t.join();
+  run_workers(&sh, o.threads, worker);
   for (Block& b : sh.handoff) release(b, "aligned: leftover");
   uint64_t big = 0;
   for (int k = 21; k < 24; ++k) big += sh.by_align[k];

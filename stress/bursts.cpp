@@ -128,12 +128,7 @@ void worker(Shared* sh, unsigned id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options d;
-  d.name = "bursts";
-  Options smoke = d;
-  smoke.threads = 4;
-  smoke.seconds = 4;
-  Options o = parse_options(argc, argv, kAbout, d, smoke);
+  Options o = parse_standard(argc, argv, kAbout, "bursts");
   Run run(o);
   Shared sh(o);
   sh.get_stats = nebula_fn<int (*)(nebula_mem_stats*)>("nebula_mem_get_stats");

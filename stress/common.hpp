@@ -36,6 +36,8 @@
 #include <cstddef>
 #include <new>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace stress {
 
@@ -131,6 +133,25 @@ inline Options parse_options(int argc, char** argv, const char* about, Options d
   if (o.scale <= 0) o.scale = 1;
   if (o.huge_max < 4 * MiB) o.huge_max = 4 * MiB;
   return o;
+}
+
+// parse_options with the defaults most programs take: `name`, and for --smoke 4 threads for
+// `smoke_seconds` seconds.
+inline Options parse_standard(int argc, char** argv, const char* about, const char* name, double smoke_seconds = 4) {
+  Options d;
+  d.name = name;
+  Options smoke = d;
+  smoke.threads = 4;
+  smoke.seconds = smoke_seconds;
+  return parse_options(argc, argv, about, d, smoke);
+}
+
+// Run fn(sh, t) on threads t = 0 .. n-1 and wait for all of them.
+template <typename S, typename F>
+void run_workers(S* sh, unsigned n, F fn) {
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < n; ++t) ts.emplace_back(fn, sh, t);
+  for (auto& t : ts) t.join();
 }
 
 // ---- the allocator in charge -----------------------------------------------------------------

@@ -121,17 +121,10 @@ void worker(Shared* sh, unsigned id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options d;
-  d.name = "mixed";
-  Options smoke = d;
-  smoke.threads = 4;
-  smoke.seconds = 4;
-  Options o = parse_options(argc, argv, kAbout, d, smoke);
+  Options o = parse_standard(argc, argv, kAbout, "mixed");
   Run run(o);
   Shared sh(o);
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < o.threads; ++t) ts.emplace_back(worker, &sh, t);
-  for (auto& t : ts) t.join();
+  run_workers(&sh, o.threads, worker);
   uint64_t left = 0;
   for (auto& in : sh.inbox) {
     for (Block& b : in.items) {

@@ -133,17 +133,10 @@ void worker(Shared* sh, unsigned id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options d;
-  d.name = "realloc_chains";
-  Options smoke = d;
-  smoke.threads = 4;
-  smoke.seconds = 4;
-  Options o = parse_options(argc, argv, kAbout, d, smoke);
+  Options o = parse_standard(argc, argv, kAbout, "realloc_chains");
   Run run(o);
   Shared sh(o);
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < o.threads; ++t) ts.emplace_back(worker, &sh, t);
-  for (auto& t : ts) t.join();
+  run_workers(&sh, o.threads, worker);
   for (Chain& c : sh.pool) release(c.b, "realloc_chains: chain left in transit");
   return run.finish(sh.ops, kv("chains", sh.chains) + kv("in_place", sh.in_place) + kv("moved", sh.moved) +
                                 kv("reached_huge", sh.max_reached));

@@ -133,18 +133,11 @@ void worker(Shared* sh, unsigned id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options d;
-  d.name = "xthread";
-  Options smoke = d;
-  smoke.threads = 4;
-  smoke.seconds = 4;
-  Options o = parse_options(argc, argv, kAbout, d, smoke);
+  Options o = parse_standard(argc, argv, kAbout, "xthread");
   if (o.threads < 2) o.threads = 2;
   Run run(o);
   Shared sh(o);
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < o.threads; ++t) ts.emplace_back(worker, &sh, t);
-  for (auto& t : ts) t.join();
+  run_workers(&sh, o.threads, worker);
   if (sh.in_flight.load() != 0) error("xthread: %lld messages never arrived", static_cast<long long>(sh.in_flight.load()));
   return run.finish(sh.ops, kv("remote_frees", sh.remote_frees) + kv("remote_reallocs", sh.remote_reallocs) +
                                 kv("hops", sh.hops));
