@@ -135,13 +135,14 @@ inline Options parse_options(int argc, char** argv, const char* about, Options d
   return o;
 }
 
-// parse_options with the defaults most programs take: `name`, and for --smoke 4 threads for
-// `smoke_seconds` seconds.
-inline Options parse_standard(int argc, char** argv, const char* about, const char* name, double smoke_seconds = 4) {
+// parse_options with the defaults most programs take: `name`, and for --smoke `smoke_threads`
+// threads for `smoke_seconds` seconds.
+inline Options parse_standard(int argc, char** argv, const char* about, const char* name,
+                              double smoke_seconds = 4, unsigned smoke_threads = 4) {
   Options d;
   d.name = name;
   Options smoke = d;
-  smoke.threads = 4;
+  smoke.threads = smoke_threads;
   smoke.seconds = smoke_seconds;
   return parse_options(argc, argv, about, d, smoke);
 }

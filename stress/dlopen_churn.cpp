@@ -127,12 +127,7 @@ int main(int argc, char** argv) {
       g_dir = ".";
     }
   }
-  Options d;
-  d.name = "dlopen_churn";
-  Options smoke = d;
-  smoke.threads = 4;
-  smoke.seconds = 3;
-  Options o = parse_options(static_cast<int>(args.size()), args.data(), kAbout, d, smoke);
+  Options o = parse_standard(static_cast<int>(args.size()), args.data(), kAbout, "dlopen_churn", 3);
   Run run(o);
   std::vector<std::thread> ts;
   for (unsigned t = 0; t < o.threads; ++t) ts.emplace_back(worker, &o, t);

@@ -235,12 +235,7 @@ void forker(unsigned id, Bound bound) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options d;
-  d.name = "fork_storm";
-  Options smoke = d;
-  smoke.threads = 3;
-  smoke.seconds = 4;
-  g_o = parse_options(argc, argv, kAbout, d, smoke);
+  g_o = parse_standard(argc, argv, kAbout, "fork_storm", 4, 3);
   Run run(g_o);
   g_nworkers = g_o.threads < kMaxWorkers ? g_o.threads : kMaxWorkers;
   void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);

@@ -282,12 +282,7 @@ void worker(const Options* o, unsigned id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options d;
-  d.name = "glibc_mt";
-  Options smoke = d;
-  smoke.threads = 4;
-  smoke.seconds = 3;
-  Options o = parse_options(argc, argv, kAbout, d, smoke);
+  Options o = parse_standard(argc, argv, kAbout, "glibc_mt", 3);
   Run run(o);
   g_have_utf8 = newlocale(LC_ALL_MASK, "C.UTF-8", nullptr) != nullptr;
   // the text file
