@@ -15,7 +15,7 @@
 //
 //   free(p)                                    inline, in this header
 //     p not in a segment start chunk           free_not_fast (foreign, huge interior, NULL)
-//     owner thread and page->flags == 0        push local_free, used--; used == 0 -> retire
+//     owner thread and page->flags == 0        push page->free (LIFO), used--; used == 0 -> retire
 //     else -> free_generic                     aligned/in-full/other thread/huge
 //       other thread: push page->thread_free (or the owner heap's delayed list if full)
 #pragma once
@@ -157,8 +157,11 @@ NEBULA_HOT void dealloc(void* p) noexcept {
   if (NEBULA_LIKELY(s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
                     is_block_start_fast(page, p) && b->key != key)) {
     b->key = key;
-    b->next = page->local_free;
-    page->local_free = b;
+    // Straight onto the list malloc pops: the next allocation of this page's class gets the
+    // block just freed, whose lines are still in this core's cache (LIFO reuse).
+    b->next = page->free;
+    page->free = b;
+    page->free_is_zero = 0;
     if (NEBULA_UNLIKELY(--page->used == 0)) page_retire(page);
     return;
   }

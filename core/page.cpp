@@ -75,7 +75,6 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
   page->used = 0;
   page->free = nullptr;
   page->local_free = nullptr;
-  page->retire_pending = 0;
   page->free_is_zero = page->is_clean;
   page->thread_free.store(kDelayNone, std::memory_order_release);
   (void)heap;
@@ -234,10 +233,7 @@ void page_retire(Page* page) noexcept {
     // segment with it, and the segment's resident chunk is free for any thread (a thread that
     // then waits, as in a join, no longer pins 4 MiB that a thread starting now could use).
     Segment* s = segment_of(page);
-    if (s->used_spans != 1 || !heap_has_room_elsewhere(heap, s, page->slice_count)) {
-      page->retire_pending = 1;
-      return;
-    }
+    if (s->used_spans != 1 || !heap_has_room_elsewhere(heap, s, page->slice_count)) return;
   }
   page_free(heap, page);
 }
@@ -316,7 +312,6 @@ again:
     list_remove(q, page);
     queue_push_front(heap, q, page, cls);
   }
-  page->retire_pending = 0;
   Block* b = page->free;
   page->free = link_get(b);
   page->used++;

@@ -101,7 +101,7 @@ struct alignas(64) Page {
   uint16_t capacity;                    // blocks carved from the span so far
   uint16_t reserved;                    // blocks that fit in the span
   uint8_t is_clean;                     // the span was zero (never touched or purged) at init
-  uint8_t retire_pending;               // empty page kept one round to avoid thrashing
+  uint8_t unused0_;
   uint16_t slice_count;                 // span length in slices (head only)
   uint32_t unused_;
   // Second line: what other threads write, and the slow paths' fields.

@@ -172,17 +172,17 @@ TEST_CASE("page lists: local frees return a page's blocks to it for reuse") {
   PageCounts pc = page_counts(page);
   CHECK(pc.consistent());
 
-  // Free them all on the owner thread: they go to local_free, used returns to 0 and the page
-  // stays (it is the only page of its class).
+  // Free them all on the owner thread: the fast path pushes them on `free` (the next malloc
+  // pops the block freed last), used returns to 0 and the page stays (the only one of its class).
   for (void* p : first) dealloc(p);
   pc = page_counts(page);
   CHECK(pc.used == 0);
-  CHECK(pc.local_free == per_page);
-  CHECK(pc.free == 0);
+  CHECK(pc.free == per_page);
+  CHECK(pc.local_free == 0);
+  CHECK(page->free == first.back());
   CHECK(pc.thread_free == 0);
   CHECK(pc.consistent());
   CHECK(page->kind == PageKind::kSmall);
-  CHECK(page->retire_pending == 1);
   CHECK(h->queues[cls].first == page);
 
   // The next allocations reuse exactly those blocks.
@@ -191,7 +191,7 @@ TEST_CASE("page lists: local frees return a page's blocks to it for reuse") {
   CHECK(std::set<void*>(first.begin(), first.end()) == std::set<void*>(second.begin(), second.end()));
   CHECK(page->used == per_page);
   CHECK(page->local_free == nullptr);
-  CHECK(page->retire_pending == 0);
+  CHECK(second.front() == first.back());  // last in, first out
 
   // One more: the exhausted page moves to the full list, a new page serves the request.
   void* extra = alloc(64);
@@ -349,7 +349,8 @@ TEST_CASE("page retire: the last page of a segment goes when the heap has room e
     // a is full: the empty page is kept, and b with it.
     dealloc(m);
     Page* pm = page_of(b, m);
-    CHECK(pm->retire_pending == 1);
+    CHECK(pm->kind == PageKind::kMedium);
+    CHECK(pm->used == 0);
     CHECK(h->segment_count == 2);
     // Reuse: the next block comes from the kept page.
     void* m2 = alloc(medium);
@@ -366,7 +367,8 @@ TEST_CASE("page retire: the last page of a segment goes when the heap has room e
     CHECK(segment_of(m3) == a);
     dealloc(m3);
     CHECK(h->segment_count == 1);
-    CHECK(page_of(a, m3)->retire_pending == 1);
+    CHECK(page_of(a, m3)->kind == PageKind::kMedium);
+    CHECK(page_of(a, m3)->used == 0);
     CHECK(check_heap_invariants(h) == 0);
     dealloc(l1);
   });
