@@ -33,24 +33,23 @@ Heap* heap_from_pool() {
     g_pool = h->full.first ? reinterpret_cast<Heap*>(h->full.first) : nullptr;
     return h;
   }
-  // Carve a batch of heaps from a fresh OS mapping (never freed; heaps are recycled).
+  // Carve heaps one at a time from a batch mapping (never freed; heaps are recycled), so that
+  // a process with one thread touches only its own heap's pages, not the whole batch.
   constexpr size_t kBatch = 64 * 1024;
-  auto* mem = static_cast<uint8_t*>(os::reserve(kBatch, os::page_size()));
-  if (mem == nullptr) return nullptr;
-  size_t stride = align_up(sizeof(Heap), 64);
-  Heap* first = nullptr;
-  for (size_t off = 0; off + stride <= kBatch; off += stride) {
-    auto* h = reinterpret_cast<Heap*>(mem + off);
-    h->next_heap = g_all_heaps;
-    g_all_heaps = h;
-    if (first == nullptr) {
-      first = h;
-    } else {
-      h->full.first = reinterpret_cast<Page*>(g_pool);
-      g_pool = h;
-    }
+  static uint8_t* batch_next = nullptr;
+  static uint8_t* batch_end = nullptr;
+  const size_t stride = align_up(sizeof(Heap), 64);
+  if (batch_next == nullptr || static_cast<size_t>(batch_end - batch_next) < stride) {
+    auto* mem = static_cast<uint8_t*>(os::reserve(kBatch, os::page_size()));
+    if (mem == nullptr) return nullptr;
+    batch_next = mem;
+    batch_end = mem + kBatch;
   }
-  return first;
+  auto* h = reinterpret_cast<Heap*>(batch_next);
+  batch_next += stride;
+  h->next_heap = g_all_heaps;
+  g_all_heaps = h;
+  return h;
 }
 
 void heap_reset(Heap* h) {
