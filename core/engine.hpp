@@ -253,6 +253,8 @@ extern Page g_empty_page;
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept;
 // Does one of the heap's segments other than `except` have `slices` free slices in a row?
 bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices) noexcept;
+// Of the runs of n set bits in `free`, the lowest with the most bits set in `dirty`; -1 if none.
+int find_most_dirty_run(uint64_t free, uint64_t dirty, unsigned n, unsigned* score) noexcept;
 bool span_free(Segment* s, Page* page) noexcept;   // true: the segment was freed too
 void* huge_alloc(size_t n, size_t align, bool zero) noexcept;
 void huge_free(Segment* s, Page* page) noexcept;

@@ -139,6 +139,27 @@ Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind 
 
 }  // namespace
 
+// Among the runs of `n` consecutive bits set in `free`, the lowest one with the most bits set
+// in `dirty` (resident slices: fewer page faults and less new RSS); -1 if none. *score gets
+// that count.
+int find_most_dirty_run(uint64_t free, uint64_t dirty, unsigned n, unsigned* score) noexcept {
+  uint64_t r = free;
+  for (unsigned k = 1; k < n && r != 0; ++k) r &= free >> k;
+  int best = -1;
+  unsigned best_score = 0;
+  const uint64_t low = run_mask(0, n);
+  for (; r != 0; r &= r - 1) {
+    unsigned i = ctz64(r);
+    unsigned sc = static_cast<unsigned>(popcount64((dirty >> i) & low));
+    if (best < 0 || sc > best_score) {
+      best = static_cast<int>(i);
+      best_score = sc;
+    }
+  }
+  *score = best_score;
+  return best;
+}
+
 bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices) noexcept {
   for (Segment* s = heap->segments; s != nullptr; s = s->next)
     if (s != except && find_free_run(s->free_slices, slices) >= 0) return true;
@@ -147,13 +168,27 @@ bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices)
 
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
   for (int attempt = 0; attempt < 2; ++attempt) {
+    // Slices that are still resident first, in any of our segments: no page faults, no new
+    // RSS. Then any free run.
     for (Segment* s = heap->segments; s != nullptr; s = s->next) {
-      if (static_cast<unsigned>(popcount64(s->free_slices)) < slices) continue;
-      // Slices that are still resident first: no page faults, no new RSS.
       int idx = find_free_run(s->free_slices & s->dirty_slices, slices);
-      if (idx < 0) idx = find_free_run(s->free_slices, slices);
       if (idx >= 0) return take_span(heap, s, static_cast<unsigned>(idx), slices, kind);
     }
+    // Else the free run that overlaps the most resident slices.
+    Segment* best = nullptr;
+    int best_idx = -1;
+    unsigned best_score = 0;
+    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
+      if (static_cast<unsigned>(popcount64(s->free_slices)) < slices) continue;
+      unsigned score;
+      int idx = find_most_dirty_run(s->free_slices, s->dirty_slices, slices, &score);
+      if (idx >= 0 && (best == nullptr || score > best_score)) {
+        best = s;
+        best_idx = idx;
+        best_score = score;
+      }
+    }
+    if (best != nullptr) return take_span(heap, best, static_cast<unsigned>(best_idx), slices, kind);
     // No room in our own segments: adopt one an exited thread left behind, then try again.
     if (attempt == 0 && !segment_reclaim_one(heap)) break;
   }

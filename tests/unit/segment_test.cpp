@@ -136,3 +136,55 @@ TEST_CASE("segment map: a huge block of more than 254 chunks (map entries satura
   CHECK(segment_containing(p + (size_t{1} << 30)) == nullptr);
   CHECK(g_counters.reserved.load() == reserved0);
 }
+
+TEST_CASE("spans: the free run with the most resident slices") {
+  unsigned score = 99;
+  CHECK(find_most_dirty_run(0, 0, 1, &score) == -1);
+  // Free slices 4..11; resident: 9, 10, 11. A run of 4 starting at 8 covers all three.
+  uint64_t free = uint64_t{0xff} << 4, dirty = uint64_t{0x7} << 9;
+  CHECK(find_most_dirty_run(free, dirty, 4, &score) == 8);
+  CHECK(score == 3);
+  // Nothing resident: the lowest run.
+  CHECK(find_most_dirty_run(free, 0, 4, &score) == 4);
+  CHECK(score == 0);
+  // No run long enough.
+  CHECK(find_most_dirty_run(free, dirty, 9, &score) == -1);
+  // The whole bitmap.
+  CHECK(find_most_dirty_run(~uint64_t{0}, ~uint64_t{0}, 64, &score) == 0);
+  CHECK(score == 64);
+}
+
+// A new span goes to resident free slices in any of the heap's segments before fresh slices in
+// the first segment of its list (which is the newest): no page faults, no new RSS.
+TEST_CASE("spans: a freed run in an older segment is reused before fresh slices in a newer one") {
+  Worker w;
+  w.run([] {
+    const size_t big = size_t{15} * kSliceSize;        // large blocks of 16 slices (with slack)
+    std::vector<void*> a;
+    for (int i = 0; i < 3; ++i) a.push_back(alloc(big));
+    Segment* older = segment_of(a[0]);
+    for (void* p : a) REQUIRE(segment_of(p) == older);  // 48 of 63 slices
+    void* filler = alloc(size_t{14} * kSliceSize);      // 15 slices: the segment is full
+    REQUIRE(segment_of(filler) == older);
+    trim(0);  // free chunks kept resident by earlier tests are purged: the next segment is fresh
+    void* b = alloc(big);
+    Segment* newer = segment_of(b);
+    REQUIRE(newer != older);
+    REQUIRE(t_heap->segments == newer);                  // the newest segment is listed first
+    unsigned resident = 0;
+    REQUIRE(find_most_dirty_run(newer->free_slices, newer->dirty_slices, 16, &resident) >= 0);
+    REQUIRE(resident == 0);                              // its free slices were never touched
+    // Free a run in the older segment: its slices stay resident (the purge delay).
+    uint64_t before = older->free_slices & older->dirty_slices;
+    dealloc(a[1]);
+    CHECK((older->free_slices & older->dirty_slices) != before);
+    void* again = alloc(big);
+    CHECK(segment_of(again) == older);
+    CHECK(again == a[1]);
+    dealloc(again);
+    dealloc(a[0]);
+    dealloc(a[2]);
+    dealloc(filler);
+    dealloc(b);
+  });
+}
