@@ -126,8 +126,9 @@ NEBULA_HOT void* alloc_zero(size_t n) noexcept {
     if (NEBULA_LIKELY(b != nullptr)) {
       page->free = b->next;
       page->used++;
-      b->key = 0;
-      if (page->free_is_zero) b->next = nullptr;
+      // Every block on a free list carries g_free_key, except a new block of zeroed memory,
+      // whose key word is 0 (page_extend): that one needs only its link word cleared.
+      if (b->key != g_free_key) b->next = nullptr;
       else memset(b, 0, n);
       return b;
     }
@@ -161,7 +162,6 @@ NEBULA_HOT void dealloc(void* p) noexcept {
     // block just freed, whose lines are still in this core's cache (LIFO reuse).
     b->next = page->free;
     page->free = b;
-    page->free_is_zero = 0;
     if (NEBULA_UNLIKELY(--page->used == 0)) page_retire(page);
     return;
   }

@@ -47,12 +47,22 @@ void page_extend(Page* page) {
       head = b;
     }
     page->free = head;
-    page->free_is_zero = 0;
-  } else {
+  } else if (page->is_clean) {
+    // Zeroed memory: the key word of each new block is 0, which tells calloc it is zero.
     uint8_t* p = first;
     for (uint32_t i = 1; i < count; ++i, p += bsize) reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
     reinterpret_cast<Block*>(p)->next = page->free;
-    if (page->free == nullptr) page->free_is_zero = page->is_clean;
+    page->free = reinterpret_cast<Block*>(first);
+  } else {
+    // Memory used before: mark each new block like a freed one, so that calloc clears it.
+    uint8_t* p = first;
+    uintptr_t key = g_free_key;
+    for (uint32_t i = 1; i < count; ++i, p += bsize) {
+      reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
+      reinterpret_cast<Block*>(p)->key = key;
+    }
+    reinterpret_cast<Block*>(p)->next = page->free;
+    reinterpret_cast<Block*>(p)->key = key;
     page->free = reinterpret_cast<Block*>(first);
   }
   page->capacity = static_cast<uint16_t>(page->capacity + count);
@@ -75,7 +85,6 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
   page->used = 0;
   page->free = nullptr;
   page->local_free = nullptr;
-  page->free_is_zero = page->is_clean;
   page->thread_free.store(kDelayNone, std::memory_order_release);
   (void)heap;
 }
@@ -185,7 +194,6 @@ void page_collect(Page* page) noexcept {
         // The list becomes the free list as it is: its blocks are read one at a time as they
         // are handed out, instead of in one chain of misses here.
         page->free = head;
-        page->free_is_zero = 0;
       } else {
         Block* tail = head;
         for (Block* n = link_get(tail); n != nullptr; n = link_get(tail)) tail = n;
@@ -197,7 +205,6 @@ void page_collect(Page* page) noexcept {
   if (page->free == nullptr && page->local_free != nullptr) {
     page->free = page->local_free;
     page->local_free = nullptr;
-    page->free_is_zero = 0;
   }
 }
 
@@ -315,8 +322,10 @@ again:
   Block* b = page->free;
   page->free = link_get(b);
   page->used++;
+  bool zeroed = b->key != g_free_key;  // a new block of zeroed memory (see page_extend)
   b->key = 0;
   if (NEBULA_UNLIKELY(g_secure)) {
+    zeroed = false;
     Segment* s = segment_of(page);
     size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page)) / page->block_size;
     uint64_t* bits = live_bits(s, page);
@@ -326,7 +335,7 @@ again:
       fatal_pointer("malloc", b, "free list corrupted: this block is allocated already (a write after free?)");
   }
   if (zero) {
-    if (page->free_is_zero) b->next = nullptr;
+    if (zeroed) b->next = nullptr;
     else memset(b, 0, n);
   }
   return b;

@@ -35,7 +35,8 @@ struct Segment;
 
 // A free block. `key` holds g_free_key while the block is free (the allocation fast path clears
 // it): a free() that finds the key already there is a suspected double free, confirmed on the
-// slow path by looking the block up in the page's free lists.
+// slow path by looking the block up in the page's free lists. The one exception is a new block
+// carved from zeroed memory, whose key is 0: calloc skips clearing such a block.
 struct Block {
   Block* next;
   uintptr_t key;
@@ -74,7 +75,7 @@ enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 // Page descriptor. One per slice in the segment header; only the first slice of a span (its
 // head) is live, the others point to it with `head`.
 // The first 64 bytes (one cache line: descriptors are 64-byte aligned) hold what the fast paths
-// touch: malloc reads free and used; free() reads head, fast_magic, div_bias, local_free, used.
+// touch: malloc reads free and used; free() reads head, fast_magic, div_bias, free, used.
 // Invariants (owner's view, between operations):
 //   used + |free| + |local_free| == capacity <= reserved
 //   |thread_free| <= used  (blocks freed by other threads count as used until collected)
@@ -88,7 +89,7 @@ struct alignas(64) Page {
   uint8_t flags;                        // PageFlags; 0 on the fast path
   PageKind kind;                        // small, medium, large, huge
   uint8_t size_class;                   // for small and medium pages
-  uint8_t free_is_zero;                 // every block on `free` is zero past its link word
+  uint8_t unused1_;
   Page* head;                           // the span's head descriptor (itself for the head)
   // Is p a block start? With the block size d and the page start address a:
   //   (p * div_magic + div_bias) mod 2^64 < div_magic  <=>  d divides p - a

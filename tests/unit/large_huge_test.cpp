@@ -157,6 +157,41 @@ TEST_CASE("calloc: blocks are zero even when they reuse dirty memory") {
   nebula_free(q);
 }
 
+// New blocks carved from a span that held other blocks before (resident, not purged) are not
+// zero: page_extend marks them like freed blocks, and calloc clears them.
+TEST_CASE("calloc: new blocks carved from reused resident slices are zero") {
+  Worker w;
+  w.run([] {
+    const size_t per_page = kSliceSize / 64;
+    std::vector<void*> old;
+    for (size_t i = 0; i < 2 * per_page; ++i) {
+      void* p = nebula_malloc(64);
+      REQUIRE(p != nullptr);
+      memset(p, 0xAB, 64);
+      old.push_back(p);
+    }
+    Page* first = page_of(segment_of(old.front()), old.front());
+    Page* second = page_of(segment_of(old.back()), old.back());
+    REQUIRE(first != second);
+    uintptr_t lo = reinterpret_cast<uintptr_t>(page_start(segment_of(old.front()), first));
+    for (void* p : old) nebula_free(p);  // one page goes back to its segment, resident
+    size_t from_old = 0;
+    int nonzero = 0;
+    std::vector<void*> fresh;
+    for (size_t i = 0; i < per_page; ++i) {  // another class: a new page on the freed slices
+      void* p = nebula_calloc(1, 48);
+      REQUIRE(p != nullptr);
+      if (!all_zero(p, 48)) ++nonzero;
+      uintptr_t a = reinterpret_cast<uintptr_t>(p);
+      if (a >= lo && a < lo + kSliceSize) ++from_old;
+      fresh.push_back(p);
+    }
+    CHECK(nonzero == 0);
+    CHECK(from_old > 0);  // the test really carved blocks from the used slices
+    for (void* p : fresh) nebula_free(p);
+  });
+}
+
 TEST_CASE("realloc: contents survive moves across small, medium, large and huge tiers") {
   settle();
   const size_t steps[] = {10,      100,     1000,          10000,  100000, 500000, 1500000, 3u << 20,
