@@ -232,6 +232,11 @@ void engine_init() noexcept;
 bool fault_injection_set(const char* spec) noexcept;
 void free_block_local(Page* page, Block* b) noexcept;
 void free_block_remote(Page* page, Block* b) noexcept;
+// The foreign cache (core/heap.cpp).
+bool in_foreign_cache(const Page* page, const Block* b) noexcept;
+uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept;
+void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept;
+void fcache_flush_all(Heap* heap) noexcept;
 Block* block_start(Segment* s, Page* page, void* p) noexcept;
 // Is b on one of its page's free lists (as far as the calling thread may look)?
 bool block_is_free_any(Segment* s, Page* page, Block* b) noexcept;

@@ -2,6 +2,7 @@
 // allocation and free paths, delayed frees, maintenance (purge, reclaim), thread exit and fork.
 //
 // Owns: t_heap, g_empty_heap, the heap pool, the engine's one-time initialisation.
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -207,6 +208,7 @@ void heap_delayed_free_all(Heap* heap) noexcept {
 // Free empty pages, purge expired free slices of our segments and of the arenas, and adopt
 // abandoned segments. `force`: everything now (malloc_trim, thread exit).
 void heap_collect(Heap* heap, bool force) noexcept {
+  if (force) fcache_flush_all(heap);
   heap_delayed_free_all(heap);
   for_each_page(heap, [&](Segment*, Page* p) {
     if (p->kind == PageKind::kLarge) return false;
@@ -255,6 +257,15 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
   heap->stats.generic_calls++;
   if (NEBULA_UNLIKELY(++heap->ticks >= 64)) {
     heap->ticks = 0;
+    // The foreign cache pays where this thread frees other threads' blocks often: it goes on
+    // above 4 such frees per slow-path allocation over the last 64 (a server passing requests
+    // between threads) and off below 1. Where they are rare, a cached block would move into the
+    // thread's working set and make every later free of it a remote one (reading the owner's
+    // page descriptor); while it is on, its own draining adds slow-path calls (hence the gap).
+    uint64_t remote = heap->stats.remote_frees - heap->fc_remote_mark;
+    if (remote > 4 * 64) heap->fc_on = true;
+    else if (remote < 64) heap->fc_on = false;
+    heap->fc_remote_mark = heap->stats.remote_frees;
     heap_maintenance(heap, false);
   }
   if (NEBULA_UNLIKELY(heap->purge_epoch != g_purge_epoch.load(std::memory_order_relaxed))) {
@@ -367,7 +378,83 @@ void free_block_remote(Page* page, Block* b) noexcept {
   }
 }
 
+// ---- The foreign cache (Heap::fc_*) ---------------------------------------------------------
+// A block freed by a thread other than its page's owner goes to that thread's cache of its class
+// (up to fc_limit blocks, about 16 KiB) instead of to its page; the thread's next allocations of
+// the class take it back, from its own cache. Blocks of 16 bytes are not cached: a cached block
+// carries a mark in its third word (see in_foreign_cache).
 namespace {
+constexpr std::array<uint8_t, kClassCount> kFcLimit = [] {
+  std::array<uint8_t, kClassCount> t{};
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    size_t n = 16384 / class_size_formula(c);
+    t[c] = static_cast<uint8_t>(n < 1 ? 1 : n > 64 ? 64 : n);
+  }
+  return t;
+}();
+inline uint32_t fc_limit(unsigned cls) { return kFcLimit[cls]; }
+}  // namespace
+
+// A free block in some thread's foreign cache carries the free key and, in its third word, the
+// complement of the key. Free blocks elsewhere are on lists the owner can search.
+bool in_foreign_cache(const Page* page, const Block* b) noexcept {
+  return page->block_size >= 32 && reinterpret_cast<const uintptr_t*>(b)[2] == ~g_free_key;
+}
+
+uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept {
+  return heap->fc_pushed[cls] - heap->fc_page[cls].used;
+}
+
+// Send the cached blocks of class cls back to their pages, but for the `keep` freed last.
+void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept {
+  Page* fp = &heap->fc_page[cls];
+  uint32_t held = fcache_held(heap, cls);
+  if (keep > held) keep = held;
+  Block* b = fp->free;
+  Block* last_kept = nullptr;
+  for (uint32_t i = 0; i < keep; ++i) {
+    last_kept = b;
+    b = b->next;
+  }
+  if (last_kept != nullptr) last_kept->next = nullptr;
+  else fp->free = nullptr;
+  for (uint32_t i = keep; i < held && b != nullptr; ++i) {
+    Block* next = b->next;
+    free_block_remote(page_of(segment_of(b), b), b);
+    b = next;
+  }
+  heap->fc_pushed[cls] = keep;
+  fp->used = 0;
+}
+
+void fcache_flush_all(Heap* heap) noexcept {
+  for (uint64_t m = heap->fc_active; m != 0; m &= m - 1) {  // a class holds blocks only while active
+    unsigned cls = ctz64(m);
+    fcache_flush(heap, cls, 0);
+    heap->fc_active &= ~(uint64_t{1} << cls);
+    heap_update_direct(heap, cls);
+  }
+}
+
+namespace {
+
+// Keep a block another thread's page owns, for this heap's next allocation of its class.
+bool fcache_push(Heap* me, Page* page, Block* b) {
+  unsigned cls = page->size_class;
+  if (!me->fc_on || !me->live || page->kind == PageKind::kLarge || kClassSize[cls] < 32 || g_secure) return false;
+  if (fcache_held(me, cls) >= fc_limit(cls)) fcache_flush(me, cls, fc_limit(cls) / 2);
+  Page* fp = &me->fc_page[cls];
+  reinterpret_cast<uintptr_t*>(b)[2] = ~g_free_key;
+  b->next = fp->free;
+  fp->free = b;
+  me->fc_pushed[cls]++;
+  uint64_t bit = uint64_t{1} << cls;
+  if (!(me->fc_active & bit)) {
+    me->fc_active |= bit;
+    heap_update_direct(me, cls);
+  }
+  return true;
+}
 
 // Is b on one of the page's free lists? Only the owner may walk free and local_free; anyone
 // may walk thread_free (pushers only prepend) and the owner heap's delayed list.
@@ -403,7 +490,8 @@ bool block_is_free(Segment* s, Page* page, Block* b, bool owner) {
 }  // namespace
 
 bool block_is_free_any(Segment* s, Page* page, Block* b) noexcept {
-  return block_is_free(s, page, b, s->thread_id.load(std::memory_order_relaxed) == os::thread_id());
+  return block_is_free(s, page, b, s->thread_id.load(std::memory_order_relaxed) == os::thread_id()) ||
+         in_foreign_cache(page, b);
 }
 
 void free_generic(Segment* s, Page* page, void* p) noexcept {
@@ -428,7 +516,8 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
       uint64_t old = __atomic_fetch_and(&bits[i / 64], ~bit, __ATOMIC_ACQ_REL);
       if (!(old & bit)) fatal_pointer("free", p, "double free (the block is free already)");
       if (g_zero_on_free) memset(b, 0, page->block_size);
-    } else if (NEBULA_UNLIKELY(b->key == g_free_key) && block_is_free(s, page, b, owner)) {
+    } else if (NEBULA_UNLIKELY(b->key == g_free_key) &&
+               (block_is_free(s, page, b, owner) || in_foreign_cache(page, b))) {
       fatal_pointer("free", p, "double free (the block is free already)");
     }
     b->key = g_free_key;
@@ -438,7 +527,7 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
   } else {
     Heap* me = t_heap;
     if (me->live) me->stats.remote_frees++;
-    free_block_remote(page, b);
+    if (!fcache_push(me, page, b)) free_block_remote(page, b);
   }
   budget_poll_if_needed();
 }
@@ -479,6 +568,7 @@ void heap_abandon(Heap* heap) {
 void thread_done(void* arg) noexcept {
   auto* heap = static_cast<Heap*>(arg);
   if (heap == nullptr || !heap->live) return;
+  fcache_flush_all(heap);  // before the pages are abandoned: the blocks go home
   {
     // Under the heap-pool lock, which fork() takes first: a child never sees a heap half
     // abandoned. (Lock order: heaps, then abandoned segments, then arenas.)
@@ -536,6 +626,12 @@ void fork_child() noexcept {
       segment_abandon(s);
       s = next;
     }
+  }
+  // The dead threads' foreign caches: every page is abandoned now (or ours), so each block
+  // goes back to its page's thread_free list.
+  for (Heap* h = g_all_heaps; h != nullptr; h = h->next_heap) {
+    if (!h->live || h == me) continue;
+    fcache_flush_all(h);
     heap_to_pool(h);
   }
 }

@@ -10,9 +10,23 @@
 namespace nebula {
 namespace {
 
+struct Collect {
+  nebula_mem_stats* out;
+  // Bytes in the live heaps' foreign caches: free as far as the program is concerned, though
+  // the pages they belong to count them as handed out.
+  uint64_t cached;
+};
+
 void add_heap(Heap* h, void* ctx) {
-  auto* out = static_cast<nebula_mem_stats*>(ctx);
+  auto* c = static_cast<Collect*>(ctx);
+  nebula_mem_stats* out = c->out;
   out->heaps++;
+  for (uint64_t m = __atomic_load_n(&h->fc_active, __ATOMIC_RELAXED); m != 0; m &= m - 1) {
+    unsigned cls = ctz64(m);
+    uint32_t held = __atomic_load_n(&h->fc_pushed[cls], __ATOMIC_RELAXED) -
+                    __atomic_load_n(&h->fc_page[cls].used, __ATOMIC_RELAXED);
+    if (held <= 64) c->cached += static_cast<uint64_t>(held) * kClassSize[cls];  // else a torn read
+  }
   for (int i = 0; i < 4; ++i) {
     out->pages_made[i] += h->stats.pages_made[i];
     out->pages_freed[i] += h->stats.pages_freed[i];
@@ -33,8 +47,11 @@ void add_segment(Segment* s, void* ctx) {
       ++i;
       continue;
     }
-    out->live_bytes += static_cast<uint64_t>(__atomic_load_n(&p->used, __ATOMIC_RELAXED)) *
-                       __atomic_load_n(&p->block_size, __ATOMIC_RELAXED);
+    // Blocks other threads freed and the owner has not collected yet are free too.
+    uint32_t used = __atomic_load_n(&p->used, __ATOMIC_RELAXED);
+    uint32_t waiting = tf_count(p->thread_free.load(std::memory_order_relaxed));
+    if (kind != PageKind::kLarge) used = used > waiting ? used - waiting : 0;
+    out->live_bytes += static_cast<uint64_t>(used) * __atomic_load_n(&p->block_size, __ATOMIC_RELAXED);
     i += sc;
   }
 }
@@ -59,7 +76,9 @@ void stats_collect(nebula_mem_stats* out) noexcept {
   for (int i = 0; i < 5; ++i) out->level_crossings[i] = g_budget.crossings[i].load(std::memory_order_relaxed);
   out->budget_failures = g_budget.failures.load(std::memory_order_relaxed);
   HeapStats retired{};
-  for_each_live_heap(add_heap, out, &retired);
+  Collect c{out, 0};
+  for_each_live_heap(add_heap, &c, &retired);
+  uint64_t cached = c.cached;
   for (int i = 0; i < 4; ++i) {
     out->pages_made[i] += retired.pages_made[i];
     out->pages_freed[i] += retired.pages_freed[i];
@@ -67,6 +86,7 @@ void stats_collect(nebula_mem_stats* out) noexcept {
   out->slow_path_calls += retired.generic_calls;
   out->remote_frees += retired.remote_frees;
   arena_walk_segments(add_segment, out);
+  out->live_bytes = out->live_bytes > cached ? out->live_bytes - cached : 0;
   out->live_bytes += out->huge_bytes;
 }
 

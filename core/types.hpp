@@ -187,6 +187,17 @@ struct Heap {
   bool live = false;                    // false for the empty heap and pooled heaps
   Heap* next_heap = nullptr;            // all heaps (live and pooled), for stats and fork
   HeapStats stats = {};
+  // The foreign cache: blocks of other threads' pages that this thread freed, kept for its own
+  // next allocations of their class while their lines are in this core's cache (a remote free
+  // otherwise sends them to their page, where the owner reuses them cold, and only after it
+  // collects them). fc_page[c] is a page descriptor that owns no memory: its `free` list holds
+  // the cached blocks and the direct table points at it while class c holds some (bit c of
+  // fc_active), so the malloc fast path pops them as from any page (and counts them in `used`).
+  uint64_t fc_active = 0;
+  bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
+  uint64_t fc_remote_mark = 0;          // stats.remote_frees at the last decision
+  uint32_t fc_pushed[kClassCount] = {};  // blocks pushed since the list was empty
+  Page fc_page[kClassCount] = {};
 
   // The empty heap: every direct entry points at the page with no free block.
   constexpr explicit Heap(Page* empty) {

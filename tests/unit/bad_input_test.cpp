@@ -1,9 +1,11 @@
 // tests/unit/bad_input_test.cpp: pointers that were never handed out stop the process with a
 // one-line message naming the pointer. Each case runs in a forked child whose stderr is read
 // back through a pipe.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include "support.hpp"
 
@@ -140,6 +142,45 @@ TEST_CASE("bad input (default mode): double free of a small block aborts, by the
       t.join();
     });
     expect_abort(r2, p, "free", "double free");
+    nebula_free(p);
+  }
+}
+
+// A block freed by a thread with a heap, other than its owner, waits in that thread's foreign
+// cache; a second free of it is caught wherever it comes from: the caching thread, the owner
+// (its fast path sees the free key, its lists do not hold the block, the block's mark does) or a
+// third thread.
+TEST_CASE("bad input (default mode): double free of a block in another thread's foreign cache aborts") {
+  settle();
+  ensure_heap();
+  for (size_t size : {size_t{48}, size_t{100}, size_t{5000}, size_t{60000}}) {
+    CAPTURE(size);
+    void* p = nebula_malloc(size);  // owned by the main thread
+    REQUIRE(p != nullptr);
+    for (int second : {0, 1, 2}) {  // who frees it again: the caching thread, the owner, a third thread
+      CAPTURE(second);
+      ChildResult r = run_child([p, second] {
+        std::atomic<int> step{0};
+        std::thread t([&] {
+          nebula_free(nebula_malloc(size_t{64}));  // this thread has a heap
+          t_heap->fc_on = true;                   // and caches (as after many remote frees)
+          nebula_free(p);                         // cached here
+          if (second == 0) nebula_free(p);
+          step = 1;
+          while (step.load() != 2) std::this_thread::yield();  // keep the cache alive
+        });
+        while (step.load() != 1) std::this_thread::yield();
+        if (second == 1) {
+          nebula_free(p);
+        } else if (second == 2) {
+          std::thread u([p] { nebula_free(p); });
+          u.join();
+        }
+        step = 2;
+        t.join();
+      });
+      expect_abort(r, p, "free", "double free");
+    }
     nebula_free(p);
   }
 }

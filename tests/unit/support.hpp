@@ -85,6 +85,13 @@ inline int direct_table_errors(const Heap* heap) {
 inline void ensure_heap() { nebula_free(nebula_malloc(1)); }
 
 // Give everything free back: reclaim abandoned segments, free empty pages, purge.
+// Free p on a new thread that has no heap: the free takes the remote path to p's page (a thread
+// with a heap would keep the block in its foreign cache).
+inline void dealloc_from_bare_thread(void* p) {
+  std::thread t([p] { dealloc(p); });
+  t.join();
+}
+
 inline void settle() {
   ensure_heap();
   trim(0);

@@ -12,6 +12,7 @@ using namespace unit;
 TEST_CASE("cross-thread: blocks freed by another thread go back to their owner and are reused") {
   settle();
   ensure_heap();  // the main thread's heap is live, so its remote frees are counted
+  t_heap->fc_on = false;
   const size_t kN = 10000, kSize = 48;
   const unsigned cls = size_to_class(kSize);
   const size_t per_page = kSliceSize / kClassSize[cls];
@@ -46,6 +47,10 @@ TEST_CASE("cross-thread: blocks freed by another thread go back to their owner a
   CHECK(corrupt == 0);
   nebula_mem_stats st1 = stats();
   CHECK(st1.remote_frees >= st0.remote_frees + (kN - 100));
+  // The main thread's foreign cache is off (it has not freed other threads' blocks often
+  // enough): every block went back to its page.
+  CHECK(fcache_held(t_heap, cls) == 0);
+  CHECK((t_heap->fc_active & (uint64_t{1} << cls)) == 0);
   std::thread c([&] {
     for (size_t i = kN - 100; i < kN; ++i) dealloc(blocks[i]);
   });
@@ -88,6 +93,123 @@ TEST_CASE("cross-thread: blocks freed by another thread go back to their owner a
   settle();
 }
 
+// A thread with a heap that frees another thread's block keeps it in its foreign cache of the
+// class and hands it out on its next allocation of the class (the fast path pops it through the
+// direct table); the owner's page still counts the block as used all along.
+TEST_CASE("foreign cache: a block freed by a non-owner is that thread's next block of the class") {
+  settle();
+  ensure_heap();
+  Worker a;
+  void* p = nullptr;
+  a.run([&] { p = alloc(100); });
+  Page* page = page_of_ptr(p);
+  const unsigned cls = page->size_class;
+  const uint32_t used0 = page->used;
+  Heap* me = t_heap;
+  REQUIRE(me->live);
+  me->fc_on = true;  // as after many remote frees (see "foreign cache: on where ...")
+  REQUIRE(segment_of(page)->thread_id.load() != os::thread_id());
+  const uint64_t live0 = stats().live_bytes;
+  dealloc(p);
+  CHECK(stats().live_bytes + kClassSize[cls] == live0);  // a cached block is not live
+  CHECK(fcache_held(me, cls) == 1);
+  CHECK((me->fc_active & (uint64_t{1} << cls)) != 0);
+  CHECK(me->direct[(100 + 15) / 16] == &me->fc_page[cls]);
+  CHECK(in_foreign_cache(page, static_cast<Block*>(p)));
+  CHECK(page->used == used0);                  // still out, as far as the page knows
+  CHECK(thread_free_head(page) == nullptr);    // not sent back
+  void* q = alloc(97);                         // same class
+  CHECK(q == p);
+  CHECK(fcache_held(me, cls) == 0);
+  // The cache is empty: the next allocation of the class goes back to the pages.
+  void* r = alloc(100);
+  CHECK(page_of_ptr(r) != page);
+  CHECK((me->fc_active & (uint64_t{1} << cls)) == 0);
+  CHECK(me->direct[(100 + 15) / 16] != &me->fc_page[cls]);
+  dealloc(r);
+  a.run([&] {
+    dealloc(q);  // the owner frees it for good
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+  a.finish();
+  me->fc_on = false;
+  settle();
+}
+
+// The cache is used by a thread that frees other threads' blocks often: it goes on above 4 per
+// slow-path allocation over the last 64 of them, and off below 1.
+TEST_CASE("foreign cache: on where remote frees are frequent, off where they are rare") {
+  settle();
+  Worker a;
+  std::vector<void*> blocks(400);
+  a.run([&] {
+    for (auto& p : blocks) p = alloc(200);
+  });
+  Worker b;
+  b.run([&] {
+    std::vector<void*> mine;
+    mine.push_back(alloc(kSmallMax + 1));  // b has a heap; sizes above 4 KiB always take the slow path
+    Heap* h = t_heap;
+    CHECK_FALSE(h->fc_on);
+    for (void* p : blocks) dealloc(p);     // 400 remote frees, sent home (the cache is off)
+    CHECK(fcache_held(h, size_to_class(200)) == 0);
+    for (int i = 0; i < 64; ++i) mine.push_back(alloc(kSmallMax + 1));
+    CHECK(h->fc_on);                        // 400 > 4 x 64
+    for (int i = 0; i < 64; ++i) mine.push_back(alloc(kSmallMax + 1));
+    CHECK_FALSE(h->fc_on);                  // none since
+    for (void* p : mine) dealloc(p);
+  });
+  b.finish();
+  a.run([&] { CHECK(check_heap_invariants(t_heap) == 0); });
+  a.finish();
+  settle();
+}
+
+// The cache of a class holds at most about 16 KiB of blocks: beyond, half goes back to the pages.
+// When the caching thread exits, every cached block goes back to its page.
+TEST_CASE("foreign cache: bounded, and emptied when its thread exits") {
+  settle();
+  const size_t kN = 300, kSize = 1000;
+  Worker a;
+  std::vector<void*> blocks(kN);
+  Heap* ha = nullptr;
+  a.run([&] {
+    for (auto& p : blocks) p = alloc(kSize);
+    ha = t_heap;
+  });
+  std::set<Page*> pages;
+  for (void* p : blocks) pages.insert(page_of_ptr(p));
+  const unsigned cls = size_to_class(kSize);
+  const uint32_t limit = static_cast<uint32_t>(16384 / kClassSize[cls]);
+  Worker b;
+  b.run([&] {
+    dealloc(alloc(64));  // b has a heap
+    t_heap->fc_on = true;
+    for (void* p : blocks) {
+      dealloc(p);
+      CHECK(fcache_held(t_heap, cls) <= limit);
+    }
+    CHECK(fcache_held(t_heap, cls) >= 1);
+  });
+  auto waiting = [&] {
+    size_t n = list_len(ha->delayed_free.load());
+    for (Page* pg : pages) n += list_len(thread_free_head(pg));
+    return n;
+  };
+  size_t before_exit = waiting();
+  CHECK(before_exit < kN);
+  CHECK(before_exit >= kN - limit);
+  b.finish();  // thread exit: the cache goes home
+  CHECK(waiting() == kN);
+  a.run([&] {
+    void* p = alloc(kSize);  // collects
+    dealloc(p);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+  a.finish();
+  settle();
+}
+
 TEST_CASE("cross-thread: a free into a full page reaches the owner through the delayed list") {
   settle();
   ensure_heap();
@@ -111,14 +233,14 @@ TEST_CASE("cross-thread: a free into a full page reaches the owner through the d
   CHECK(page->used == per_page);
 
   // First remote free: announced on the owner's delayed list; the page goes back to 'none'.
-  dealloc(blocks[5]);
+  dealloc_from_bare_thread(blocks[5]);
   CHECK(ha->delayed_free.load() == blocks[5]);
   CHECK(delay_state(page) == kDelayNone);
   CHECK(thread_free_head(page) == nullptr);
   CHECK((page->flags & kPageInFull) != 0);
   CHECK(page->used == per_page);
   // Second remote free: on the page's thread_free list.
-  dealloc(blocks[6]);
+  dealloc_from_bare_thread(blocks[6]);
   CHECK(thread_free_head(page) == blocks[6]);
   CHECK(tf_count(page->thread_free.load()) == 1);
   CHECK(ha->delayed_free.load() == blocks[5]);
@@ -318,7 +440,7 @@ TEST_CASE("fork: the child adopts the segments of threads that do not exist in i
   // One block of a full page of A's goes on A's delayed list.
   Page* first_page = page_of_ptr(blocks[0]);
   REQUIRE((first_page->flags & kPageInFull) != 0);
-  dealloc(blocks[per_page / 2]);
+  dealloc_from_bare_thread(blocks[per_page / 2]);
   REQUIRE(t_heap != nullptr);
   ChildResult r = run_child([&] {
     int fail = 0;
