@@ -366,6 +366,7 @@ TEST_CASE("threads: blocks exchanged between threads stay intact") {
   static std::atomic<void*> slots[kSlots];
   for (auto& s : slots) s.store(nullptr);
   std::atomic<int> errors{0};
+  std::atomic<int> cache_on{0};
   auto stamp = [](void* p, size_t n) {
     auto* w = static_cast<uint64_t*>(p);
     w[0] = n;
@@ -403,10 +404,13 @@ TEST_CASE("threads: blocks exchanged between threads stay intact") {
           if (!verify(old)) errors++;
           dealloc(old);
         }
+        if (t_heap->fc_on) cache_on++;
       }
     });
   }
   for (auto& th : threads) th.join();
+  // Three frees in four are remote: the threads' foreign caches turn on and take part.
+  CHECK(cache_on.load() > kThreads * kOps / 2);
   for (auto& s : slots) {
     void* p = s.exchange(nullptr);
     if (p == nullptr) continue;
