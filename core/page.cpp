@@ -47,22 +47,17 @@ void page_extend(Page* page) {
       head = b;
     }
     page->free = head;
-  } else if (page->is_clean) {
-    // Zeroed memory: the key word of each new block is 0, which tells calloc it is zero.
-    uint8_t* p = first;
-    for (uint32_t i = 1; i < count; ++i, p += bsize) reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
-    reinterpret_cast<Block*>(p)->next = page->free;
-    page->free = reinterpret_cast<Block*>(first);
   } else {
-    // Memory used before: mark each new block like a freed one, so that calloc clears it.
+    // New blocks of zeroed memory keep their key word 0, which tells calloc they are zero; in
+    // memory used before, each new block is marked like a freed one, so that calloc clears it.
+    const bool mark = !page->is_clean;
+    const uintptr_t key = g_free_key;
     uint8_t* p = first;
-    uintptr_t key = g_free_key;
-    for (uint32_t i = 1; i < count; ++i, p += bsize) {
-      reinterpret_cast<Block*>(p)->next = reinterpret_cast<Block*>(p + bsize);
-      reinterpret_cast<Block*>(p)->key = key;
+    for (uint32_t i = 0; i < count; ++i, p += bsize) {
+      auto* b = reinterpret_cast<Block*>(p);
+      b->next = i + 1 < count ? reinterpret_cast<Block*>(p + bsize) : page->free;
+      if (mark) b->key = key;
     }
-    reinterpret_cast<Block*>(p)->next = page->free;
-    reinterpret_cast<Block*>(p)->key = key;
     page->free = reinterpret_cast<Block*>(first);
   }
   page->capacity = static_cast<uint16_t>(page->capacity + count);
