@@ -99,6 +99,7 @@ void* realloc_block(void* p, size_t n) noexcept {
     if (page_flags(page) & kPageNotInUse) invalid_pointer("realloc", p);
     if (page->kind == PageKind::kLarge) {
       have = static_cast<size_t>(page_start(w.s, page) + page->block_size - static_cast<uint8_t*>(p));
+      if (n > have && n <= kLargeMax && large_grow(w.s, page, p, n)) return p;
     } else {
       if (!(page_flags(page) & kPageHasAligned) && !is_block_start(page, p))
         fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");

@@ -271,6 +271,8 @@ bool huge_grow(Segment* s, size_t n) noexcept;
 // the heaps of threads that have exited.
 void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired) noexcept;
 void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept;
+// Grow a large block in place to n bytes from p (owner thread, free slices after it); false if not.
+bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept;
 void segment_abandon(Segment* s) noexcept;
 bool segment_reclaim_one(Heap* heap) noexcept;
 void segment_purge(Segment* s, uint64_t now, bool force) noexcept;

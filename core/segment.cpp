@@ -110,22 +110,31 @@ void segment_free(Segment* s) {
   arena_free(s, 1, s->dirty_slices, 0);
 }
 
-// Take slices [idx, idx+slices) for a page; nullptr when committing them would exceed the budget.
-Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind kind) {
+// Commit free slices [idx, idx+slices) (charging the budget for those not resident) and mark
+// them used; false when the budget or the OS refuses. *clean: none of them was resident.
+bool claim_slices(Segment* s, unsigned idx, unsigned slices, bool* clean) {
   uint64_t mask = run_mask(idx, slices);
   uint64_t fresh = mask & ~s->dirty_slices;
   size_t fresh_bytes = static_cast<size_t>(popcount64(fresh)) << kSliceShift;
-  if (fresh != 0 && !budget_charge(fresh_bytes)) return nullptr;
+  if (fresh != 0 && !budget_charge(fresh_bytes)) return false;
   if (!os::commit(reinterpret_cast<char*>(s) + (static_cast<size_t>(idx) << kSliceShift),
                   static_cast<size_t>(slices) << kSliceShift)) {
     if (fresh != 0) budget_release(fresh_bytes);
-    return nullptr;
+    return false;
   }
   s->free_slices &= ~mask;
-  Page* page = &s->pages[idx];
-  page->is_clean = (mask & s->dirty_slices) == 0;
+  *clean = fresh == mask;
   s->dirty_slices |= mask;
   if ((s->free_slices & s->dirty_slices) == 0) s->purge_at_ms = 0;
+  return true;
+}
+
+// Take slices [idx, idx+slices) for a page; nullptr when committing them would exceed the budget.
+Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind kind) {
+  bool clean;
+  if (!claim_slices(s, idx, slices, &clean)) return nullptr;
+  Page* page = &s->pages[idx];
+  page->is_clean = clean;
   s->used_spans++;
   page->slice_count = static_cast<uint16_t>(slices);
   page->kind = kind;
@@ -262,6 +271,27 @@ void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept {
   heap->stats.large_allocs++;
   if (zero && !page->is_clean) memset(p, 0, n);
   return p;
+}
+
+// Grow a large block in place to `n` bytes from `p` by taking the free slices right after its
+// span (the owner thread only: the segment's bitmaps are its own). A string or buffer that a
+// program extends with realloc then keeps its address: no copy, and no hole left behind for
+// the purge delay to keep resident (glibc grows its top chunk the same way).
+bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept {
+  if (s->thread_id.load(std::memory_order_relaxed) != os::thread_id()) return false;
+  size_t need = static_cast<size_t>(static_cast<const uint8_t*>(p) - page_start(s, page)) + n;
+  size_t slices = (need + kSliceSize - 1) >> kSliceShift;
+  unsigned idx = static_cast<unsigned>(page - s->pages);
+  unsigned old = page->slice_count;
+  if (slices <= old || idx + slices > kSlicesPerSegment) return false;
+  unsigned add = static_cast<unsigned>(slices) - old;
+  if ((s->free_slices & run_mask(idx + old, add)) != run_mask(idx + old, add)) return false;
+  bool clean;
+  if (!claim_slices(s, idx + old, add, &clean)) return false;
+  for (unsigned j = old; j < slices; ++j) s->pages[idx + j].head = page;
+  page->slice_count = static_cast<uint16_t>(slices);
+  page->block_size = static_cast<uint32_t>(slices << kSliceShift);
+  return true;
 }
 
 // ---- Huge blocks: a segment of their own --------------------------------------------------

@@ -356,3 +356,66 @@ TEST_CASE("huge: realloc grows in place into the run's slack and the free chunks
   settle();
   CHECK(committed_now() == committed0);
 }
+
+TEST_CASE("realloc: a large block grows in place into the free slices after its span (owner only)") {
+  settle();
+  const size_t n = 200 * 1024;  // 4 slices
+  std::vector<uint8_t*> blocks;
+  uint8_t* open = nullptr;      // a block followed by at least 2 free slices
+  uint8_t* closed = nullptr;    // a block followed by a slice in use
+  for (int i = 0; i < 64 && (open == nullptr || closed == nullptr); ++i) {
+    auto* p = static_cast<uint8_t*>(alloc(n));
+    REQUIRE(p != nullptr);
+    fill_edges(p, n, static_cast<uint64_t>(i));
+    blocks.push_back(p);
+  }
+  for (uint8_t* p : blocks) {
+    Segment* s = segment_of(p);
+    Page* page = page_of_ptr(p);
+    unsigned after = static_cast<unsigned>(page - s->pages) + page->slice_count;
+    if (after + 2 > kSlicesPerSegment) continue;
+    uint64_t next2 = (s->free_slices >> after) & 3;
+    if (next2 == 3 && open == nullptr) open = p;
+    if ((next2 & 1) == 0 && closed == nullptr) closed = p;
+  }
+  REQUIRE(open != nullptr);    // the newest segment's last block has free slices after it
+  REQUIRE(closed != nullptr);  // 64 blocks of 4 slices fill at least one segment
+
+  auto id_of = [&](const uint8_t* p) {
+    return static_cast<uint64_t>(std::find(blocks.begin(), blocks.end(), p) - blocks.begin());
+  };
+  {  // in place: same address, one more slice taken from the segment, contents kept
+    Segment* s = segment_of(open);
+    Page* page = page_of_ptr(open);
+    unsigned after = static_cast<unsigned>(page - s->pages) + page->slice_count;
+    const uint64_t id = id_of(open);
+    auto* q = static_cast<uint8_t*>(realloc_block(open, n + 100 * 1024));  // 5 slices
+    CHECK(q == open);
+    CHECK(page->slice_count == 5);
+    CHECK(((s->free_slices >> after) & 1) == 0);
+    CHECK(s->pages[after].head == page);
+    CHECK(page_of_ptr(q + n + 90 * 1024) == page);
+    CHECK(usable_size(q) == 5 * kSliceSize);
+    CHECK(check_edges(q, n, id));
+    memset(q + n, 0x5a, 100 * 1024);  // the new slice is usable
+    // Another thread's realloc does not touch the owner's bitmaps: it moves the block.
+    uint8_t* r = nullptr;
+    std::thread([&] { r = static_cast<uint8_t*>(realloc_block(q, 6 * kSliceSize)); }).join();
+    REQUIRE(r != nullptr);
+    CHECK(r != q);
+    CHECK(check_edges(r, n, id));
+    CHECK(r[n + 100 * 1024 - 1] == 0x5a);
+    blocks[id] = r;
+    settle();  // the owner takes the other thread's free of its large block
+    CHECK(((s->free_slices >> after) & 1) == 1);  // the grown span went back whole
+  }
+  {  // a slice in use after the span: the block moves, contents kept
+    const uint64_t id = id_of(closed);
+    auto* q = static_cast<uint8_t*>(realloc_block(closed, n + 100 * 1024));
+    REQUIRE(q != nullptr);
+    CHECK(q != closed);
+    CHECK(check_edges(q, n, id));
+    blocks[id] = q;
+  }
+  for (uint8_t* p : blocks) dealloc(p);
+}
