@@ -76,15 +76,16 @@ void BM_calloc(benchmark::State& st) {
 }
 BENCHMARK(BM_calloc)->Arg(16)->Arg(64)->Arg(256)->Arg(4096)->Arg(65536)->Arg(1 << 20);
 
-// realloc growth: from 16 bytes to the limit, by half again each step (a growing vector), or by
-// 16 bytes each step (appending to a string). One item = one realloc.
+// realloc growth: from 16 bytes to the limit, by half again each step (a growing vector, step
+// 0), or by `step` bytes each step (appending to a string: 16; a C buffer grown page by page:
+// 4096, which reaches the large tier). One item = one realloc.
 void BM_realloc_grow(benchmark::State& st) {
   const size_t limit = static_cast<size_t>(st.range(0));
-  const bool step16 = st.range(1) != 0;
+  const size_t step = static_cast<size_t>(st.range(1));
   int64_t steps = 0;
   for (auto _ : st) {
     char* p = nullptr;
-    for (size_t s = 16; s <= limit; s = step16 ? s + 16 : s + s / 2) {
+    for (size_t s = 16; s <= limit; s = step != 0 ? s + step : s + s / 2) {
       p = static_cast<char*>(realloc(p, s));
       p[s - 1] = 1;
       steps++;
@@ -94,7 +95,7 @@ void BM_realloc_grow(benchmark::State& st) {
   }
   st.SetItemsProcessed(steps);
 }
-BENCHMARK(BM_realloc_grow)->Args({4096, 0})->Args({65536, 0})->Args({1 << 20, 0})->Args({4096, 1})->Args({65536, 1})->ArgNames({"limit", "step16"});
+BENCHMARK(BM_realloc_grow)->Args({4096, 0})->Args({65536, 0})->Args({1 << 20, 0})->Args({4096, 16})->Args({65536, 16})->Args({2 << 20, 4096})->ArgNames({"limit", "step"});
 
 // Aligned allocation: posix_memalign and aligned_alloc of 64 bytes at each alignment.
 void BM_posix_memalign(benchmark::State& st) {
