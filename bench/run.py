@@ -165,7 +165,7 @@ SCALING_WORK = {
 NOT_SCALED = {"glibc-simple": "--style simple ignores --threads"}
 
 # The micro benchmarks the smoke run tries (one of each kind, the threaded ones at 2 threads).
-SMOKE_MICRO = ("^BM_(malloc_free/64|batch_random/n:64/size:128|calloc/4096|realloc_grow/limit:4096/step16:1"
+SMOKE_MICRO = ("^BM_(malloc_free/64|batch_random/n:64/size:128|calloc/4096|realloc_grow/limit:4096/step:16"
                "|posix_memalign/64|new_sized_delete/32|threads_local/64/real_time/threads:2"
                "|cross_thread_free/64/real_time/threads:2)$")
 
