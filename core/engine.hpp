@@ -227,6 +227,8 @@ void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bo
 void heap_collect(Heap* heap, bool force) noexcept;
 void heap_delayed_free_all(Heap* heap) noexcept;
 void heap_maintenance(Heap* heap, bool force) noexcept;
+// Before the thread blocks in pthread_join: return its free memory (rate-limited).
+void heap_before_wait() noexcept;
 void engine_init() noexcept;
 // Fault injection for tests: "off", "nth:N", "every:N", "random:N[:SEED]"; false if malformed.
 bool fault_injection_set(const char* spec) noexcept;

@@ -237,6 +237,31 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
   heap->next_maintenance_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
 }
 
+constexpr uint64_t kJoinQuietMs = 1000;
+
+// The thread is about to wait for another one (pthread_join). It may not call the allocator
+// again for a long time, and no other thread can return its free memory (its segments are its
+// own): return it now, as malloc_trim would for this heap (empty pages, the foreign cache, every
+// free resident slice). A main thread that set things up and then waits for its workers then
+// holds only its live blocks. Not when the thread joined less than a second ago: a thread that
+// joins often (fork-join loops) would fault its memory back in after each join. What goes to the
+// arena stays there, resident, for other threads to reuse.
+void heap_before_wait() noexcept {
+  Heap* heap = t_heap;
+  if (!heap->live) return;
+  uint64_t now = os::clock_ms();
+  uint64_t last = heap->last_wait_ms;
+  heap->last_wait_ms = now;
+  if (last != 0 && now - last < kJoinQuietMs) return;
+  heap_collect(heap, true);
+  for (Segment* s = heap->segments; s != nullptr;) {
+    Segment* next = s->next;
+    segment_purge(s, now, true);
+    s = next;
+  }
+  arena_purge(false);
+}
+
 NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero);
 
 // Raised when an allocation hits the budget: every heap purges its free slices at its next
