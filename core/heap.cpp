@@ -237,31 +237,6 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
   heap->next_maintenance_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
 }
 
-constexpr uint64_t kJoinQuietMs = 1000;
-
-// The thread is about to wait for another one (pthread_join). It may not call the allocator
-// again for a long time, and no other thread can return its free memory (its segments are its
-// own): return it now, as malloc_trim would for this heap (empty pages, the foreign cache, every
-// free resident slice). A main thread that set things up and then waits for its workers then
-// holds only its live blocks. Not when the thread joined less than a second ago: a thread that
-// joins often (fork-join loops) would fault its memory back in after each join. What goes to the
-// arena stays there, resident, for other threads to reuse.
-void heap_before_wait() noexcept {
-  Heap* heap = t_heap;
-  if (!heap->live) return;
-  uint64_t now = os::clock_ms();
-  uint64_t last = heap->last_wait_ms;
-  heap->last_wait_ms = now;
-  if (last != 0 && now - last < kJoinQuietMs) return;
-  heap_collect(heap, true);
-  for (Segment* s = heap->segments; s != nullptr;) {
-    Segment* next = s->next;
-    segment_purge(s, now, true);
-    s = next;
-  }
-  arena_purge(false);
-}
-
 NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero);
 
 // Raised when an allocation hits the budget: every heap purges its free slices at its next
@@ -573,7 +548,7 @@ void free_not_fast(void* p) noexcept {
 // ---- Thread exit --------------------------------------------------------------------------
 namespace {
 
-void heap_abandon(Heap* heap) {
+void heap_abandon(Heap* heap, bool purge) {
   heap_delayed_free_all(heap);
   // From now on other threads push their frees on the pages themselves.
   for_each_page(heap, [](Segment*, Page* p) {
@@ -585,7 +560,7 @@ void heap_abandon(Heap* heap) {
   uint64_t now = os::clock_ms();
   while (heap->segments != nullptr) {
     Segment* s = heap->segments;
-    segment_purge(s, now, true);
+    if (purge) segment_purge(s, now, true);
     segment_abandon(s);
   }
 }
@@ -598,11 +573,48 @@ void thread_done(void* arg) noexcept {
     // Under the heap-pool lock, which fork() takes first: a child never sees a heap half
     // abandoned. (Lock order: heaps, then abandoned segments, then arenas.)
     LockGuard guard(g_heaps_lock);
-    heap_abandon(heap);
+    heap_abandon(heap, true);
   }
   if (t_heap == heap) t_heap = &g_empty_heap;
   heap_to_pool(heap);
 }
+
+constexpr uint64_t kWaitAbandonMs = 100;  // at most one give-up per this interval
+constexpr uint64_t kWaitQuietMs = 1000;    // purge only after this long without a join
+
+}  // namespace
+
+// The thread is about to wait for another one (pthread_join). It may not call the allocator
+// again for a long time, and no other thread may use or return what its segments hold: free
+// blocks on its pages, free slices (only the owner allocates from them and purges them). So it
+// gives its segments up, as an exiting thread does: after its foreign cache goes home and its
+// empty pages are freed, each segment joins the abandoned list, where the running threads
+// adopt them when they need room (reusing their free blocks and slices instead of new memory)
+// and where other threads' frees of its live blocks wait as for a dead thread's. The heap stays
+// live and empty; when the thread allocates again it adopts segments like any other. Its free
+// slices are purged too, unless it joined less than a second ago (fork-join loops would fault
+// their memory back in after every join); and it gives its segments up at most every 100 ms.
+void heap_before_wait() noexcept {
+  Heap* heap = t_heap;
+  if (!heap->live) return;
+  uint64_t now = os::clock_ms();
+  bool quiet = heap->last_wait_ms == 0 || now - heap->last_wait_ms >= kWaitQuietMs;
+  heap->last_wait_ms = now;
+  if (heap->segments == nullptr) return;
+  if (heap->last_wait_abandon_ms != 0 && now - heap->last_wait_abandon_ms < kWaitAbandonMs) return;
+  heap->last_wait_abandon_ms = now;
+  fcache_flush_all(heap);
+  {
+    LockGuard guard(g_heaps_lock);  // as at thread exit: fork() never sees a half-abandoned heap
+    heap_abandon(heap, quiet);
+  }
+  for (auto& q : heap->queues) q = PageQueue{};
+  heap->full = PageQueue{};
+  for (unsigned cls = 0; cls < kClassCount; ++cls) heap_update_direct(heap, cls);
+  arena_purge(false);
+}
+
+namespace {
 
 void fork_prepare() noexcept {
   g_heaps_lock.lock();

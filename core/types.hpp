@@ -184,6 +184,7 @@ struct Heap {
   uint32_t ticks = 0;                   // slow-path calls since the last maintenance
   uint64_t next_maintenance_ms = 0;     // earliest time of the next purge pass
   uint64_t last_wait_ms = 0;            // when the thread last entered pthread_join
+  uint64_t last_wait_abandon_ms = 0;    // when it last gave its segments up there
   uint32_t purge_epoch = 0;             // last g_purge_epoch this heap purged for
   bool live = false;                    // false for the empty heap and pooled heaps
   Heap* next_heap = nullptr;            // all heaps (live and pooled), for stats and fork

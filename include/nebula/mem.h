@@ -31,7 +31,8 @@ typedef struct nebula_mem_stats {
   uint64_t segments;          /* live 4 MiB segments of small, medium and large pages */
   uint64_t huge_bytes;        /* bytes in live huge blocks (> 2 MiB) */
   uint64_t heaps;             /* thread heaps in use */
-  uint64_t abandoned_segments;/* segments left by exited threads, so far */
+  uint64_t abandoned_segments;/* segments left by exited threads (or by threads entering
+                                 pthread_join), so far */
   uint64_t reclaimed_segments;/* of those, taken over by other threads */
   uint64_t foreign_frees;     /* pointers passed on to glibc's free */
   uint64_t pages_made[4];     /* small, medium, large, huge */
