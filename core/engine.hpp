@@ -262,6 +262,9 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept;
 bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices) noexcept;
 // Of the runs of n set bits in `free`, the lowest with the most bits set in `dirty`; -1 if none.
 int find_most_dirty_run(uint64_t free, uint64_t dirty, unsigned n, unsigned* score) noexcept;
+// Among the maximal runs of set bits in m, the shortest of at least n bits (its first index,
+// -1 if none; *len gets its length): where a span goes among the resident free slices.
+int find_best_run(uint64_t m, unsigned n, unsigned* len) noexcept;
 bool span_free(Segment* s, Page* page) noexcept;   // true: the segment was freed too
 void* huge_alloc(size_t n, size_t align, bool zero) noexcept;
 void huge_free(Segment* s, Page* page) noexcept;

@@ -29,6 +29,32 @@ int find_free_run(uint64_t m, unsigned n) {
   return r == 0 ? -1 : static_cast<int>(ctz64(r));
 }
 
+}  // namespace
+
+// Among the maximal runs of set bits in m, the shortest one of at least n bits (best fit):
+// its first index, or -1; *len gets its length. Small spans then fill the holes and leave the
+// long runs for the spans that need them.
+
+int find_best_run(uint64_t m, unsigned n, unsigned* len) noexcept {
+  int best = -1;
+  unsigned best_len = 65;
+  while (m != 0) {
+    unsigned lo = ctz64(m);
+    uint64_t inv = ~(m >> lo);
+    unsigned l = inv == 0 ? 64 - lo : ctz64(inv);
+    if (l >= n && l < best_len) {
+      best = static_cast<int>(lo);
+      best_len = l;
+      if (l == n) break;
+    }
+    m &= ~run_mask(lo, l);
+  }
+  *len = best_len;
+  return best;
+}
+
+namespace {
+
 void heap_segments_push(Heap* heap, Segment* s) {
   s->prev = nullptr;
   s->next = heap->segments;
@@ -178,11 +204,21 @@ bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices)
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
   for (int attempt = 0; attempt < 2; ++attempt) {
     // Slices that are still resident first, in any of our segments: no page faults, no new
-    // RSS. Then any free run.
-    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
-      int idx = find_free_run(s->free_slices & s->dirty_slices, slices);
-      if (idx >= 0) return take_span(heap, s, static_cast<unsigned>(idx), slices, kind);
+    // RSS; the shortest resident run that fits (a one-slice page takes a one-slice hole, not the
+    // start of a run a medium page could use later). Then any free run.
+    Segment* fit = nullptr;
+    int fit_idx = -1;
+    unsigned fit_len = 65;
+    for (Segment* s = heap->segments; s != nullptr && fit_len != slices; s = s->next) {
+      unsigned len;
+      int idx = find_best_run(s->free_slices & s->dirty_slices, slices, &len);
+      if (idx >= 0 && len < fit_len) {
+        fit = s;
+        fit_idx = idx;
+        fit_len = len;
+      }
     }
+    if (fit != nullptr) return take_span(heap, fit, static_cast<unsigned>(fit_idx), slices, kind);
     // Else the free run that overlaps the most resident slices.
     Segment* best = nullptr;
     int best_idx = -1;

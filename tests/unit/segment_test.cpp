@@ -188,3 +188,50 @@ TEST_CASE("spans: a freed run in an older segment is reused before fresh slices 
     dealloc(b);
   });
 }
+
+static uint64_t run_mask_for_test(unsigned first, unsigned n) {
+  return (n >= 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << first;
+}
+
+TEST_CASE("spans: resident free slices are taken best fit") {
+  unsigned len = 0;
+  CHECK(find_best_run(0, 1, &len) == -1);
+  // Runs: 2..3 (2), 8 (1), 12..19 (8), 40..63 (24).
+  uint64_t m = run_mask_for_test(2, 2) | run_mask_for_test(8, 1) | run_mask_for_test(12, 8) | run_mask_for_test(40, 24);
+  CHECK(find_best_run(m, 1, &len) == 8);
+  CHECK(len == 1);
+  CHECK(find_best_run(m, 2, &len) == 2);
+  CHECK(len == 2);
+  CHECK(find_best_run(m, 3, &len) == 12);
+  CHECK(len == 8);
+  CHECK(find_best_run(m, 9, &len) == 40);
+  CHECK(len == 24);
+  CHECK(find_best_run(m, 25, &len) == -1);
+  CHECK(find_best_run(~uint64_t{0}, 64, &len) == 0);
+  CHECK(len == 64);
+}
+
+// A span goes to the shortest resident free run that fits, not to the first one: a longer run
+// stays whole for a bigger span. (trim(0) first: no other resident free slices anywhere.)
+TEST_CASE("spans: a span takes the shortest resident run, leaving the longer one whole") {
+  Worker w;
+  w.run([] {
+    trim(0);
+    void* four = alloc(size_t{200} * 1024);          // a large block of 4 slices, made first
+    void* pin = alloc(size_t{3} * kSliceSize);
+    std::vector<void*> big;
+    for (int i = 0; i < 4; ++i) big.push_back(alloc(size_t{3} * kSliceSize));  // 3 slices each
+    Segment* s4 = segment_of(four);
+    unsigned i4 = static_cast<unsigned>(page_of_ptr(four) - s4->pages);
+    REQUIRE(page_of_ptr(four)->slice_count == 4);
+    dealloc(four);     // a resident free run of 4 slices ...
+    dealloc(big[2]);   // ... and one of 3, made later
+    void* three = alloc(size_t{3} * kSliceSize - 4096);
+    CHECK(three == big[2]);  // the 3-slice run, not the first part of the 4-slice one
+    CHECK(((s4->free_slices & s4->dirty_slices) >> i4 & 0xf) == 0xf);
+    dealloc(three);
+    dealloc(pin);
+    for (int i = 0; i < 4; ++i)
+      if (i != 2) dealloc(big[i]);
+  });
+}
