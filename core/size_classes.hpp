@@ -56,13 +56,16 @@ inline unsigned size_to_class(size_t n) {
   return size_to_class_formula(n);
 }
 
-// Medium pages are sized to hold at least 8 blocks where they can (the small pages' rule): 2, 4
-// or kMediumPageSlices slices. A class with few live blocks then does not pin 512 KiB.
+// Medium pages are the smallest of 2, 4 or kMediumPageSlices slices that hold at least 4
+// blocks: a class with few live blocks (the usual case for blocks of 8 KiB and more) then pins
+// little memory in free blocks, and a page change every 4 or more blocks costs little beside
+// the program's own use of blocks this big. (At 8 blocks per page, `glibc-thread` peaked at
+// 18.9 MiB instead of 17.5.)
 constexpr unsigned page_slices_for_class(unsigned c) {
   size_t size = class_size_formula(c);
   if (size <= kSmallMax) return 1u;
   unsigned slices = 2;
-  while (slices < kMediumPageSlices && slices * kSliceSize < 8 * size) slices *= 2;
+  while (slices < kMediumPageSlices && slices * kSliceSize < 4 * size) slices *= 2;
   return slices;
 }
 
