@@ -257,7 +257,9 @@ void heap_update_direct(Heap* heap, unsigned cls) noexcept;
 extern Page g_empty_page;
 
 // segment.cpp
-Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept;
+// A span of `slices` slices for a page or a large block. A page may be made of a shorter run,
+// down to min_slices, of resident free slices when no resident run is long enough.
+Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices = 0) noexcept;
 // Does one of the heap's segments other than `except` have `slices` free slices in a row?
 bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices) noexcept;
 // Of the runs of n set bits in `free`, the lowest with the most bits set in `dirty`; -1 if none.

@@ -85,8 +85,8 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
 }
 
 Page* page_new(Heap* heap, unsigned cls) {
-  unsigned slices = page_slices_for_class(cls);
-  Page* page = span_alloc(heap, slices, slices == 1 ? PageKind::kSmall : PageKind::kMedium);
+  PageKind kind = kClassSize[cls] <= kSmallMax ? PageKind::kSmall : PageKind::kMedium;
+  Page* page = span_alloc(heap, page_slices_for_class(cls), kind, page_min_slices_for_class(cls));
   if (page == nullptr) return nullptr;
   page_init(heap, page, cls);
   page_extend(page);

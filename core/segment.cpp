@@ -201,24 +201,31 @@ bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices)
   return false;
 }
 
-Page* span_alloc(Heap* heap, unsigned slices, PageKind kind) noexcept {
+Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices) noexcept {
+  if (min_slices == 0 || min_slices > slices) min_slices = slices;
   for (int attempt = 0; attempt < 2; ++attempt) {
     // Slices that are still resident first, in any of our segments: no page faults, no new
     // RSS; the shortest resident run that fits (a one-slice page takes a one-slice hole, not the
-    // start of a run a medium page could use later). Then any free run.
-    Segment* fit = nullptr;
-    int fit_idx = -1;
-    unsigned fit_len = 65;
-    for (Segment* s = heap->segments; s != nullptr && fit_len != slices; s = s->next) {
-      unsigned len;
-      int idx = find_best_run(s->free_slices & s->dirty_slices, slices, &len);
-      if (idx >= 0 && len < fit_len) {
-        fit = s;
-        fit_idx = idx;
-        fit_len = len;
+    // start of a run a medium page could use later). A page with no such run takes a smaller
+    // size from a shorter resident run (halving down to min_slices) rather than new memory:
+    // as a program's blocks move up through the classes (strings that grow), the pages of the
+    // classes it left free runs shorter than the next class's page. Then any free run.
+    for (unsigned n = slices; n >= min_slices; n /= 2) {
+      Segment* fit = nullptr;
+      int fit_idx = -1;
+      unsigned fit_len = 65;
+      for (Segment* s = heap->segments; s != nullptr && fit_len != n; s = s->next) {
+        unsigned len;
+        int idx = find_best_run(s->free_slices & s->dirty_slices, n, &len);
+        if (idx >= 0 && len < fit_len) {
+          fit = s;
+          fit_idx = idx;
+          fit_len = len;
+        }
       }
+      if (fit != nullptr) return take_span(heap, fit, static_cast<unsigned>(fit_idx), n, kind);
+      if (n == 1) break;
     }
-    if (fit != nullptr) return take_span(heap, fit, static_cast<unsigned>(fit_idx), slices, kind);
     // Else the free run that overlaps the most resident slices.
     Segment* best = nullptr;
     int best_idx = -1;

@@ -66,7 +66,9 @@ TEST_CASE("segment map: small, medium and large blocks lead to their segment and
       CHECK(u < start + static_cast<size_t>(page->reserved) * page->block_size);
       CHECK(page->block_size == kClassSize[size_to_class(n)]);
       CHECK(page->kind == (page->block_size <= kSmallMax ? PageKind::kSmall : PageKind::kMedium));
-      CHECK(page->slice_count == page_slices_for_class(page->size_class));
+      // The class's page size, or a smaller one made of a shorter resident run (span_alloc).
+      CHECK(page->slice_count <= page_slices_for_class(page->size_class));
+      CHECK(page->slice_count >= page_min_slices_for_class(page->size_class));
     } else {
       CHECK(page->kind == PageKind::kLarge);
       CHECK(start == u);
@@ -213,6 +215,45 @@ TEST_CASE("spans: resident free slices are taken best fit") {
 
 // A span goes to the shortest resident free run that fits, not to the first one: a longer run
 // stays whole for a bigger span. (trim(0) first: no other resident free slices anywhere.)
+// A page whose class wants more slices than any resident free run holds takes a smaller page
+// from a resident run (down to two blocks) instead of new memory: blocks of 80 KiB want pages
+// of 8 slices, and a 4-slice hole left by a freed block serves them as a page of 3 blocks.
+TEST_CASE("spans: a page takes a shorter resident run rather than new memory") {
+  Worker w;
+  w.run([] {
+    trim(0);
+    const unsigned cls = size_to_class(81920);
+    REQUIRE(page_slices_for_class(cls) == 8);
+    REQUIRE(page_min_slices_for_class(cls) == 4);
+    void* four = alloc(size_t{200} * 1024);  // a large block of 4 slices
+    memset(four, 1, size_t{200} * 1024);     // resident
+    void* pin = alloc(size_t{3} * kSliceSize);
+    REQUIRE(page_of_ptr(four)->slice_count == 4);
+    dealloc(four);  // the only resident free run: 4 slices
+    void* b = alloc(81920);
+    Page* pg = page_of_ptr(b);
+    CHECK(b == four);
+    CHECK(pg->slice_count == 4);
+    CHECK(pg->reserved == 3);
+    CHECK(pg->kind == PageKind::kMedium);
+    // Its blocks are whole and separate.
+    void* c = alloc(81920);
+    void* d = alloc(81920);
+    CHECK(page_of_ptr(c) == pg);
+    CHECK(page_of_ptr(d) == pg);
+    memset(b, 2, 81920);
+    memset(c, 3, 81920);
+    memset(d, 4, 81920);
+    CHECK(static_cast<uint8_t*>(b)[81919] == 2);
+    CHECK(static_cast<uint8_t*>(c)[0] == 3);
+    // The page is full: the next block of the class gets a new page of the preferred size.
+    void* e = alloc(81920);
+    CHECK(page_of_ptr(e) != pg);
+    CHECK(page_of_ptr(e)->slice_count == 8);
+    for (void* p : {b, c, d, e, pin}) dealloc(p);
+  });
+}
+
 TEST_CASE("spans: a span takes the shortest resident run, leaving the longer one whole") {
   Worker w;
   w.run([] {

@@ -58,10 +58,17 @@ TEST_CASE("size classes: the table is strictly increasing and each class is reac
     if (c > 0) CHECK(kClassSize[c] > kClassSize[c - 1]);
     CHECK(size_to_class(kClassSize[c]) == c);
     if (c + 1 < kClassCount) CHECK(size_to_class(kClassSize[c] + 1) == c + 1);
-    // Small classes fit 8+ blocks in one slice, medium ones 4+ in a medium page.
+    // Small classes fit 8+ blocks in one slice, medium ones up to 32 KiB 2+ (in the smallest
+    // page that does), larger ones 4+; a page made smaller (min slices) still holds 2.
     unsigned slices = page_slices_for_class(c);
-    CHECK((slices == 1) == (kClassSize[c] <= kSmallMax));
-    CHECK((static_cast<size_t>(slices) << kSliceShift) / kClassSize[c] >= 4);
+    size_t blocks = (static_cast<size_t>(slices) << kSliceShift) / kClassSize[c];
+    if (kClassSize[c] <= kSmallMax) CHECK(slices == 1);
+    CHECK(blocks >= (kClassSize[c] <= kSmallMax ? 8u : kClassSize[c] <= 32768 ? 2u : 4u));
+    if (slices > 1) CHECK(((static_cast<size_t>(slices / 2) << kSliceShift) / kClassSize[c]) <
+                          (kClassSize[c] <= 32768 ? 2u : 4u));  // the smallest that does
+    unsigned min = page_min_slices_for_class(c);
+    CHECK(min <= slices);
+    CHECK((static_cast<size_t>(min) << kSliceShift) / kClassSize[c] >= 2);
   }
   // Four classes per power of two above 128 bytes.
   CHECK(kClassSize[8] == 160);
