@@ -201,6 +201,26 @@ bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices)
   return false;
 }
 
+static void purge_slices(Segment* s, uint64_t m);
+
+// A span is taking `fresh` slices that were not resident, while every run of resident free
+// slices the heap holds was too short for it: return as many of those to the OS, so that the
+// footprint does not grow by memory that is free (they are purged after the delay anyway).
+static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except) {
+  for (Segment* s = heap->segments; s != nullptr && fresh != 0; s = s->next) {
+    if (s == except) continue;
+    uint64_t m = s->free_slices & s->dirty_slices & ~uint64_t{1};
+    uint64_t take = 0;
+    while (m != 0 && fresh != 0) {
+      uint64_t low = m & (~m + 1);
+      take |= low;
+      m &= m - 1;
+      --fresh;
+    }
+    if (take != 0) purge_slices(s, take);
+  }
+}
+
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices) noexcept {
   if (min_slices == 0 || min_slices > slices) min_slices = slices;
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -240,7 +260,11 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
         best_score = score;
       }
     }
-    if (best != nullptr) return take_span(heap, best, static_cast<unsigned>(best_idx), slices, kind);
+    if (best != nullptr) {
+      Page* page = take_span(heap, best, static_cast<unsigned>(best_idx), slices, kind);
+      if (page != nullptr && best_score < slices) purge_unfit(heap, slices - best_score, nullptr);
+      return page;
+    }
     // No room in our own segments: adopt one an exited thread left behind, then try again.
     if (attempt == 0 && !segment_reclaim_one(heap)) break;
   }
@@ -248,6 +272,7 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
   if (s == nullptr) return nullptr;
   Page* page = take_span(heap, s, 1, slices, kind);
   if (page == nullptr) segment_free(s);  // over budget: give the empty segment back
+  else if (page->is_clean) purge_unfit(heap, slices, s);  // (a chunk reused resident is not growth)
   return page;
 }
 
@@ -270,9 +295,8 @@ static bool span_free_internal(Segment* s, Page* page) {
 
 bool span_free(Segment* s, Page* page) noexcept { return span_free_internal(s, page); }
 
-void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
-  if (s->purge_at_ms == 0 || (!force && now < s->purge_at_ms)) return;
-  uint64_t m = s->free_slices & s->dirty_slices & ~uint64_t{1};
+// Return the free resident slices in mask m (a subset of free & dirty) to the OS.
+static void purge_slices(Segment* s, uint64_t m) {
   uint64_t left = m;
   while (left != 0) {
     unsigned lo = ctz64(left);
@@ -289,6 +313,12 @@ void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
     g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
   }
   s->dirty_slices &= ~m;
+  if ((s->free_slices & s->dirty_slices & ~uint64_t{1}) == 0) s->purge_at_ms = 0;
+}
+
+void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
+  if (s->purge_at_ms == 0 || (!force && now < s->purge_at_ms)) return;
+  purge_slices(s, s->free_slices & s->dirty_slices & ~uint64_t{1});
   s->purge_at_ms = 0;
 }
 

@@ -254,6 +254,37 @@ TEST_CASE("spans: a page takes a shorter resident run rather than new memory") {
   });
 }
 
+// A span that must take slices that were not resident, while the heap's resident free runs are
+// all too short for it, returns as many of those to the OS: the footprint does not grow by
+// memory that is free. A span that finds a resident run purges nothing.
+TEST_CASE("spans: new memory for a span purges resident free runs too short for it") {
+  Worker w;
+  w.run([] {
+    trim(0);
+    const size_t three = size_t{3} * kSliceSize - 4096;  // a large block of 3 slices
+    void* hole = alloc(three);
+    memset(hole, 1, three);  // resident
+    void* pin = alloc(three);
+    Segment* s = segment_of(hole);
+    unsigned i = static_cast<unsigned>(page_of_ptr(hole) - s->pages);
+    REQUIRE(page_of_ptr(hole)->slice_count == 3);
+    dealloc(hole);
+    REQUIRE(((s->free_slices & s->dirty_slices) >> i & 7) == 7);  // a resident free run of 3
+    void* fits = alloc(three - 4096);                              // fits it: nothing purged
+    CHECK(fits == hole);
+    dealloc(fits);
+    CHECK(((s->free_slices & s->dirty_slices) >> i & 7) == 7);
+    const uint64_t purged = g_counters.purged.load();
+    void* five = alloc(size_t{5} * kSliceSize - 4096);  // too long for it: new slices
+    CHECK(page_of_ptr(five) != page_of_ptr(hole));
+    CHECK((s->free_slices >> i & 7) == 7);  // still free ...
+    CHECK((s->dirty_slices >> i & 7) == 0);  // ... and no longer resident
+    CHECK(g_counters.purged.load() >= purged + 3 * kSliceSize);
+    dealloc(five);
+    dealloc(pin);
+  });
+}
+
 TEST_CASE("spans: a span takes the shortest resident run, leaving the longer one whole") {
   Worker w;
   w.run([] {
