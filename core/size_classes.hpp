@@ -68,6 +68,11 @@ constexpr unsigned page_slices_for_class(unsigned c) {
   const bool small_medium = size <= 32768;
   unsigned slices = small_medium ? 1 : 2;
   while (slices < kMediumPageSlices && slices * kSliceSize < (small_medium ? 2 : 4) * size) slices *= 2;
+  // A page whose tail (the bytes after its last block) is over 1/16 of it takes twice as many
+  // slices while that brings the tail under it.
+  if (small_medium && (slices * kSliceSize) % size * 16 > slices * kSliceSize &&
+      (2 * slices * kSliceSize) % size * 16 <= 2 * slices * kSliceSize)
+    slices *= 2;
   return slices;
 }
 

@@ -64,8 +64,14 @@ TEST_CASE("size classes: the table is strictly increasing and each class is reac
     size_t blocks = (static_cast<size_t>(slices) << kSliceShift) / kClassSize[c];
     if (kClassSize[c] <= kSmallMax) CHECK(slices == 1);
     CHECK(blocks >= (kClassSize[c] <= kSmallMax ? 8u : kClassSize[c] <= 32768 ? 2u : 4u));
-    if (slices > 1) CHECK(((static_cast<size_t>(slices / 2) << kSliceShift) / kClassSize[c]) <
-                          (kClassSize[c] <= 32768 ? 2u : 4u));  // the smallest that does
+    if (slices > 1) {
+      // The smallest that does, or twice it where that takes a tail over 1/16 of the page under.
+      const size_t half = static_cast<size_t>(slices / 2) << kSliceShift, page = half * 2;
+      const bool half_too_few = half / kClassSize[c] < (kClassSize[c] <= 32768 ? 2u : 4u);
+      const bool tail_halved = kClassSize[c] <= 32768 && half % kClassSize[c] * 16 > half &&
+                               page % kClassSize[c] * 16 <= page;
+      CHECK((half_too_few || tail_halved));
+    }
     unsigned min = page_min_slices_for_class(c);
     CHECK(min <= slices);
     CHECK((static_cast<size_t>(min) << kSliceShift) / kClassSize[c] >= 2);
@@ -75,6 +81,21 @@ TEST_CASE("size classes: the table is strictly increasing and each class is reac
   CHECK(kClassSize[11] == 256);
   CHECK(kClassSize[12] == 320);
   CHECK(kClassSize[44] == 81920);
+}
+
+TEST_CASE("size classes: a page of blocks up to 32 KiB wastes at most 1/16 at its end where 2x the slices would") {
+  // 24 KiB: two blocks in 64 KiB leave 16 KiB (25%); five in 128 KiB leave 8 KiB.
+  CHECK(page_slices_for_class(size_to_class(24576)) == 2);
+  // 14 KiB: four in 64 KiB leave 8 KiB (12.5%); nine in 128 KiB leave 2 KiB.
+  CHECK(page_slices_for_class(size_to_class(14336)) == 2);
+  // 28 KiB: 128 KiB leaves 16 KiB as well, so the page stays one slice.
+  CHECK(page_slices_for_class(size_to_class(28672)) == 1);
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    if (kClassSize[c] > 32768) break;
+    CAPTURE(c);
+    const size_t page = static_cast<size_t>(page_slices_for_class(c)) << kSliceShift;
+    if (page % kClassSize[c] * 16 > page) CHECK(2 * page % kClassSize[c] * 16 > 2 * page);
+  }
 }
 
 TEST_CASE("size classes: the direct table agrees with the formula") {
