@@ -95,6 +95,19 @@ inline uint64_t* live_bits(Segment* s, Page* page) {
                                      static_cast<size_t>(page - s->pages) * 512);
 }
 
+// Outside secure mode the same 512 bytes per slice mark a page's holes: blocks whose memory
+// went back to the OS while the page lives (page_punch). They mean something only while the
+// page has kPageHoles. Read by any thread freeing a block of the page: the owner sets a
+// block's bit only while the block is on its free list, and clears them all before it hands
+// those blocks out again (page_refill_holes).
+inline uint64_t* hole_bits(Segment* s, Page* page) { return live_bits(s, page); }
+inline bool block_is_hole(Segment* s, Page* page, const void* b) {
+  if (!(page_flags(page) & kPageHoles)) return false;
+  std::atomic_thread_fence(std::memory_order_acquire);  // pairs with page_punch's release
+  size_t i = static_cast<size_t>(static_cast<const uint8_t*>(b) - page_start(s, page)) / page->block_size;
+  return (__atomic_load_n(&hole_bits(s, page)[i / 64], __ATOMIC_RELAXED) >> (i % 64)) & 1;
+}
+
 // ---- Slow paths (out of line) ------------------------------------------------------------
 NEBULA_NOINLINE void* alloc_generic(size_t n, Heap* heap) noexcept;
 NEBULA_NOINLINE void* alloc_zero_generic(size_t n, Heap* heap) noexcept;
@@ -254,6 +267,21 @@ void page_unfull(Heap* heap, Page* page) noexcept;
 bool page_free(Heap* heap, Page* page) noexcept;   // true: the segment was freed too
 bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept;
 void heap_update_direct(Heap* heap, unsigned cls) noexcept;
+// Give back the memory of free blocks of sparse pages (maintenance; `want` != 0: at once, until
+// that many bytes went back; SIZE_MAX: all).
+void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept;
+// Spans took Heap::punch_want bytes that were not resident: sparse pages give as much back.
+void heap_grew(Heap* heap) noexcept;
+// Bytes page_punch gave back because the heap grew, and of them the bytes page_refill_holes
+// took back (halved together now and then): growth stops punching where most came back.
+struct PunchFeedback {
+  std::atomic<size_t> punched{0};
+  std::atomic<size_t> refilled{0};
+};
+extern PunchFeedback g_punch_feedback;
+// Return the OS pages of `page` that hold only free blocks; the blocks become holes. Returns
+// the bytes given back.
+size_t page_punch(Page* page) noexcept;
 extern Page g_empty_page;
 
 // segment.cpp
@@ -326,6 +354,8 @@ struct GlobalCounters {
   std::atomic<size_t> committed_peak{0};
   std::atomic<size_t> purged{0};          // bytes given back to the OS with purge
   std::atomic<size_t> purge_calls{0};
+  std::atomic<size_t> punched{0};         // of purged: free blocks of live pages (page_punch)
+  std::atomic<size_t> refilled{0};        // of those, carved again (page_refill_holes)
   std::atomic<size_t> reserved{0};        // address space reserved from the OS
   std::atomic<size_t> segments{0};        // live segments
   std::atomic<size_t> huge_live{0};       // bytes of live huge blocks

@@ -223,6 +223,91 @@ void heap_collect(Heap* heap, bool force) noexcept {
   });
 }
 
+PunchFeedback g_punch_feedback;
+
+// The heap grew into memory that was not resident (span_alloc counted it in punch_want). As
+// much of what its sparse pages hold free goes back now rather than after the delay: a program
+// whose objects changed size (new classes growing while the pages of the old ones hold a few
+// survivors each) does not grow by the memory it freed. At most every 8 ms (a heap that grows
+// steadily has no sparse pages to look for), for the growth since. Called once the allocation
+// is done, so that the page it came from is its class's first page, which is left alone.
+void heap_grew(Heap* heap) noexcept {
+  uint64_t now = os::clock_ms();
+  if (now < heap->next_punch_ms) return;
+  heap->next_punch_ms = now + 8;
+  size_t want = heap->punch_want;
+  heap->punch_want = 0;
+  heap_punch_sparse(heap, now, want);
+}
+
+// Pages of at most an eighth live blocks with at least an OS page of free ones, sparse for four
+// purge delays (or at once, when `want` bytes are asked for), give the memory of their free
+// blocks back (page_punch). The page allocation happens in is left alone.
+void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
+  if (g_secure) return;
+  const bool force = want != 0;
+  size_t got = 0;
+  const uint32_t delay = static_cast<uint32_t>(option(Option::kPurgeDelay));
+  const uint32_t now32 = static_cast<uint32_t>(now) | 1u;
+  const size_t ps = os::page_size();
+  const bool growth = force && want != SIZE_MAX;
+  if (growth) {
+    // Not where what was given back for growth soon came back in page faults (more than half of
+    // it taken again: a burst of frees that the next burst fills again left the pages sparse).
+    // Both counts halve past 16 MiB, so the rule follows the program's recent behaviour.
+    // Process-wide: threads that come and go inherit what the ones before them saw.
+    size_t punched = g_punch_feedback.punched.load(std::memory_order_relaxed);
+    size_t refilled = g_punch_feedback.refilled.load(std::memory_order_relaxed);
+    if (punched > (size_t{16} << 20)) {
+      g_punch_feedback.punched.store(punched / 2, std::memory_order_relaxed);
+      g_punch_feedback.refilled.store(refilled / 2, std::memory_order_relaxed);
+    }
+    if (refilled * 2 > punched + (size_t{1} << 20)) {
+      // Try again later: a growth that is asked to punch 100 times (about a second of steady
+      // growth) brings the count down by a third.
+      g_punch_feedback.refilled.store(refilled - refilled / 256, std::memory_order_relaxed);
+      return;
+    }
+  }
+  for_each_page(heap, [&](Segment*, Page* p) {
+    if (got >= want && force) return true;
+    if ((p->kind != PageKind::kSmall && p->kind != PageKind::kMedium) || (page_flags(p) & kPageInFull) ||
+        p->capacity == 0)
+      return false;
+    const uint32_t cap = p->capacity, used = p->used;
+    const uint32_t spare = cap - used - p->holes;
+    const uint32_t per_os_page = p->block_size >= ps ? 1u : static_cast<uint32_t>(ps / p->block_size);
+    if (used * 8 > cap || spare < per_os_page || heap->queues[p->size_class].first == p) {
+      p->sparse_since = 0;
+      return false;
+    }
+    if (p->sparse_since == 0) {
+      p->sparse_since = now32;
+      p->punch_used = UINT16_MAX;
+      if (!force) return false;
+    }
+    if (!force && now32 - p->sparse_since < 4 * delay) return false;
+    // Again only once three quarters of the blocks live then have died: the OS pages that hold
+    // only free blocks grow fast as a page empties (blocks of 256 bytes: at a tenth of them
+    // live, a tenth of the page's memory; at a fortieth, two thirds), and each pass reads the
+    // page's whole free list.
+    if (p->punch_used != UINT16_MAX && used * 4 > p->punch_used) return false;
+    // Nor when it would find nothing: with blocks freed at random, an OS page touched by n
+    // blocks holds only free ones with probability (free share)^n.
+    double q = 1.0 - static_cast<double>(used) / cap, all_free = 1.0;
+    for (uint32_t i = 0; i <= per_os_page && all_free * (cap * p->block_size / ps) >= 1.0; ++i) all_free *= q;
+    if (all_free * static_cast<double>(cap * p->block_size / ps) < 1.0) return false;
+    size_t b = page_punch(p);
+    got += b;
+    if (growth && b != 0) {
+      g_punch_feedback.punched.fetch_add(b, std::memory_order_relaxed);
+      p->punched_for_growth = 1;
+    }
+    p->punch_used = static_cast<uint16_t>(used);
+    return false;
+  });
+}
+
 void heap_maintenance(Heap* heap, bool force) noexcept {
   uint64_t now = os::clock_ms();
   if (!force && now < heap->next_maintenance_ms) return;
@@ -233,6 +318,7 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
     s = next;
   }
   arena_purge(force);
+  heap_punch_sparse(heap, now, force ? SIZE_MAX : 0);
   uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   heap->next_maintenance_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
 }
@@ -285,6 +371,7 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
     return nullptr;
   }
   if (NEBULA_UNLIKELY(p == nullptr)) return alloc_failed(heap, n, zero);
+  if (NEBULA_UNLIKELY(heap->punch_want != 0)) heap_grew(heap);
   budget_poll_if_needed();
   return p;
 }
@@ -459,6 +546,7 @@ bool fcache_push(Heap* me, Page* page, Block* b) {
 // Is b on one of the page's free lists? Only the owner may walk free and local_free; anyone
 // may walk thread_free (pushers only prepend) and the owner heap's delayed list.
 bool block_is_free(Segment* s, Page* page, Block* b, bool owner) {
+  if (block_is_hole(s, page, b)) return true;
   size_t limit = static_cast<size_t>(page->capacity) + 1;
   auto on = [&](Block* l) {
     for (size_t i = 0; l != nullptr && i < limit; ++i, l = link_get(l))
@@ -503,11 +591,12 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
     budget_poll_if_needed();
     return;
   }
-  if (NEBULA_UNLIKELY(page_flags(page) & kPageNotInUse)) invalid_pointer("free", p);
+  const uint8_t flags = page_flags(page);
+  if (NEBULA_UNLIKELY(flags & kPageNotInUse)) invalid_pointer("free", p);
   bool owner = s->thread_id.load(std::memory_order_relaxed) == os::thread_id();
   Block* b = block_start(s, page, p);
   if (page->kind != PageKind::kLarge) {
-    if (NEBULA_UNLIKELY(!(page_flags(page) & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
+    if (NEBULA_UNLIKELY(!(flags & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
     if (NEBULA_UNLIKELY(g_secure)) {
       // Exact: the block's live bit says whether it is allocated.
       size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page)) / page->block_size;
@@ -516,6 +605,8 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
       uint64_t old = __atomic_fetch_and(&bits[i / 64], ~bit, __ATOMIC_ACQ_REL);
       if (!(old & bit)) fatal_pointer("free", p, "double free (the block is free already)");
       if (g_zero_on_free) memset(b, 0, page->block_size);
+    } else if (NEBULA_UNLIKELY(flags & kPageHoles) && block_is_hole(s, page, b)) {
+      fatal_pointer("free", p, "double free (the block is free already)");
     } else if (NEBULA_UNLIKELY(b->key == g_free_key) &&
                (block_is_free(s, page, b, owner) || in_foreign_cache(page, b))) {
       fatal_pointer("free", p, "double free (the block is free already)");

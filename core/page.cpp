@@ -6,6 +6,7 @@
 // elsewhere in the queue, and the heap's full list (no free block, nothing left to carve).
 #include <cstring>
 
+#include "core/budget.hpp"
 #include "core/engine.hpp"
 
 namespace nebula {
@@ -63,6 +64,44 @@ void page_extend(Page* page) {
   page->capacity = static_cast<uint16_t>(page->capacity + count);
 }
 
+// The page ran out of free blocks but has holes (page_punch): they become free blocks again,
+// marked as used memory (a hole's block may straddle an OS page that was not given back), and
+// their OS pages count as committed again. False if the budget refuses them.
+bool page_refill_holes(Heap* heap, Page* page) {
+  Segment* s = segment_of(page);
+  const size_t ps = os::page_size();
+  const size_t bytes = static_cast<size_t>(popcount64(page->punched[0]) + popcount64(page->punched[1])) * ps;
+  if (bytes != 0 && !budget_charge(bytes)) return false;
+  if (page->punched_for_growth) g_punch_feedback.refilled.fetch_add(bytes, std::memory_order_relaxed);
+  page->punched_for_growth = 0;
+  g_counters.refilled.fetch_add(bytes, std::memory_order_relaxed);
+  (void)heap;
+  uint64_t* bits = hole_bits(s, page);
+  uint8_t* start = page_start(s, page);
+  const size_t bsize = page->block_size;
+  const uintptr_t key = g_free_key;
+  Block* head = page->free;
+  for (size_t w = (page->capacity + 63u) / 64u; w-- > 0;) {
+    uint64_t m = bits[w];
+    while (m != 0) {
+      unsigned hi = 63u - static_cast<unsigned>(__builtin_clzll(m));  // highest first: the list ends up in address order
+      m &= ~(uint64_t{1} << hi);
+      auto* b = reinterpret_cast<Block*>(start + (w * 64 + hi) * bsize);
+      b->next = head;
+      b->key = key;
+      head = b;
+    }
+    // Cleared before any of these blocks is handed out: a thread that frees one later must
+    // not find its bit (see block_is_hole).
+    __atomic_store_n(&bits[w], 0, __ATOMIC_RELAXED);
+  }
+  page->free = head;
+  page->holes = 0;
+  page->punched[0] = page->punched[1] = 0;
+  set_page_flags(page, static_cast<uint8_t>(page_flags(page) & ~kPageHoles));
+  return true;
+}
+
 void page_init(Heap* heap, Page* page, unsigned cls) {
   page->block_size = kClassSize[cls];
   page->div_magic = ~uint64_t{0} / page->block_size + 1;
@@ -78,6 +117,10 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
   page->reserved = static_cast<uint16_t>((static_cast<size_t>(page->slice_count) << kSliceShift) / page->block_size);
   page->capacity = 0;
   page->used = 0;
+  page->holes = 0;
+  page->punched[0] = page->punched[1] = 0;
+  page->punched_for_growth = 0;
+  page->sparse_since = 0;
   page->free = nullptr;
   page->local_free = nullptr;
   page->thread_free.store(kDelayNone, std::memory_order_release);
@@ -204,6 +247,96 @@ void page_collect(Page* page) noexcept {
   }
 }
 
+// ---- Holes: the free memory of sparse pages goes back to the OS -----------------------------
+// A page whose blocks mostly died (a program that freed most of a phase's objects, or whose
+// objects changed size) keeps its few live blocks scattered over all of its memory and can go
+// back to its segment only when the last one dies. The memory of its free blocks can go back
+// now: every OS page of the carved part that holds only free blocks is purged, and the blocks
+// that touch it leave the free lists as holes (a bit each in hole_bits). The page hands them
+// out again, carved anew, only when it has no other free block (queue_alloc), and forgets them
+// when it empties. While a page has holes every free of its blocks takes the generic path,
+// which rejects a hole as a double free.
+size_t page_punch(Page* page) noexcept {
+  if (g_secure || (page->kind != PageKind::kSmall && page->kind != PageKind::kMedium)) return 0;
+  Segment* s = segment_of(page);
+  const size_t ps = os::page_size();
+  const size_t bsize = page->block_size;
+  const uint32_t cap = page->capacity;
+  const size_t carved = static_cast<size_t>(cap) * bsize;
+  if (carved < ps || (static_cast<size_t>(page->slice_count) << kSliceShift) / ps > 128) return 0;
+  uint8_t* start = page_start(s, page);
+  uint64_t free_bits[kSliceSize / kMinAlign / 64];
+  const size_t words = (cap + 63u) / 64u;
+  memset(free_bits, 0, words * sizeof(uint64_t));
+  auto mark = [&](Block* l) {
+    for (; l != nullptr; l = l->next) {
+      size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(l) - start) / bsize;
+      free_bits[i / 64] |= uint64_t{1} << (i % 64);
+    }
+  };
+  mark(page->free);
+  mark(page->local_free);
+  uint64_t* holes = hole_bits(s, page);
+  // The bits mean something only while the page has holes (kPageHoles): the memory may hold
+  // anything before (the header slice may have been a huge block's data), so a first punch
+  // clears them, all of them (the page may carve more blocks later).
+  if (page->holes == 0) memset(holes, 0, kSliceSize / kMinAlign / 8);
+  auto is_set = [](const uint64_t* m, size_t i) { return (m[i / 64] >> (i % 64)) & 1; };
+  // First the OS pages to give back and the blocks that become holes; then the lists lose
+  // those blocks (their links are in that memory); only then does the memory go.
+  const uint64_t before[2] = {page->punched[0], page->punched[1]};
+  size_t new_holes = 0;
+  for (size_t k = 0; (k + 1) * ps <= carved; ++k) {
+    const size_t first = k * ps / bsize, last = ((k + 1) * ps - 1) / bsize;
+    bool all = !is_set(page->punched, k);
+    for (size_t i = first; all && i <= last; ++i) all = is_set(free_bits, i) || is_set(holes, i);
+    if (!all) continue;
+    page->punched[k / 64] |= uint64_t{1} << (k % 64);
+    for (size_t i = first; i <= last; ++i) {
+      if (!is_set(free_bits, i)) continue;  // a hole already
+      free_bits[i / 64] &= ~(uint64_t{1} << (i % 64));
+      __atomic_store_n(&holes[i / 64], holes[i / 64] | (uint64_t{1} << (i % 64)), __ATOMIC_RELAXED);
+      ++new_holes;
+    }
+  }
+  const uint64_t fresh[2] = {page->punched[0] & ~before[0], page->punched[1] & ~before[1]};
+  if ((fresh[0] | fresh[1]) == 0) return 0;
+  auto filter = [&](Block*& l) {
+    Block** at = &l;
+    while (*at != nullptr) {
+      size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(*at) - start) / bsize;
+      if (is_set(holes, i)) *at = (*at)->next;
+      else at = &(*at)->next;
+    }
+  };
+  filter(page->free);
+  filter(page->local_free);
+  size_t bytes = 0, runs = 0;
+  for (size_t k = 0; k < 128;) {
+    if (!is_set(fresh, k)) {
+      ++k;
+      continue;
+    }
+    size_t e = k;
+    while (e < 128 && is_set(fresh, e)) ++e;
+    os::purge(start + k * ps, (e - k) * ps);
+    bytes += (e - k) * ps;
+    ++runs;
+    k = e;
+  }
+  page->holes = static_cast<uint16_t>(page->holes + new_holes);
+  // Release: a thread that sees the flag (free_generic) sees the bits it guards.
+  std::atomic_thread_fence(std::memory_order_release);
+  if (page->holes != 0) set_page_flags(page, static_cast<uint8_t>(page_flags(page) | kPageHoles));
+  if (bytes != 0) {
+    budget_release(bytes);
+    g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
+    g_counters.punched.fetch_add(bytes, std::memory_order_relaxed);
+    g_counters.purge_calls.fetch_add(runs, std::memory_order_relaxed);
+  }
+  return bytes;
+}
+
 void page_unfull(Heap* heap, Page* page) noexcept {
   list_remove(&heap->full, page);
   set_page_flags(page, static_cast<uint8_t>(page_flags(page) & ~kPageInFull));
@@ -291,9 +424,12 @@ again:
     }
     if (page->free != nullptr) {
       if (!was_empty || carved) break;
-      uint32_t avail = static_cast<uint32_t>(page->capacity - page->used);  // all on `free` now
+      // (Holes count: the page carves them again when these run out.)
+      // (Holes do not count: a page that a punch left with a few free blocks is as poor as
+      // any, so that new allocations do not spread over the pages that are draining.)
+      uint32_t avail = static_cast<uint32_t>(page->capacity - page->used - page->holes);  // all on `free` now
       if (avail >= page->reserved / 8u) break;
-      if (poor == nullptr || avail > static_cast<uint32_t>(poor->capacity - poor->used)) poor = page;
+      if (poor == nullptr || avail > static_cast<uint32_t>(poor->capacity - poor->used - poor->holes)) poor = page;
       if (++poor_seen >= 4) {
         page = nullptr;
         break;
@@ -305,6 +441,9 @@ again:
       page = next;
       continue;
     }
+    // Only holes left (page_punch): carve them again, as the free blocks of this page that the
+    // next allocations fill, rather than move on (the page allocation happens in keeps it).
+    if (page->holes != 0 && page_refill_holes(heap, page)) break;
     page_to_full(heap, page);
     page = next;
   }

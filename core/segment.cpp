@@ -83,6 +83,9 @@ void reset_descriptors(Segment* s, unsigned first, unsigned n) {
     p->slice_count = 0;
     p->block_size = 0;
     p->capacity = p->reserved = 0;
+    p->holes = 0;
+    p->punched[0] = p->punched[1] = 0;
+    p->punched_for_growth = 0;
     p->thread_free.store(0, std::memory_order_relaxed);
     p->next = p->prev = nullptr;
   }
@@ -219,6 +222,9 @@ static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except) {
     }
     if (take != 0) purge_slices(s, take);
   }
+  // Still growing: sparse pages give back the memory of their free blocks too, once the
+  // allocation is done (heap_grew).
+  heap->punch_want += static_cast<size_t>(fresh) << kSliceShift;
 }
 
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices) noexcept {
@@ -281,6 +287,12 @@ static bool span_free_internal(Segment* s, Page* page) {
   unsigned slices = page->slice_count;
   Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
   if (heap != nullptr) heap->stats.pages_freed[static_cast<unsigned>(page->kind)]++;
+  if ((page->punched[0] | page->punched[1]) != 0) {
+    // The OS pages its holes gave back (page_punch) count as committed again with the free
+    // slices, which are purged as a whole later.
+    size_t bytes = static_cast<size_t>(popcount64(page->punched[0]) + popcount64(page->punched[1])) * os::page_size();
+    if (bytes != 0 && !budget_charge(bytes)) committed_add(bytes);
+  }
   reset_descriptors(s, idx, slices);
   s->free_slices |= run_mask(idx, slices);
   if (--s->used_spans == 0) {

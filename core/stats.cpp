@@ -96,7 +96,9 @@ void stats_print(bool detailed) noexcept {
   Message m;
   m.str("nebula-memory: live ").bytes(st.live_bytes).str(", committed ").bytes(st.committed_bytes)
       .str(" (peak ").bytes(st.committed_peak).str("), purged ").bytes(st.purged_bytes)
-      .str(" in ").num(st.purge_calls).str(" calls, reserved ").bytes(st.reserved_bytes).ch('\n');
+      .str(" in ").num(st.purge_calls).str(" calls (free blocks of sparse pages ")
+      .bytes(g_counters.punched.load(std::memory_order_relaxed)).str(", carved again ")
+      .bytes(g_counters.refilled.load(std::memory_order_relaxed)).str("), reserved ").bytes(st.reserved_bytes).ch('\n');
   m.emit();
   if (st.budget != 0 || st.budget_failures != 0 || st.level_crossings[4] != 0) {
     Message b;

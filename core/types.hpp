@@ -68,6 +68,8 @@ enum PageFlags : uint8_t {
   kPageHasAligned = 2,  // some block was handed out at an offset (aligned allocation)
   kPageNotInUse = 4,    // descriptor of a free slice, the header slice, or a huge/large page
   kPageSecure = 8,      // secure mode: every free goes through the checking generic path
+  kPageHoles = 16,      // some free blocks' memory went back to the OS (holes != 0): a free
+                        // checks that the block is not one of them
 };
 
 enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
@@ -77,7 +79,8 @@ enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 // The first 64 bytes (one cache line: descriptors are 64-byte aligned) hold what the fast paths
 // touch: malloc reads free and used; free() reads head, fast_magic, div_bias, free, used.
 // Invariants (owner's view, between operations):
-//   used + |free| + |local_free| == capacity <= reserved
+//   used + |free| + |local_free| + holes == capacity <= reserved
+//   holes != 0  <=>  flags & kPageHoles  (never in secure mode)
 //   |thread_free| <= used  (blocks freed by other threads count as used until collected)
 //   flags & kPageInFull  <=>  the page is in its heap's full list
 //   (thread_free & kDelayMask) == kDelayUse  =>  flags & kPageInFull
@@ -104,19 +107,26 @@ struct alignas(64) Page {
   uint8_t is_clean;                     // the span was zero (never touched or purged) at init
   uint8_t unused0_;
   uint16_t slice_count;                 // span length in slices (head only)
-  uint32_t unused_;
+  uint16_t holes;                       // blocks in memory given back while the page lives
+  uint8_t punched_for_growth;           // some of it went back because the heap grew
+  uint8_t unused_;
   // Second line: what other threads write, and the slow paths' fields.
   std::atomic<uintptr_t> thread_free;   // count << 48 | Block* | DelayState: frees by other threads
   Page* next;                           // in the heap's queue or full list (owner only)
   Page* prev;
   uint64_t div_magic;                   // small and medium pages (written at page init)
   uint64_t list_key;                    // secure mode: the key of this page's encoded links
-  uint8_t reserved_for_layout[24];      // keeps the descriptor at 128 bytes
+  uint64_t punched[2];                  // OS pages of the span given back (page_punch)
+  uint32_t sparse_since;                // clock_ms (low bits, never 0) since the page has been
+                                        // sparse, 0 if it is not (heap_punch_sparse)
+  uint16_t punch_used;                  // `used` when its free memory was last given back
+  uint8_t reserved_for_layout[2];       // keeps the descriptor at 128 bytes
 };
 static_assert(sizeof(Page) == 128, "page descriptors are 128 bytes: free() indexes by shift");
 static_assert(offsetof(Page, free) == 0, "the malloc fast path loads page->free first");
 static_assert(offsetof(Page, slice_count) < 64, "the fast paths' fields share one cache line");
 static_assert(kSliceSize / kMinAlign <= 65535, "capacity and reserved are 16-bit");
+static_assert(kMediumPageSlices * kSliceSize / 4096 <= 128, "Page::punched has a bit per 4 KiB of a page");
 
 // A queue of pages of one size class; `first` is where allocation happens.
 struct PageQueue {
@@ -186,6 +196,8 @@ struct Heap {
   uint64_t last_wait_ms = 0;            // when the thread last entered pthread_join
   uint64_t last_wait_abandon_ms = 0;    // when it last gave its segments up there
   uint32_t purge_epoch = 0;             // last g_purge_epoch this heap purged for
+  size_t punch_want = 0;                // bytes a span took that were not resident (span_alloc)
+  uint64_t next_punch_ms = 0;           // earliest time sparse pages are punched for that again
   bool live = false;                    // false for the empty heap and pooled heaps
   Heap* next_heap = nullptr;            // all heaps (live and pooled), for stats and fork
   HeapStats stats = {};

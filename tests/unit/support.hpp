@@ -50,17 +50,18 @@ inline uintptr_t delay_state(const Page* page) {
 
 // The counts of a page's block lists. Blocks on thread_free (and on the owner heap's delayed
 // list) are still counted in `used` until the owner collects them (page_collect subtracts them),
-// so the owner's invariant is  used + |free| + |local_free| == capacity,  |thread_free| <= used.
+// so the owner's invariant is  used + |free| + |local_free| + holes == capacity,
+// |thread_free| <= used (holes: blocks whose memory page_punch gave back).
 struct PageCounts {
-  size_t used, free, local_free, thread_free, capacity, reserved;
-  size_t total() const { return used + free + local_free; }
+  size_t used, free, local_free, thread_free, capacity, reserved, holes;
+  size_t total() const { return used + free + local_free + holes; }
   bool consistent() const { return total() == capacity && thread_free <= used && capacity <= reserved; }
 };
 
 // Read a page's counts. Only meaningful while its owner thread is idle.
 inline PageCounts page_counts(const Page* page) {
   return PageCounts{page->used, list_len(page->free), list_len(page->local_free),
-                    list_len(thread_free_head(page)), page->capacity, page->reserved};
+                    list_len(thread_free_head(page)), page->capacity, page->reserved, page->holes};
 }
 
 inline Page* page_of_ptr(const void* p) {

@@ -1,0 +1,298 @@
+// tests/unit/holes_test.cpp: sparse pages give the memory of their free blocks back
+// (page_punch), hand it out again when they run out of other blocks, and forget it when they
+// empty; a free of a block in such memory is a double free; the heap does it by itself when it
+// grows while its pages are mostly free.
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <csignal>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+namespace {
+
+// Is the OS page at p resident (mincore)?
+bool resident(const void* p) {
+  unsigned char v = 0;
+  auto a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{4095};
+  REQUIRE(mincore(reinterpret_cast<void*>(a), 4096, &v) == 0);
+  return v & 1;
+}
+
+// On a fresh thread: fill one page of blocks of n bytes, then a block on the next page so that
+// the first is no longer where allocation happens. Returns the page's blocks in address order.
+std::vector<void*> fill_one_page(size_t n, void** extra) {
+  std::vector<void*> blocks;
+  blocks.push_back(alloc(n));
+  Page* page = page_of_ptr(blocks[0]);
+  REQUIRE(page->used == 1);
+  while (blocks.size() < page->reserved) {
+    void* p = alloc(n);
+    REQUIRE(page_of_ptr(p) == page);
+    blocks.push_back(p);
+  }
+  *extra = alloc(n);
+  REQUIRE(page_of_ptr(*extra) != page);
+  std::sort(blocks.begin(), blocks.end());
+  return blocks;
+}
+
+}  // namespace
+
+TEST_CASE("holes: a sparse page gives the OS pages of its free blocks back and carves them again") {
+  Worker w;
+  w.run([] {
+    const size_t n = 256;  // 16 blocks per OS page
+    void* extra = nullptr;
+    std::vector<void*> blocks = fill_one_page(n, &extra);
+    Page* page = page_of_ptr(blocks[0]);
+    REQUIRE(page->reserved == kSliceSize / n);
+    for (size_t i = 0; i < blocks.size(); ++i) fill(blocks[i], n, i);
+    // Keep the first OS page's 16 blocks and two more in the ninth; free the rest.
+    auto kept = [](size_t i) { return i < 16 || i == 8 * 16 + 3 || i == 8 * 16 + 9; };
+    for (size_t i = 0; i < blocks.size(); ++i)
+      if (!kept(i)) dealloc(blocks[i]);
+    REQUIRE(page->used == 18);
+    CHECK(page_counts(page).consistent());
+    size_t committed = committed_now(), punched = g_counters.punched.load();
+
+    size_t bytes = page_punch(page);
+    // OS pages 1..15 but 8: 14 of them; their 14 * 16 blocks are holes now.
+    CHECK(bytes == 14 * 4096);
+    CHECK(page->holes == 14 * 16);
+    CHECK((page_flags(page) & kPageHoles) != 0);
+    CHECK(page->fast_magic == 0);  // every free of the page takes the checking path
+    CHECK(page_counts(page).consistent());
+    CHECK(committed_now() == committed - bytes);
+    CHECK(g_counters.punched.load() == punched + bytes);
+    for (size_t k = 0; k < 16; ++k) CHECK(resident(static_cast<uint8_t*>(blocks[0]) + k * 4096) == (k == 0 || k == 8));
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (kept(i)) CHECK(check_fill(blocks[i], n, i));
+      else if (i / 16 != 8) CHECK(block_is_free_any(segment_of(blocks[i]), page, static_cast<Block*>(blocks[i])));
+    }
+    CHECK(page_punch(page) == 0);  // nothing more to give back
+
+    // The page ran out of other blocks: allocation goes on in it (its holes carved again)
+    // before any new page. Make it the class's page by freeing the other page's block.
+    dealloc(extra);
+    uint64_t made = t_heap->stats.pages_made[0];
+    std::vector<void*> again;
+    for (size_t i = 0; i < 14 * 16 + 14; ++i) {
+      void* p = alloc(n);
+      CHECK(page_of_ptr(p) == page);
+      again.push_back(p);
+    }
+    CHECK(t_heap->stats.pages_made[0] == made);
+    CHECK(page->holes == 0);
+    CHECK((page_flags(page) & kPageHoles) == 0);
+    CHECK(page->used == page->reserved);
+    CHECK(committed_now() == committed);
+    for (size_t i = 0; i < again.size(); ++i) fill(again[i], n, 1000 + i);
+    for (size_t i = 0; i < again.size(); ++i) CHECK(check_fill(again[i], n, 1000 + i));
+    for (size_t i = 0; i < blocks.size(); ++i)
+      if (kept(i)) CHECK(check_fill(blocks[i], n, i));
+    for (void* p : again) dealloc(p);
+    for (size_t i = 0; i < blocks.size(); ++i)
+      if (kept(i)) dealloc(blocks[i]);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+TEST_CASE("holes: a page that empties with holes goes back whole, counted committed again") {
+  Worker w;
+  w.run([] {
+    const size_t n = 512;
+    void* extra = nullptr;
+    std::vector<void*> blocks = fill_one_page(n, &extra);
+    Page* page = page_of_ptr(blocks[0]);
+    Segment* s = segment_of(blocks[0]);
+    for (size_t i = 1; i < blocks.size(); ++i) dealloc(blocks[i]);
+    size_t committed = committed_now();
+    size_t bytes = page_punch(page);
+    CHECK(bytes == kSliceSize - 4096);
+    CHECK(committed_now() == committed - bytes);
+    unsigned idx = static_cast<unsigned>(page - s->pages);
+    dealloc(blocks[0]);  // the page empties: its span goes back to the segment
+    CHECK((s->free_slices >> idx & 1) != 0);
+    CHECK(committed_now() == committed);
+    // Its holes are gone with it.
+    CHECK(page->holes == 0);
+    CHECK((page->punched[0] | page->punched[1]) == 0);
+    CHECK((page_flags(page) & kPageHoles) == 0);
+    dealloc(extra);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+TEST_CASE("holes: blocks that straddle OS pages, random frees, punch and refill keep every live block") {
+  Worker w;
+  w.run([] {
+    std::mt19937_64 rng(7);
+    for (size_t n : {size_t{1792}, size_t{80}, size_t{5120}}) {
+      CAPTURE(n);
+      void* extra = nullptr;
+      std::vector<void*> blocks = fill_one_page(n, &extra);
+      Page* page = page_of_ptr(blocks[0]);
+      std::vector<bool> live(blocks.size(), true);
+      for (size_t i = 0; i < blocks.size(); ++i) fill(blocks[i], n, i);
+      for (int round = 0; round < 6; ++round) {
+        CAPTURE(round);
+        for (size_t i = 1; i < blocks.size(); ++i)  // block 0 stays: the page must not empty
+          if (live[i] && rng() % 4 != 0) {
+            dealloc(blocks[i]);
+            live[i] = false;
+          }
+        page_punch(page);
+        REQUIRE(page_counts(page).consistent());
+        for (size_t i = 0; i < blocks.size(); ++i)
+          if (live[i]) REQUIRE(check_fill(blocks[i], n, i));
+        // Allocate in the page again (refilling its holes once its free blocks are gone).
+        dealloc(extra);
+        const size_t live_n = static_cast<size_t>(std::count(live.begin(), live.end(), true));
+        // (A page down to its last few free blocks may give way to a new page for a while: those
+        // blocks go to `elsewhere`; the page itself must fill up, its holes carved again.)
+        std::vector<void*> elsewhere;
+        for (size_t k = 0, dead = blocks.size() - live_n; k < 4 * dead && page->used < page->reserved; ++k) {
+          void* p = alloc(n);
+          if (page_of_ptr(p) != page) {
+            elsewhere.push_back(p);
+            continue;
+          }
+          auto at = std::find(blocks.begin(), blocks.end(), p);
+          REQUIRE(at != blocks.end());
+          size_t j = static_cast<size_t>(at - blocks.begin());
+          REQUIRE_FALSE(live[j]);
+          live[j] = true;
+          fill(p, n, j);
+        }
+        for (void* p : elsewhere) dealloc(p);
+        REQUIRE(page->used == page->reserved);
+        REQUIRE(page->holes == 0);
+        extra = alloc(n);
+        for (size_t i = 0; i < blocks.size(); ++i) {
+          REQUIRE(live[i]);
+          REQUIRE(check_fill(blocks[i], n, i));
+        }
+      }
+      for (void* p : blocks) dealloc(p);
+      dealloc(extra);
+    }
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+TEST_CASE("holes: what the header held before does not count as holes, for blocks carved later too") {
+  Worker w;
+  w.run([] {
+    const size_t n = 256;
+    std::vector<void*> blocks;
+    for (int i = 0; i < 48; ++i) blocks.push_back(alloc(n));
+    std::sort(blocks.begin(), blocks.end());
+    Page* page = page_of_ptr(blocks[0]);
+    for (void* p : blocks) REQUIRE(page_of_ptr(p) == page);
+    REQUIRE(page->capacity < page->reserved);  // more to carve later
+    // The bitmap's memory as a huge block or an earlier segment may have left it.
+    memset(hole_bits(segment_of(blocks[0]), page), 0xff, 512);
+    for (size_t i = 16; i < blocks.size(); ++i) dealloc(blocks[i]);
+    blocks.resize(16);
+    REQUIRE(page_punch(page) > 0);
+    CHECK(page_counts(page).consistent());
+    // Fill the page: its free blocks, newly carved ones, then its holes; every block once.
+    std::set<void*> seen(blocks.begin(), blocks.end());
+    std::vector<void*> more;
+    while (page->used < page->reserved) {
+      void* p = alloc(n);
+      if (page_of_ptr(p) != page) {
+        dealloc(p);
+        break;
+      }
+      REQUIRE(seen.insert(p).second);
+      fill(p, n, more.size());
+      more.push_back(p);
+    }
+    CHECK(page->used == page->reserved);
+    for (size_t i = 0; i < more.size(); ++i) CHECK(check_fill(more[i], n, i));
+    for (void* p : more) dealloc(p);  // none is taken for a hole
+    for (void* p : blocks) dealloc(p);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+TEST_CASE("holes: freeing a block whose memory went back is a double free") {
+  Worker w;
+  void* hole = nullptr;
+  std::vector<void*> keep;
+  w.run([&] {
+    void* extra = nullptr;
+    std::vector<void*> blocks = fill_one_page(256, &extra);
+    for (size_t i = 16; i < blocks.size(); ++i) dealloc(blocks[i]);
+    REQUIRE(page_punch(page_of_ptr(blocks[0])) > 0);
+    hole = blocks[100];
+    keep.assign(blocks.begin(), blocks.begin() + 16);
+    keep.push_back(extra);
+  });
+  // From another thread, and from the owner thread (a child forked by it).
+  ChildResult r = run_child([hole] { nebula_free(hole); });
+  CAPTURE(r.err);
+  CHECK(WIFSIGNALED(r.status));
+  CHECK(r.err.find("double free") != std::string::npos);
+  w.run([&] {
+    ChildResult o = run_child([hole] { nebula_free(hole); });
+    CAPTURE(o.err);
+    CHECK(WIFSIGNALED(o.status));
+    CHECK(o.err.find("double free") != std::string::npos);
+  });
+  w.run([&] {
+    for (void* p : keep) dealloc(p);
+  });
+}
+
+TEST_CASE("holes: a heap that grows while its pages are mostly free gives their free memory back") {
+  settle();  // no abandoned segments with resident free slices: the second phase takes new memory
+  Worker w;
+  w.run([] {
+    // A phase of small objects, 90% of them freed at random: sparse pages everywhere.
+    std::mt19937_64 rng(3);
+    std::vector<void*> old;
+    for (int i = 0; i < 40000; ++i) old.push_back(alloc(96 + rng() % 160));
+    std::shuffle(old.begin(), old.end(), rng);
+    for (size_t i = old.size() / 10; i < old.size(); ++i) dealloc(old[i]);
+    old.resize(old.size() / 10);
+    size_t punched = g_counters.punched.load();
+    // (No memory given back for growth before came back: the rule that stops it does not apply.)
+    g_punch_feedback.punched.store(0);
+    g_punch_feedback.refilled.store(0);
+    // The next phase's objects are bigger: new pages, fresh memory, while the old pages hold
+    // free blocks of other sizes.
+    std::vector<void*> fresh;
+    // (The heap looks for sparse pages at most every 8 ms; the first phase's growth just did.)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (int i = 0; i < 6000; ++i) fresh.push_back(alloc(600));
+    CHECK(g_counters.punched.load() > punched);
+    for (void* p : fresh) dealloc(p);
+    for (void* p : old) dealloc(p);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+TEST_CASE("holes: malloc_trim gives back the free memory of sparse pages at once") {
+  Worker w;
+  w.run([] {
+    std::mt19937_64 rng(5);
+    std::vector<void*> v;
+    for (int i = 0; i < 20000; ++i) v.push_back(alloc(200));
+    std::shuffle(v.begin(), v.end(), rng);
+    for (size_t i = v.size() / 20; i < v.size(); ++i) dealloc(v[i]);
+    v.resize(v.size() / 20);
+    size_t punched = g_counters.punched.load(), committed = committed_now();
+    trim(0);
+    CHECK(g_counters.punched.load() > punched);
+    CHECK(committed_now() < committed);
+    for (void* p : v) dealloc(p);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
