@@ -250,6 +250,8 @@ void free_block_remote(Page* page, Block* b) noexcept;
 // The foreign cache (core/heap.cpp).
 bool in_foreign_cache(const Page* page, const Block* b) noexcept;
 uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept;
+// Map the heap's foreign-cache descriptors if they are not yet (false: the OS refused).
+bool fcache_ready(Heap* heap) noexcept;
 void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept;
 void fcache_flush_all(Heap* heap) noexcept;
 Block* block_start(Segment* s, Page* page, void* p) noexcept;

@@ -60,9 +60,16 @@ void heap_reset(Heap* h) {
   for (auto& d : h->direct) d = &g_empty_page;
 }
 
+size_t fcache_map_size() { return align_up(sizeof(ForeignCache), os::page_size()); }
+
 void heap_to_pool(Heap* h) {
   h->live = false;
   LockGuard guard(g_heaps_lock);
+  if (h->fc != nullptr) {  // empty by now (fcache_flush_all); stats walk heaps under this lock
+    os::release(h->fc, fcache_map_size());
+    h->fc = nullptr;
+    h->fc_on = false;
+  }
   // Keep the counters of exited threads in the totals.
   HeapStats& r = g_retired_stats;
   for (int i = 0; i < 4; ++i) {
@@ -349,7 +356,7 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
     // thread's working set and make every later free of it a remote one (reading the owner's
     // page descriptor); while it is on, its own draining adds slow-path calls (hence the gap).
     uint64_t remote = heap->stats.remote_frees - heap->fc_remote_mark;
-    if (remote > 4 * 64) heap->fc_on = true;
+    if (remote > 4 * 64) heap->fc_on = fcache_ready(heap);
     else if (remote < 64) heap->fc_on = false;
     heap->fc_remote_mark = heap->stats.remote_frees;
     heap_maintenance(heap, false);
@@ -488,13 +495,23 @@ bool in_foreign_cache(const Page* page, const Block* b) noexcept {
   return page->block_size >= 32 && reinterpret_cast<const uintptr_t*>(b)[2] == ~g_free_key;
 }
 
+// The foreign cache's descriptors, mapped the first time the heap turns its cache on (fresh
+// memory is zero: every list empty). False if the OS refuses: the cache stays off.
+bool fcache_ready(Heap* heap) noexcept {
+  if (heap->fc != nullptr) return true;
+  void* m = os::reserve(fcache_map_size(), os::page_size());
+  if (m == nullptr) return false;
+  __atomic_store_n(&heap->fc, static_cast<ForeignCache*>(m), __ATOMIC_RELEASE);  // stats read it
+  return true;
+}
+
 uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept {
-  return heap->fc_pushed[cls] - heap->fc_page[cls].used;
+  return heap->fc != nullptr ? heap->fc->pushed[cls] - heap->fc->page[cls].used : 0;
 }
 
 // Send the cached blocks of class cls back to their pages, but for the `keep` freed last.
 void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept {
-  Page* fp = &heap->fc_page[cls];
+  Page* fp = &heap->fc->page[cls];
   uint32_t held = fcache_held(heap, cls);
   if (keep > held) keep = held;
   Block* b = fp->free;
@@ -510,7 +527,7 @@ void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept {
     free_block_remote(page_of(segment_of(b), b), b);
     b = next;
   }
-  heap->fc_pushed[cls] = keep;
+  heap->fc->pushed[cls] = keep;
   fp->used = 0;
 }
 
@@ -530,11 +547,11 @@ bool fcache_push(Heap* me, Page* page, Block* b) {
   unsigned cls = page->size_class;
   if (!me->fc_on || !me->live || page->kind == PageKind::kLarge || kClassSize[cls] < 32 || g_secure) return false;
   if (fcache_held(me, cls) >= fc_limit(cls)) fcache_flush(me, cls, fc_limit(cls) / 2);
-  Page* fp = &me->fc_page[cls];
+  Page* fp = &me->fc->page[cls];
   reinterpret_cast<uintptr_t*>(b)[2] = ~g_free_key;
   b->next = fp->free;
   fp->free = b;
-  me->fc_pushed[cls]++;
+  me->fc->pushed[cls]++;
   uint64_t bit = uint64_t{1} << cls;
   if (!(me->fc_active & bit)) {
     me->fc_active |= bit;

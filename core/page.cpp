@@ -194,7 +194,7 @@ bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept {
 void heap_update_direct(Heap* heap, unsigned cls) noexcept {
   if (kClassSize[cls] > kDirectMax || g_secure) return;  // secure mode: the fast path stays off
   Page* page = heap->queues[cls].first;
-  if (heap->fc_active & (uint64_t{1} << cls)) page = &heap->fc_page[cls];  // the foreign cache first
+  if (heap->fc_active & (uint64_t{1} << cls)) page = &heap->fc->page[cls];  // the foreign cache first
   if (page == nullptr) page = &g_empty_page;
   size_t lo = cls == 0 ? 0 : kClassSize[cls - 1] / 16 + 1;
   size_t hi = kClassSize[cls] / 16;
@@ -376,7 +376,7 @@ void page_retire(Page* page) noexcept {
 
 void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   if (heap->fc_active & (uint64_t{1} << cls)) {  // the class has a foreign cache (with blocks, or empty now)
-    Page* fp = &heap->fc_page[cls];
+    Page* fp = &heap->fc->page[cls];
     if (Block* fb = fp->free; fb != nullptr) {  // a class the direct table does not reach
       fp->free = fb->next;
       fp->used++;
@@ -386,7 +386,7 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
     }
     // The foreign cache of the class ran out: back to the pages.
     heap->fc_active &= ~(uint64_t{1} << cls);
-    heap->fc_pushed[cls] = 0;
+    heap->fc->pushed[cls] = 0;
     fp->used = 0;
     heap_update_direct(heap, cls);
   }

@@ -21,10 +21,11 @@ void add_heap(Heap* h, void* ctx) {
   auto* c = static_cast<Collect*>(ctx);
   nebula_mem_stats* out = c->out;
   out->heaps++;
-  for (uint64_t m = __atomic_load_n(&h->fc_active, __ATOMIC_RELAXED); m != 0; m &= m - 1) {
+  ForeignCache* fc = __atomic_load_n(&h->fc, __ATOMIC_ACQUIRE);
+  for (uint64_t m = fc != nullptr ? __atomic_load_n(&h->fc_active, __ATOMIC_RELAXED) : 0; m != 0; m &= m - 1) {
     unsigned cls = ctz64(m);
-    uint32_t held = __atomic_load_n(&h->fc_pushed[cls], __ATOMIC_RELAXED) -
-                    __atomic_load_n(&h->fc_page[cls].used, __ATOMIC_RELAXED);
+    uint32_t held = __atomic_load_n(&fc->pushed[cls], __ATOMIC_RELAXED) -
+                    __atomic_load_n(&fc->page[cls].used, __ATOMIC_RELAXED);
     if (held <= 64) c->cached += static_cast<uint64_t>(held) * kClassSize[cls];  // else a torn read
   }
   for (int i = 0; i < 4; ++i) {

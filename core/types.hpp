@@ -180,6 +180,12 @@ struct HeapStats {
   uint64_t segments_reclaimed;
 };
 
+// The descriptors of a heap's foreign cache (see Heap::fc_active).
+struct ForeignCache {
+  uint32_t pushed[kClassCount];         // blocks pushed since the list was empty
+  Page page[kClassCount];
+};
+
 // A thread heap. Reached through the initial-exec thread-local `t_heap`, which starts at the
 // constant empty heap: every direct entry of the empty heap points at an empty page, so the
 // first malloc of a thread misses like any empty list and the slow path creates the heap.
@@ -204,14 +210,15 @@ struct Heap {
   // The foreign cache: blocks of other threads' pages that this thread freed, kept for its own
   // next allocations of their class while their lines are in this core's cache (a remote free
   // otherwise sends them to their page, where the owner reuses them cold, and only after it
-  // collects them). fc_page[c] is a page descriptor that owns no memory: its `free` list holds
+  // collects them). fc->page[c] is a page descriptor that owns no memory: its `free` list holds
   // the cached blocks and the direct table points at it while class c holds some (bit c of
   // fc_active), so the malloc fast path pops them as from any page (and counts them in `used`).
+  // The descriptors (6 KiB) are mapped when the thread first turns its cache on, so that a
+  // thread that never does (most) keeps a heap of 3 KiB.
   uint64_t fc_active = 0;
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
   uint64_t fc_remote_mark = 0;          // stats.remote_frees at the last decision
-  uint32_t fc_pushed[kClassCount] = {};  // blocks pushed since the list was empty
-  Page fc_page[kClassCount] = {};
+  ForeignCache* fc = nullptr;           // set once (by the owner), released with the heap
 
   // The empty heap: every direct entry points at the page with no free block.
   constexpr explicit Heap(Page* empty) {

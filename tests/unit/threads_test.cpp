@@ -107,14 +107,14 @@ TEST_CASE("foreign cache: a block freed by a non-owner is that thread's next blo
   const uint32_t used0 = page->used;
   Heap* me = t_heap;
   REQUIRE(me->live);
-  me->fc_on = true;  // as after many remote frees (see "foreign cache: on where ...")
+  me->fc_on = fcache_ready(me);  // as after many remote frees (see "foreign cache: on where ...")
   REQUIRE(segment_of(page)->thread_id.load() != os::thread_id());
   const uint64_t live0 = stats().live_bytes;
   dealloc(p);
   CHECK(stats().live_bytes + kClassSize[cls] == live0);  // a cached block is not live
   CHECK(fcache_held(me, cls) == 1);
   CHECK((me->fc_active & (uint64_t{1} << cls)) != 0);
-  CHECK(me->direct[(100 + 15) / 16] == &me->fc_page[cls]);
+  CHECK(me->direct[(100 + 15) / 16] == &me->fc->page[cls]);
   CHECK(in_foreign_cache(page, static_cast<Block*>(p)));
   CHECK(page->used == used0);                  // still out, as far as the page knows
   CHECK(thread_free_head(page) == nullptr);    // not sent back
@@ -125,7 +125,7 @@ TEST_CASE("foreign cache: a block freed by a non-owner is that thread's next blo
   void* r = alloc(100);
   CHECK(page_of_ptr(r) != page);
   CHECK((me->fc_active & (uint64_t{1} << cls)) == 0);
-  CHECK(me->direct[(100 + 15) / 16] != &me->fc_page[cls]);
+  CHECK(me->direct[(100 + 15) / 16] != &me->fc->page[cls]);
   dealloc(r);
   a.run([&] {
     dealloc(q);  // the owner frees it for good
@@ -184,7 +184,7 @@ TEST_CASE("foreign cache: bounded, and emptied when its thread exits") {
   Worker b;
   b.run([&] {
     dealloc(alloc(64));  // b has a heap
-    t_heap->fc_on = true;
+    t_heap->fc_on = fcache_ready(t_heap);
     for (void* p : blocks) {
       dealloc(p);
       CHECK(fcache_held(t_heap, cls) <= limit);
@@ -389,7 +389,7 @@ TEST_CASE("threads: blocks exchanged between threads stay intact") {
       // switch it on from the start, so that its paths always take part in the exchange (TSAN
       // runs this test); the heap's own rule may turn it off again.
       dealloc(alloc(16));
-      t_heap->fc_on = true;
+      t_heap->fc_on = fcache_ready(t_heap);
       for (int i = 0; i < kOps; ++i) {
         unsigned r = static_cast<unsigned>(rng() % 1000);
         size_t n = r < 950 ? 24 + rng() % 500 : r < 998 ? 24 + rng() % 65536 : 200000 + rng() % 100000;
