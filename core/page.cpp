@@ -67,7 +67,7 @@ void page_extend(Page* page) {
 // The page ran out of free blocks but has holes (page_punch): they become free blocks again,
 // marked as used memory (a hole's block may straddle an OS page that was not given back), and
 // their OS pages count as committed again. False if the budget refuses them.
-bool page_refill_holes(Heap* heap, Page* page) {
+bool page_refill_holes(Page* page) {
   Segment* s = segment_of(page);
   const size_t ps = os::page_size();
   const size_t bytes = static_cast<size_t>(popcount64(page->punched[0]) + popcount64(page->punched[1])) * ps;
@@ -75,7 +75,6 @@ bool page_refill_holes(Heap* heap, Page* page) {
   if (page->punched_for_growth) g_punch_feedback.refilled.fetch_add(bytes, std::memory_order_relaxed);
   page->punched_for_growth = 0;
   g_counters.refilled.fetch_add(bytes, std::memory_order_relaxed);
-  (void)heap;
   uint64_t* bits = hole_bits(s, page);
   uint8_t* start = page_start(s, page);
   const size_t bsize = page->block_size;
@@ -424,7 +423,6 @@ again:
     }
     if (page->free != nullptr) {
       if (!was_empty || carved) break;
-      // (Holes count: the page carves them again when these run out.)
       // (Holes do not count: a page that a punch left with a few free blocks is as poor as
       // any, so that new allocations do not spread over the pages that are draining.)
       uint32_t avail = static_cast<uint32_t>(page->capacity - page->used - page->holes);  // all on `free` now
@@ -443,7 +441,7 @@ again:
     }
     // Only holes left (page_punch): carve them again, as the free blocks of this page that the
     // next allocations fill, rather than move on (the page allocation happens in keeps it).
-    if (page->holes != 0 && page_refill_holes(heap, page)) break;
+    if (page->holes != 0 && page_refill_holes(page)) break;
     page_to_full(heap, page);
     page = next;
   }
