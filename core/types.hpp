@@ -76,8 +76,13 @@ enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 
 // Page descriptor. One per slice in the segment header; only the first slice of a span (its
 // head) is live, the others point to it with `head`.
-// The first 64 bytes (one cache line: descriptors are 64-byte aligned) hold what the fast paths
-// touch: malloc reads free and used; free() reads head, fast_magic, div_bias, free, used.
+// Descriptors are 64-byte aligned; their cache lines split by who writes them. The first holds
+// what a free() reads to find and check the block (head, fast_magic, div_bias, flags, size
+// class), written only when the page is set up or its flags change; the second what the owner
+// writes on every malloc and free (free, used); the third thread_free, which other threads
+// write. A thread freeing another thread's block then reads a line that stays valid in every
+// core's cache and writes one the owner reads only when it collects, instead of pulling the
+// line the owner writes on every call (see "Page descriptors" in docs/performance.md).
 // Invariants (owner's view, between operations):
 //   used + |free| + |local_free| + holes == capacity <= reserved
 //   holes != 0  <=>  flags & kPageHoles  (never in secure mode)
@@ -86,13 +91,13 @@ enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 //   (thread_free & kDelayMask) == kDelayUse  =>  flags & kPageInFull
 //   fast_magic == (flags == 0 ? div_magic : 0)   (set_page_flags keeps it)
 struct alignas(64) Page {
-  Block* free;                          // blocks ready to hand out (owner only)
-  Block* local_free;                    // blocks freed by the owner thread (owner only)
-  uint32_t used;                        // blocks handed out, not yet freed back (owner only)
+  // First line: read by every thread that frees a block of the page.
+  uint64_t list_key;                    // secure mode: the key of this page's encoded links
   uint8_t flags;                        // PageFlags; 0 on the fast path
   PageKind kind;                        // small, medium, large, huge
   uint8_t size_class;                   // for small and medium pages
-  uint8_t unused1_;
+  uint8_t is_clean;                     // the span was zero (never touched or purged) at init
+  uint32_t block_size;                  // bytes per block (large: the span's bytes)
   Page* head;                           // the span's head descriptor (itself for the head)
   // Is p a block start? With the block size d and the page start address a:
   //   (p * div_magic + div_bias) mod 2^64 < div_magic  <=>  d divides p - a
@@ -101,30 +106,32 @@ struct alignas(64) Page {
   // any flag is set: then no pointer passes, and one test covers the flags and the block start.
   uint64_t fast_magic;                  // div_magic, or 0 when flags != 0 (owner writes)
   uint64_t div_bias;
-  uint32_t block_size;                  // bytes per block (large: the span's bytes)
+  uint64_t div_magic;                   // small and medium pages (written at page init)
   uint16_t capacity;                    // blocks carved from the span so far
   uint16_t reserved;                    // blocks that fit in the span
-  uint8_t is_clean;                     // the span was zero (never touched or purged) at init
-  uint8_t unused0_;
   uint16_t slice_count;                 // span length in slices (head only)
   uint16_t holes;                       // blocks in memory given back while the page lives
   uint8_t punched_for_growth;           // some of it went back because the heap grew
-  uint8_t unused_;
-  // Second line: what other threads write, and the slow paths' fields.
-  std::atomic<uintptr_t> thread_free;   // count << 48 | Block* | DelayState: frees by other threads
-  Page* next;                           // in the heap's queue or full list (owner only)
-  Page* prev;
-  uint64_t div_magic;                   // small and medium pages (written at page init)
-  uint64_t list_key;                    // secure mode: the key of this page's encoded links
-  uint64_t punched[2];                  // OS pages of the span given back (page_punch)
+  uint8_t unused_[3];
+  uint16_t punch_used;                  // `used` when its free memory was last given back
+  // Second line: the owner's allocation state (malloc and free write it on every call) and the
+  // owner's slow-path fields.
+  Block* free;                          // blocks ready to hand out (owner only)
+  uint32_t used;                        // blocks handed out, not yet freed back (owner only)
   uint32_t sparse_since;                // clock_ms (low bits, never 0) since the page has been
                                         // sparse, 0 if it is not (heap_punch_sparse)
-  uint16_t punch_used;                  // `used` when its free memory was last given back
-  uint8_t reserved_for_layout[2];       // keeps the descriptor at 128 bytes
+  Page* next;                           // in the heap's queue or full list (owner only)
+  Page* prev;
+  Block* local_free;                    // blocks freed by the owner thread (owner only)
+  uint64_t punched[2];                  // OS pages of the span given back (page_punch)
+  // Third line: what other threads write. The owner reads it when it collects their frees.
+  alignas(64) std::atomic<uintptr_t> thread_free;  // count << 48 | Block* | DelayState
+  // Fourth line: unused, so that descriptors are 256 bytes and free() finds one with a shift.
+  alignas(64) uint8_t pad_[64];
 };
-static_assert(sizeof(Page) == 128, "page descriptors are 128 bytes: free() indexes by shift");
-static_assert(offsetof(Page, free) == 0, "the malloc fast path loads page->free first");
-static_assert(offsetof(Page, slice_count) < 64, "the fast paths' fields share one cache line");
+static_assert(sizeof(Page) == 256, "page descriptors are 256 bytes: free() indexes by shift");
+static_assert(offsetof(Page, free) == 64 && offsetof(Page, used) == 72, "the owner's hot fields are in the second line");
+static_assert(offsetof(Page, punch_used) < 64, "the first line holds what other threads read");
 static_assert(kSliceSize / kMinAlign <= 65535, "capacity and reserved are 16-bit");
 static_assert(kMediumPageSlices * kSliceSize / 4096 <= 128, "Page::punched has a bit per 4 KiB of a page");
 
@@ -163,9 +170,9 @@ struct Segment {
   Segment* prev;
   Page pages[kSlicesPerSegment];        // one descriptor per slice (64-byte aligned)
 };
-static_assert(sizeof(Segment) <= 3 * 4096, "segment header must stay within a few OS pages");
-static_assert(12 * 1024 + kSlicesPerSegment * 512 <= kSliceSize, "secure-mode bitmaps fit in slice 0");
-static_assert(sizeof(Segment) <= 12 * 1024, "the header ends before the secure-mode bitmaps");
+static_assert(sizeof(Segment) <= 5 * 4096, "segment header must stay within a few OS pages");
+static_assert(20 * 1024 + kSlicesPerSegment * 512 <= kSliceSize, "secure-mode bitmaps fit in slice 0");
+static_assert(sizeof(Segment) <= 20 * 1024, "the header ends before the secure-mode bitmaps");
 static_assert(kSliceSize / kMinAlign <= 512 * 8, "512 bytes of bits cover a small page");
 static_assert(sizeof(Segment) < kSliceSize, "the header must fit in slice 0");
 
@@ -213,7 +220,7 @@ struct Heap {
   // collects them). fc->page[c] is a page descriptor that owns no memory: its `free` list holds
   // the cached blocks and the direct table points at it while class c holds some (bit c of
   // fc_active), so the malloc fast path pops them as from any page (and counts them in `used`).
-  // The descriptors (6 KiB) are mapped when the thread first turns its cache on, so that a
+  // The descriptors (12 KiB) are mapped when the thread first turns its cache on, so that a
   // thread that never does (most) keeps a heap of 3 KiB.
   uint64_t fc_active = 0;
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
