@@ -22,7 +22,10 @@ constexpr unsigned kExtendMin = 4;
 void page_extend(Page* page) {
   uint32_t left = static_cast<uint32_t>(page->reserved - page->capacity);
   uint32_t count = static_cast<uint32_t>(kExtendBytes / page->block_size);
-  if (count < kExtendMin) count = kExtendMin;
+  // The first carve of a page touches one OS page at most (or one block): a class a program
+  // uses for a block or two (buffers made at start-up) costs one OS page, not four blocks'.
+  if (count < kExtendMin && page->capacity != 0) count = kExtendMin;
+  if (count == 0) count = 1;
   if (count > left) count = left;
   size_t bsize = page->block_size;
   uint8_t* first = page_start(segment_of(page), page) + static_cast<size_t>(page->capacity) * bsize;

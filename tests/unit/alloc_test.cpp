@@ -373,3 +373,28 @@ TEST_CASE("page retire: the last page of a segment goes when the heap has room e
     dealloc(l1);
   });
 }
+
+TEST_CASE("page carving: a fresh page's first carve touches one OS page at most") {
+  settle();
+  Heap* h = t_heap;
+  REQUIRE(h->live);
+  // One block of a class with blocks of an OS page or more (a start-up buffer): one block is
+  // carved, not four (each would write its link into another OS page). Classes of smaller
+  // blocks carve one OS page's worth; the next carve takes at least four blocks again.
+  for (size_t n : {size_t{4096}, size_t{10 * 1024}, size_t{72 * 1024}, size_t{2048}, size_t{64}}) {
+    const unsigned cls = size_to_class(n);
+    REQUIRE(h->queues[cls].first == nullptr);
+    void* p = alloc(n);
+    REQUIRE(p != nullptr);
+    Page* page = page_of_ptr(p);
+    const size_t bsize = kClassSize[cls];
+    const size_t first = bsize >= 4096 ? 1 : 4096 / bsize;
+    CHECK(page->capacity == first);
+    std::vector<void*> more;
+    for (size_t i = 0; i < first; ++i) more.push_back(alloc(n));  // the carve after the first
+    CHECK(page->capacity >= first + std::min<size_t>(std::max<size_t>(4096 / bsize, 4), page->reserved - first));
+    for (void* q : more) dealloc(q);
+    dealloc(p);
+  }
+  settle();
+}
