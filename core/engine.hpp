@@ -90,6 +90,8 @@ inline void link_set(Block* b, Block* next) {
 // Secure mode: one bit per block of a small or medium page, set while the block is allocated.
 // The bitmaps live in the segment's header slice (512 bytes per slice).
 inline constexpr size_t kLiveBitsOffset = 20 * 1024;
+static_assert(sizeof(Segment) <= kLiveBitsOffset, "the header ends before the bitmaps");
+static_assert(kLiveBitsOffset + kSlicesPerSegment * 512 <= kSliceSize, "the bitmaps fit in the header slice");
 inline uint64_t* live_bits(Segment* s, Page* page) {
   return reinterpret_cast<uint64_t*>(reinterpret_cast<char*>(s) + kLiveBitsOffset +
                                      static_cast<size_t>(page - s->pages) * 512);
