@@ -635,6 +635,7 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
   } else {
     Heap* me = t_heap;
     if (me->live) me->stats.remote_frees++;
+    else g_counters.remote_frees_no_heap.fetch_add(1, std::memory_order_relaxed);  // (a consumer thread)
     if (!fcache_push(me, page, b)) free_block_remote(page, b);
   }
   budget_poll_if_needed();

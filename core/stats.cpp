@@ -86,6 +86,7 @@ void stats_collect(nebula_mem_stats* out) noexcept {
   }
   out->slow_path_calls += retired.generic_calls;
   out->remote_frees += retired.remote_frees;
+  out->remote_frees += g_counters.remote_frees_no_heap.load(std::memory_order_relaxed);
   arena_walk_segments(add_segment, out);
   out->live_bytes = out->live_bytes > cached ? out->live_bytes - cached : 0;
   out->live_bytes += out->huge_bytes;

@@ -38,7 +38,7 @@ typedef struct nebula_mem_stats {
   uint64_t pages_made[4];     /* small, medium, large, huge */
   uint64_t pages_freed[4];
   uint64_t slow_path_calls;   /* allocations that missed the fast path */
-  uint64_t remote_frees;      /* frees of blocks owned by another thread (by threads with a heap) */
+  uint64_t remote_frees;      /* frees of blocks owned by another thread */
   uint64_t budget;            /* the budget in bytes, 0 = none */
   uint64_t budget_peak;       /* highest committed_bytes while a budget was set */
   uint64_t pressure_level;    /* last level reported to the callbacks (nebula_mem_pressure_level) */
