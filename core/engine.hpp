@@ -364,7 +364,9 @@ struct GlobalCounters {
   std::atomic<size_t> segments{0};        // live segments
   std::atomic<size_t> huge_live{0};       // bytes of live huge blocks
   std::atomic<size_t> foreign_frees{0};   // pointers handed to glibc's free
-  std::atomic<size_t> remote_frees_no_heap{0};  // remote frees by threads that never allocated
+  // Remote frees by threads that never allocated (no heap to count them in); on a line of its
+  // own, since such a thread may add to it on every free.
+  alignas(64) std::atomic<size_t> remote_frees_no_heap{0};
   std::atomic<size_t> abandoned{0};
   std::atomic<size_t> reclaimed{0};
 };
