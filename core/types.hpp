@@ -171,8 +171,6 @@ struct Segment {
   Page pages[kSlicesPerSegment];        // one descriptor per slice (64-byte aligned)
 };
 static_assert(sizeof(Segment) <= 5 * 4096, "segment header must stay within a few OS pages");
-static_assert(20 * 1024 + kSlicesPerSegment * 512 <= kSliceSize, "secure-mode bitmaps fit in slice 0");
-static_assert(sizeof(Segment) <= 20 * 1024, "the header ends before the secure-mode bitmaps");
 static_assert(kSliceSize / kMinAlign <= 512 * 8, "512 bytes of bits cover a small page");
 static_assert(sizeof(Segment) < kSliceSize, "the header must fit in slice 0");
 

@@ -163,7 +163,7 @@ TEST_CASE("bad input (default mode): double free of a block in another thread's 
         std::atomic<int> step{0};
         std::thread t([&] {
           nebula_free(nebula_malloc(size_t{64}));  // this thread has a heap
-          t_heap->fc_on = fcache_ready(t_heap);                   // and caches (as after many remote frees)
+          t_heap->fc_on = fcache_ready(t_heap);  // and caches (as after many remote frees)
           nebula_free(p);                         // cached here
           if (second == 0) nebula_free(p);
           step = 1;
