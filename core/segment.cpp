@@ -233,10 +233,10 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
     // Slices that are still resident first, in any of our segments: no page faults, no new
     // RSS; the shortest resident run that fits (a one-slice page takes a one-slice hole, not the
     // start of a run a medium page could use later). A page with no such run takes a smaller
-    // size from a shorter resident run (halving down to min_slices) rather than new memory:
+    // size from a shorter resident run (halving, then min_slices) rather than new memory:
     // as a program's blocks move up through the classes (strings that grow), the pages of the
     // classes it left free runs shorter than the next class's page. Then any free run.
-    for (unsigned n = slices; n >= min_slices; n /= 2) {
+    for (unsigned n = slices;; n = n / 2 > min_slices ? n / 2 : min_slices) {
       Segment* fit = nullptr;
       int fit_idx = -1;
       unsigned fit_len = 65;
@@ -250,7 +250,7 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
         }
       }
       if (fit != nullptr) return take_span(heap, fit, static_cast<unsigned>(fit_idx), n, kind);
-      if (n == 1) break;
+      if (n == min_slices) break;
     }
     // Else the free run that overlaps the most resident slices.
     Segment* best = nullptr;

@@ -57,20 +57,37 @@ inline unsigned size_to_class(size_t n) {
 }
 
 // Medium pages are the smallest of 1, 2, 4 or kMediumPageSlices slices that hold at least 2
-// blocks for classes up to 32 KiB, and of 2, 4 or kMediumPageSlices slices holding at least 4
-// above: a class with few live blocks (the usual case for blocks of 8 KiB and more) then pins
+// blocks for classes up to 32 KiB, and a count of slices (up to kMediumPageSlices) holding at
+// least 4 above: a class with few live blocks (the usual case for blocks of 8 KiB and more) then pins
 // little memory in free blocks, and a page change every few blocks costs little beside the
 // program's own use of blocks this big. (`glibc-thread` peaked at 18.9 MiB with 8 blocks per
 // page, 17.5 with 4, 16.8 with 2 up to 32 KiB; 2 blocks above 32 KiB cost `mstress` 4% more.)
 constexpr unsigned page_slices_for_class(unsigned c) {
   size_t size = class_size_formula(c);
   if (size <= kSmallMax) return 1u;
-  const bool small_medium = size <= 32768;
-  unsigned slices = small_medium ? 1 : 2;
-  while (slices < kMediumPageSlices && slices * kSliceSize < (small_medium ? 2 : 4) * size) slices *= 2;
+  if (size > 32768) {
+    // Above 32 KiB: the fewest slices that hold 4 blocks with a tail (the bytes after the last
+    // block) of at most 1/16 of the page, else the count up to kMediumPageSlices with the
+    // smallest tail. Any count of slices will do: 80 KiB blocks take 4 in 5 slices, where the
+    // power of two (8 slices) held 6 and 32 KiB after them, resident wherever the slices had
+    // been used before.
+    unsigned best = 0;
+    size_t best_tail = ~size_t{0};
+    for (unsigned n = static_cast<unsigned>((4 * size + kSliceSize - 1) / kSliceSize); n <= kMediumPageSlices; ++n) {
+      size_t tail = (n * kSliceSize) % size;
+      if (tail * 16 <= n * kSliceSize) return n;
+      if (tail < best_tail) {
+        best = n;
+        best_tail = tail;
+      }
+    }
+    return best;
+  }
+  unsigned slices = 1;
+  while (slices < kMediumPageSlices && slices * kSliceSize < 2 * size) slices *= 2;
   // A page whose tail (the bytes after its last block) is over 1/16 of it takes twice as many
   // slices while that brings the tail under it.
-  if (small_medium && (slices * kSliceSize) % size * 16 > slices * kSliceSize &&
+  if ((slices * kSliceSize) % size * 16 > slices * kSliceSize &&
       (2 * slices * kSliceSize) % size * 16 <= 2 * slices * kSliceSize)
     slices *= 2;
   return slices;

@@ -339,7 +339,7 @@ TEST_CASE("page retire: the last page of a segment goes when the heap has room e
     REQUIRE(l2 != nullptr);
     Segment* a = segment_of(l1);
     REQUIRE(segment_of(l2) == a);                       // 60 of 63 slices used
-    const size_t medium = 81920;                        // 8-slice pages
+    const size_t medium = 131072;                       // 8-slice pages
     REQUIRE(page_slices_for_class(size_to_class(medium)) == 8);
     void* m = alloc(medium);
     REQUIRE(m != nullptr);

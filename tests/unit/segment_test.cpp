@@ -216,14 +216,15 @@ TEST_CASE("spans: resident free slices are taken best fit") {
 // A span goes to the shortest resident free run that fits, not to the first one: a longer run
 // stays whole for a bigger span. (trim(0) first: no other resident free slices anywhere.)
 // A page whose class wants more slices than any resident free run holds takes a smaller page
-// from a resident run (down to two blocks) instead of new memory: blocks of 80 KiB want pages
-// of 8 slices, and a 4-slice hole left by a freed block serves them as a page of 3 blocks.
+// from a resident run (halving, and then the smallest page that holds two blocks) instead of new
+// memory: blocks of 80 KiB want pages of 5 slices, and a 4-slice hole left by a freed block
+// serves them as a page of 3 blocks (halving 5 alone would have skipped 4).
 TEST_CASE("spans: a page takes a shorter resident run rather than new memory") {
   Worker w;
   w.run([] {
     trim(0);
     const unsigned cls = size_to_class(81920);
-    REQUIRE(page_slices_for_class(cls) == 8);
+    REQUIRE(page_slices_for_class(cls) == 5);
     REQUIRE(page_min_slices_for_class(cls) == 4);
     void* four = alloc(size_t{200} * 1024);  // a large block of 4 slices
     memset(four, 1, size_t{200} * 1024);     // resident
@@ -249,7 +250,7 @@ TEST_CASE("spans: a page takes a shorter resident run rather than new memory") {
     // The page is full: the next block of the class gets a new page of the preferred size.
     void* e = alloc(81920);
     CHECK(page_of_ptr(e) != pg);
-    CHECK(page_of_ptr(e)->slice_count == 8);
+    CHECK(page_of_ptr(e)->slice_count == 5);
     for (void* p : {b, c, d, e, pin}) dealloc(p);
   });
 }

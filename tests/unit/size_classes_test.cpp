@@ -65,7 +65,8 @@ TEST_CASE("size classes: the table is strictly increasing and each class is reac
     if (kClassSize[c] <= kSmallMax) CHECK(slices == 1);
     CHECK(blocks >= (kClassSize[c] <= kSmallMax ? 8u : kClassSize[c] <= 32768 ? 2u : 4u));
     if (slices > 1) {
-      // The smallest that does, or twice it where that takes a tail over 1/16 of the page under.
+      // The smallest that does, or twice it where that takes a tail over 1/16 of the page under
+      // (above 32 KiB, any count: see the test below).
       const size_t half = static_cast<size_t>(slices / 2) << kSliceShift, page = half * 2;
       const bool half_too_few = half / kClassSize[c] < (kClassSize[c] <= 32768 ? 2u : 4u);
       const bool tail_halved = kClassSize[c] <= 32768 && half % kClassSize[c] * 16 > half &&
@@ -95,6 +96,29 @@ TEST_CASE("size classes: a page of blocks up to 32 KiB wastes at most 1/16 at it
     CAPTURE(c);
     const size_t page = static_cast<size_t>(page_slices_for_class(c)) << kSliceShift;
     if (page % kClassSize[c] * 16 > page) CHECK(2 * page % kClassSize[c] * 16 > 2 * page);
+  }
+}
+
+TEST_CASE("size classes: a page of blocks above 32 KiB is the fewest slices holding 4 with at most 1/16 at its end") {
+  // 80 KiB: 4 blocks in 5 slices, nothing left over (a power of two, 8 slices, held 6 and 32 KiB
+  // after them); 112 KiB: 4 in 7 slices (8 slices left 64 KiB); 48 KiB: 4 in 3 slices.
+  CHECK(page_slices_for_class(size_to_class(81920)) == 5);
+  CHECK(page_slices_for_class(size_to_class(114688)) == 7);
+  CHECK(page_slices_for_class(size_to_class(49152)) == 3);
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    if (kClassSize[c] <= 32768) continue;
+    CAPTURE(c);
+    const unsigned slices = page_slices_for_class(c);
+    CHECK(slices <= kMediumPageSlices);
+    const size_t page = static_cast<size_t>(slices) << kSliceShift;
+    CHECK(page / kClassSize[c] >= 4);
+    CHECK(page % kClassSize[c] * 16 <= page);
+    // No smaller count of slices that holds 4 blocks would do.
+    for (unsigned n = slices - 1; n >= 1; --n) {
+      const size_t smaller = static_cast<size_t>(n) << kSliceShift;
+      if (smaller / kClassSize[c] < 4) break;
+      CHECK(smaller % kClassSize[c] * 16 > smaller);
+    }
   }
 }
 
