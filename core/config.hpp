@@ -39,7 +39,7 @@ static_assert(kSlicesPerSegment == 64, "the slice bitmaps of a segment are one u
 // kMediumPageSlices slices and holds blocks up to kMediumMax. Larger blocks get a span of their
 // own inside a segment up to kLargeMax, and a segment of their own above it ("huge").
 inline constexpr size_t kSmallMax = 8 * 1024;
-inline constexpr unsigned kMediumPageSlices = 8;  // 512 KiB
+inline constexpr unsigned kMediumPageSlices = 8;  // the largest medium page: 512 KiB
 inline constexpr size_t kMediumMax = 128 * 1024;
 inline constexpr size_t kLargeMax = 2 * 1024 * 1024;
 static_assert(kLargeMax < (kSlicesPerSegment - 1) * kSliceSize, "a large block must fit in one segment");

@@ -12,7 +12,8 @@
 //   class 44..47   81920 .. 131072            step 16384
 //
 // Blocks up to kSmallMax (8 KiB) live in small pages (64 KiB), larger ones in medium pages
-// (512 KiB). size -> class is a table lookup for sizes <= kDirectMax (4 KiB) and a bit-scan above.
+// (64-512 KiB, see page_slices_for_class). size -> class is a table lookup for sizes <=
+// kDirectMax (4 KiB) and a bit-scan above.
 #pragma once
 
 #include <array>

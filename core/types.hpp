@@ -6,7 +6,7 @@
 //            to one.
 //   slice    64 KiB, the unit in which a segment is divided.
 //   span     a run of consecutive slices of one segment, used as one page.
-//   page     a span that holds blocks of one size class (small: 1 slice, medium: 8 slices), or
+//   page     a span that holds blocks of one size class (small: 1 slice, medium: 1-8 slices), or
 //            exactly one large block (a "large page", up to kLargeMax), or one huge block (the
 //            whole of a huge segment). `Page` is its descriptor, which lives in the segment
 //            header, not in the span.
