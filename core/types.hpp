@@ -209,6 +209,7 @@ struct Heap {
   uint32_t purge_epoch = 0;             // last g_purge_epoch this heap purged for
   size_t punch_want = 0;                // bytes a span took that were not resident (span_alloc)
   uint64_t next_punch_ms = 0;           // earliest time sparse pages are punched for that again
+  uint32_t punch_skip = 0;              // heap_grew calls left before it reads the clock again
   bool live = false;                    // false for the empty heap and pooled heaps
   Heap* next_heap = nullptr;            // all heaps (live and pooled), for stats and fork
   HeapStats stats = {};

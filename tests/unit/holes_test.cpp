@@ -296,3 +296,29 @@ TEST_CASE("holes: malloc_trim gives back the free memory of sparse pages at once
     CHECK(check_heap_invariants(t_heap) == 0);
   });
 }
+
+// A heap that grows (punch_want set) while the last punch is less than 8 ms old reads the clock
+// once, then skips it for the next 32 calls, keeping what it owes to punch for later.
+TEST_CASE("holes: growth within the punch interval reads the clock once per 32 calls") {
+  Worker w;
+  w.run([] {
+    void* p = alloc(64);  // the thread's heap
+    REQUIRE(p != nullptr);
+    Heap* h = t_heap;
+    const uint64_t keep_next = h->next_punch_ms;
+    h->next_punch_ms = UINT64_MAX;  // the interval never ends
+    h->punch_want = 4096;
+    h->punch_skip = 0;
+    heap_grew(h);
+    CHECK(h->punch_skip == 32);
+    for (int i = 0; i < 32; ++i) heap_grew(h);
+    CHECK(h->punch_skip == 0);
+    CHECK(h->punch_want == 4096);  // still owed
+    heap_grew(h);
+    CHECK(h->punch_skip == 32);
+    h->next_punch_ms = keep_next;
+    h->punch_want = 0;
+    h->punch_skip = 0;
+    dealloc(p);
+  });
+}
