@@ -59,10 +59,11 @@ inline unsigned size_to_class(size_t n) {
 
 // Medium pages are the smallest of 1, 2, 4 or kMediumPageSlices slices that hold at least 2
 // blocks for classes up to 32 KiB, and a count of slices (up to kMediumPageSlices) holding at
-// least 4 above: a class with few live blocks (the usual case for blocks of 8 KiB and more) then pins
-// little memory in free blocks, and a page change every few blocks costs little beside the
-// program's own use of blocks this big. (`glibc-thread` peaked at 18.9 MiB with 8 blocks per
-// page, 17.5 with 4, 16.8 with 2 up to 32 KiB; 2 blocks above 32 KiB cost `mstress` 4% more.)
+// least 4 above: a class with few live blocks (the usual case for blocks of 8 KiB and more)
+// then pins little memory in free blocks, and a page change every few blocks costs little
+// beside the program's own use of blocks this big. (`glibc-thread` peaked at 18.9 MiB with 8
+// blocks per page, 17.5 with 4, 16.8 with 2 up to 32 KiB; 2 blocks above 32 KiB cost `mstress`
+// 4% more.)
 constexpr unsigned page_slices_for_class(unsigned c) {
   size_t size = class_size_formula(c);
   if (size <= kSmallMax) return 1u;
@@ -74,7 +75,8 @@ constexpr unsigned page_slices_for_class(unsigned c) {
     // been used before.
     unsigned best = 0;
     size_t best_tail = ~size_t{0};
-    for (unsigned n = static_cast<unsigned>((4 * size + kSliceSize - 1) / kSliceSize); n <= kMediumPageSlices; ++n) {
+    const unsigned fewest = static_cast<unsigned>((4 * size + kSliceSize - 1) / kSliceSize);
+    for (unsigned n = fewest; n <= kMediumPageSlices; ++n) {
       size_t tail = (n * kSliceSize) % size;
       if (tail * 16 <= n * kSliceSize) return n;
       if (tail < best_tail) {
