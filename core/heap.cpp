@@ -326,6 +326,7 @@ void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
 
 void heap_maintenance(Heap* heap, bool force) noexcept {
   uint64_t now = os::clock_ms();
+  if (now >= heap->next_punch_ms) heap->punch_skip = 0;  // a later growth is punched at once
   if (!force && now < heap->next_maintenance_ms) return;
   if (force) heap_collect(heap, true);
   for (Segment* s = heap->segments; s != nullptr;) {

@@ -69,22 +69,12 @@ constexpr unsigned page_slices_for_class(unsigned c) {
   if (size <= kSmallMax) return 1u;
   if (size > 32768) {
     // Above 32 KiB: the fewest slices that hold 4 blocks with a tail (the bytes after the last
-    // block) of at most 1/16 of the page, else the count up to kMediumPageSlices with the
-    // smallest tail. Any count of slices will do: 80 KiB blocks take 4 in 5 slices, where the
-    // power of two (8 slices) held 6 and 32 KiB after them, resident wherever the slices had
-    // been used before.
-    unsigned best = 0;
-    size_t best_tail = ~size_t{0};
-    const unsigned fewest = static_cast<unsigned>((4 * size + kSliceSize - 1) / kSliceSize);
-    for (unsigned n = fewest; n <= kMediumPageSlices; ++n) {
-      size_t tail = (n * kSliceSize) % size;
-      if (tail * 16 <= n * kSliceSize) return n;
-      if (tail < best_tail) {
-        best = n;
-        best_tail = tail;
-      }
-    }
-    return best;
+    // block) of at most 1/16 of the page (every class has one, checked below). Any count of
+    // slices will do: 80 KiB blocks take 4 in 5 slices, where the power of two (8 slices) held 6
+    // and 32 KiB after them, resident wherever the slices had been used before.
+    unsigned n = static_cast<unsigned>((4 * size + kSliceSize - 1) / kSliceSize);
+    while (n < kMediumPageSlices && (n * kSliceSize) % size * 16 > n * kSliceSize) ++n;
+    return n;
   }
   unsigned slices = 1;
   while (slices < kMediumPageSlices && slices * kSliceSize < 2 * size) slices *= 2;
@@ -122,5 +112,13 @@ static_assert(class_size_formula(kClassCount - 1) == kMediumMax, "the last class
 static_assert(page_slices_for_class(size_to_class_formula(kSmallMax)) == 1);
 static_assert(kSmallMax * 8 <= kSliceSize, "a small page holds at least 8 blocks");
 static_assert(kMediumMax * 4 <= kMediumPageSlices * kSliceSize, "a medium page holds at least 4 blocks");
+consteval bool medium_tails_are_small() {
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    const size_t page = static_cast<size_t>(page_slices_for_class(c)) * kSliceSize;
+    if (class_size_formula(c) > 32768 && page % class_size_formula(c) * 16 > page) return false;
+  }
+  return true;
+}
+static_assert(medium_tails_are_small(), "a medium page above 32 KiB leaves at most 1/16 after its last block");
 
 }  // namespace nebula
