@@ -411,9 +411,13 @@ again:
     // the slow path is taken rarely, at the price of touching at most 2x the live bytes.
     if (was_empty) {
       // Live blocks: `used` less those other threads freed and nobody collected yet (counted in
-      // thread_free), so that remote frees waiting on the page do not make it carve more.
-      uint32_t live = page->used - tf_count(page->thread_free.load(std::memory_order_relaxed));
-      if (page->capacity < page->reserved && page->capacity < 2u * live) {
+      // thread_free), so that remote frees waiting on the page do not make it carve more. When
+      // those are a batch worth taking (1/8 of the page, as a page that is not "poor" below),
+      // they come first: a producer whose blocks a consumer frees reuses them instead of
+      // touching new memory (`xmalloc`: committed peak 2.9-3.2 -> 2.8-2.9 MiB).
+      uint32_t pending = tf_count(page->thread_free.load(std::memory_order_relaxed));
+      uint32_t live = page->used - pending;
+      if (page->capacity < page->reserved && page->capacity < 2u * live && pending < page->reserved / 8u) {
         page_extend(page);
         carved = true;
       } else {

@@ -71,9 +71,19 @@ void heap_segments_remove(Heap* heap, Segment* s) {
   heap->segment_count--;
 }
 
-void reset_descriptors(Segment* s, unsigned first, unsigned n) {
+// `zeroed`: the header is fresh memory, every field 0 already: only the first line of each
+// descriptor gets its non-zero fields, so that a small program's new segment touches the OS
+// pages of those lines and not the last one, which holds only the last descriptor's
+// thread_free line (4 KiB of the 20 per segment).
+void reset_descriptors(Segment* s, unsigned first, unsigned n, bool zeroed) {
   for (unsigned i = first; i < first + n; ++i) {
     Page* p = &s->pages[i];
+    if (zeroed) {
+      p->head = p;
+      set_page_flags(p, kPageNotInUse);
+      p->kind = PageKind::kNone;
+      continue;
+    }
     p->free = nullptr;
     p->local_free = nullptr;
     p->used = 0;
@@ -124,7 +134,7 @@ Segment* segment_new(Heap* heap) {
   s->huge_len = 0;
   s->huge_used = 0;
   s->owner_heap.store(heap, std::memory_order_relaxed);
-  reset_descriptors(s, 0, kSlicesPerSegment);
+  reset_descriptors(s, 0, kSlicesPerSegment, !(g.dirty_first & 1));
   heap_segments_push(heap, s);
   g_counters.segments.fetch_add(1, std::memory_order_relaxed);
   segmap_set(s, 1);
@@ -293,7 +303,7 @@ static bool span_free_internal(Segment* s, Page* page) {
     size_t bytes = static_cast<size_t>(popcount64(page->punched[0]) + popcount64(page->punched[1])) * os::page_size();
     if (bytes != 0 && !budget_charge(bytes)) committed_add(bytes);
   }
-  reset_descriptors(s, idx, slices);
+  reset_descriptors(s, idx, slices, false);
   s->free_slices |= run_mask(idx, slices);
   if (--s->used_spans == 0) {
     segment_free(s);
@@ -436,7 +446,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   s->huge_used = used_len;
   s->mapped_size = need;
   s->owner_heap.store(nullptr, std::memory_order_relaxed);
-  reset_descriptors(s, 0, 2);
+  reset_descriptors(s, 0, 2, false);
   Page* page = &s->pages[1];
   page->kind = PageKind::kHuge;
   set_page_flags(page, kPageNotInUse);  // never the fast path

@@ -1,5 +1,7 @@
 // tests/unit/segment_test.cpp: telling our blocks from foreign pointers (the segment map),
 // segment_of / page_of / segment_containing for small, medium, large and huge blocks.
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <vector>
 
@@ -306,5 +308,37 @@ TEST_CASE("spans: a span takes the shortest resident run, leaving the longer one
     dealloc(pin);
     for (int i = 0; i < 4; ++i)
       if (i != 2) dealloc(big[i]);
+  });
+}
+
+// A new segment on memory that was never touched (or was purged) is zero: its header's
+// descriptors get only their first lines written (head, flags, kind), so the header's last OS
+// page, which holds only the last descriptor's thread_free line and its padding, stays out of
+// RSS until that slice is used. Every descriptor still reads as a free slice.
+TEST_CASE("segments: a new segment on zeroed memory leaves its header's last OS page untouched") {
+  settle();  // no abandoned segments to adopt, every free chunk purged
+  Worker w;
+  w.run([] {
+    void* p = alloc(64);
+    Segment* s = segment_of(p);
+    Page* used = page_of_ptr(p);
+    auto* last = reinterpret_cast<uint8_t*>(&s->pages[kSlicesPerSegment - 1].thread_free);
+    REQUIRE(reinterpret_cast<uintptr_t>(last) % 4096 == 0);  // the layout this test is about
+    unsigned char v = 1;
+    REQUIRE(mincore(last, 4096, &v) == 0);
+    CHECK((v & 1) == 0);
+    for (unsigned i = 0; i < kSlicesPerSegment; ++i) {
+      Page* d = &s->pages[i];
+      if (d == used) continue;
+      CAPTURE(i);
+      CHECK(d->head == d);
+      CHECK((page_flags(d) & kPageNotInUse) != 0);
+      CHECK(d->fast_magic == 0);
+      CHECK(d->kind == PageKind::kNone);
+      CHECK(d->used == 0);
+      CHECK(d->free == nullptr);
+      CHECK(d->thread_free.load() == 0);
+    }
+    dealloc(p);
   });
 }

@@ -1,6 +1,7 @@
 // tests/unit/threads_test.cpp: frees by other threads (thread_free lists, the delayed list of
 // full pages), thread exit (abandonment) and reclaim of abandoned segments, and a short
 // multi-threaded exchange of blocks.
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -213,6 +214,45 @@ TEST_CASE("foreign cache: bounded, and emptied when its thread exits") {
   });
   a.finish();
   settle();
+}
+
+// A page that runs out carves more while its carved part is under twice its live blocks, except
+// when other threads have freed at least 1/8 of its blocks into it: those are taken first, so
+// that a producer whose blocks a consumer frees reuses them instead of touching new memory.
+TEST_CASE("cross-thread: a page that runs out takes the blocks other threads freed into it before carving more") {
+  settle();
+  const size_t kSize = 256;
+  Worker w;
+  Page* page = nullptr;
+  std::vector<void*> blocks;
+  w.run([&] {
+    blocks.push_back(alloc(kSize));
+    page = page_of_ptr(blocks[0]);
+    while (page->capacity < 100 || page->free != nullptr) {
+      void* p = alloc(kSize);
+      REQUIRE(page_of_ptr(p) == page);
+      blocks.push_back(p);
+    }
+  });
+  REQUIRE(page->capacity < page->reserved);
+  const size_t capacity = page->capacity, pending = page->reserved / 8 + 8;
+  REQUIRE(capacity < 2 * (capacity - pending));  // live blocks alone would carve more
+  std::vector<void*> freed(blocks.end() - static_cast<long>(pending), blocks.end());
+  blocks.resize(blocks.size() - pending);
+  std::thread t([&] {  // no heap: every free goes to the page's thread_free
+    for (void* p : freed) dealloc(p);
+  });
+  t.join();
+  REQUIRE(tf_count(page->thread_free.load()) == pending);
+  w.run([&] {
+    void* p = alloc(kSize);
+    CHECK(page_of_ptr(p) == page);
+    CHECK(page->capacity == capacity);
+    CHECK(std::find(freed.begin(), freed.end(), p) != freed.end());
+    CHECK(tf_count(page->thread_free.load()) == 0);
+    blocks.push_back(p);
+    for (void* q : blocks) dealloc(q);
+  });
 }
 
 TEST_CASE("cross-thread: a free into a full page reaches the owner through the delayed list") {
