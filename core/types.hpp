@@ -124,6 +124,9 @@ struct alignas(64) Page {
   Page* prev;
   Block* local_free;                    // blocks freed by the owner thread (owner only)
   uint64_t punched[2];                  // OS pages of the span given back (page_punch)
+  uint8_t passed_over;                  // ran out and went to the back of its queue once
+                                        // instead of the full list (queue_alloc)
+  uint8_t remote_seen;                  // other threads have freed blocks into it (page_collect)
   // Third line: what other threads write. The owner reads it when it collects their frees.
   alignas(64) std::atomic<uintptr_t> thread_free;  // count << 48 | Block* | DelayState
   // Fourth line: unused, so that descriptors are 256 bytes and free() finds one with a shift.

@@ -333,6 +333,65 @@ TEST_CASE("cross-thread: a free into a full page reaches the owner through the d
   settle();
 }
 
+// A page that other threads have freed blocks into (its thread_free line then lives in their
+// caches) and that runs out goes to the back of its queue once, keeping its delayed-free state
+// as it is; only when it runs out again on the next pass does it go to the full list (with the
+// CAS that moves its state to kDelayUse). A page no other thread frees into goes to the full list
+// at once, as before.
+TEST_CASE("cross-thread: a page other threads free into goes to the back of its queue once before the full list") {
+  settle();
+  const size_t kSize = 256;
+  const unsigned cls = size_to_class(kSize);
+  const size_t per_page = kSliceSize / kSize;
+  Worker w;
+  w.run([&] {
+    std::vector<void*> blocks;
+    for (size_t i = 0; i < 2 * per_page; ++i) blocks.push_back(alloc(kSize));
+    Page* p1 = page_of_ptr(blocks[0]);
+    Page* p2 = page_of_ptr(blocks[per_page]);
+    REQUIRE(p1 != p2);
+    REQUIRE(page_of_ptr(blocks[2 * per_page - 1]) == p2);
+    PageQueue* q = &t_heap->queues[cls];
+    CHECK((page_flags(p1) & kPageInFull) != 0);  // never freed into by another thread: full at once
+    CHECK(p1->remote_seen == 0);
+    // p1 leaves the full list for the back of the queue with 40 free blocks (not a "poor" page,
+    // which would send the walk on to p2 again).
+    for (size_t i = 0; i < 40; ++i) dealloc(blocks[i]);
+    CHECK((page_flags(p1) & kPageInFull) == 0);
+    REQUIRE(q->first == p2);
+    REQUIRE(q->last == p1);
+    REQUIRE(p2->free == nullptr);
+    REQUIRE(p2->capacity == p2->reserved);
+    p2->remote_seen = 1;  // as if it had collected blocks other threads freed (tested above)
+
+    void* a = alloc(kSize);
+    CHECK(page_of_ptr(a) == p1);
+    CHECK((page_flags(p2) & kPageInFull) == 0);
+    CHECK(p2->passed_over == 1);
+    CHECK(delay_state(p2) == kDelayNone);
+    CHECK(q->first == p1);
+    CHECK(q->last == p2);
+    CHECK(p1->passed_over == 0);
+
+    std::vector<void*> again{a};
+    while (p1->free != nullptr || p1->local_free != nullptr) again.push_back(alloc(kSize));
+    CHECK(again.size() == 40);
+    void* b = alloc(kSize);  // p1 runs out (full), p2 runs out a second time (full), a new page
+    Page* p3 = page_of_ptr(b);
+    CHECK(p3 != p1);
+    CHECK(p3 != p2);
+    CHECK((page_flags(p1) & kPageInFull) != 0);
+    CHECK((page_flags(p2) & kPageInFull) != 0);
+    CHECK(delay_state(p2) == kDelayUse);
+    CHECK(q->first == p3);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    blocks.erase(blocks.begin(), blocks.begin() + 40);
+    blocks.insert(blocks.end(), again.begin(), again.end());
+    blocks.push_back(b);
+    for (void* x : blocks) dealloc(x);
+  });
+}
+
 TEST_CASE("thread exit: segments are abandoned, reclaimed by another thread, and freed") {
   settle();
   const size_t seg0 = segments_now();
