@@ -120,19 +120,20 @@ NEBULA_NOINLINE void page_retire(Page* page) noexcept;
 // ---- The fast paths ----------------------------------------------------------------------
 NEBULA_HOT void* alloc(size_t n) noexcept {
   Heap* heap = t_heap;
-  if (NEBULA_LIKELY(n <= kDirectMax)) {
-    Page* page = heap->direct[(n + 15) >> 4];
-    Block* b = page->free;
-    if (NEBULA_LIKELY(b != nullptr)) {
-      Block* next = b->next;
-      page->free = next;
-      // The next allocation of the class takes `next`: start loading its line now. A block
-      // freed by another core or carved long ago is cold (`xmalloc`: 18% of its CPU time).
-      __builtin_prefetch(next);
-      page->used++;
-      b->key = 0;
-      return b;
-    }
+  Page* page;
+  if (NEBULA_LIKELY(n <= kDirectMax)) page = heap->direct[(n + 15) >> 4];
+  else if (n <= kDirect2Max) page = heap->direct2[(n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift];
+  else return alloc_generic(n, heap);
+  Block* b = page->free;
+  if (NEBULA_LIKELY(b != nullptr)) {
+    Block* next = b->next;
+    page->free = next;
+    // The next allocation of the class takes `next`: start loading its line now. A block
+    // freed by another core or carved long ago is cold (`xmalloc`: 18% of its CPU time).
+    __builtin_prefetch(next);
+    page->used++;
+    b->key = 0;
+    return b;
   }
   return alloc_generic(n, heap);
 }

@@ -58,6 +58,7 @@ void heap_reset(Heap* h) {
   memset(static_cast<void*>(h), 0, sizeof(Heap));
   h->next_heap = keep_next;
   for (auto& d : h->direct) d = &g_empty_page;
+  for (auto& d : h->direct2) d = &g_empty_page;
 }
 
 size_t fcache_map_size() { return align_up(sizeof(ForeignCache), os::page_size()); }

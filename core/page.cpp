@@ -196,10 +196,15 @@ bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept {
 }
 
 void heap_update_direct(Heap* heap, unsigned cls) noexcept {
-  if (kClassSize[cls] > kDirectMax || g_secure) return;  // secure mode: the fast path stays off
+  if (kClassSize[cls] > kDirect2Max || g_secure) return;  // secure mode: the fast path stays off
   Page* page = heap->queues[cls].first;
   if (heap->fc_active & (uint64_t{1} << cls)) page = &heap->fc->page[cls];  // the foreign cache first
   if (page == nullptr) page = &g_empty_page;
+  if (kClassSize[cls] > kDirectMax) {
+    for (size_t i = (kClassSize[cls - 1] >> kDirect2Shift) + 1; i <= kClassSize[cls] >> kDirect2Shift; ++i)
+      heap->direct2[i] = page;
+    return;
+  }
   size_t lo = cls == 0 ? 0 : kClassSize[cls - 1] / 16 + 1;
   size_t hi = kClassSize[cls] / 16;
   for (size_t i = lo; i <= hi; ++i) heap->direct[i] = page;

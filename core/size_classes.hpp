@@ -120,5 +120,16 @@ consteval bool medium_tails_are_small() {
   return true;
 }
 static_assert(medium_tails_are_small(), "a medium page above 32 KiB leaves at most 1/16 after its last block");
+// The second direct table (kDirect2Max) maps each 1 KiB step above kDirectMax to one class.
+consteval bool direct2_steps_are_whole() {
+  if (kDirectMax % (size_t{1} << kDirect2Shift) != 0) return false;
+  if (class_size_formula(size_to_class_formula(kDirect2Max)) != kDirect2Max) return false;
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    size_t s = class_size_formula(c);
+    if (s > kDirectMax && s <= kDirect2Max && s % (size_t{1} << kDirect2Shift) != 0) return false;
+  }
+  return true;
+}
+static_assert(direct2_steps_are_whole(), "every class between kDirectMax and kDirect2Max is a multiple of 1 KiB");
 
 }  // namespace nebula

@@ -398,3 +398,36 @@ TEST_CASE("page carving: a fresh page's first carve touches one OS page at most"
   }
   settle();
 }
+
+// Sizes above kDirectMax up to kDirect2Max reach their class's current page through the second
+// direct table (one entry per KiB): with a free block there, malloc takes the fast path (no
+// slow-path call counted) and hands out the block freed last.
+TEST_CASE("alloc: sizes up to 32 KiB take the fast path when their class's page has a free block") {
+  Worker w;
+  w.run([] {
+    Heap* h = nullptr;
+    for (size_t n = kDirectMax + 1; n <= kDirect2Max; n += 333) {
+      void* p = alloc(n);
+      REQUIRE(p != nullptr);
+      h = t_heap;
+      const unsigned cls = size_to_class(n);
+      CHECK(page_of_ptr(p)->size_class == cls);
+      CHECK(h->direct2[(n + 1023) >> 10] == h->queues[cls].first);
+      dealloc(p);  // the page keeps it (the only page of its class)
+      const uint64_t g0 = h->stats.generic_calls;
+      void* q = alloc(n);
+      CAPTURE(n);
+      CHECK(q == p);
+      CHECK(h->stats.generic_calls == g0);
+      dealloc(q);
+    }
+    // Just above the table: the slow path, as before.
+    void* p = alloc(kDirect2Max + 1);
+    dealloc(p);
+    const uint64_t g0 = h->stats.generic_calls;
+    void* q = alloc(kDirect2Max + 1);
+    CHECK(q == p);
+    CHECK(h->stats.generic_calls == g0 + 1);
+    dealloc(q);
+  });
+}

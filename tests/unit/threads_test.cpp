@@ -151,16 +151,16 @@ TEST_CASE("foreign cache: on where remote frees are frequent, off where they are
   Worker b;
   b.run([&] {
     std::vector<void*> mine;
-    mine.push_back(alloc(kSmallMax + 1));  // b has a heap; sizes above 4 KiB always take the slow path
+    mine.push_back(alloc(kDirect2Max + 1));  // b has a heap; sizes above kDirect2Max always take the slow path
     Heap* h = t_heap;
     CHECK_FALSE(h->fc_on);
     CHECK(h->fc == nullptr);                // its descriptors are not mapped until it turns on
     for (void* p : blocks) dealloc(p);     // 400 remote frees, sent home (the cache is off)
     CHECK(fcache_held(h, size_to_class(200)) == 0);
-    for (int i = 0; i < 64; ++i) mine.push_back(alloc(kSmallMax + 1));
+    for (int i = 0; i < 64; ++i) mine.push_back(alloc(kDirect2Max + 1));
     CHECK(h->fc_on);                        // 400 > 4 x 64
     CHECK(h->fc != nullptr);
-    for (int i = 0; i < 64; ++i) mine.push_back(alloc(kSmallMax + 1));
+    for (int i = 0; i < 64; ++i) mine.push_back(alloc(kDirect2Max + 1));
     CHECK_FALSE(h->fc_on);                  // none since
     CHECK(h->fc != nullptr);                // kept until the heap goes back to the pool
     for (void* p : mine) dealloc(p);
