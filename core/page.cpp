@@ -351,6 +351,7 @@ void page_unfull(Heap* heap, Page* page) noexcept {
   list_remove(&heap->full, page);
   set_page_flags(page, static_cast<uint8_t>(page_flags(page) & ~kPageInFull));
   page_set_delay(page, kDelayNone, false);
+  page->passed_over = 0;  // back in the queue: it may be passed over once again (queue_alloc)
   queue_push_back(heap, &heap->queues[page->size_class], page, page->size_class);
 }
 
@@ -461,7 +462,8 @@ again:
     // than to the full list: going full and back costs two CASes on its thread_free line, which
     // their frees keep in another core's cache (`rptest`: a quarter of the allocator's samples),
     // and while it is not full its owner's frees keep the fast path. It goes full when it is
-    // found empty again on a later pass (passed_over is cleared when it hands out a block).
+    // found empty again on a later pass (passed_over is cleared when it hands out a block and when
+    // it leaves the full list).
     if (page->remote_seen && !page->passed_over && next != nullptr && passed < 4) {
       page->passed_over = 1;
       ++passed;

@@ -385,6 +385,13 @@ TEST_CASE("cross-thread: a page other threads free into goes to the back of its 
     CHECK(delay_state(p2) == kDelayUse);
     CHECK(q->first == p3);
     CHECK(check_heap_invariants(t_heap) == 0);
+    // A free takes p2 out of the full list: it may be passed over once again.
+    void* last = blocks.back();
+    REQUIRE(page_of_ptr(last) == p2);
+    dealloc(last);
+    blocks.pop_back();
+    CHECK((page_flags(p2) & kPageInFull) == 0);
+    CHECK(p2->passed_over == 0);
     blocks.erase(blocks.begin(), blocks.begin() + 40);
     blocks.insert(blocks.end(), again.begin(), again.end());
     blocks.push_back(b);
