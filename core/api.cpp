@@ -77,6 +77,17 @@ size_t usable_size(const void* p) noexcept {
   return static_cast<size_t>(end - static_cast<const uint8_t*>(p));
 }
 
+// Is every block of this page live? True only for the owner's page with every block handed
+// out (used counts the blocks other threads freed until the owner collects them) and none of
+// them freed by another thread since: its thread_free list and the heap's delayed list empty,
+// and no thread ever caching other threads' blocks (a cached block counts as used on its page).
+static bool page_all_live(Segment* s, Page* page) noexcept {
+  if (s->thread_id.load(std::memory_order_relaxed) != os::thread_id() || page->used != page->reserved) return false;
+  if (g_fcache_ever.load(std::memory_order_relaxed)) return false;
+  if (tf_block(page->thread_free.load(std::memory_order_acquire)) != nullptr) return false;
+  return t_heap->delayed_free.load(std::memory_order_acquire) == nullptr;
+}
+
 void* realloc_block(void* p, size_t n) noexcept {
   if (p == nullptr) return alloc(n);
   if (n == 0) {  // glibc frees and returns NULL
@@ -107,6 +118,8 @@ void* realloc_block(void* p, size_t n) noexcept {
       if (g_secure) {
         size_t i = static_cast<size_t>(static_cast<uint8_t*>(p) - page_start(w.s, page)) / page->block_size;
         freed = !((live_bits(w.s, page)[i / 64] >> (i % 64)) & 1);
+      } else if (page_all_live(w.s, page)) {
+        freed = false;  // without reading the block: a cache and TLB miss for a string's head
       } else {
         freed = static_cast<Block*>(p)->key == g_free_key && block_is_free_any(w.s, page, static_cast<Block*>(p));
       }

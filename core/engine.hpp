@@ -45,6 +45,9 @@ extern uintptr_t g_free_key __attribute__((visibility("hidden")));
 // One byte per 4 MiB chunk of the address space: 0 not ours, 1 first chunk of a segment,
 // k >= 2: chunk k-1 chunks after the first chunk of a (huge) segment (255: at least 254).
 extern std::atomic<uint8_t> g_segmap[kSegmentMapSize];
+// Set (for good) when a heap first turns its foreign cache on: from then on a block counted in
+// use on its page may sit in another thread's cache (realloc_block).
+extern std::atomic<bool> g_fcache_ever;
 
 // Page::flags is written by the owner and read by any thread (free, usable_size): relaxed
 // atomic accesses, which compile to plain byte loads and stores.

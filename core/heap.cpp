@@ -508,7 +508,10 @@ bool in_foreign_cache(const Page* page, const Block* b) noexcept {
 
 // The foreign cache's descriptors, mapped the first time the heap turns its cache on (fresh
 // memory is zero: every list empty). False if the OS refuses: the cache stays off.
+std::atomic<bool> g_fcache_ever{false};
+
 bool fcache_ready(Heap* heap) noexcept {
+  g_fcache_ever.store(true, std::memory_order_relaxed);
   if (heap->fc != nullptr) return true;
   void* m = os::reserve(fcache_map_size(), os::page_size());
   if (m == nullptr) return false;

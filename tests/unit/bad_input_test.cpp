@@ -228,6 +228,71 @@ TEST_CASE("bad input (default mode): realloc of a freed block aborts") {
   nebula_free(keep);
 }
 
+// realloc does not read the block when its page is the caller's, every block of it is handed
+// out and none was freed by another thread since (page_all_live). A block another thread freed
+// is still counted in use on its page: on the page's thread_free list, on the owner heap's
+// delayed list (the page was full) or in the freeing thread's foreign cache. Each is caught.
+TEST_CASE("bad input (default mode): realloc of a block another thread freed aborts on a page with every block handed out") {
+  settle();
+  const size_t kSize = 8192;
+  for (int where : {0, 1, 2}) {  // thread_free, the delayed list, a foreign cache
+    CAPTURE(where);
+    std::vector<void*> blocks;
+    Page* page = nullptr;
+    void* p = nullptr;
+    ChildResult r = run_child([&] {
+      blocks.push_back(nebula_malloc(kSize));
+      page = page_of_ptr(blocks[0]);
+      while (page->used < page->reserved) {
+        blocks.push_back(nebula_malloc(kSize));
+        if (page_of_ptr(blocks.back()) != page) _exit(3);
+      }
+      if (where == 1) blocks.push_back(nebula_malloc(kSize));  // the page goes to the full list
+      p = blocks[3];
+      std::atomic<int> step{0};
+      std::thread t([&] {
+        if (where == 2) {
+          nebula_free(nebula_malloc(size_t{64}));  // this thread has a heap
+          t_heap->fc_on = fcache_ready(t_heap);  // and caches (as after many remote frees)
+        }
+        nebula_free(p);
+        step = 1;
+        while (step.load() != 2) std::this_thread::yield();  // keep a cache alive
+      });
+      while (step.load() != 1) std::this_thread::yield();
+      if (where == 0 && thread_free_head(page) != p) _exit(4);
+      if (where == 1 && t_heap->delayed_free.load() != p) _exit(5);
+      if (page->used != page->reserved) _exit(6);
+      void* q = nebula_realloc(p, kSize - 100);  // in place, if it were live
+      (void)q;
+      step = 2;
+      t.join();
+    });
+    p = nullptr;
+    REQUIRE(WIFSIGNALED(r.status));
+    CHECK(r.err.find("realloc") != std::string::npos);
+    CHECK(r.err.find("freed") != std::string::npos);
+  }
+}
+
+// The same page with every block live: realloc in place keeps the block, without reading it.
+TEST_CASE("realloc: in place on a page with every block handed out") {
+  settle();
+  const size_t kSize = 8192;
+  std::vector<void*> blocks;
+  blocks.push_back(nebula_malloc(kSize));
+  Page* page = page_of_ptr(blocks[0]);
+  while (page->used < page->reserved) blocks.push_back(nebula_malloc(kSize));
+  for (void*& b : blocks) {
+    REQUIRE(page_of_ptr(b) == page);
+    fill(b, kSize - 200, 7);
+    void* q = nebula_realloc(b, kSize - 100);
+    CHECK(q == b);
+    CHECK(check_fill(q, kSize - 200, 7));
+  }
+  for (void* b : blocks) nebula_free(b);
+}
+
 TEST_CASE("bad input: a block whose second word happens to hold the key is not a double free") {
   settle();
   auto* p = static_cast<uintptr_t*>(nebula_malloc(32));
