@@ -35,6 +35,7 @@ namespace nebula {
 // ---- Globals the fast paths read --------------------------------------------------------
 extern __thread Heap* t_heap __attribute__((tls_model("initial-exec")));
 extern Heap g_empty_heap;
+extern Page g_empty_page;  // no free block: what an empty direct entry points at
 // Secure mode (NEBULA_MEM_SECURE=1), fixed at start. The fast paths never run in it: the heaps'
 // direct tables stay empty and every page carries kPageSecure, so malloc and free always take
 // the generic paths, which check and encode.
@@ -121,12 +122,17 @@ NEBULA_NOINLINE void free_not_fast(void* p) noexcept;
 NEBULA_NOINLINE void page_retire(Page* page) noexcept;
 
 // ---- The fast paths ----------------------------------------------------------------------
+// The page the fast paths take a block of n bytes from: the direct tables up to kDirect2Max,
+// and above them the empty page, which has no free block (the slow path).
+NEBULA_HOT Page* direct_page(const Heap* heap, size_t n) noexcept {
+  if (NEBULA_LIKELY(n <= kDirectMax)) return heap->direct[(n + 15) >> 4];
+  if (n <= kDirect2Max) return heap->direct2[(n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift];
+  return &g_empty_page;
+}
+
 NEBULA_HOT void* alloc(size_t n) noexcept {
   Heap* heap = t_heap;
-  Page* page;
-  if (NEBULA_LIKELY(n <= kDirectMax)) page = heap->direct[(n + 15) >> 4];
-  else if (n <= kDirect2Max) page = heap->direct2[(n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift];
-  else return alloc_generic(n, heap);
+  Page* page = direct_page(heap, n);
   Block* b = page->free;
   if (NEBULA_LIKELY(b != nullptr)) {
     Block* next = b->next;
@@ -143,18 +149,16 @@ NEBULA_HOT void* alloc(size_t n) noexcept {
 
 NEBULA_HOT void* alloc_zero(size_t n) noexcept {
   Heap* heap = t_heap;
-  if (NEBULA_LIKELY(n <= kDirectMax)) {
-    Page* page = heap->direct[(n + 15) >> 4];
-    Block* b = page->free;
-    if (NEBULA_LIKELY(b != nullptr)) {
-      page->free = b->next;
-      page->used++;
-      // Every block on a free list carries g_free_key, except a new block of zeroed memory,
-      // whose key word is 0 (page_extend): that one needs only its link word cleared.
-      if (b->key != g_free_key) b->next = nullptr;
-      else memset(b, 0, n);
-      return b;
-    }
+  Page* page = direct_page(heap, n);
+  Block* b = page->free;
+  if (NEBULA_LIKELY(b != nullptr)) {
+    page->free = b->next;
+    page->used++;
+    // Every block on a free list carries g_free_key, except a new block of zeroed memory,
+    // whose key word is 0 (page_extend): that one needs only its link word cleared.
+    if (b->key != g_free_key) b->next = nullptr;
+    else memset(b, 0, n);
+    return b;
   }
   return alloc_zero_generic(n, heap);
 }
@@ -305,7 +309,6 @@ extern PunchFeedback g_punch_feedback;
 // Return the OS pages of `page` that hold only free blocks; the blocks become holes. Returns
 // the bytes given back.
 size_t page_punch(Page* page) noexcept;
-extern Page g_empty_page;
 
 // segment.cpp
 // A span of `slices` slices for a page or a large block. A page may be made of a shorter run,

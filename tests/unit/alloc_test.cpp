@@ -402,7 +402,7 @@ TEST_CASE("page carving: a fresh page's first carve touches one OS page at most"
 // Sizes above kDirectMax up to kDirect2Max reach their class's current page through the second
 // direct table (one entry per KiB): with a free block there, malloc takes the fast path (no
 // slow-path call counted) and hands out the block freed last.
-TEST_CASE("alloc: sizes up to 32 KiB take the fast path when their class's page has a free block") {
+TEST_CASE("alloc: sizes up to 32 KiB take the fast path (malloc and calloc) when their class's page has a free block") {
   Worker w;
   w.run([] {
     Heap* h = nullptr;
@@ -419,7 +419,16 @@ TEST_CASE("alloc: sizes up to 32 KiB take the fast path when their class's page 
       CAPTURE(n);
       CHECK(q == p);
       CHECK(h->stats.generic_calls == g0);
+      memset(q, 0xab, n);
       dealloc(q);
+      // calloc too, and the block comes back zeroed.
+      auto* z = static_cast<uint8_t*>(alloc_zero(n));
+      CHECK(z == p);
+      CHECK(h->stats.generic_calls == g0);
+      size_t nonzero = 0;
+      for (size_t i = 0; i < n; ++i) nonzero += z[i] != 0;
+      CHECK(nonzero == 0);
+      dealloc(z);
     }
     // Just above the table: the slow path, as before.
     void* p = alloc(kDirect2Max + 1);
