@@ -506,12 +506,13 @@ bool in_foreign_cache(const Page* page, const Block* b) noexcept {
   return page->block_size >= 32 && reinterpret_cast<const uintptr_t*>(b)[2] == ~g_free_key;
 }
 
-// The foreign cache's descriptors, mapped the first time the heap turns its cache on (fresh
-// memory is zero: every list empty). False if the OS refuses: the cache stays off.
 std::atomic<bool> g_fcache_ever{false};
 
+// The foreign cache's descriptors, mapped the first time the heap turns its cache on (fresh
+// memory is zero: every list empty). False if the OS refuses: the cache stays off.
 bool fcache_ready(Heap* heap) noexcept {
-  g_fcache_ever.store(true, std::memory_order_relaxed);
+  // Written once: every later call only reads the flag's line, which realloc reads too.
+  if (!g_fcache_ever.load(std::memory_order_relaxed)) g_fcache_ever.store(true, std::memory_order_relaxed);
   if (heap->fc != nullptr) return true;
   void* m = os::reserve(fcache_map_size(), os::page_size());
   if (m == nullptr) return false;

@@ -244,9 +244,11 @@ TEST_CASE("cross-thread: a page that runs out takes the blocks other threads fre
   });
   t.join();
   REQUIRE(tf_count(page->thread_free.load()) == pending);
+  CHECK(page->remote_seen == 0);  // nothing collected from another thread yet
   w.run([&] {
     void* p = alloc(kSize);
     CHECK(page_of_ptr(p) == page);
+    CHECK(page->remote_seen == 1);  // marked by the collect (the pass-over test relies on it)
     CHECK(page->capacity == capacity);
     CHECK(std::find(freed.begin(), freed.end(), p) != freed.end());
     CHECK(tf_count(page->thread_free.load()) == 0);
