@@ -3,6 +3,9 @@
 # nebula-memory, runs alternated, medians of REPS (default 5).
 #   python3: tests/programs/py_workload.py (dicts, strings, json, threads, sorting)
 #   gcc:     -O2 compile of a generated 4000-function C file (cc1's own allocations)
+#   clang:   clang++ -O2 of tests/unit/threads_test.cpp (LLVM's many small C++ objects)
+#   sqlite3: bench/real/sqlite.sql (600,000 rows in memory, a 200 MB page cache)
+#   perl:    bench/real/hashes.pl (a hash of 600,000 entries thinned and sorted, split strings)
 # Usage: bench/real-programs.sh [BUILD_DIR] [REPS]     (run on an otherwise idle machine)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,20 +28,27 @@ PY
 declare -A cmd
 cmd[python3]="/usr/bin/python3 $root/tests/programs/py_workload.py"
 cmd[gcc]="gcc -O2 -c $tmp/gen.c -o $tmp/gen.o"
+cmd[clang]="clang++ -std=c++20 -O2 -I$root -I$root/include -c $root/tests/unit/threads_test.cpp -o $tmp/t.o"
+cmd[sqlite3]="sqlite3 :memory: -init /dev/null -batch"
+cmd[perl]="perl $root/bench/real/hashes.pl"
+declare -A input
+input[sqlite3]="$root/bench/real/sqlite.sql"
+progs=(python3 gcc clang sqlite3 perl)
 allocs=(glibc mimalloc nebula)
 preload() {
   case $1 in glibc) echo "" ;; mimalloc) echo "$mimalloc" ;; nebula) echo "$build/libnebulamem.so" ;; esac
 }
-for prog in python3 gcc; do
+for prog in "${progs[@]}"; do
   for ((r = 0; r < reps; r++)); do
     for ((k = 0; k < ${#allocs[@]}; k++)); do
       a=${allocs[$(((k + r) % ${#allocs[@]}))]}
-      /usr/bin/time -f "%e %M" -o "$tmp/t" env LD_PRELOAD="$(preload "$a")" ${cmd[$prog]} >/dev/null 2>&1
+      /usr/bin/time -f "%e %M" -o "$tmp/t" env LD_PRELOAD="$(preload "$a")" ${cmd[$prog]} \
+        <"${input[$prog]:-/dev/null}" >/dev/null 2>&1
       echo "$prog $a $(cat "$tmp/t")" >>"$tmp/runs"
     done
   done
 done
-python3 - "$tmp/runs" <<'PY'
+python3 - "$tmp/runs" "${progs[@]}" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -46,7 +56,7 @@ for line in open(sys.argv[1]):
     rows.setdefault((prog, alloc), []).append((float(t), int(rss)))
 print("| program | allocator | median wall s | median peak RSS MiB | time vs glibc | RSS vs glibc |")
 print("|---|---|---|---|---|---|")
-for prog in ("python3", "gcc"):
+for prog in sys.argv[2:]:
     base_t = statistics.median(t for t, _ in rows[(prog, "glibc")])
     base_r = statistics.median(r for _, r in rows[(prog, "glibc")])
     for alloc in ("glibc", "mimalloc", "nebula"):

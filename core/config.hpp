@@ -47,11 +47,11 @@ static_assert(kLargeMax < (kSlicesPerSegment - 1) * kSliceSize, "a large block m
 // Sizes up to kDirectMax are served from the heap's direct table, one entry per 16 bytes.
 inline constexpr size_t kDirectMax = 4096;
 inline constexpr size_t kDirectCount = kDirectMax / 16 + 1;
-// Sizes above it up to kDirect2Max: a second table, one entry per 1 KiB (every class between
-// them is a multiple of 1 KiB, checked in size_classes.hpp), so that their allocations take the
+// Sizes above it up to kDirect2Max: a second table, one entry per 512 bytes (every class between
+// them is a multiple of 512, checked in size_classes.hpp), so that their allocations take the
 // fast path too when the class's current page has a free block.
 inline constexpr size_t kDirect2Max = 32 * 1024;
-inline constexpr unsigned kDirect2Shift = 10;
+inline constexpr unsigned kDirect2Shift = 9;
 inline constexpr size_t kDirect2Count = (kDirect2Max >> kDirect2Shift) + 1;
 
 // Every block is at least 16-byte aligned, as glibc guarantees on 64-bit targets.

@@ -400,7 +400,7 @@ TEST_CASE("page carving: a fresh page's first carve touches one OS page at most"
 }
 
 // Sizes above kDirectMax up to kDirect2Max reach their class's current page through the second
-// direct table (one entry per KiB): with a free block there, malloc takes the fast path (no
+// direct table (one entry per 512 bytes): with a free block there, malloc takes the fast path (no
 // slow-path call counted) and hands out the block freed last.
 TEST_CASE("alloc: sizes up to 32 KiB take the fast path (malloc and calloc) when their class's page has a free block") {
   Worker w;
@@ -412,7 +412,7 @@ TEST_CASE("alloc: sizes up to 32 KiB take the fast path (malloc and calloc) when
       h = t_heap;
       const unsigned cls = size_to_class(n);
       CHECK(page_of_ptr(p)->size_class == cls);
-      CHECK(h->direct2[(n + 1023) >> 10] == h->queues[cls].first);
+      CHECK(h->direct2[(n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift] == h->queues[cls].first);
       dealloc(p);  // the page keeps it (the only page of its class)
       const uint64_t g0 = h->stats.generic_calls;
       void* q = alloc(n);
