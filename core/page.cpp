@@ -385,6 +385,31 @@ void page_retire(Page* page) noexcept {
   page_free(heap, page);
 }
 
+// A medium page holds 2 to 9 blocks, and a class of them often a few pages, each partly free
+// after random frees; a page goes back only once all its blocks are free. When the current page
+// runs out, the next block comes from the fullest of the first 8 pages that have room (the
+// fewest blocks not handed out, counting blocks other threads freed and nobody collected as
+// handed out), so that the emptier pages drain and go back instead of all staying half full.
+// `glibc-thread`: peak RSS 1.0% lower (7 alternated pairs; a census of one heap: the highest
+// resident in pages 6.52 -> 6.40 MiB), `rptest` 1.8%, `mstress` 1.9%. Small pages hold hundreds
+// of blocks and keep the queue order (the walk would only cost there).
+static Page* queue_fullest_first(Heap* heap, PageQueue* q, unsigned cls) {
+  Page* best = nullptr;
+  uint32_t best_room = 0;
+  unsigned seen = 0;
+  for (Page* c = q->first; c != nullptr && seen < 8; c = c->next, ++seen) {
+    uint32_t room = c->reserved - c->used;
+    if (room != 0 && (best == nullptr || room < best_room)) {
+      best = c;
+      best_room = room;
+    }
+  }
+  if (best == nullptr || best == q->first) return q->first;
+  list_remove(q, best);
+  queue_push_front(heap, q, best, cls);
+  return best;
+}
+
 void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   if (heap->fc_active & (uint64_t{1} << cls)) {  // the class has a foreign cache (with blocks, or empty now)
     Page* fp = &heap->fc->page[cls];
@@ -403,6 +428,8 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   }
   PageQueue* q = &heap->queues[cls];
   Page* page = q->first;
+  if (kClassSize[cls] > kSmallMax && page != nullptr && page->free == nullptr && page->next != nullptr)
+    page = queue_fullest_first(heap, q, cls);
   bool reclaimed = false;
   // A page that, once collected, has only a few free blocks would send every few allocations
   // back here: remember the best such page, move it to the back of the queue to gather more

@@ -440,3 +440,40 @@ TEST_CASE("alloc: sizes up to 32 KiB take the fast path (malloc and calloc) when
     dealloc(q);
   });
 }
+
+// A medium class whose current page runs out takes its next block from the fullest of the pages
+// with room, so that the emptier ones drain and go back (queue_fullest_first).
+TEST_CASE("alloc: a medium class takes the next block from its fullest page, and the emptier one drains") {
+  Worker w;
+  w.run([] {
+    const size_t n = 24 * 1024;
+    const unsigned cls = size_to_class(n);
+    REQUIRE(kClassSize[cls] > kSmallMax);
+    Heap* h = nullptr;
+    std::vector<void*> blocks{alloc(n)};
+    REQUIRE(blocks[0] != nullptr);
+    h = t_heap;
+    const uint32_t per_page = page_of_ptr(blocks[0])->reserved;
+    REQUIRE(per_page >= 3);
+    while (blocks.size() < 3 * per_page) blocks.push_back(alloc(n));  // three pages' worth
+    std::vector<Page*> pages;
+    for (void* p : blocks)
+      if (pages.empty() || pages.back() != page_of_ptr(p)) pages.push_back(page_of_ptr(p));
+    REQUIRE(pages.size() == 3);
+    // The first page keeps one live block, the second all but one; the third is the current one
+    // and has no free block left.
+    for (uint32_t i = 1; i < per_page; ++i) dealloc(blocks[i]);
+    dealloc(blocks[per_page]);
+    CHECK(pages[0]->used == 1);
+    CHECK(pages[1]->used == per_page - 1);
+    CHECK(h->queues[cls].first == pages[2]);
+    void* q = alloc(n);
+    CHECK(page_of_ptr(q) == pages[1]);  // not pages[0], which comes first in the queue
+    // The first page's last block goes: the page is empty and its span goes back.
+    const uint64_t freed0 = h->stats.pages_freed[static_cast<unsigned>(PageKind::kMedium)];
+    dealloc(blocks[0]);
+    CHECK(h->stats.pages_freed[static_cast<unsigned>(PageKind::kMedium)] == freed0 + 1);
+    dealloc(q);
+    for (size_t i = per_page + 1; i < blocks.size(); ++i) dealloc(blocks[i]);
+  });
+}
