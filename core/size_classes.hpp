@@ -31,7 +31,7 @@ namespace nebula {
 // The octaves of 4 and 8 KiB get a fifth class at 1.125 x their base: a page plus a small
 // header (sqlite's 4104-byte page-cache entries, PATH_MAX + 1, BUFSIZ + 1, buffers with a
 // length prefix) wastes 1/9 of its block instead of 1/5 (sqlite with a 200 MB page cache: peak
-// RSS 209 -> 197 MiB, glibc 187). Not in every octave: each class holds pages of its own, and
+// RSS 203.9 -> 192.3 MiB, glibc 182.1). Not in every octave: each class holds pages of its own, and
 // where sizes spread evenly (strings grown by realloc, `strbuild`) a fifth class from 4 KiB up
 // kept 7% more resident.
 inline constexpr unsigned kFineShift = 12;  // octaves (2^k, 2^(k+1)] with k in [kFineShift, kFineEnd)
