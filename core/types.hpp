@@ -226,6 +226,7 @@ struct Heap {
   // The descriptors (12 KiB) are mapped when the thread first turns its cache on, so that a
   // thread that never does (most) keeps a heap of 3 KiB.
   uint64_t fc_active = 0;
+  static_assert(kClassCount <= 64, "fc_active holds one bit per size class");
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
   uint64_t fc_remote_mark = 0;          // stats.remote_frees at the last decision
   ForeignCache* fc = nullptr;           // set once (by the owner), released with the heap
