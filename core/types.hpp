@@ -223,8 +223,8 @@ struct Heap {
   // collects them). fc->page[c] is a page descriptor that owns no memory: its `free` list holds
   // the cached blocks and the direct table points at it while class c holds some (bit c of
   // fc_active), so the malloc fast path pops them as from any page (and counts them in `used`).
-  // The descriptors (12 KiB) are mapped when the thread first turns its cache on, so that a
-  // thread that never does (most) keeps a heap of 3 KiB.
+  // The descriptors (13 KiB) are mapped when the thread first turns its cache on, so that a
+  // thread that never does (most) keeps a heap of 3.5 KiB.
   uint64_t fc_active = 0;
   static_assert(kClassCount <= 64, "fc_active holds one bit per size class");
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
