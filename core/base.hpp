@@ -59,6 +59,8 @@ class SpinLock {
     locked_.store(false, std::memory_order_relaxed);
     if (t_locks_held > 0) --t_locks_held;
   }
+  // After fork() in the child: a lock that another thread, gone in the child, may have held.
+  void reset_orphan() noexcept { locked_.store(false, std::memory_order_relaxed); }
 
  private:
   static void __builtin_ia32_pause_or_nothing() noexcept {

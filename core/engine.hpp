@@ -265,6 +265,27 @@ void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bo
 void heap_collect(Heap* heap, bool force) noexcept;
 void heap_delayed_free_all(Heap* heap) noexcept;
 void heap_maintenance(Heap* heap, bool force) noexcept;
+// Purge the free slices of heaps whose owner threads have gone quiet (their purge time passed
+// a purge delay ago, so the owner has not run its maintenance since), or with `force` every
+// other heap's at once (malloc_trim). Called from a heap's maintenance; `me` is skipped.
+void heaps_purge_idle(Heap* me, uint64_t now, bool force) noexcept;
+
+// The owner's hold on its heap's segment lock (Heap::seg_lock), re-entrant: span_alloc may
+// reclaim an abandoned segment and free spans of it, a purge may run inside an allocation.
+class HeapSegGuard {
+ public:
+  explicit HeapSegGuard(Heap* h) noexcept : h_(h) {
+    if (h_->seg_depth++ == 0) h_->seg_lock.lock();
+  }
+  ~HeapSegGuard() {
+    if (--h_->seg_depth == 0) h_->seg_lock.unlock();
+  }
+  HeapSegGuard(const HeapSegGuard&) = delete;
+  HeapSegGuard& operator=(const HeapSegGuard&) = delete;
+
+ private:
+  Heap* h_;
+};
 // Before the thread blocks in pthread_join: return its free memory (rate-limited).
 void heap_before_wait() noexcept;
 void engine_init() noexcept;

@@ -325,16 +325,50 @@ void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
   });
 }
 
+// Purge the heap's free slices whose purge time has come (all with `force`) and note the
+// earliest purge time left. The caller holds the heap's segment lock.
+static void heap_purge_segments(Heap* heap, uint64_t now, bool force) {
+  uint64_t due = 0;
+  for (Segment* s = heap->segments; s != nullptr; s = s->next) {
+    segment_purge(s, now, force);
+    if (s->purge_at_ms != 0 && (due == 0 || s->purge_at_ms < due)) due = s->purge_at_ms;
+  }
+  heap->purge_due_ms.store(due, std::memory_order_relaxed);
+}
+
+// A thread that has stopped allocating (blocked on a condition variable, or busy in code that
+// does not allocate) never runs its own maintenance: the free slices its heap holds would stay
+// resident for as long as it stays quiet. So the other threads' maintenance purges them once
+// their purge time has passed by a further purge delay, which an owner that still allocates
+// would have acted on. It takes the heap's segment lock only if it is free (an owner at work
+// holds it), at most once per purge delay in the whole process, and under the heaps lock, so
+// that no heap is recycled or abandoned meanwhile.
+void heaps_purge_idle(Heap* me, uint64_t now, bool force) noexcept {
+  static std::atomic<uint64_t> next_ms{0};
+  const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  uint64_t t = next_ms.load(std::memory_order_relaxed);
+  if (!force && (now < t || !next_ms.compare_exchange_strong(t, now + delay, std::memory_order_relaxed))) return;
+  LockGuard heaps(g_heaps_lock);
+  for (Heap* h = g_all_heaps; h != nullptr; h = h->next_heap) {
+    if (h == me || !h->live) continue;
+    uint64_t due = h->purge_due_ms.load(std::memory_order_relaxed);
+    if (due == 0 || (!force && now < due + delay)) continue;
+    if (!h->seg_lock.try_lock()) continue;
+    heap_purge_segments(h, now, force);
+    h->seg_lock.unlock();
+  }
+}
+
 void heap_maintenance(Heap* heap, bool force) noexcept {
   uint64_t now = os::clock_ms();
   if (now >= heap->next_punch_ms) heap->punch_skip = 0;  // a later growth is punched at once
   if (!force && now < heap->next_maintenance_ms) return;
   if (force) heap_collect(heap, true);
-  for (Segment* s = heap->segments; s != nullptr;) {
-    Segment* next = s->next;
-    segment_purge(s, now, force);
-    s = next;
+  {
+    HeapSegGuard guard(heap);
+    heap_purge_segments(heap, now, force);
   }
+  heaps_purge_idle(heap, now, force);
   arena_purge(force);
   heap_punch_sparse(heap, now, force ? SIZE_MAX : 0);
   uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
@@ -682,11 +716,13 @@ void heap_abandon(Heap* heap, bool purge) {
   heap_delayed_free_all(heap);
   heap_collect(heap, true);
   uint64_t now = os::clock_ms();
+  HeapSegGuard guard(heap);
   while (heap->segments != nullptr) {
     Segment* s = heap->segments;
     if (purge) segment_purge(s, now, true);
     segment_abandon(s);
   }
+  heap->purge_due_ms.store(0, std::memory_order_relaxed);
 }
 
 void thread_done(void* arg) noexcept {
@@ -761,6 +797,8 @@ void fork_child() noexcept {
   Heap* me = t_heap;
   for (Heap* h = g_all_heaps; h != nullptr; h = h->next_heap) {
     if (!h->live || h == me) continue;
+    h->seg_lock.reset_orphan();  // its owner may have been in span_alloc at the fork
+    h->seg_depth = 0;
     // A thread may have died in the middle of announcing a free: force every state.
     for_each_page(h, [](Segment*, Page* p) {
       uintptr_t tf = p->thread_free.load(std::memory_order_relaxed);

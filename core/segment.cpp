@@ -238,6 +238,7 @@ static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except) {
 }
 
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices) noexcept {
+  HeapSegGuard guard(heap);
   if (min_slices == 0 || min_slices > slices) min_slices = slices;
   for (int attempt = 0; attempt < 2; ++attempt) {
     // Slices that are still resident first, in any of our segments: no page faults, no new
@@ -311,11 +312,20 @@ static bool span_free_internal(Segment* s, Page* page) {
   }
   if (s->purge_at_ms == 0) {
     s->purge_at_ms = os::clock_ms() + static_cast<uint64_t>(option(Option::kPurgeDelay));
+    if (heap != nullptr) {
+      uint64_t due = heap->purge_due_ms.load(std::memory_order_relaxed);
+      if (due == 0 || s->purge_at_ms < due) heap->purge_due_ms.store(s->purge_at_ms, std::memory_order_relaxed);
+    }
   }
   return false;
 }
 
-bool span_free(Segment* s, Page* page) noexcept { return span_free_internal(s, page); }
+bool span_free(Segment* s, Page* page) noexcept {
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
+  if (heap == nullptr) return span_free_internal(s, page);
+  HeapSegGuard guard(heap);
+  return span_free_internal(s, page);
+}
 
 // Return the free resident slices in mask m (a subset of free & dirty) to the OS.
 static void purge_slices(Segment* s, uint64_t m) {
@@ -381,6 +391,7 @@ bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept {
   if (slices <= old || idx + slices > kSlicesPerSegment) return false;
   unsigned add = static_cast<unsigned>(slices) - old;
   if ((s->free_slices & run_mask(idx + old, add)) != run_mask(idx + old, add)) return false;
+  HeapSegGuard guard(s->owner_heap.load(std::memory_order_relaxed));
   bool clean;
   if (!claim_slices(s, idx + old, add, &clean)) return false;
   for (unsigned j = old; j < slices; ++j) s->pages[idx + j].head = page;
@@ -567,6 +578,7 @@ size_t abandoned_count() noexcept { return g_abandoned_count.load(std::memory_or
 
 bool segment_reclaim_one(Heap* heap) noexcept {
   if (g_abandoned_count.load(std::memory_order_relaxed) == 0) return false;
+  HeapSegGuard seg_guard(heap);
   Segment* s;
   {
     LockGuard guard(g_abandoned_lock);

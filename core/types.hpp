@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/base.hpp"
 #include "core/config.hpp"
 #include "core/size_classes.hpp"
 
@@ -205,6 +206,12 @@ struct Heap {
   std::atomic<Block*> delayed_free{nullptr};  // blocks freed by other threads into full pages
   uintptr_t thread_id = 0;              // owning thread
   Segment* segments = nullptr;          // segments owned by this heap
+  // Held while the heap's segment list or its segments' slice bitmaps and purge times change
+  // (HeapSegGuard: the owner, re-entrantly) and while another thread purges the free slices of
+  // a heap whose owner has gone quiet (heaps_purge_idle, which only ever tries it).
+  SpinLock seg_lock;
+  uint32_t seg_depth = 0;               // the owner's nesting of HeapSegGuard
+  std::atomic<uint64_t> purge_due_ms{0};  // earliest purge_at_ms among its segments; 0: none
   uint32_t segment_count = 0;
   uint32_t ticks = 0;                   // slow-path calls since the last maintenance
   uint64_t next_maintenance_ms = 0;     // earliest time of the next purge pass

@@ -2,6 +2,7 @@
 // slices of live segments are purged (madvise) and leave the committed count.
 #include <vector>
 
+#include "core/options.hpp"
 #include "support.hpp"
 
 using namespace nebula;
@@ -112,4 +113,73 @@ TEST_CASE("purge: churning big blocks refills resident runs instead of purging t
   CHECK(committed_now() <= c0 + 32 * kMiB + 8 * kMiB);
   trim(0);
   CHECK(committed_now() == c0);
+}
+
+// A thread that stops calling the allocator (here a worker waiting for its next job) never runs
+// its own maintenance, so the free slices its heap holds would stay resident for as long as it
+// waits. Another thread's maintenance purges them once their purge time is a purge delay past
+// (not before: an owner that still allocates gets to reuse them first), and never while the
+// owner holds its segment lock.
+TEST_CASE("purge: a quiet thread's free slices are purged by another thread once overdue") {
+  settle();
+  Worker w;
+  Heap* wh = nullptr;
+  std::vector<void*> kept;
+  w.run([&] {
+    std::vector<void*> v;
+    for (size_t i = 0; i < 48 * kMiB / (64 * 1024); ++i) {
+      void* p = alloc(64 * 1024);
+      REQUIRE(p != nullptr);
+      memset(p, 0x22, 64 * 1024);
+      v.push_back(p);
+    }
+    // Keep the first block of each segment, so that every segment stays with the heap, its
+    // freed spans as free resident slices.
+    std::set<Segment*> segs;
+    for (void* p : v) {
+      if (segs.insert(segment_of(p)).second) kept.push_back(p);
+      else dealloc(p);
+    }
+    wh = t_heap;  // made by the first allocation
+  });
+  REQUIRE(wh != nullptr);
+  for (void* p : kept) REQUIRE(segment_of(p)->owner_heap.load() == wh);
+  REQUIRE(kept.size() >= 8);
+  auto resident_free = [&] {
+    size_t n = 0;
+    for (void* p : kept) {
+      Segment* s = segment_of(p);
+      n += static_cast<size_t>(popcount64(s->free_slices & s->dirty_slices & ~uint64_t{1}));
+    }
+    return n * kSliceSize;
+  };
+  REQUIRE(resident_free() >= 32 * kMiB);
+  const uint64_t due = wh->purge_due_ms.load();
+  REQUIRE(due != 0);
+  const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  ensure_heap();
+  // Due, but not overdue: the owner may still come back and reuse them.
+  heaps_purge_idle(t_heap, due, false);
+  CHECK(resident_free() >= 32 * kMiB);
+  // Overdue while the owner is at work on its segments: left alone.
+  wh->seg_lock.lock();
+  heaps_purge_idle(t_heap, due + delay + 1, false);
+  wh->seg_lock.unlock();
+  CHECK(resident_free() >= 32 * kMiB);
+  // Overdue and the owner quiet: purged by this thread.
+  const size_t p0 = g_counters.purged.load();
+  heaps_purge_idle(t_heap, due + 2 * delay + 2, false);
+  CHECK(resident_free() == 0);
+  CHECK(g_counters.purged.load() >= p0 + 32 * kMiB);
+  CHECK(wh->purge_due_ms.load() == 0);
+  for (void* p : kept) CHECK(static_cast<uint8_t*>(p)[4321] == 0x22);  // live blocks untouched
+  // The owner goes on: its lock is free, and the purged slices serve new pages.
+  w.run([&] {
+    for (void* p : kept) dealloc(p);
+    void* p = alloc(64 * 1024);
+    CHECK(p != nullptr);
+    memset(p, 1, 64 * 1024);
+    dealloc(p);
+  });
+  settle();
 }
