@@ -63,6 +63,13 @@ void heap_segments_push(Heap* heap, Segment* s) {
   heap->segment_count++;
 }
 
+// A segment of the heap has free slices to purge at `at`: keep the heap's earliest purge time,
+// which heaps_purge_idle reads without the segment lock.
+void note_purge_due(Heap* heap, uint64_t at) {
+  uint64_t due = heap->purge_due_ms.load(std::memory_order_relaxed);
+  if (due == 0 || at < due) heap->purge_due_ms.store(at, std::memory_order_relaxed);
+}
+
 void heap_segments_remove(Heap* heap, Segment* s) {
   if (s->prev != nullptr) s->prev->next = s->next;
   else heap->segments = s->next;
@@ -312,10 +319,7 @@ static bool span_free_internal(Segment* s, Page* page) {
   }
   if (s->purge_at_ms == 0) {
     s->purge_at_ms = os::clock_ms() + static_cast<uint64_t>(option(Option::kPurgeDelay));
-    if (heap != nullptr) {
-      uint64_t due = heap->purge_due_ms.load(std::memory_order_relaxed);
-      if (due == 0 || s->purge_at_ms < due) heap->purge_due_ms.store(s->purge_at_ms, std::memory_order_relaxed);
-    }
+    if (heap != nullptr) note_purge_due(heap, s->purge_at_ms);
   }
   return false;
 }
@@ -591,6 +595,7 @@ bool segment_reclaim_one(Heap* heap) noexcept {
   s->owner_heap.store(heap, std::memory_order_release);
   s->thread_id.store(heap->thread_id, std::memory_order_release);
   heap_segments_push(heap, s);
+  if (s->purge_at_ms != 0) note_purge_due(heap, s->purge_at_ms);
   heap->stats.segments_reclaimed++;
   g_counters.reclaimed.fetch_add(1, std::memory_order_relaxed);
   for (unsigned i = 1; i < kSlicesPerSegment;) {
