@@ -54,7 +54,9 @@ const char* nebula_mem_version(void);
 int nebula_mem_get_stats(nebula_mem_stats* out);
 /* Print the summary that NEBULA_MEM_STATS=1 prints at exit, to stderr. */
 void nebula_mem_print_stats(void);
-/* Return free memory to the OS now (what malloc_trim does); 1 if some was released. */
+/* Return free memory to the OS now (what malloc_trim does): the free spans of every thread's
+   heap (those of a thread at work in the allocator at that moment are left for it) and the
+   free chunks; 1 if some was released. */
 int nebula_mem_collect(void);
 
 /* ---- Budget and pressure ----------------------------------------------------------------
