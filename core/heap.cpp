@@ -186,12 +186,19 @@ void engine_init() noexcept {
   }
 }
 
+// Raised when an allocation hits the budget: every heap purges its free slices at its next
+// slow path (memory freed by other threads' heaps is otherwise purged only after the delay).
+std::atomic<uint32_t> g_purge_epoch{0};
+
 Heap* heap_init_thread() noexcept {
   engine_init();
   Heap* h = heap_from_pool();
   if (h == nullptr) return nullptr;
   heap_reset(h);
   h->thread_id = os::thread_id();
+  // A new heap has nothing to purge for the budget events before it: without this, every
+  // thread started after the first one would force a purge of every free chunk and heap.
+  h->purge_epoch = g_purge_epoch.load(std::memory_order_relaxed);
   h->live = true;
   t_heap = h;
   os::arm_thread_exit_hook(h);
@@ -376,10 +383,6 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
 }
 
 NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero);
-
-// Raised when an allocation hits the budget: every heap purges its free slices at its next
-// slow path (memory freed by other threads' heaps is otherwise purged only after the delay).
-std::atomic<uint32_t> g_purge_epoch{0};
 
 namespace {
 // Shared body of the generic allocation paths.

@@ -137,6 +137,13 @@ Segment* segment_new(Heap* heap) {
   s->dirty_slices = g.dirty_first | 1;
   if (g.dirty_first & 1) budget_release(kSliceSize);
   s->purge_at_ms = 0;
+  // Slices the chunk's last user left resident are free slices here: they are purged after the
+  // delay, as if just freed, unless spans take them first (claim_slices then clears the time).
+  // Without a purge time they stayed resident until the heap freed a span of this segment.
+  if ((s->free_slices & s->dirty_slices & ~uint64_t{1}) != 0) {
+    s->purge_at_ms = os::clock_ms() + static_cast<uint64_t>(option(Option::kPurgeDelay));
+    note_purge_due(heap, s->purge_at_ms);
+  }
   s->mapped_size = kSegmentSize;
   s->huge_len = 0;
   s->huge_used = 0;

@@ -183,3 +183,42 @@ TEST_CASE("purge: a quiet thread's free slices are purged by another thread once
   });
   settle();
 }
+
+// A segment made on a chunk that its last user left partly resident holds those slices free
+// and resident from the start. They get a purge time like slices just freed: before, they had
+// none and stayed resident until the heap happened to free a span of that segment.
+// A budget event earlier in the process (g_purge_epoch raised) must not make the new thread's
+// first allocation purge every free chunk: before, a new heap started at epoch 0 and did.
+TEST_CASE("purge: a segment made on a resident chunk purges the free slices it came with") {
+  settle();
+  g_purge_epoch.fetch_add(1);  // as an allocation at the budget does (oom_retry)
+  {
+    Worker a;
+    a.run([] {
+      // Large blocks fill most of one segment, then all go back: the segment returns its chunk
+      // to the arena with those slices resident (the arena keeps them for reuse). Nothing else
+      // is allocated on this thread (no vector), so that no page keeps the segment alive.
+      void* v[10];
+      for (auto& p : v) {
+        p = alloc(300 * 1024);
+        if (p != nullptr) memset(p, 0x33, 300 * 1024);
+      }
+      for (void* p : v) dealloc(p);
+    });
+  }
+  Worker b;
+  b.run([] {
+    void* p = alloc(64);  // a new heap: a new segment, on the most resident free chunk
+    REQUIRE(p != nullptr);
+    Segment* s = segment_of(p);
+    const uint64_t left = s->free_slices & s->dirty_slices & ~uint64_t{1};
+    CHECK(left != 0);  // the chunk came back resident: what this test is about
+    CHECK(s->purge_at_ms != 0);
+    CHECK(t_heap->purge_due_ms.load() != 0);
+    CHECK(t_heap->purge_due_ms.load() <= s->purge_at_ms);
+    segment_purge(s, s->purge_at_ms, false);  // the owner's maintenance once the time comes
+    CHECK((s->free_slices & s->dirty_slices & ~uint64_t{1}) == 0);
+    dealloc(p);
+  });
+  settle();
+}
