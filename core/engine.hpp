@@ -265,8 +265,9 @@ void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bo
 void heap_collect(Heap* heap, bool force) noexcept;
 void heap_delayed_free_all(Heap* heap) noexcept;
 void heap_maintenance(Heap* heap, bool force) noexcept;
-// Raised when an allocation hits the budget or the OS refuses memory: every heap purges at its
-// next slow path. A heap made later starts at the current value.
+// Raised when an allocation hits the budget or the OS refuses memory (oom_retry): every heap
+// purges its free slices at its next slow path (memory freed by other threads' heaps is
+// otherwise purged only after the delay). A heap made later starts at the current value.
 extern std::atomic<uint32_t> g_purge_epoch;
 // Purge the free slices of heaps whose owner threads have gone quiet (their purge time passed
 // a purge delay ago, so the owner has not run its maintenance since), or with `force` every

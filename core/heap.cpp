@@ -186,9 +186,7 @@ void engine_init() noexcept {
   }
 }
 
-// Raised when an allocation hits the budget: every heap purges its free slices at its next
-// slow path (memory freed by other threads' heaps is otherwise purged only after the delay).
-std::atomic<uint32_t> g_purge_epoch{0};
+std::atomic<uint32_t> g_purge_epoch{0};  // see engine.hpp
 
 Heap* heap_init_thread() noexcept {
   engine_init();
