@@ -15,7 +15,7 @@
 
 namespace nebula {
 
-std::atomic<uint8_t> g_segmap[kSegmentMapSize];
+NEBULA_SPARSE_BSS std::atomic<uint8_t> g_segmap[kSegmentMapSize];
 GlobalCounters g_counters;
 
 void committed_add(size_t bytes) noexcept {
@@ -39,7 +39,7 @@ struct Arena {
   uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
 };
 
-Arena* g_arenas[kMaxArenas];
+NEBULA_SPARSE_BSS Arena* g_arenas[kMaxArenas];
 std::atomic<unsigned> g_arena_count{0};
 SpinLock g_arena_lock;
 size_t g_free_dirty = 0;          // bytes resident in free chunks (under the lock)

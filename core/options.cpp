@@ -79,16 +79,7 @@ void set_value(unsigned i, const char* v, size_t len, OptionSource src, const ch
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
 
-void read_conf_file(const char* path) {
-  static char buf[16384];  // under g_lock; static so that it does not sit on a small stack
-  long n = os::read_file(path, buf, sizeof buf - 1);
-  if (n < 0) {
-    Message m;
-    m.str("nebula-memory: cannot read NEBULA_MEM_CONF file '").str(path).str("'; ignored\n");
-    m.emit();
-    return;
-  }
-  buf[n] = 0;
+void parse_conf_text(const char* buf, long n) {
   const char* s = buf;
   const char* end = buf + n;
   while (s < end) {
@@ -118,6 +109,23 @@ void read_conf_file(const char* path) {
     }
     s = eol + 1;
   }
+}
+
+void read_conf_file(const char* path) {
+  // The text goes in memory mapped for the call (not on a possibly small stack, and not in a
+  // static buffer that would sit among the globals every process touches).
+  constexpr size_t kCap = 16384;
+  char* buf = static_cast<char*>(os::reserve(kCap, os::page_size()));
+  long n = buf != nullptr ? os::read_file(path, buf, kCap - 1) : -1;
+  if (n < 0) {
+    Message m;
+    m.str("nebula-memory: cannot read NEBULA_MEM_CONF file '").str(path).str("'; ignored\n");
+    m.emit();
+  } else {
+    buf[n] = 0;
+    parse_conf_text(buf, n);
+  }
+  if (buf != nullptr) os::release(buf, kCap);
 }
 
 constexpr char kPrefix[] = "NEBULA_MEM_";
