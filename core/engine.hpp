@@ -300,6 +300,8 @@ void free_block_remote(Page* page, Block* b) noexcept;
 // The foreign cache (core/heap.cpp).
 bool in_foreign_cache(const Page* page, const Block* b) noexcept;
 uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept;
+// Blocks a class's cache holds before the direct table points at it (half its limit).
+uint32_t fcache_direct_min(unsigned cls) noexcept;
 // Map the heap's foreign-cache descriptors if they are not yet (false: the OS refused).
 bool fcache_ready(Heap* heap) noexcept;
 void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept;

@@ -555,6 +555,8 @@ bool fcache_ready(Heap* heap) noexcept {
   return true;
 }
 
+uint32_t fcache_direct_min(unsigned cls) noexcept { return fc_limit(cls) / 2 > 1 ? fc_limit(cls) / 2 : 1; }
+
 uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept {
   return heap->fc != nullptr ? heap->fc->pushed[cls] - heap->fc->page[cls].used : 0;
 }
@@ -586,7 +588,10 @@ void fcache_flush_all(Heap* heap) noexcept {
     unsigned cls = ctz64(m);
     fcache_flush(heap, cls, 0);
     heap->fc_active &= ~(uint64_t{1} << cls);
-    heap_update_direct(heap, cls);
+    if (heap->fc_direct & (uint64_t{1} << cls)) {
+      heap->fc_direct &= ~(uint64_t{1} << cls);
+      heap_update_direct(heap, cls);
+    }
   }
 }
 
@@ -603,8 +608,13 @@ bool fcache_push(Heap* me, Page* page, Block* b) {
   fp->free = b;
   me->fc->pushed[cls]++;
   uint64_t bit = uint64_t{1} << cls;
-  if (!(me->fc_active & bit)) {
-    me->fc_active |= bit;
+  me->fc_active |= bit;
+  // The direct entries move to the cache once it holds half its limit, or when the class's page
+  // runs out (queue_alloc), and back when the cache runs dry: moved at the first block, a class
+  // whose cache emptied after every block or two paid two direct-table updates and a slow-path
+  // call per cached block (`larson`: 1.6 M slow-path calls per 12 M allocations, now 0.4 M).
+  if (!(me->fc_direct & bit) && fcache_held(me, cls) >= fcache_direct_min(cls)) {
+    me->fc_direct |= bit;
     heap_update_direct(me, cls);
   }
   return true;

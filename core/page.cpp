@@ -198,7 +198,7 @@ bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept {
 void heap_update_direct(Heap* heap, unsigned cls) noexcept {
   if (kClassSize[cls] > kDirect2Max || g_secure) return;  // secure mode: the fast path stays off
   Page* page = heap->queues[cls].first;
-  if (heap->fc_active & (uint64_t{1} << cls)) page = &heap->fc->page[cls];  // the foreign cache first
+  if (heap->fc_direct & (uint64_t{1} << cls)) page = &heap->fc->page[cls];  // the foreign cache first
   if (page == nullptr) page = &g_empty_page;
   if (kClassSize[cls] > kDirectMax) {
     for (size_t i = (kClassSize[cls - 1] >> kDirect2Shift) + 1; i <= kClassSize[cls] >> kDirect2Shift; ++i)
@@ -413,7 +413,13 @@ static Page* queue_fullest_first(Heap* heap, PageQueue* q, unsigned cls) {
 void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   if (heap->fc_active & (uint64_t{1} << cls)) {  // the class has a foreign cache (with blocks, or empty now)
     Page* fp = &heap->fc->page[cls];
-    if (Block* fb = fp->free; fb != nullptr) {  // a class the direct table does not reach
+    if (Block* fb = fp->free; fb != nullptr) {
+      // A class the direct table does not reach, or whose cache waited for more blocks (see
+      // fcache_push) while the page ran out: the next blocks come from the cache too.
+      if (!(heap->fc_direct & (uint64_t{1} << cls))) {
+        heap->fc_direct |= uint64_t{1} << cls;
+        heap_update_direct(heap, cls);
+      }
       fp->free = fb->next;
       fp->used++;
       fb->key = 0;
@@ -424,7 +430,10 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
     heap->fc_active &= ~(uint64_t{1} << cls);
     heap->fc->pushed[cls] = 0;
     fp->used = 0;
-    heap_update_direct(heap, cls);
+    if (heap->fc_direct & (uint64_t{1} << cls)) {
+      heap->fc_direct &= ~(uint64_t{1} << cls);
+      heap_update_direct(heap, cls);
+    }
   }
   PageQueue* q = &heap->queues[cls];
   Page* page = q->first;

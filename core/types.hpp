@@ -228,11 +228,13 @@ struct Heap {
   // next allocations of their class while their lines are in this core's cache (a remote free
   // otherwise sends them to their page, where the owner reuses them cold, and only after it
   // collects them). fc->page[c] is a page descriptor that owns no memory: its `free` list holds
-  // the cached blocks and the direct table points at it while class c holds some (bit c of
-  // fc_active), so the malloc fast path pops them as from any page (and counts them in `used`).
+  // the cached blocks (bit c of fc_active while it holds some). Once it holds a few (fc_direct),
+  // the direct table points at it, so the malloc fast path pops them as from any page (and counts
+  // them in `used`); below that they wait for the class's next slow-path allocation.
   // The descriptors (13 KiB) are mapped when the thread first turns its cache on, so that a
   // thread that never does (most) keeps a heap of 3.5 KiB.
   uint64_t fc_active = 0;
+  uint64_t fc_direct = 0;               // classes whose direct entries point at their cache
   static_assert(kClassCount <= 64, "fc_active holds one bit per size class");
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
   uint64_t fc_remote_mark = 0;          // stats.remote_frees at the last decision

@@ -97,33 +97,51 @@ TEST_CASE("cross-thread: blocks freed by another thread go back to their owner a
 }
 
 // A thread with a heap that frees another thread's block keeps it in its foreign cache of the
-// class and hands it out on its next allocation of the class (the fast path pops it through the
-// direct table); the owner's page still counts the block as used all along.
+// class; once the cache holds half its limit, the direct table points at it and the thread's
+// next allocations of the class pop the cached blocks on the fast path, the last freed first.
+// The owner's page still counts the blocks as used all along.
 TEST_CASE("foreign cache: a block freed by a non-owner is that thread's next block of the class") {
   settle();
   ensure_heap();
   Worker a;
-  void* p = nullptr;
-  a.run([&] { p = alloc(100); });
+  const unsigned cls = size_to_class(100);
+  const uint32_t want = fcache_direct_min(cls);
+  REQUIRE(want > 1);
+  std::vector<void*> blocks(want);
+  a.run([&] {
+    for (auto& b : blocks) b = alloc(100);
+  });
+  void* p = blocks.back();
   Page* page = page_of_ptr(p);
-  const unsigned cls = page->size_class;
+  REQUIRE(page->size_class == cls);
   const uint32_t used0 = page->used;
   Heap* me = t_heap;
   REQUIRE(me->live);
   me->fc_on = fcache_ready(me);  // as after many remote frees (see "foreign cache: on where ...")
   REQUIRE(segment_of(page)->thread_id.load() != os::thread_id());
   const uint64_t live0 = stats().live_bytes;
-  dealloc(p);
+  dealloc(blocks[0]);
   CHECK(stats().live_bytes + kClassSize[cls] == live0);  // a cached block is not live
   CHECK(fcache_held(me, cls) == 1);
   CHECK((me->fc_active & (uint64_t{1} << cls)) != 0);
-  CHECK(me->direct[(100 + 15) / 16] == &me->fc->page[cls]);
+  CHECK(me->direct[(100 + 15) / 16] != &me->fc->page[cls]);  // one block: not yet
+  for (uint32_t i = 1; i < want; ++i) dealloc(blocks[i]);
+  CHECK(fcache_held(me, cls) == want);
+  CHECK(me->direct[(100 + 15) / 16] == &me->fc->page[cls]);  // half the limit: now
   CHECK(in_foreign_cache(page, static_cast<Block*>(p)));
-  CHECK(page->used == used0);                  // still out, as far as the page knows
+  CHECK(page_of_ptr(blocks[0])->used >= 1);    // still out, as far as the pages know
   CHECK(thread_free_head(page) == nullptr);    // not sent back
-  void* q = alloc(97);                         // same class
-  CHECK(q == p);
+  for (uint32_t i = 1; i < want; ++i) {        // all but the first freed, the last freed first
+    void* q = alloc(97);                       // same class
+    CHECK(q == blocks[want - i]);
+  }
+  void* q = alloc(97);
+  CHECK(q == blocks[0]);
+  for (uint32_t i = 1; i < want; ++i) dealloc(blocks[i]);  // back into the cache (direct still)
+  CHECK(fcache_held(me, cls) == want - 1);
+  for (uint32_t i = 1; i < want; ++i) CHECK(alloc(100) == blocks[want - i]);
   CHECK(fcache_held(me, cls) == 0);
+  CHECK(page->used == used0);
   // The cache is empty: the next allocation of the class goes back to the pages.
   void* r = alloc(100);
   CHECK(page_of_ptr(r) != page);
@@ -131,11 +149,60 @@ TEST_CASE("foreign cache: a block freed by a non-owner is that thread's next blo
   CHECK(me->direct[(100 + 15) / 16] != &me->fc->page[cls]);
   dealloc(r);
   a.run([&] {
-    dealloc(q);  // the owner frees it for good
+    for (void* b : blocks) dealloc(b);  // the owner frees them for good (q is blocks[0])
     CHECK(check_heap_invariants(t_heap) == 0);
   });
   a.finish();
   me->fc_on = false;
+  settle();
+}
+
+// Below half its limit the cache waits, but a class whose page runs out (or that has none)
+// takes its cached blocks first, and from then on through the fast path.
+TEST_CASE("foreign cache: a class that runs out of its page takes the cached blocks first") {
+  settle();
+  Worker a;
+  void* x = nullptr;
+  void* y = nullptr;
+  a.run([&] {
+    x = alloc(300);
+    y = alloc(300);
+  });
+  const unsigned cls = size_to_class(300);
+  REQUIRE(fcache_direct_min(cls) > 2);
+  Worker b;
+  b.run([&] {
+    void* first = alloc(kDirect2Max + 1);  // a heap, with no page of the class
+    Heap* h = t_heap;
+    h->fc_on = fcache_ready(h);
+    REQUIRE(h->queues[cls].first == nullptr);
+    dealloc(x);
+    dealloc(y);
+    CHECK(fcache_held(h, cls) == 2);
+    CHECK((h->fc_direct & (uint64_t{1} << cls)) == 0);  // 2 blocks: the cache waits
+    CHECK(alloc(300) == y);                              // no page: the cache first
+    CHECK((h->fc_direct & (uint64_t{1} << cls)) != 0);
+    CHECK(h->direct[(300 + 15) / 16] == &h->fc->page[cls]);
+    const uint64_t slow = h->stats.generic_calls;
+    CHECK(alloc(300) == x);                              // the fast path
+    CHECK(h->stats.generic_calls == slow);
+    void* z = alloc(300);                                // dry: back to the pages
+    CHECK(z != x);
+    CHECK(z != y);
+    CHECK((h->fc_active & (uint64_t{1} << cls)) == 0);
+    CHECK((h->fc_direct & (uint64_t{1} << cls)) == 0);
+    CHECK(h->direct[(300 + 15) / 16] == h->queues[cls].first);
+    dealloc(z);
+    dealloc(first);
+    h->fc_on = false;
+  });
+  b.finish();
+  a.run([&] {
+    dealloc(x);
+    dealloc(y);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+  a.finish();
   settle();
 }
 
