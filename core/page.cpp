@@ -379,6 +379,7 @@ void page_retire(Page* page) noexcept {
     // heap's segments has room for the next page of its class: then the page goes, its
     // segment with it, and the segment's resident chunk is free for any thread (a thread that
     // then waits, as in a join, no longer pins 4 MiB that a thread starting now could use).
+    // Maintenance lets it go too once the class has stayed quiet (heap_punch_sparse).
     Segment* s = segment_of(page);
     if (s->used_spans != 1 || !heap_has_room_elsewhere(heap, s, page->slice_count)) return;
   }

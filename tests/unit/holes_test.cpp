@@ -8,6 +8,7 @@
 #include <csignal>
 #include <vector>
 
+#include "core/options.hpp"
 #include "support.hpp"
 
 using namespace nebula;
@@ -325,5 +326,57 @@ TEST_CASE("holes: growth within the punch interval reads the clock once per 32 c
     h->punch_want = 0;
     h->punch_skip = 0;
     dealloc(p);
+  });
+}
+
+// A class's last page is kept when it empties (page_retire: a loop allocating and freeing one
+// block must not make a page each time); found empty by two maintenance passes a purge delay
+// apart, it goes back. A page found in use in between starts the wait again, and a page with a
+// live block is never let go.
+TEST_CASE("holes: a class's last page, empty for a purge delay, goes back") {
+  Worker w;
+  w.run([] {
+    const size_t n = 3000;
+    const unsigned cls = size_to_class(n);
+    void* keep = alloc(64);  // the heap, and a page of another class that stays
+    void* p = alloc(n);
+    Heap* h = t_heap;
+    Page* page = page_of_ptr(p);
+    Segment* s = segment_of(p);
+    const unsigned idx = static_cast<unsigned>(page - s->pages);
+    REQUIRE(h->queues[cls].first == page);
+    REQUIRE(page->next == nullptr);
+    dealloc(p);
+    REQUIRE(page->used == 0);
+    REQUIRE(h->queues[cls].first == page);  // kept empty
+    const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+    const uint64_t t0 = os::clock_ms() + 1000;
+    heap_punch_sparse(h, t0, 0);  // first seen empty
+    CHECK(h->queues[cls].first == page);
+    heap_punch_sparse(h, t0 + delay / 2, 0);
+    CHECK(h->queues[cls].first == page);
+    // In use at the next pass: the wait starts again.
+    p = alloc(n);
+    CHECK(page_of_ptr(p) == page);
+    // (The pass rounds times up to odd milliseconds: steps of at least 10.)
+    heap_punch_sparse(h, t0 + delay + 10, 0);
+    CHECK(h->queues[cls].first == page);  // a live block: kept
+    dealloc(p);
+    heap_punch_sparse(h, t0 + delay + 20, 0);  // empty again, seen now
+    heap_punch_sparse(h, t0 + 2 * delay + 10, 0);
+    CHECK(h->queues[cls].first == page);
+    heap_punch_sparse(h, t0 + 2 * delay + 30, 0);  // a delay later: gone
+    CHECK(h->queues[cls].first == nullptr);
+    CHECK(((s->free_slices >> idx) & 1) == 1);  // its slice is free (purged after the delay)
+    CHECK(direct_table_errors(h) == 0);
+    CHECK(check_heap_invariants(h) == 0);
+    // The class works as before: a new page.
+    p = alloc(n);
+    REQUIRE(p != nullptr);
+    CHECK(h->queues[cls].first == page_of_ptr(p));
+    fill(p, n, 7);
+    CHECK(check_fill(p, n, 7));
+    dealloc(p);
+    dealloc(keep);
   });
 }
