@@ -35,6 +35,8 @@ struct Arena {
   uint32_t chunks;                          // chunks in this arena (<= kArenaChunks)
   uint32_t free_count;                      // chunks not in a live segment
   uint64_t used[kArenaChunks / 64];         // bitmap: chunk in a live segment
+  uint64_t grows[kArenaChunks / 64];        // bitmap: chunk in a live huge block that realloc
+                                            // has grown in place (arena_grow)
   uint64_t dirty_mask[kArenaChunks];        // free chunks: slices that may be resident
   uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
 };
@@ -68,23 +70,44 @@ size_t note_in_use(uint64_t now) {
 constexpr uint64_t kAllSlices = ~uint64_t{0};
 
 bool chunk_used(const Arena* a, unsigned i) { return (a->used[i / 64] >> (i % 64)) & 1; }
+bool chunk_grows(const Arena* a, unsigned i) { return (a->grows[i / 64] >> (i % 64)) & 1; }
 void chunk_set_used(Arena* a, unsigned i, bool v) {
-  if (v) a->used[i / 64] |= uint64_t{1} << (i % 64);
-  else a->used[i / 64] &= ~(uint64_t{1} << (i % 64));
+  if (v) {
+    a->used[i / 64] |= uint64_t{1} << (i % 64);
+  } else {
+    a->used[i / 64] &= ~(uint64_t{1} << (i % 64));
+    a->grows[i / 64] &= ~(uint64_t{1} << (i % 64));
+  }
 }
 
 // Find `n` consecutive free chunks, choosing among all the runs that fit the one with the most
 // resident slices (fewest page faults on reuse; ties go to the lowest address). Linear in the
 // arena's chunks, and only reached when a segment or a huge block is made.
-int find_run(const Arena* a, unsigned n) {
+// `spare_growth`: leave alone as many free chunks after a huge block that realloc has grown in
+// place as the block has: they are where it grows next when the program keeps doubling it (a
+// buffer, a hash table). They are often the most resident (a bigger block freed there before),
+// so a segment would choose them first and force the next doubling to copy the whole block, old
+// and new resident together: sqlite3, whose sorter buffer doubles to 64 MiB, peaked at 236 MiB
+// instead of 197. Only blocks seen growing: spared behind every huge block, the free chunks
+// stayed resident and idle while segments took new memory (`mstress`, whose blocks of 2-4 MiB
+// are never grown: peak RSS +4%).
+int find_run(const Arena* a, unsigned n, bool spare_growth) {
   if (a->free_count < n || n == 0) return -1;
   const unsigned full = n * 64;
   int best = -1;
   unsigned best_score = 0;
   unsigned run = 0, score = 0;  // length and resident slices of the window ending at i
+  unsigned grow_run = 0, spare = 0;  // growing chunks just before; free chunks still to leave
   for (unsigned i = 0; i < a->chunks; ++i) {
     if (chunk_used(a, i)) {
       run = score = 0;
+      grow_run = chunk_grows(a, i) ? grow_run + 1 : 0;
+      spare = grow_run;
+      continue;
+    }
+    grow_run = 0;
+    if (spare_growth && spare != 0) {
+      --spare;
       continue;
     }
     score += popcount64(a->dirty_mask[i]);
@@ -258,18 +281,21 @@ bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept {
   int at = -1;
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
   unsigned k = 0;
-  for (; k < count; ++k) {
-    at = find_run(g_arenas[k], static_cast<unsigned>(chunks));
-    if (at >= 0) {
-      a = g_arenas[k];
-      break;
+  // Out of the room behind growing huge blocks while there is room elsewhere.
+  for (int pass = 0; pass < 2 && a == nullptr; ++pass) {
+    for (k = 0; k < count; ++k) {
+      at = find_run(g_arenas[k], static_cast<unsigned>(chunks), pass == 0);
+      if (at >= 0) {
+        a = g_arenas[k];
+        break;
+      }
     }
   }
   if (a == nullptr) {
     a = arena_create();
     if (a == nullptr) return false;
     k = g_arena_count.load(std::memory_order_relaxed) - 1;
-    at = find_run(a, static_cast<unsigned>(chunks));
+    at = find_run(a, static_cast<unsigned>(chunks), false);
     if (at < 0) return false;
   }
   uint64_t dirty_first = a->dirty_mask[at];
@@ -342,6 +368,7 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
   for (size_t i = 0; i < add; ++i)
     if (chunk_used(a, from + static_cast<unsigned>(i))) return false;
   take_chunks(a, from, add, dirty_bytes, dirty_extent);
+  for (unsigned c = from - static_cast<unsigned>(chunks); c < from + add; ++c) a->grows[c / 64] |= uint64_t{1} << (c % 64);
   return true;
 }
 

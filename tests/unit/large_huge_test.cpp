@@ -419,3 +419,48 @@ TEST_CASE("realloc: a large block grows in place into the free slices after its 
   }
   for (uint8_t* p : blocks) dealloc(p);
 }
+
+// A new segment keeps out of the free chunks right behind a huge block that realloc has grown,
+// as many as the block has, while there is room elsewhere: they are where the block grows when
+// the program keeps doubling it. The chunks behind it here are the most resident ones (a bigger
+// block was freed there), which a segment would otherwise take first.
+TEST_CASE("huge: new segments leave the chunks behind a growing huge block for it to double into") {
+  settle();  // every free chunk clean: only the block freed below leaves resident ones
+  const size_t big = size_t{23} << 20;  // 6 chunks with the header slice
+  void* q = alloc(big);
+  REQUIRE(q != nullptr);
+  memset(q, 1, big);
+  Segment* sq = segment_of(q);
+  REQUIRE(sq->chunk_count == 6);
+  dealloc(q);  // 6 resident free chunks (until the purge delay)
+  const size_t n = size_t{7} << 20;  // 2 chunks: the first two of those, the most resident
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  memset(p, 2, n);
+  Segment* s = segment_of(p);
+  REQUIRE(s->chunk_count == 2);
+  INFO("the block took the freed block's first chunks: " << (s == sq));
+  const size_t m = size_t{11} << 20;  // grown in place to 3 chunks: now a growing block
+  p = static_cast<uint8_t*>(realloc_block(p, m));
+  REQUIRE(p != nullptr);
+  if (s == sq) REQUIRE(segment_of(p) == s);
+  s = segment_of(p);
+  const uintptr_t behind = reinterpret_cast<uintptr_t>(s) + s->chunk_count * kSegmentSize;
+  const size_t spared = s->chunk_count * kSegmentSize;
+  std::vector<ChunkGrant> grants;
+  for (int i = 0; i < 6; ++i) {
+    ChunkGrant g;
+    REQUIRE(arena_alloc(1, &g));
+    const uintptr_t b = reinterpret_cast<uintptr_t>(g.base);
+    if (s == sq) CHECK((b < behind || b >= behind + spared));
+    grants.push_back(g);
+  }
+  // Doubled: in place, since the chunks behind it are still free.
+  auto* r = static_cast<uint8_t*>(realloc_block(p, 2 * m));
+  REQUIRE(r != nullptr);
+  if (s == sq) CHECK(r == p);
+  for (size_t i = 0; i < n; i += 4096) REQUIRE(r[i] == 2);
+  dealloc(r);
+  for (const ChunkGrant& g : grants) arena_free_unused(g, 1);
+  settle();
+}
