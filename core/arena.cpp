@@ -90,7 +90,8 @@ void chunk_set_used(Arena* a, unsigned i, bool v) {
 // and new resident together: sqlite3, whose sorter buffer doubles to 64 MiB, peaked at 236 MiB
 // instead of 197. Only blocks seen growing: spared behind every huge block, the free chunks
 // stayed resident and idle while segments took new memory (`mstress`, whose blocks of 2-4 MiB
-// are never grown: peak RSS +4%).
+// are never grown: peak RSS +4%). Only segments are kept out: huge blocks kept out too, `large`
+// (buffers of 5-25 MiB, some grown once by half) took new memory for them (peak RSS +15%).
 int find_run(const Arena* a, unsigned n, bool spare_growth) {
   if (a->free_count < n || n == 0) return -1;
   const unsigned full = n * 64;
@@ -265,7 +266,7 @@ Segment* segment_containing(const void* p) noexcept {
   return reinterpret_cast<Segment*>(i << kSegmentShift);
 }
 
-bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept {
+bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept {
   size_t bytes = chunks * kSegmentSize;
   if (bytes > kSoloThreshold) {
     void* p = os::reserve(bytes, kSegmentSize);
@@ -281,8 +282,8 @@ bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept {
   int at = -1;
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
   unsigned k = 0;
-  // Out of the room behind growing huge blocks while there is room elsewhere.
-  for (int pass = 0; pass < 2 && a == nullptr; ++pass) {
+  // A segment keeps out of the room behind growing huge blocks while there is room elsewhere.
+  for (int pass = spare_growth ? 0 : 1; pass < 2 && a == nullptr; ++pass) {
     for (k = 0; k < count; ++k) {
       at = find_run(g_arenas[k], static_cast<unsigned>(chunks), pass == 0);
       if (at >= 0) {

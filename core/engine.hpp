@@ -379,7 +379,9 @@ struct ChunkGrant {
   size_t dirty_bytes;     // bytes of the run that may be resident (already counted committed)
   size_t dirty_extent;    // offset of the end of the last such slice
 };
-bool arena_alloc(size_t chunks, ChunkGrant* out) noexcept;
+// `spare_growth` (a segment): keep out of the free chunks behind a huge block that grows (see
+// find_run) while there is room elsewhere.
+bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept;
 // Give a segment's chunks back. Normal segments pass their dirty bitmap; huge segments the
 // length from the segment start that may be resident (dirty_first is then ignored).
 void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept;

@@ -112,7 +112,7 @@ Segment* segment_new(Heap* heap) {
   // The header slice becomes committed: charge it first (refunded if it already was).
   if (!budget_charge(kSliceSize)) return nullptr;
   ChunkGrant g;
-  if (!arena_alloc(1, &g)) {
+  if (!arena_alloc(1, &g, true)) {
     budget_release(kSliceSize);
     return nullptr;
   }
@@ -425,7 +425,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   size_t charged = align_up(head + n + slack, kSliceSize);
   if (!budget_charge(charged)) return nullptr;
   ChunkGrant g;
-  if (!arena_alloc(chunks, &g)) {
+  if (!arena_alloc(chunks, &g, false)) {
     budget_release(charged);
     return nullptr;
   }

@@ -450,7 +450,7 @@ TEST_CASE("huge: new segments leave the chunks behind a growing huge block for i
   std::vector<ChunkGrant> grants;
   for (int i = 0; i < 6; ++i) {
     ChunkGrant g;
-    REQUIRE(arena_alloc(1, &g));
+    REQUIRE(arena_alloc(1, &g, true));
     const uintptr_t b = reinterpret_cast<uintptr_t>(g.base);
     if (s == sq) CHECK((b < behind || b >= behind + spared));
     grants.push_back(g);
