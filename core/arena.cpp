@@ -369,7 +369,9 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
   for (size_t i = 0; i < add; ++i)
     if (chunk_used(a, from + static_cast<unsigned>(i))) return false;
   take_chunks(a, from, add, dirty_bytes, dirty_extent);
-  for (unsigned c = from - static_cast<unsigned>(chunks); c < from + add; ++c) a->grows[c / 64] |= uint64_t{1} << (c % 64);
+  // The whole block is now one that grows (find_run leaves room behind it for segments).
+  for (unsigned c = from - static_cast<unsigned>(chunks); c < from + add; ++c)
+    a->grows[c / 64] |= uint64_t{1} << (c % 64);
   return true;
 }
 
