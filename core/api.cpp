@@ -104,7 +104,10 @@ void* realloc_block(void* p, size_t n) noexcept {
   if (w.s->kind == SegmentKind::kHuge) {
     if (reinterpret_cast<uintptr_t>(p) != w.s->huge_start) fatal_pointer("realloc", p, "pointer into the middle of a huge block, not its start");
     have = huge_usable(w.s, p);
-    if (n > have && huge_grow(w.s, n)) return p;
+    if (n > have) {
+      if (huge_grow(w.s, n)) return p;
+      if (void* q = huge_move(w.s, n)) return q;
+    }
   } else {
     Page* page = w.page;
     if (page_flags(page) & kPageNotInUse) invalid_pointer("realloc", p);

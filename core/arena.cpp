@@ -375,6 +375,13 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
   return true;
 }
 
+void arena_note_growing(Segment* s, size_t chunks) noexcept {
+  LockGuard guard(g_arena_lock);
+  Arena* a = g_arenas[s->arena_index];
+  unsigned first = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) - a->base) >> kSegmentShift);
+  for (unsigned c = first; c < first + chunks; ++c) a->grows[c / 64] |= uint64_t{1} << (c % 64);
+}
+
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {
   size_t bytes = chunks * kSegmentSize;
   if (g.solo) {

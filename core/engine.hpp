@@ -355,6 +355,9 @@ size_t huge_usable(Segment* s, const void* p) noexcept;
 // Grow a huge block in place to n bytes (into its run's slack or the free chunks after it);
 // false leaves it as it was.
 bool huge_grow(Segment* s, size_t n) noexcept;
+// Move a huge block that cannot grow in place to new chunks for n bytes without copying it (its
+// pages are remapped); the new address, or nullptr when that cannot be done (the caller copies).
+void* huge_move(Segment* s, size_t n) noexcept;
 // Calls fn for every live heap under the heap-pool lock; *retired gets the summed counters of
 // the heaps of threads that have exited.
 void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired) noexcept;
@@ -390,6 +393,8 @@ void arena_purge(bool force) noexcept;
 // bytes of them that may be resident (counted committed already) and the end of the last such
 // slice from the first added chunk.
 bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size_t* dirty_extent) noexcept;
+// Mark a huge segment's chunks as those of a block that grows (see find_run).
+void arena_note_growing(Segment* s, size_t chunks) noexcept;
 // Give back a grant that never became a segment (a commit failed).
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept;
 bool arena_contains(uintptr_t a) noexcept;

@@ -412,6 +412,34 @@ bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept {
 }
 
 // ---- Huge blocks: a segment of their own --------------------------------------------------
+// The header of a huge segment made on grant g: one block at `start`, `used_len` bytes from
+// the segment start in use and `dirty_len` counted committed.
+static void huge_header(Segment* s, const ChunkGrant& g, size_t chunks, size_t need, uintptr_t start,
+                        size_t used_len, size_t dirty_len) {
+  s->thread_id.store(0, std::memory_order_relaxed);
+  s->kind = SegmentKind::kHuge;
+  s->solo = g.solo ? 1 : 0;
+  s->arena_index = g.arena_index;
+  s->chunk_count = static_cast<uint32_t>(chunks);
+  s->used_spans = 1;
+  s->free_slices = 0;
+  s->dirty_slices = ~uint64_t{0};
+  s->purge_at_ms = 0;
+  s->huge_len = dirty_len;
+  s->huge_used = used_len;
+  s->mapped_size = need;
+  s->owner_heap.store(nullptr, std::memory_order_relaxed);
+  reset_descriptors(s, 0, 2, false);
+  Page* page = &s->pages[1];
+  page->kind = PageKind::kHuge;
+  set_page_flags(page, kPageNotInUse);  // never the fast path
+  s->huge_start = start;
+  page->block_size = static_cast<uint32_t>(0);  // huge sizes do not fit: see huge_usable()
+  page->capacity = page->reserved = page->used = 1;
+  page->slice_count = 1;
+  for (unsigned j = 2; j < kSlicesPerSegment; ++j) s->pages[j].head = page;
+}
+
 void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   if (align < kSliceSize) align = kSliceSize;
   // For alignments beyond the chunk size the offset depends on the address: reserve slack.
@@ -455,28 +483,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   } else {
     budget_release(charged - used_len + g.dirty_bytes);
   }
-  s->thread_id.store(0, std::memory_order_relaxed);
-  s->kind = SegmentKind::kHuge;
-  s->solo = g.solo ? 1 : 0;
-  s->arena_index = g.arena_index;
-  s->chunk_count = static_cast<uint32_t>(chunks);
-  s->used_spans = 1;
-  s->free_slices = 0;
-  s->dirty_slices = ~uint64_t{0};
-  s->purge_at_ms = 0;
-  s->huge_len = dirty_len;
-  s->huge_used = used_len;
-  s->mapped_size = need;
-  s->owner_heap.store(nullptr, std::memory_order_relaxed);
-  reset_descriptors(s, 0, 2, false);
-  Page* page = &s->pages[1];
-  page->kind = PageKind::kHuge;
-  set_page_flags(page, kPageNotInUse);  // never the fast path
-  s->huge_start = start;
-  page->block_size = static_cast<uint32_t>(0);  // huge sizes do not fit: see huge_usable()
-  page->capacity = page->reserved = page->used = 1;
-  page->slice_count = 1;
-  for (unsigned j = 2; j < kSlicesPerSegment; ++j) s->pages[j].head = page;
+  huge_header(s, g, chunks, need, start, used_len, dirty_len);
   g_counters.huge_live.fetch_add(used_len, std::memory_order_relaxed);
   if (zero && !g.all_clean) {
     // Only the part that was resident before can hold old data.
@@ -555,6 +562,74 @@ bool huge_grow(Segment* s, size_t n) noexcept {
     if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
   }
   return true;
+}
+
+// A huge block that cannot grow in place moves to a run of chunks big enough for n bytes: its
+// pages are moved there (os::move_pages, mremap on Linux) rather than copied, so realloc costs
+// no copy and the old and the new block are never resident together (a copy holds both until
+// the old one is freed, and its chunks then stay resident for the purge delay). The whole old
+// run moves, so that the mapping splits the kernel makes stay at chunk boundaries (the moved
+// piece keeps its own mapping: at most one per chunk of the arena). nullptr where nothing can
+// move (secure mode, which keeps a guard slice; no room; a kernel without the call): the
+// caller allocates and copies.
+void* huge_move(Segment* s, size_t n) noexcept {
+  if (g_secure) return nullptr;
+  uintptr_t sb = reinterpret_cast<uintptr_t>(s);
+  size_t offset = s->huge_start - sb;
+  if (n > kMaxRequest - offset) return nullptr;
+  size_t used_len = align_up(offset + n, kSliceSize);
+  size_t old_used = s->huge_used, old_len = s->huge_len, old_map = s->mapped_size;
+  size_t old_chunks = s->chunk_count;
+  if (used_len <= old_used) return nullptr;
+  // The header moves with the block: what releases the old run is read now.
+  ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0};
+  size_t need = align_up(used_len, kSegmentSize);
+  size_t chunks = need >> kSegmentShift;
+  ChunkGrant g;
+  if (!arena_alloc(chunks, &g, false)) return nullptr;
+  // The budget counts the old block's extent and the grant's resident slices. The new block
+  // counts its extent, up to the grant's last resident slice where the budget can take it (as
+  // in huge_alloc); the grant's slices under the moved run are freed by the move.
+  size_t before = old_len + g.dirty_bytes;
+  size_t base_len = used_len > old_len ? used_len : old_len;
+  size_t len = g.dirty_extent > old_map && g.dirty_extent > base_len ? g.dirty_extent : base_len;
+  if (len > before && !budget_charge(len - before)) {
+    len = base_len;
+    if (len > before && !budget_charge(len - before)) {
+      arena_free_unused(g, chunks);
+      return nullptr;
+    }
+  }
+  size_t moved = os::move_pages(s, old_map, g.base);
+  if (moved == 0) {
+    if (len > before) budget_release(len - before);
+    arena_free_unused(g, chunks);
+    return nullptr;
+  }
+  if (len < before) budget_release(before - len);
+  uintptr_t nb = reinterpret_cast<uintptr_t>(g.base);
+  if (moved < old_map) {  // the rest of the block is copied, and what stayed behind goes back
+    if (moved < old_used) memcpy(reinterpret_cast<void*>(nb + moved), reinterpret_cast<void*>(sb + moved), old_used - moved);
+    os::purge(reinterpret_cast<void*>(sb + moved), old_map - moved);
+  }
+  if (g.dirty_extent > len) {  // the budget could not count the grant's resident tail
+    os::purge(reinterpret_cast<void*>(nb + len), g.dirty_extent - len);
+    g_counters.purged.fetch_add(g.dirty_extent - len, std::memory_order_relaxed);
+  }
+  auto* ns = reinterpret_cast<Segment*>(nb);
+  huge_header(ns, g, chunks, need, nb + offset, used_len, len);
+  g_counters.huge_live.fetch_add(used_len - old_used, std::memory_order_relaxed);
+  segmap_set(ns, chunks);
+  segmap_clear(s, old_chunks);
+  arena_free_unused(old, old_chunks);  // clean: everything resident moved or was purged
+  // It outgrew its room once: keep segments out of the room behind its new place (find_run).
+  if (!g.solo) arena_note_growing(ns, chunks);
+  if (n >= (size_t{2} << 20) && option_bool(Option::kHugePages)) {
+    uintptr_t lo = align_up(nb + old_used, size_t{2} << 20);
+    uintptr_t hi = (nb + offset + n) & ~((uintptr_t{2} << 20) - 1);
+    if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
+  }
+  return reinterpret_cast<void*>(nb + offset);
 }
 
 void huge_free(Segment* s, Page* page) noexcept {

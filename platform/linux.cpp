@@ -114,6 +114,28 @@ bool purge(void* p, size_t size) noexcept {
   return madvise(p, size, MADV_DONTNEED) == 0;
 }
 
+size_t move_pages(void* from, size_t size, void* to) noexcept {
+  ErrnoGuard keep;
+  // MREMAP_DONTUNMAP keeps the source mapped, so no hole opens in our reservation for another
+  // mmap to take. Kernels before 5.7 refuse it (EINVAL): nothing moves, the caller copies.
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+  constexpr int kFlags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+  if (mremap(from, size, size, kFlags, to) == to) return size;
+  // Before 6.17 a move may not cross a mapping boundary, and huge_hint's madvise splits ours
+  // at 2 MiB boundaries: move 2 MiB at a time, as far as it goes.
+  constexpr size_t kStep = size_t{2} << 20;
+  size_t done = 0;
+  while (done < size) {
+    size_t n = size - done < kStep ? size - done : kStep;
+    void* dst = static_cast<char*>(to) + done;
+    if (mremap(static_cast<char*>(from) + done, n, n, kFlags, dst) != dst) break;
+    done += n;
+  }
+  return done;
+}
+
 bool protect(void* p, size_t size, bool accessible) noexcept {
   ErrnoGuard keep;
   return mprotect(p, size, accessible ? (PROT_READ | PROT_WRITE) : PROT_NONE) == 0;

@@ -1,7 +1,10 @@
 // tests/unit/large_huge_test.cpp: large blocks (a span of their own, 128 KiB .. 2 MiB), huge
 // blocks (a segment of their own, > 2 MiB), aligned allocation, calloc on reused memory,
 // realloc across tiers, and the accounting of huge blocks.
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <vector>
 
 #include "support.hpp"
@@ -461,5 +464,98 @@ TEST_CASE("huge: new segments leave the chunks behind a growing huge block for i
   for (size_t i = 0; i < n; i += 4096) REQUIRE(r[i] == 2);
   dealloc(r);
   for (const ChunkGrant& g : grants) arena_free_unused(g, 1);
+  settle();
+}
+
+namespace {
+
+// Take single chunks from the arenas until one is the chunk at `want`; the others go back.
+// The grant of that chunk, or one with a null base when none came there.
+ChunkGrant take_chunk_at(uintptr_t want) {
+  std::vector<ChunkGrant> others;
+  ChunkGrant found{};
+  for (int i = 0; i < 256 && found.base == nullptr; ++i) {
+    ChunkGrant g;
+    if (!arena_alloc(1, &g, false)) break;
+    if (reinterpret_cast<uintptr_t>(g.base) == want) found = g;
+    else others.push_back(g);
+  }
+  for (const ChunkGrant& g : others) arena_free_unused(g, 1);
+  return found;
+}
+
+size_t resident_bytes(uintptr_t from, size_t len) {
+  std::vector<unsigned char> v(len / 4096);
+  REQUIRE(mincore(reinterpret_cast<void*>(from), len, v.data()) == 0);
+  size_t n = 0;
+  for (unsigned char c : v) n += c & 1;
+  return n * 4096;
+}
+
+
+}  // namespace
+
+TEST_CASE("huge: a block that cannot grow in place moves its pages instead of copying them") {
+  settle();  // every free chunk clean, so the accounting below is exact
+  const size_t n = size_t{7} << 20;  // 2 chunks with the header slice
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  for (size_t i = 0; i < n; i += 4096) p[i] = static_cast<uint8_t>(i >> 12);
+  Segment* s = segment_of(p);
+  REQUIRE(s->chunk_count == 2);
+  const uintptr_t old_base = reinterpret_cast<uintptr_t>(s);
+  ChunkGrant blocker = take_chunk_at(old_base + 2 * kSegmentSize);
+  REQUIRE(blocker.base != nullptr);  // the chunk behind the block is taken: it cannot grow there
+  const size_t committed0 = committed_now(), live0 = huge_live_now();
+  const size_t old_used = s->huge_used;
+  const size_t m = size_t{19} << 20;
+  auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+  REQUIRE(r != nullptr);
+  REQUIRE(r != p);
+  Segment* t = segment_of(r);
+  CHECK(segment_containing(r + m - 1) == t);
+  CHECK(t->kind == SegmentKind::kHuge);
+  CHECK(r - reinterpret_cast<uint8_t*>(t) == p - reinterpret_cast<uint8_t*>(s));
+  CHECK(usable_size(r) >= m);
+  for (size_t i = 0; i < n; i += 4096) REQUIRE(r[i] == static_cast<uint8_t>(i >> 12));
+  // Moved, not copied: the old chunks hold nothing resident (a copy leaves them resident until
+  // the purge delay), and the committed bytes grew by what the block added, not by a new block.
+  CHECK(resident_bytes(old_base, 2 * kSegmentSize) == 0);
+  CHECK(segment_containing(p) == nullptr);  // the old place is no longer a segment
+  CHECK(committed_now() - committed0 == t->huge_used - old_used);
+  CHECK(huge_live_now() - live0 == t->huge_used - old_used);
+  memset(r + n, 7, m - n);  // the new part is usable
+  arena_free_unused(blocker, 1);
+  dealloc(r);
+  CHECK(huge_live_now() == live0 - old_used);
+  settle();
+}
+
+TEST_CASE("huge: a block moved again and again keeps its contents") {
+  settle();
+  size_t n = size_t{5} << 20;
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  for (size_t i = 0; i < n; i += 4096) p[i] = static_cast<uint8_t>(i >> 12);
+  const size_t live0 = huge_live_now();
+  int moved = 0;
+  std::vector<ChunkGrant> blockers;
+  for (int i = 0; i < 24; ++i) {
+    Segment* s = segment_of(p);
+    ChunkGrant blocker = take_chunk_at(reinterpret_cast<uintptr_t>(s) + s->chunk_count * kSegmentSize);
+    if (blocker.base != nullptr) blockers.push_back(blocker);
+    const size_t m = n + kSegmentSize;  // always past the run's slack
+    auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+    REQUIRE(r != nullptr);
+    moved += r != p;
+    for (size_t k = 0; k < m - kSegmentSize; k += 4096) REQUIRE(r[k] == static_cast<uint8_t>(k >> 12));
+    for (size_t k = n; k < m; k += 4096) r[k] = static_cast<uint8_t>(k >> 12);
+    p = r;
+    n = m;
+  }
+  CHECK(moved >= 12);  // where a chunk behind it could be taken, it had to move
+  CHECK(huge_live_now() - live0 == segment_of(p)->huge_used - align_up((size_t{5} << 20) + kSliceSize, kSliceSize));
+  dealloc(p);
+  for (const ChunkGrant& g : blockers) arena_free_unused(g, 1);
   settle();
 }
