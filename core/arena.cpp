@@ -375,6 +375,8 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
   return true;
 }
 
+size_t arena_free_resident() noexcept { return __atomic_load_n(&g_free_dirty, __ATOMIC_RELAXED); }
+
 void arena_note_growing(Segment* s, size_t chunks) noexcept {
   LockGuard guard(g_arena_lock);
   Arena* a = g_arenas[s->arena_index];

@@ -393,6 +393,8 @@ void arena_purge(bool force) noexcept;
 // bytes of them that may be resident (counted committed already) and the end of the last such
 // slice from the first added chunk.
 bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size_t* dirty_extent) noexcept;
+// Bytes resident in free chunks (a relaxed read: a hint).
+size_t arena_free_resident() noexcept;
 // Mark a huge segment's chunks as those of a block that grows (see find_run).
 void arena_note_growing(Segment* s, size_t chunks) noexcept;
 // Give back a grant that never became a segment (a commit failed).

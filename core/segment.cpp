@@ -585,6 +585,11 @@ void* huge_move(Segment* s, size_t n) noexcept {
   ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0};
   size_t need = align_up(used_len, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
+  // Where free chunks hold enough resident memory for the new block, copying into them costs no
+  // page fault and the old block's memory stays resident for the next one (`large`, which churns
+  // through blocks of 5-25 MiB and grows some: 1.6 x the time when they moved); the move is for
+  // blocks that grow past what is kept resident (buffers and arrays that keep growing).
+  if (arena_free_resident() >= need) return nullptr;
   ChunkGrant g;
   if (!arena_alloc(chunks, &g, false)) return nullptr;
   // The budget counts the old block's extent and the grant's resident slices. The new block
