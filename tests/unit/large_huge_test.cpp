@@ -559,3 +559,25 @@ TEST_CASE("huge: a block moved again and again keeps its contents") {
   for (const ChunkGrant& g : blockers) arena_free_unused(g, 1);
   settle();
 }
+
+TEST_CASE("huge: blocks above the arena's share move too, into and between mappings of their own") {
+  settle();
+  const size_t step = size_t{256} << 10;  // one byte in every 256 KiB: little becomes resident
+  size_t n = size_t{200} << 20;
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  REQUIRE_FALSE(segment_of(p)->solo);
+  for (size_t i = 0; i < n; i += step) p[i] = static_cast<uint8_t>(i / step);
+  for (size_t m : {size_t{300} << 20, size_t{420} << 20}) {
+    auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+    REQUIRE(r != nullptr);
+    CHECK(segment_of(r)->solo);
+    CHECK(usable_size(r) >= m);
+    for (size_t i = 0; i < n; i += step) REQUIRE(r[i] == static_cast<uint8_t>(i / step));
+    for (size_t i = n; i < m; i += step) r[i] = static_cast<uint8_t>(i / step);
+    p = r;
+    n = m;
+  }
+  dealloc(p);
+  settle();
+}
