@@ -130,8 +130,10 @@ void* realloc_block(void* p, size_t n) noexcept {
       have = page->block_size;  // small and medium blocks are never handed out at an offset
     }
   }
-  // Keep the block when the new size fits and does not waste more than half of it.
+  // Keep the block when the new size fits and does not waste more than half of it; a huge block
+  // that stays huge gives the rest back where it is.
   if (n <= have && n >= have / 2) return p;
+  if (n < have && n > kLargeMax && w.s->kind == SegmentKind::kHuge && huge_shrink(w.s, n)) return p;
   void* q = alloc(n);
   if (q == nullptr) return nullptr;  // errno is ENOMEM; the old block is untouched
   memcpy(q, p, n < have ? n : have);

@@ -37,6 +37,8 @@ struct Arena {
   uint64_t used[kArenaChunks / 64];         // bitmap: chunk in a live segment
   uint64_t grows[kArenaChunks / 64];        // bitmap: chunk in a live huge block that realloc
                                             // has grown in place (arena_grow)
+  uint64_t hinted[kArenaChunks / 64];       // bitmap: chunk asked for transparent huge pages
+                                            // (huge_hint; the mapping keeps the flag)
   uint64_t dirty_mask[kArenaChunks];        // free chunks: slices that may be resident
   uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
 };
@@ -128,11 +130,13 @@ int find_run(const Arena* a, unsigned n, bool spare_growth) {
 // Mark chunks [first, first + n) used (under the lock). Their dirty masks go to the new owner:
 // reports the bytes that may be resident (counted committed already, no longer free) and the
 // end of the last such slice, from the first chunk.
-void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t* dirty_extent) {
+void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t* dirty_extent,
+                 bool* hinted = nullptr) {
   size_t bytes = 0, extent = 0;
   for (size_t i = 0; i < n; ++i) {
     unsigned c = first + static_cast<unsigned>(i);
     chunk_set_used(a, c, true);
+    if (hinted != nullptr && ((a->hinted[c / 64] >> (c % 64)) & 1)) *hinted = true;
     uint64_t d = a->dirty_mask[c];
     if (d != 0) {
       size_t b = static_cast<size_t>(popcount64(d)) << kSliceShift;
@@ -301,10 +305,11 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept {
   }
   uint64_t dirty_first = a->dirty_mask[at];
   size_t dirty_bytes = 0, dirty_extent = 0;
-  take_chunks(a, static_cast<unsigned>(at), chunks, &dirty_bytes, &dirty_extent);
+  bool hinted = false;
+  take_chunks(a, static_cast<unsigned>(at), chunks, &dirty_bytes, &dirty_extent, &hinted);
   void* base = reinterpret_cast<void*>(a->base + static_cast<uintptr_t>(at) * kSegmentSize);
   *out = ChunkGrant{base, dirty_first, dirty_bytes == 0, static_cast<uint16_t>(k), false,
-                    dirty_bytes, dirty_extent};
+                    dirty_bytes, dirty_extent, hinted};
   return true;
 }
 
@@ -375,6 +380,23 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
   return true;
 }
 
+void arena_set_hinted(uintptr_t lo, uintptr_t hi, bool on) noexcept {
+  LockGuard guard(g_arena_lock);
+  unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  for (unsigned k = 0; k < count; ++k) {
+    Arena* a = g_arenas[k];
+    uintptr_t end = a->base + static_cast<uintptr_t>(a->chunks) * kSegmentSize;
+    if (lo < a->base || lo >= end) continue;
+    unsigned first = static_cast<unsigned>((lo - a->base) >> kSegmentShift);
+    unsigned last = static_cast<unsigned>((hi - 1 - a->base) >> kSegmentShift);
+    for (unsigned c = first; c <= last && c < a->chunks; ++c) {
+      if (on) a->hinted[c / 64] |= uint64_t{1} << (c % 64);
+      else a->hinted[c / 64] &= ~(uint64_t{1} << (c % 64));
+    }
+    return;
+  }
+}
+
 size_t arena_free_resident() noexcept { return __atomic_load_n(&g_free_dirty, __ATOMIC_RELAXED); }
 
 void arena_note_growing(Segment* s, size_t chunks) noexcept {
@@ -382,6 +404,25 @@ void arena_note_growing(Segment* s, size_t chunks) noexcept {
   Arena* a = g_arenas[s->arena_index];
   unsigned first = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) - a->base) >> kSegmentShift);
   for (unsigned c = first; c < first + chunks; ++c) a->grows[c / 64] |= uint64_t{1} << (c % 64);
+}
+
+void arena_free_tail(Segment* s, size_t keep, size_t chunks) noexcept {
+  auto sb = reinterpret_cast<uintptr_t>(s);
+  segmap_clear(reinterpret_cast<void*>(sb + keep * kSegmentSize), chunks - keep);
+  if (s->solo) {
+    size_t bytes = (chunks - keep) * kSegmentSize;
+    os::release(reinterpret_cast<void*>(sb + keep * kSegmentSize), bytes);
+    g_counters.reserved.fetch_sub(bytes, std::memory_order_relaxed);
+    return;
+  }
+  LockGuard guard(g_arena_lock);
+  Arena* a = g_arenas[s->arena_index];
+  unsigned first = static_cast<unsigned>((sb - a->base) >> kSegmentShift);
+  for (size_t i = keep; i < chunks; ++i) {
+    chunk_set_used(a, first + static_cast<unsigned>(i), false);
+    a->dirty_mask[first + i] = 0;
+  }
+  a->free_count += static_cast<uint32_t>(chunks - keep);
 }
 
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {

@@ -358,6 +358,9 @@ bool huge_grow(Segment* s, size_t n) noexcept;
 // Move a huge block that cannot grow in place to new chunks for n bytes without copying it (its
 // pages are remapped); the new address, or nullptr when that cannot be done (the caller copies).
 void* huge_move(Segment* s, size_t n) noexcept;
+// Shrink a huge block in place to n bytes (more than kLargeMax): the memory past it goes back to
+// the OS now and whole chunks to the arena. False leaves it as it was (secure mode).
+bool huge_shrink(Segment* s, size_t n) noexcept;
 // Calls fn for every live heap under the heap-pool lock; *retired gets the summed counters of
 // the heaps of threads that have exited.
 void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired) noexcept;
@@ -381,6 +384,7 @@ struct ChunkGrant {
   bool solo;
   size_t dirty_bytes;     // bytes of the run that may be resident (already counted committed)
   size_t dirty_extent;    // offset of the end of the last such slice
+  bool hinted = false;    // some chunk of the run was asked for transparent huge pages
 };
 // `spare_growth` (a segment): keep out of the free chunks behind a huge block that grows (see
 // find_run) while there is room elsewhere.
@@ -393,10 +397,16 @@ void arena_purge(bool force) noexcept;
 // bytes of them that may be resident (counted committed already) and the end of the last such
 // slice from the first added chunk.
 bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size_t* dirty_extent) noexcept;
+// Remember (on) or forget that the chunks over [lo, hi) of an arena were asked for transparent
+// huge pages: the mapping keeps that flag after the block is freed, and a segment made there
+// later takes it off (a segment's first touch would fault in 2 MiB instead of 4 KiB).
+void arena_set_hinted(uintptr_t lo, uintptr_t hi, bool on) noexcept;
 // Bytes resident in free chunks (a relaxed read: a hint).
 size_t arena_free_resident() noexcept;
 // Mark a huge segment's chunks as those of a block that grows (see find_run).
 void arena_note_growing(Segment* s, size_t chunks) noexcept;
+// Give back the chunks [keep, chunks) of a huge segment's run, clean (purged by the caller).
+void arena_free_tail(Segment* s, size_t keep, size_t chunks) noexcept;
 // Give back a grant that never became a segment (a commit failed).
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept;
 bool arena_contains(uintptr_t a) noexcept;

@@ -117,6 +117,12 @@ Segment* segment_new(Heap* heap) {
     return nullptr;
   }
   auto* s = static_cast<Segment*>(g.base);
+  if (g.hinted) {
+    // A huge block here asked for transparent huge pages, and the mapping kept the flag: this
+    // segment's first touch of a slice would fault in 2 MiB (`mstress`: 1-3 MiB more at its peak).
+    os::huge_unhint(s, kSegmentSize);
+    arena_set_hinted(reinterpret_cast<uintptr_t>(s), reinterpret_cast<uintptr_t>(s) + kSegmentSize, false);
+  }
   if (!os::commit(s, kSliceSize)) {  // the header slice
     arena_free_unused(g, 1);
     budget_release(kSliceSize);
@@ -412,6 +418,27 @@ bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept {
 }
 
 // ---- Huge blocks: a segment of their own --------------------------------------------------
+// Ask for transparent huge pages on the whole 2 MiB pages of [from, end) of a block of n bytes;
+// the arena remembers its chunks, so that a segment made there later takes the flag off.
+static void hint_huge(const Segment* s, uintptr_t from, uintptr_t end, size_t n) {
+  if (n < (size_t{2} << 20) || !option_bool(Option::kHugePages)) return;
+  uintptr_t lo = align_up(from, size_t{2} << 20);
+  uintptr_t hi = end & ~((uintptr_t{2} << 20) - 1);
+  if (hi <= lo) return;
+  os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
+  if (!s->solo) arena_set_hinted(lo, hi, true);
+}
+
+// A huge block made on chunks an earlier block asked huge pages for: past the 2 MiB pages it
+// asks for itself, the flag comes off, so that a write near its end does not fault in memory
+// beyond it.
+static void unhint_tail(const ChunkGrant& g, uintptr_t block_end, size_t need) {
+  if (!g.hinted) return;
+  uintptr_t from = block_end & ~((uintptr_t{2} << 20) - 1);
+  uintptr_t end = reinterpret_cast<uintptr_t>(g.base) + need;
+  if (from < end) os::huge_unhint(reinterpret_cast<void*>(from), end - from);
+}
+
 // The header of a huge segment made on grant g: one block at `start`, `used_len` bytes from
 // the segment start in use and `dirty_len` counted committed.
 static void huge_header(Segment* s, const ChunkGrant& g, size_t chunks, size_t need, uintptr_t start,
@@ -491,11 +518,8 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
     size_t dirty_from_start = dirty_end > (start - sb) ? dirty_end - (start - sb) : 0;
     memset(reinterpret_cast<void*>(start), 0, dirty_from_start < n ? dirty_from_start : n);
   }
-  if (n >= (size_t{2} << 20) && option_bool(Option::kHugePages)) {
-    uintptr_t lo = align_up(start, size_t{2} << 20);
-    uintptr_t hi = (start + n) & ~((uintptr_t{2} << 20) - 1);
-    if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
-  }
+  hint_huge(s, start, start + n, n);
+  unhint_tail(g, start + n, need);
   if (g_secure) os::protect(reinterpret_cast<char*>(s) + used_len, kSliceSize, false);
   segmap_set(s, chunks);
   return reinterpret_cast<void*>(start);
@@ -556,11 +580,7 @@ bool huge_grow(Segment* s, size_t n) noexcept {
   s->huge_used = used_len;
   s->huge_len = len;
   g_counters.huge_live.fetch_add(used_len - old_used, std::memory_order_relaxed);
-  if (n >= (size_t{2} << 20) && option_bool(Option::kHugePages)) {
-    uintptr_t lo = align_up(sb + old_used, size_t{2} << 20);
-    uintptr_t hi = (s->huge_start + n) & ~((uintptr_t{2} << 20) - 1);
-    if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
-  }
+  hint_huge(s, sb + old_used, s->huge_start + n, n);
   return true;
 }
 
@@ -581,8 +601,9 @@ void* huge_move(Segment* s, size_t n) noexcept {
   size_t old_used = s->huge_used, old_len = s->huge_len, old_map = s->mapped_size;
   size_t old_chunks = s->chunk_count;
   if (used_len <= old_used) return nullptr;
-  // The header moves with the block: what releases the old run is read now.
-  ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0};
+  // The header moves with the block: what releases the old run is read now. (Its `hinted`: the
+  // huge-page flag of the mapping that moves with its pages.)
+  ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0, old_map >= (size_t{4} << 20) && option_bool(Option::kHugePages)};
   size_t need = align_up(used_len, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
   // Where free chunks hold enough resident memory for the new block, copying into them costs no
@@ -629,12 +650,37 @@ void* huge_move(Segment* s, size_t n) noexcept {
   arena_free_unused(old, old_chunks);  // clean: everything resident moved or was purged
   // It outgrew its room once: keep segments out of the room behind its new place (find_run).
   if (!g.solo) arena_note_growing(ns, chunks);
-  if (n >= (size_t{2} << 20) && option_bool(Option::kHugePages)) {
-    uintptr_t lo = align_up(nb + old_used, size_t{2} << 20);
-    uintptr_t hi = (nb + offset + n) & ~((uintptr_t{2} << 20) - 1);
-    if (hi > lo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
-  }
+  // The moved part keeps the flags it had; the rest of the block asks for huge pages now.
+  if (old.hinted && !g.solo) arena_set_hinted(nb, nb + old_map, true);
+  hint_huge(ns, nb + old_used, nb + offset + n, n);
+  unhint_tail(g, nb + offset + n, need);
   return reinterpret_cast<void*>(nb + offset);
+}
+
+// A shrinking realloc of a huge block keeps it where it is and gives the rest back at once (a
+// copy would move the part kept and hold both until the old block is freed): the OS pages past
+// its new end are purged, and the chunks past the one it ends in go back to the arena clean.
+bool huge_shrink(Segment* s, size_t n) noexcept {
+  if (g_secure) return false;  // its guard slice stays right after the block: copy
+  uintptr_t sb = reinterpret_cast<uintptr_t>(s);
+  size_t used_len = align_up(s->huge_start - sb + n, kSliceSize);
+  size_t old_used = s->huge_used, old_len = s->huge_len;
+  if (used_len >= old_used) return true;
+  size_t need = align_up(used_len, kSegmentSize);
+  size_t chunks = need >> kSegmentShift;
+  os::purge(reinterpret_cast<void*>(sb + used_len), old_len - used_len);
+  g_counters.purged.fetch_add(old_len - used_len, std::memory_order_relaxed);
+  budget_release(old_len - used_len);
+  g_counters.huge_live.fetch_sub(old_used - used_len, std::memory_order_relaxed);
+  s->huge_used = used_len;
+  s->huge_len = used_len;
+  if (chunks < s->chunk_count) {
+    size_t old_chunks = s->chunk_count;
+    s->chunk_count = static_cast<uint32_t>(chunks);
+    s->mapped_size = need;
+    arena_free_tail(s, chunks, old_chunks);
+  }
+  return true;
 }
 
 void huge_free(Segment* s, Page* page) noexcept {

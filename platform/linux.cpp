@@ -141,15 +141,20 @@ bool protect(void* p, size_t size, bool accessible) noexcept {
   return mprotect(p, size, accessible ? (PROT_READ | PROT_WRITE) : PROT_NONE) == 0;
 }
 
-void huge_hint(void* p, size_t size) noexcept {
+namespace {
+// Set (on) or clear a range's request for transparent huge pages.
+void thp_advise(void* p, size_t size, bool on) noexcept {
+#if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
   ErrnoGuard keep;
-#ifdef MADV_HUGEPAGE
-  madvise(p, size, MADV_HUGEPAGE);
+  madvise(p, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 #else
-  (void)p;
-  (void)size;
+  (void)p, (void)size, (void)on;
 #endif
 }
+}  // namespace
+
+void huge_hint(void* p, size_t size) noexcept { thp_advise(p, size, true); }
+void huge_unhint(void* p, size_t size) noexcept { thp_advise(p, size, false); }
 
 void* reserve_huge(size_t size, size_t align) noexcept {
   if (inject_fault()) return nullptr;

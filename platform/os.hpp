@@ -60,6 +60,8 @@ bool protect(void* p, size_t size, bool accessible) noexcept;
 
 // Hint that [p, p+size) should be backed by transparent huge pages. Best effort.
 void huge_hint(void* p, size_t size) noexcept;
+// Undo huge_hint on [p, p+size): no transparent huge pages there, whatever the system default.
+void huge_unhint(void* p, size_t size) noexcept;
 
 // Map `size` bytes of explicit huge pages (MAP_HUGETLB), aligned to `align`; nullptr when the
 // system has none available.

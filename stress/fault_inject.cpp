@@ -435,13 +435,16 @@ struct Threaded {
 };
 
 // ---- realloc when the OS refuses everything ----------------------------------------------------
-// Growing into a new tier and shrinking a huge block below half its size both need a new block;
+// Growing into a new tier and shrinking a huge block below the huge sizes both need a new block;
 // with every request refused (every:1) they must fail, and leave the old block intact and live.
+// A huge block that stays huge shrinks where it is, asking the OS for nothing: it must succeed
+// and keep its address.
 void realloc_refusal_test(Rng& r) {
   struct Case {
     size_t from, to;
   } cases[] = {{100, 64 * MiB},           {50 * KiB, 30 * MiB}, {1 * MiB, 10 * MiB},
-               {20 * MiB, 3 * MiB},       {40 * MiB, 2 * MiB + 4096}, {24 * MiB, 12 * MiB - 1}};
+               {20 * MiB, 3 * MiB},       {40 * MiB, 2 * MiB + 4096}, {24 * MiB, 12 * MiB - 1},
+               {20 * MiB, 1 * MiB}};
   std::vector<Block> v;
   for (const Case& c : cases) {
     Block b;
@@ -454,10 +457,17 @@ void realloc_refusal_test(Rng& r) {
     if (!v[k].p) continue;
     Block nb = v[k];
     Op op = cases[k].to > cases[k].from ? kReallocGrow : kReallocShrink;
+    bool in_place = op == kReallocShrink && cases[k].to > 2 * MiB;
     if (call(r, op, cases[k].to, &nb)) {
-      error("fault_inject: realloc(%zu -> %zu) succeeded with every request to the OS refused", cases[k].from,
-            cases[k].to);
+      if (!in_place)
+        error("fault_inject: realloc(%zu -> %zu) succeeded with every request to the OS refused", cases[k].from,
+              cases[k].to);
+      else if (nb.p != v[k].p)
+        error("fault_inject: realloc(%zu -> %zu) moved a huge block that stays huge", cases[k].from, cases[k].to);
       v[k] = nb;
+    } else if (in_place) {
+      error("fault_inject: realloc(%zu -> %zu) failed: a huge block that stays huge shrinks in place", cases[k].from,
+            cases[k].to);
     }
   }
   f_inject("off");

@@ -581,3 +581,33 @@ TEST_CASE("huge: blocks above the arena's share move too, into and between mappi
   dealloc(p);
   settle();
 }
+
+TEST_CASE("huge: a shrinking realloc keeps the block where it is and gives the rest back") {
+  settle();
+  const size_t n = size_t{40} << 20;
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  for (size_t i = 0; i < n; i += 4096) p[i] = static_cast<uint8_t>(i >> 12);
+  Segment* s = segment_of(p);
+  const uintptr_t sb = reinterpret_cast<uintptr_t>(s);
+  REQUIRE(s->chunk_count == 11);
+  const size_t committed0 = committed_now(), live0 = huge_live_now();
+  const size_t m = size_t{10} << 20;  // 3 chunks with the header slice
+  auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+  CHECK(r == p);
+  for (size_t i = 0; i < m; i += 4096) REQUIRE(r[i] == static_cast<uint8_t>(i >> 12));
+  CHECK(usable_size(r) >= m);
+  CHECK(usable_size(r) < m + kSliceSize);
+  CHECK(s->chunk_count == 3);
+  const size_t end = align_up(reinterpret_cast<uintptr_t>(r) + m, kSliceSize);
+  CHECK(resident_bytes(end, sb + 11 * kSegmentSize - end) == 0);  // given back at once
+  CHECK(committed0 - committed_now() == (sb + 11 * kSegmentSize - kSegmentSize * 0) - end - (11 * kSegmentSize - align_up(kSliceSize + n, kSliceSize)));
+  CHECK(live0 - huge_live_now() == align_up(kSliceSize + n, kSliceSize) - (end - sb));
+  // The chunks past its new end are free again: it grows back into them in place.
+  auto* q = static_cast<uint8_t*>(realloc_block(r, size_t{20} << 20));
+  CHECK(q == r);
+  CHECK(s->chunk_count == 6);
+  for (size_t i = 0; i < m; i += 4096) REQUIRE(q[i] == static_cast<uint8_t>(i >> 12));
+  dealloc(q);
+  settle();
+}
