@@ -6,6 +6,7 @@
 #   clang:   clang++ -O2 of tests/unit/threads_test.cpp (LLVM's many small C++ objects)
 #   sqlite3: bench/real/sqlite.sql (600,000 rows in memory, a 200 MB page cache)
 #   perl:    bench/real/hashes.pl (a hash of 600,000 entries thinned and sorted, split strings)
+#   python3-grow: bench/real/grow.py (two lists and a bytearray grown together to 48 MB each)
 # Usage: bench/real-programs.sh [BUILD_DIR] [REPS]     (run on an otherwise idle machine)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +15,10 @@ reps="${2:-5}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mimalloc=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
+if [ ! -e "$mimalloc" ]; then  # LD_PRELOAD of a missing file only warns: the column would be glibc's
+  echo "real-programs.sh: $mimalloc is missing; install libmimalloc2.0 (./nebulamem bench installs it)" >&2
+  exit 1
+fi
 python3 - "$tmp/gen.c" <<'PY'
 import sys
 with open(sys.argv[1], "w") as f:
@@ -31,9 +36,10 @@ cmd[gcc]="gcc -O2 -c $tmp/gen.c -o $tmp/gen.o"
 cmd[clang]="clang++ -std=c++20 -O2 -I$root -I$root/include -c $root/tests/unit/threads_test.cpp -o $tmp/t.o"
 cmd[sqlite3]="sqlite3 :memory: -init /dev/null -batch"
 cmd[perl]="perl $root/bench/real/hashes.pl"
+cmd[python3-grow]="/usr/bin/python3 $root/bench/real/grow.py"
 declare -A input
 input[sqlite3]="$root/bench/real/sqlite.sql"
-progs=(python3 gcc clang sqlite3 perl)
+progs=(python3 gcc clang sqlite3 perl python3-grow)
 allocs=(glibc mimalloc nebula)
 preload() {
   case $1 in glibc) echo "" ;; mimalloc) echo "$mimalloc" ;; nebula) echo "$build/libnebulamem.so" ;; esac
