@@ -602,8 +602,9 @@ void* huge_move(Segment* s, size_t n) noexcept {
   size_t old_chunks = s->chunk_count;
   if (used_len <= old_used) return nullptr;
   // The header moves with the block: what releases the old run is read now. (Its `hinted`: the
-  // huge-page flag of the mapping that moves with its pages.)
-  ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0, old_map >= (size_t{4} << 20) && option_bool(Option::kHugePages)};
+  // huge-page flag of the mapping, which moves with its pages.)
+  bool old_hinted = old_map >= (size_t{4} << 20) && option_bool(Option::kHugePages);
+  ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0, old_hinted};
   size_t need = align_up(used_len, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
   // Where free chunks hold enough resident memory for the new block, copying into them costs no
@@ -635,7 +636,8 @@ void* huge_move(Segment* s, size_t n) noexcept {
   if (len < before) budget_release(before - len);
   uintptr_t nb = reinterpret_cast<uintptr_t>(g.base);
   if (moved < old_map) {  // the rest of the block is copied, and what stayed behind goes back
-    if (moved < old_used) memcpy(reinterpret_cast<void*>(nb + moved), reinterpret_cast<void*>(sb + moved), old_used - moved);
+    if (moved < old_used)
+      memcpy(reinterpret_cast<void*>(nb + moved), reinterpret_cast<void*>(sb + moved), old_used - moved);
     os::purge(reinterpret_cast<void*>(sb + moved), old_map - moved);
   }
   if (g.dirty_extent > len) {  // the budget could not count the grant's resident tail

@@ -601,8 +601,9 @@ TEST_CASE("huge: a shrinking realloc keeps the block where it is and gives the r
   CHECK(s->chunk_count == 3);
   const size_t end = align_up(reinterpret_cast<uintptr_t>(r) + m, kSliceSize);
   CHECK(resident_bytes(end, sb + 11 * kSegmentSize - end) == 0);  // given back at once
-  CHECK(committed0 - committed_now() == (sb + 11 * kSegmentSize - kSegmentSize * 0) - end - (11 * kSegmentSize - align_up(kSliceSize + n, kSliceSize)));
-  CHECK(live0 - huge_live_now() == align_up(kSliceSize + n, kSliceSize) - (end - sb));
+  const size_t old_len = align_up(kSliceSize + n, kSliceSize);  // the block's extent before
+  CHECK(committed0 - committed_now() == old_len - (end - sb));
+  CHECK(live0 - huge_live_now() == old_len - (end - sb));
   // The chunks past its new end are free again: it grows back into them in place.
   auto* q = static_cast<uint8_t*>(realloc_block(r, size_t{20} << 20));
   CHECK(q == r);
