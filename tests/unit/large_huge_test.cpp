@@ -612,3 +612,19 @@ TEST_CASE("huge: a shrinking realloc keeps the block where it is and gives the r
   dealloc(q);
   settle();
 }
+
+TEST_CASE("os::move_pages: moves the pages without copying them and leaves the source empty") {
+  const size_t mib = size_t{1} << 20;
+  auto* from = static_cast<uint8_t*>(os::reserve(8 * mib, 2 * mib));
+  auto* to = static_cast<uint8_t*>(os::reserve(8 * mib, 2 * mib));
+  REQUIRE(from != nullptr);
+  REQUIRE(to != nullptr);
+  for (size_t i = 0; i < 8 * mib; i += 4096) from[i] = static_cast<uint8_t>(1 + (i >> 12));
+  os::huge_hint(from + 2 * mib, 2 * mib);  // a mapping boundary inside the range, as huge blocks have
+  REQUIRE(os::move_pages(from, 8 * mib, to) == 8 * mib);  // kernels before 5.7 return 0 here
+  for (size_t i = 0; i < 8 * mib; i += 4096) REQUIRE(to[i] == static_cast<uint8_t>(1 + (i >> 12)));
+  CHECK(resident_bytes(reinterpret_cast<uintptr_t>(from), 8 * mib) == 0);
+  for (size_t i = 0; i < 8 * mib; i += 4096) REQUIRE(from[i] == 0);  // still mapped: reads zero
+  os::release(from, 8 * mib);
+  os::release(to, 8 * mib);
+}
