@@ -73,6 +73,10 @@ constexpr uint64_t kAllSlices = ~uint64_t{0};
 
 bool chunk_used(const Arena* a, unsigned i) { return (a->used[i / 64] >> (i % 64)) & 1; }
 bool chunk_grows(const Arena* a, unsigned i) { return (a->grows[i / 64] >> (i % 64)) & 1; }
+// Chunks [first, first + n) hold a huge block that realloc grew (under the lock).
+void mark_growing(Arena* a, unsigned first, size_t n) {
+  for (unsigned c = first; c < first + n; ++c) a->grows[c / 64] |= uint64_t{1} << (c % 64);
+}
 void chunk_set_used(Arena* a, unsigned i, bool v) {
   if (v) {
     a->used[i / 64] |= uint64_t{1} << (i % 64);
@@ -375,8 +379,7 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
     if (chunk_used(a, from + static_cast<unsigned>(i))) return false;
   take_chunks(a, from, add, dirty_bytes, dirty_extent);
   // The whole block is now one that grows (find_run leaves room behind it for segments).
-  for (unsigned c = from - static_cast<unsigned>(chunks); c < from + add; ++c)
-    a->grows[c / 64] |= uint64_t{1} << (c % 64);
+  mark_growing(a, from - static_cast<unsigned>(chunks), chunks + add);
   return true;
 }
 
@@ -402,8 +405,7 @@ size_t arena_free_resident() noexcept { return __atomic_load_n(&g_free_dirty, __
 void arena_note_growing(Segment* s, size_t chunks) noexcept {
   LockGuard guard(g_arena_lock);
   Arena* a = g_arenas[s->arena_index];
-  unsigned first = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) - a->base) >> kSegmentShift);
-  for (unsigned c = first; c < first + chunks; ++c) a->grows[c / 64] |= uint64_t{1} << (c % 64);
+  mark_growing(a, static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) - a->base) >> kSegmentShift), chunks);
 }
 
 void arena_free_tail(Segment* s, size_t keep, size_t chunks) noexcept {

@@ -589,7 +589,7 @@ bool huge_grow(Segment* s, size_t n) noexcept {
 // no copy and the old and the new block are never resident together (a copy holds both until
 // the old one is freed, and its chunks then stay resident for the purge delay). The whole old
 // run moves, so that the mapping splits the kernel makes stay at chunk boundaries (the moved
-// piece keeps its own mapping: at most one per chunk of the arena). nullptr where nothing can
+// piece keeps a mapping of its own). nullptr where nothing can
 // move (secure mode, which keeps a guard slice; no room; a kernel without the call): the
 // caller allocates and copies.
 void* huge_move(Segment* s, size_t n) noexcept {

@@ -121,10 +121,11 @@ size_t move_pages(void* from, size_t size, void* to) noexcept {
 #ifndef MREMAP_DONTUNMAP
 #define MREMAP_DONTUNMAP 4
 #endif
+  // 2 MiB at a time: the engine splits its mappings only at 2 MiB boundaries (huge_hint's
+  // madvise, earlier moves), so each piece lies in one mapping, which a move needs before 6.17;
+  // and a piece either moves whole or not at all, so what `done` reports is exact on any kernel
+  // (a single call across mappings, which 6.17 allows, could stop halfway without saying where).
   constexpr int kFlags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
-  if (mremap(from, size, size, kFlags, to) == to) return size;
-  // Before 6.17 a move may not cross a mapping boundary, and huge_hint's madvise splits ours
-  // at 2 MiB boundaries: move 2 MiB at a time, as far as it goes.
   constexpr size_t kStep = size_t{2} << 20;
   size_t done = 0;
   while (done < size) {

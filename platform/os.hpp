@@ -51,9 +51,10 @@ bool purge(void* p, size_t size) noexcept;
 // Move the pages of [from, from+size) to [to, to+size), replacing whatever was mapped there,
 // without copying them: afterwards that part of `to` holds the old contents and of `from` stays
 // reserved and reads as zero (nothing of it resident). Both ranges lie in memory from reserve(),
-// do not overlap, and start 2 MiB-aligned. Returns how many bytes from the start it moved, a
-// multiple of 2 MiB or all of it: 0 where the platform cannot (the caller copies the rest).
-// Linux: mremap(MREMAP_FIXED | MREMAP_DONTUNMAP), kernel 5.7 and later.
+// do not overlap, and start 2 MiB-aligned; the mappings of `from` split only at 2 MiB
+// boundaries. Returns how many bytes from the start it moved, a multiple of 2 MiB or all of it:
+// 0 where the platform cannot (the caller copies the rest). Linux: mremap(MREMAP_FIXED |
+// MREMAP_DONTUNMAP) per 2 MiB, kernel 5.7 and later.
 size_t move_pages(void* from, size_t size, void* to) noexcept;
 // Make [p, p+size) inaccessible (a guard) or accessible again. Returns false on failure.
 bool protect(void* p, size_t size, bool accessible) noexcept;

@@ -620,11 +620,19 @@ TEST_CASE("os::move_pages: moves the pages without copying them and leaves the s
   REQUIRE(from != nullptr);
   REQUIRE(to != nullptr);
   for (size_t i = 0; i < 8 * mib; i += 4096) from[i] = static_cast<uint8_t>(1 + (i >> 12));
-  os::huge_hint(from + 2 * mib, 2 * mib);  // a mapping boundary inside the range, as huge blocks have
+  os::huge_hint(from + 2 * mib, 2 * mib);  // mapping boundaries inside the range, as huge blocks have
   REQUIRE(os::move_pages(from, 8 * mib, to) == 8 * mib);  // kernels before 5.7 return 0 here
   for (size_t i = 0; i < 8 * mib; i += 4096) REQUIRE(to[i] == static_cast<uint8_t>(1 + (i >> 12)));
   CHECK(resident_bytes(reinterpret_cast<uintptr_t>(from), 8 * mib) == 0);
   for (size_t i = 0; i < 8 * mib; i += 4096) REQUIRE(from[i] == 0);  // still mapped: reads zero
+  // A piece that cannot move (here, unmapped) stops it: it reports how far it got, the pieces
+  // before it moved whole and the rest stays where it was, for the caller to copy.
+  os::release(to + 4 * mib, 2 * mib);
+  REQUIRE(os::move_pages(to, 8 * mib, from) == 4 * mib);
+  for (size_t i = 0; i < 4 * mib; i += 4096) REQUIRE(from[i] == static_cast<uint8_t>(1 + (i >> 12)));
+  for (size_t i = 6 * mib; i < 8 * mib; i += 4096) REQUIRE(to[i] == static_cast<uint8_t>(1 + (i >> 12)));
+  CHECK(resident_bytes(reinterpret_cast<uintptr_t>(to), 4 * mib) == 0);
   os::release(from, 8 * mib);
-  os::release(to, 8 * mib);
+  os::release(to, 4 * mib);
+  os::release(to + 6 * mib, 2 * mib);
 }
