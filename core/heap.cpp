@@ -379,6 +379,7 @@ void heaps_purge_idle(Heap* me, uint64_t now, bool force) noexcept {
     heap_purge_segments(h, now, force);
     h->seg_lock.unlock();
   }
+  abandoned_purge_kept(now, force);
 }
 
 void heap_maintenance(Heap* heap, bool force) noexcept {
@@ -734,7 +735,10 @@ void free_not_fast(void* p) noexcept {
 // ---- Thread exit --------------------------------------------------------------------------
 namespace {
 
-void heap_abandon(Heap* heap, bool purge) {
+// Give every segment of the heap up for other threads to adopt. purge: its free slices go back to
+// the OS now; exiting: the thread is ending, and where threads come and go its free slices stay
+// resident for the next one, within the allowance (segment_abandon_keep).
+void heap_abandon(Heap* heap, bool purge, bool exiting) {
   heap_delayed_free_all(heap);
   // From now on other threads push their frees on the pages themselves.
   for_each_page(heap, [](Segment*, Page* p) {
@@ -747,7 +751,11 @@ void heap_abandon(Heap* heap, bool purge) {
   HeapSegGuard guard(heap);
   while (heap->segments != nullptr) {
     Segment* s = heap->segments;
-    if (purge) segment_purge(s, now, true);
+    s->exit_ms = exiting ? now : 0;
+    if (purge) {
+      if (exiting && segment_abandon_keep(s, now)) continue;
+      segment_purge(s, now, true);
+    }
     segment_abandon(s);
   }
   heap->purge_due_ms.store(0, std::memory_order_relaxed);
@@ -761,7 +769,7 @@ void thread_done(void* arg) noexcept {
     // Under the heap-pool lock, which fork() takes first: a child never sees a heap half
     // abandoned. (Lock order: heaps, then abandoned segments, then arenas.)
     LockGuard guard(g_heaps_lock);
-    heap_abandon(heap, true);
+    heap_abandon(heap, true, true);
   }
   if (t_heap == heap) t_heap = &g_empty_heap;
   heap_to_pool(heap);
@@ -794,7 +802,7 @@ void heap_before_wait() noexcept {
   fcache_flush_all(heap);
   {
     LockGuard guard(g_heaps_lock);  // as at thread exit: fork() never sees a half-abandoned heap
-    heap_abandon(heap, quiet);
+    heap_abandon(heap, quiet, false);
   }
   for (auto& q : heap->queues) q = PageQueue{};
   heap->full = PageQueue{};
@@ -869,7 +877,7 @@ void heaps_collect_abandoned(bool force) noexcept {
   Heap* heap = t_heap;
   if (!heap->live) return;
   size_t n = abandoned_count();
-  while (n-- > 0 && segment_reclaim_one(heap)) {
+  while (n-- > 0 && segment_reclaim_one(heap, false)) {
   }
   heap_maintenance(heap, force);
 }

@@ -17,6 +17,8 @@ namespace {
 SpinLock g_abandoned_lock;
 Segment* g_abandoned = nullptr;          // singly linked through Segment::next (under the lock)
 std::atomic<size_t> g_abandoned_count{0};
+std::atomic<size_t> g_abandoned_kept{0};  // bytes of free slices kept resident by abandoned segments
+
 
 constexpr uint64_t run_mask(unsigned first, unsigned n) {
   return (n >= 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << first;
@@ -134,6 +136,8 @@ Segment* segment_new(Heap* heap) {
   s->arena_index = g.arena_index;
   s->chunk_count = 1;
   s->used_spans = 0;
+  s->kept_slices = 0;
+  s->exit_ms = 0;
   s->free_slices = ~uint64_t{1};
   if (g_secure) {
     // A guard between segments: the last slice is never handed out and cannot be touched.
@@ -449,6 +453,8 @@ static void huge_header(Segment* s, const ChunkGrant& g, size_t chunks, size_t n
   s->arena_index = g.arena_index;
   s->chunk_count = static_cast<uint32_t>(chunks);
   s->used_spans = 1;
+  s->kept_slices = 0;
+  s->exit_ms = 0;
   s->free_slices = 0;
   s->dirty_slices = ~uint64_t{0};
   s->purge_at_ms = 0;
@@ -713,9 +719,50 @@ void segment_abandon(Segment* s) noexcept {
   g_counters.abandoned.fetch_add(1, std::memory_order_relaxed);
 }
 
+std::atomic<uint64_t> g_exit_reuse_ms{0};
+
+bool segment_abandon_keep(Segment* s, uint64_t now) noexcept {
+  const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  if (delay == 0 || s->purge_at_ms == 0) return false;
+  // Only where threads come and go: a thread that exits alone (a one-off worker, the end of a
+  // program) gives its memory back at once, as before.
+  const uint64_t reuse = g_exit_reuse_ms.load(std::memory_order_relaxed);
+  if (reuse == 0 || now > reuse + 4 * delay) return false;
+  const uint64_t resident = s->free_slices & s->dirty_slices & ~uint64_t{1};
+  const size_t bytes = static_cast<size_t>(popcount64(resident)) << kSliceShift;
+  size_t kept = g_abandoned_kept.load(std::memory_order_relaxed);
+  do {
+    if (kept + bytes > kExitKeepBytes) return false;
+  } while (!g_abandoned_kept.compare_exchange_weak(kept, kept + bytes, std::memory_order_relaxed));
+  s->kept_slices = static_cast<uint32_t>(popcount64(resident));
+  segment_abandon(s);
+  return true;
+}
+
+// Drop s's share of the allowance (it was adopted, or its kept slices were purged).
+static void segment_unkeep(Segment* s) {
+  if (s->kept_slices == 0) return;
+  g_abandoned_kept.fetch_sub(static_cast<size_t>(s->kept_slices) << kSliceShift, std::memory_order_relaxed);
+  s->kept_slices = 0;
+}
+
+// Under the abandoned list's lock: no thread adopts these segments meanwhile, and nobody else
+// changes an abandoned segment's slices.
+void abandoned_purge_kept(uint64_t now, bool force) noexcept {
+  if (g_abandoned_kept.load(std::memory_order_relaxed) == 0) return;
+  LockGuard guard(g_abandoned_lock);
+  for (Segment* s = g_abandoned; s != nullptr; s = s->next) {
+    if (s->kept_slices == 0 || (!force && now < s->purge_at_ms)) continue;
+    segment_purge(s, now, true);
+    segment_unkeep(s);
+  }
+}
+
+size_t abandoned_kept_bytes() noexcept { return g_abandoned_kept.load(std::memory_order_relaxed); }
+
 size_t abandoned_count() noexcept { return g_abandoned_count.load(std::memory_order_relaxed); }
 
-bool segment_reclaim_one(Heap* heap) noexcept {
+bool segment_reclaim_one(Heap* heap, bool for_room) noexcept {
   if (g_abandoned_count.load(std::memory_order_relaxed) == 0) return false;
   HeapSegGuard seg_guard(heap);
   Segment* s;
@@ -727,6 +774,13 @@ bool segment_reclaim_one(Heap* heap) noexcept {
     g_abandoned_count.fetch_sub(1, std::memory_order_relaxed);
   }
   s->next = s->prev = nullptr;
+  if (s->exit_ms != 0 && for_room) {
+    const uint64_t now = os::clock_ms();
+    if (now <= s->exit_ms + static_cast<uint64_t>(option(Option::kPurgeDelay)))
+      g_exit_reuse_ms.store(now, std::memory_order_relaxed);
+  }
+  s->exit_ms = 0;
+  segment_unkeep(s);  // its slices are the adopting heap's to use and purge from now on
   s->owner_heap.store(heap, std::memory_order_release);
   s->thread_id.store(heap->thread_id, std::memory_order_release);
   heap_segments_push(heap, s);

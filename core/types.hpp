@@ -159,6 +159,8 @@ struct Segment {
   uint16_t arena_index;                 // which arena (if not solo)
   uint32_t chunk_count;                 // size in 4 MiB chunks
   uint32_t used_spans;                  // live pages in this segment (owner)
+  uint32_t kept_slices;                 // abandoned: free resident slices its thread's exit kept
+                                        // for the next thread (segment_abandon_keep)
   uint64_t free_slices;                 // bitmap: slice not in any span (owner)
   uint64_t dirty_slices;                // bitmap: slice may be resident (owner)
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
@@ -170,6 +172,8 @@ struct Segment {
   std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
                                         // free of a full page reads it to reach the heap)
   uintptr_t huge_start;                 // huge: the block's address
+  uint64_t exit_ms;                     // abandoned by its thread's exit (or a quiet join) then;
+                                        // 0: abandoned otherwise, or owned
   Segment* next;                        // in the heap's segment list or the abandoned list
   Segment* prev;
   Page pages[kSlicesPerSegment];        // one descriptor per slice (64-byte aligned)

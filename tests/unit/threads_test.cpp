@@ -537,6 +537,105 @@ TEST_CASE("thread exit: segments are abandoned, reclaimed by another thread, and
   CHECK(g_counters.reclaimed.load() - rc0 >= t_segments.size());
 }
 
+TEST_CASE("thread exit: free slices stay resident for the next thread, within an allowance, until due") {
+  settle();
+  REQUIRE(abandoned_count() == 0);
+  REQUIRE(abandoned_kept_bytes() == 0);
+  g_exit_reuse_ms.store(0);  // no thread has come after an exit yet
+  auto resident_free = [](Segment* s) { return s->free_slices & s->dirty_slices & ~uint64_t{1}; };
+  // A thread fills pages of six classes, keeps one block (so that its segment stays), frees
+  // the rest and exits.
+  void* keep = nullptr;
+  Segment* seg = nullptr;
+  auto task = [&] {
+    std::vector<void*> v;
+    for (size_t n = 64; n <= 2048; n *= 2)
+      for (int i = 0; i < 100; ++i) {
+        void* p = alloc(n);
+        memset(p, 0x5a, n);
+        v.push_back(p);
+      }
+    if (keep == nullptr) {
+      keep = alloc(100);
+      memset(keep, 0x44, 100);
+    }
+    seg = segment_of(v[0]);
+    for (void* p : v) dealloc(p);
+  };
+  // The first exit has no thread after it to go by: its free slices are purged at once.
+  std::thread t0(task);
+  t0.join();
+  REQUIRE(seg == segment_of(keep));
+  CHECK(seg->owner_heap.load() == nullptr);
+  CHECK(resident_free(seg) == 0);
+  CHECK(abandoned_kept_bytes() == 0);
+  // The next thread adopts that segment soon after the exit: threads come and go here, so its
+  // own exit keeps its free slices for the thread after it.
+  std::thread t(task);
+  t.join();
+  CHECK(g_exit_reuse_ms.load() != 0);
+  REQUIRE(seg == segment_of(keep));
+  CHECK(seg->owner_heap.load() == nullptr);
+  const uint64_t kept = resident_free(seg);
+  CHECK(popcount64(kept) >= 6);  // not purged at the exit
+  CHECK(seg->kept_slices == static_cast<uint32_t>(popcount64(kept)));
+  CHECK(abandoned_kept_bytes() == static_cast<size_t>(popcount64(kept)) * kSliceSize);
+
+  // The next thread adopts the segment and makes its page on the kept slices.
+  std::thread u([&] {
+    void* p = alloc(64);
+    CHECK(segment_of(p) == seg);
+    CHECK(!page_of_ptr(p)->is_clean);
+    CHECK((kept & (uint64_t{1} << (page_of_ptr(p) - seg->pages))) != 0);
+    CHECK(abandoned_kept_bytes() == 0);  // the adopting heap purges them from now on
+    dealloc(p);
+  });
+  u.join();
+  CHECK(seg->owner_heap.load() == nullptr);
+  REQUIRE(seg->kept_slices != 0);
+
+  // Left alone until the segment's purge time, then purged.
+  const uint64_t at = seg->purge_at_ms;
+  REQUIRE(at != 0);
+  const uint64_t before = resident_free(seg);
+  abandoned_purge_kept(at - 1, false);
+  CHECK(resident_free(seg) == before);
+  CHECK(abandoned_kept_bytes() != 0);
+  abandoned_purge_kept(at, false);
+  CHECK(resident_free(seg) == 0);
+  CHECK(seg->kept_slices == 0);
+  CHECK(abandoned_kept_bytes() == 0);
+  CHECK(static_cast<uint8_t*>(keep)[99] == 0x44);  // the live block is untouched
+
+  // A thread that leaves more than the allowance free and resident purges it at its exit.
+  void* keep2 = nullptr;
+  Segment* seg2 = nullptr;
+  std::thread w([&] {
+    std::vector<void*> v;
+    for (int i = 0; i < 48; ++i) {
+      void* p = alloc(64 * 1024);
+      memset(p, 0x33, 64 * 1024);
+      v.push_back(p);
+    }
+    keep2 = v[0];
+    seg2 = segment_of(keep2);
+    for (size_t i = 1; i < v.size(); ++i) dealloc(v[i]);
+    CHECK(static_cast<size_t>(popcount64(resident_free(seg2))) * kSliceSize > kExitKeepBytes);
+  });
+  w.join();
+  REQUIRE(seg2 != nullptr);
+  CHECK(seg2->owner_heap.load() == nullptr);
+  CHECK(resident_free(seg2) == 0);
+  CHECK(seg2->kept_slices == 0);
+  CHECK(abandoned_kept_bytes() <= kExitKeepBytes);
+  CHECK(static_cast<uint8_t*>(keep2)[1000] == 0x33);
+  dealloc(keep);
+  dealloc(keep2);
+  settle();
+  CHECK(abandoned_count() == 0);
+  CHECK(abandoned_kept_bytes() == 0);
+}
+
 TEST_CASE("threads: blocks exchanged between threads stay intact") {
   settle();
   const size_t seg0 = segments_now();
