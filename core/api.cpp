@@ -10,7 +10,7 @@ namespace nebula {
 namespace {
 
 void* attempt_aligned(Heap* heap, size_t n, size_t align, bool zero) {
-  return (n + align <= kLargeMax) ? large_alloc(heap, n, align, zero) : huge_alloc(n, align, zero);
+  return (n <= kLargeMax && align <= kLargeAlignMax) ? large_alloc(heap, n, align, zero) : huge_alloc(n, align, zero);
 }
 
 // A block of at least n bytes aligned to align (a power of two > kMinAlign).

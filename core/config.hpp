@@ -63,6 +63,10 @@ inline constexpr size_t kDirect2Max = 32 * 1024;
 inline constexpr unsigned kDirect2Shift = 9;
 inline constexpr size_t kDirect2Count = (kDirect2Max >> kDirect2Shift) + 1;
 
+// Alignments up to this (half a segment) are served from a large span that starts at an aligned
+// slice of a segment, for blocks up to kLargeMax; beyond, a huge block (a run of chunks).
+inline constexpr size_t kLargeAlignMax = kSegmentSize / 2;
+
 // What exiting threads may leave resident in the free slices of their abandoned segments, over
 // all of them, for the threads that adopt those segments next (segment_abandon_keep); the rest
 // is purged at the exit. A thread per task (a server that starts a thread for each request, a

@@ -375,24 +375,61 @@ void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
   s->purge_at_ms = 0;
 }
 
+// A large span whose first slice is a multiple of `step` slices into its segment, so that its
+// start is aligned to step * 64 KiB (segments are 4 MiB aligned): of the heap's segments with
+// such a free run, the run holding the most resident slices; else an adopted segment's, else a
+// new segment's. Only the block's own slices are taken (and counted): the slices before it
+// stay free for other pages.
+static Page* span_alloc_aligned(Heap* heap, unsigned slices, unsigned step) {
+  HeapSegGuard guard(heap);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    Segment* best = nullptr;
+    unsigned best_idx = 0;
+    int best_score = -1;
+    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
+      for (unsigned i = step; i + slices <= kSlicesPerSegment; i += step) {
+        const uint64_t m = run_mask(i, slices);
+        if ((s->free_slices & m) != m) continue;
+        const int score = popcount64(s->dirty_slices & m);
+        if (score > best_score) {
+          best = s;
+          best_idx = i;
+          best_score = score;
+        }
+      }
+    }
+    if (best != nullptr) return take_span(heap, best, best_idx, slices, PageKind::kLarge);
+    if (attempt == 0 && !segment_reclaim_one(heap)) break;
+  }
+  Segment* s = segment_new(heap);
+  if (s == nullptr) return nullptr;
+  Page* page = take_span(heap, s, step, slices, PageKind::kLarge);
+  if (page == nullptr) segment_free(s);  // over budget: give the empty segment back
+  return page;
+}
+
 // ---- Large blocks: one block in a span of its own -------------------------------------------
 void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept {
-  size_t pad = align > kSliceSize ? align - kSliceSize : 0;
-  size_t slices = (n + pad + kSliceSize - 1) >> kSliceShift;
-  if (slices >= kSlicesPerSegment) return huge_alloc(n, align, zero);
-  Page* page = span_alloc(heap, static_cast<unsigned>(slices), PageKind::kLarge);
+  size_t slices = (n + kSliceSize - 1) >> kSliceShift;
+  Page* page;
+  if (align > kSliceSize) {
+    // The span starts at an aligned slice: nothing is taken for padding (a span padded by the
+    // alignment held up to 31 slices it never used, and counted them against the budget).
+    if (align > kLargeAlignMax || n > kLargeMax) return huge_alloc(n, align, zero);
+    page = span_alloc_aligned(heap, static_cast<unsigned>(slices), static_cast<unsigned>(align >> kSliceShift));
+  } else {
+    if (slices >= kSlicesPerSegment) return huge_alloc(n, align, zero);
+    page = span_alloc(heap, static_cast<unsigned>(slices), PageKind::kLarge);
+  }
   if (page == nullptr) return nullptr;
-  Segment* s = segment_of(page);
-  uint8_t* base = page_start(s, page);
-  uint8_t* p = base;
-  if (align > kSliceSize) p = reinterpret_cast<uint8_t*>(align_up(reinterpret_cast<uintptr_t>(base), align));
+  uint8_t* p = page_start(segment_of(page), page);  // aligned: a slice boundary of the alignment
   page->block_size = static_cast<uint32_t>(slices << kSliceShift);
   page->capacity = page->reserved = 1;
   page->used = 1;
   page->size_class = 0;
   // A large page is "full" from the start: frees by other threads go to the owner's delayed
   // list, and the owner's own free takes the generic path, which frees the span.
-  set_page_flags(page, static_cast<uint8_t>(kPageInFull | (p != base ? kPageHasAligned : 0) | (g_secure ? kPageSecure : 0)));
+  set_page_flags(page, static_cast<uint8_t>(kPageInFull | (g_secure ? kPageSecure : 0)));
   page->thread_free.store(kDelayUse, std::memory_order_release);
   heap->stats.large_allocs++;
   if (zero && !page->is_clean) memset(p, 0, n);

@@ -104,6 +104,12 @@ TEST_CASE("aligned: 2, 4, 8 and 16 MiB alignments (huge path)") {
       CHECK(reinterpret_cast<uintptr_t>(p) % align == 0);
       Segment* s = segment_containing(p);
       REQUIRE(s != nullptr);
+      if (n <= kLargeMax && align <= kLargeAlignMax) {  // a large span at slice 32 (test below)
+        CHECK(s->kind == SegmentKind::kNormal);
+        CHECK(page_of(s, p)->kind == PageKind::kLarge);
+        dealloc(p);
+        continue;
+      }
       CHECK(s->kind == SegmentKind::kHuge);
       CHECK(s->huge_start == reinterpret_cast<uintptr_t>(p));
       CHECK(usable_size(p) >= n);
@@ -119,6 +125,53 @@ TEST_CASE("aligned: 2, 4, 8 and 16 MiB alignments (huge path)") {
   CHECK(nebula_posix_memalign(&out, size_t{8} << 20, 100) == 0);
   CHECK(reinterpret_cast<uintptr_t>(out) % (size_t{8} << 20) == 0);
   nebula_free(out);
+}
+
+// A block of up to 2 MiB aligned to 128 KiB-2 MiB is a large span that starts at an aligned
+// slice of a segment (segments are 4 MiB aligned): it takes and counts its own slices only, and
+// the slices before it serve other pages. Before, the span was padded by the alignment (up to
+// 31 slices counted and never used) and 2 MiB alignments took a huge block with a 2 MiB gap:
+// 200 blocks of 100 KB at 2 MiB counted 425 MiB against the budget for 5 MiB resident.
+TEST_CASE("aligned: blocks up to 2 MiB aligned up to 2 MiB take only their own slices") {
+  settle();
+  for (size_t align : {size_t{128} << 10, size_t{1} << 20, size_t{2} << 20}) {
+    CAPTURE(align);
+    const size_t committed0 = committed_now();
+    const unsigned step = static_cast<unsigned>(align >> kSliceShift);
+    std::vector<uint8_t*> v;
+    std::set<Segment*> segs;
+    for (int i = 0; i < 40; ++i) {
+      auto* p = static_cast<uint8_t*>(alloc_aligned(align, 100000));
+      REQUIRE(p != nullptr);
+      CHECK(reinterpret_cast<uintptr_t>(p) % align == 0);
+      Segment* s = segment_of(p);
+      Page* pg = page_of(s, p);
+      CHECK(s->kind == SegmentKind::kNormal);
+      CHECK(pg->kind == PageKind::kLarge);
+      CHECK(pg->slice_count == 2);  // 100,000 bytes: two slices, no padding
+      CHECK(static_cast<unsigned>(pg - s->pages) % step == 0);
+      CHECK(page_start(s, pg) == p);
+      CHECK(usable_size(p) >= 100000);
+      memset(p, i, 100000);
+      v.push_back(p);
+      segs.insert(s);
+    }
+    // Every aligned slice of a segment is used before a new segment is taken.
+    const size_t per_segment = (kSlicesPerSegment - 1) / step;
+    CHECK(segs.size() <= (40 + per_segment - 1) / per_segment + 1);
+    // Counted: the blocks' slices and the segments' headers, nothing for alignment.
+    CHECK(committed_now() <= committed0 + 40 * 2 * kSliceSize + segs.size() * kSliceSize);
+    // The slices before an aligned block serve small pages.
+    void* small = alloc(64);
+    CHECK(segs.count(segment_of(small)) == 1);
+    dealloc(small);
+    for (size_t i = 0; i < v.size(); ++i) {
+      CHECK(v[i][99999] == static_cast<uint8_t>(i));
+      dealloc(v[i]);
+    }
+    CHECK(check_heap_invariants(t_heap) == 0);
+    settle();
+  }
 }
 
 TEST_CASE("calloc: blocks are zero even when they reuse dirty memory") {
