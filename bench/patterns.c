@@ -1,0 +1,189 @@
+/* patterns: allocation patterns outside the benchmark table, each a few lines, timed and with
+ * its peak RSS, to be run under every allocator with LD_PRELOAD (docs/performance.md, "Beyond
+ * the table"). One pattern per run:
+ *
+ *   oversubscribed  16 threads on the machine's cores pass blocks of 16-515 bytes around a ring
+ *                   of mailboxes (mutex-protected); every block dies on another thread
+ *   calloc-1m       3,000 times calloc(1, 1 MiB), one byte read and one written, free
+ *   realloc-grow    20 times one buffer grown by 50 bytes at a time to 10 MB with realloc
+ *   memalign-page   300 rounds of 1,000 posix_memalign(4096, 4096), written, freed
+ *   thread-per-task 5,000 threads one after another, 64 blocks of 64-2080 bytes each
+ *   fork            300 fork + child malloc/free + _exit + waitpid, 100 blocks live in the parent
+ *   memalign-2m     50 rounds of 200 posix_memalign(2 MiB, 100000), written, freed
+ *   big-random      200,000 replacements in a working set of 64 blocks of 64 KiB-1.1 MiB
+ *
+ *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void *must(void *p) {
+  if (p == NULL) {
+    fprintf(stderr, "patterns: allocation failed\n");
+    exit(1);
+  }
+  return p;
+}
+
+static volatile long sink;
+
+enum { RING = 16, BOX = 4096 };
+typedef struct {
+  pthread_mutex_t m;
+  void *q[BOX];
+  int n;
+} box_t;
+static box_t boxes[RING];
+
+static void *ring_thread(void *arg) {
+  long id = (long)arg;
+  unsigned s = (unsigned)id * 7 + 1;
+  static __thread void *tmp[BOX];
+  for (int i = 0; i < 200000; i++) {
+    s = s * 1103515245 + 12345;
+    size_t n = 16 + (s >> 16) % 500;
+    char *p = must(malloc(n));
+    p[0] = 1;
+    box_t *b = &boxes[(id + 1) % RING];
+    pthread_mutex_lock(&b->m);
+    if (b->n < BOX) {
+      b->q[b->n++] = p;
+      p = NULL;
+    }
+    pthread_mutex_unlock(&b->m);
+    free(p);
+    if ((i & 15) == 0) {
+      box_t *m = &boxes[id];
+      pthread_mutex_lock(&m->m);
+      int k = m->n;
+      memcpy(tmp, m->q, (size_t)k * sizeof(void *));
+      m->n = 0;
+      pthread_mutex_unlock(&m->m);
+      for (int j = 0; j < k; j++) free(tmp[j]);
+    }
+  }
+  return NULL;
+}
+
+static void *short_task(void *arg) {
+  (void)arg;
+  void *a[64];
+  for (int i = 0; i < 64; i++) {
+    a[i] = must(malloc(64 + (size_t)i * 32));
+    memset(a[i], 1, 64);
+  }
+  for (int i = 0; i < 64; i++) free(a[i]);
+  return NULL;
+}
+
+static void run(const char *name) {
+  if (!strcmp(name, "oversubscribed")) {
+    pthread_t th[RING];
+    for (int i = 0; i < RING; i++) pthread_mutex_init(&boxes[i].m, NULL);
+    for (long i = 0; i < RING; i++) pthread_create(&th[i], NULL, ring_thread, (void *)i);
+    for (int i = 0; i < RING; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < RING; i++)
+      for (int j = 0; j < boxes[i].n; j++) free(boxes[i].q[j]);
+  } else if (!strcmp(name, "calloc-1m")) {
+    for (int i = 0; i < 3000; i++) {
+      char *p = must(calloc(1, 1 << 20));
+      sink += p[i * 97 % (1 << 20)];
+      p[i] = 1;
+      free(p);
+    }
+  } else if (!strcmp(name, "realloc-grow")) {
+    for (int r = 0; r < 20; r++) {
+      char *p = NULL;
+      size_t n = 0;
+      for (int i = 0; i < 200000; i++) {
+        n += 50;
+        p = must(realloc(p, n));
+        p[n - 1] = 1;
+      }
+      free(p);
+    }
+  } else if (!strcmp(name, "memalign-page")) {
+    void *a[1000];
+    for (int r = 0; r < 300; r++) {
+      for (int i = 0; i < 1000; i++) {
+        if (posix_memalign(&a[i], 4096, 4096) != 0) must(NULL);
+        ((char *)a[i])[0] = 1;
+      }
+      for (int i = 0; i < 1000; i++) free(a[i]);
+    }
+  } else if (!strcmp(name, "thread-per-task")) {
+    for (int i = 0; i < 5000; i++) {
+      pthread_t th;
+      pthread_create(&th, NULL, short_task, NULL);
+      pthread_join(th, NULL);
+    }
+  } else if (!strcmp(name, "fork")) {
+    void *a[100];
+    for (int i = 0; i < 100; i++) a[i] = must(malloc(1000));
+    for (int i = 0; i < 300; i++) {
+      pid_t p = fork();
+      if (p == 0) {
+        void *x = malloc(100);
+        free(x);
+        _exit(x == NULL);
+      }
+      waitpid(p, NULL, 0);
+    }
+    for (int i = 0; i < 100; i++) free(a[i]);
+  } else if (!strcmp(name, "memalign-2m")) {
+    void *a[200];
+    for (int r = 0; r < 50; r++) {
+      for (int i = 0; i < 200; i++) {
+        if (posix_memalign(&a[i], 1 << 21, 100000) != 0) must(NULL);
+        ((char *)a[i])[0] = 1;
+      }
+      for (int i = 0; i < 200; i++) free(a[i]);
+    }
+  } else if (!strcmp(name, "big-random")) {
+    void *a[64] = {0};
+    unsigned s = 1;
+    for (int i = 0; i < 200000; i++) {
+      s = s * 1103515245 + 12345;
+      int k = (int)((s >> 8) % 64);
+      free(a[k]);
+      size_t n = 65536 + (s >> 12) % (1 << 20);
+      a[k] = must(malloc(n));
+      ((char *)a[k])[0] = 1;
+      ((char *)a[k])[n - 1] = 1;
+    }
+    for (int k = 0; k < 64; k++) free(a[k]);
+  } else {
+    fprintf(stderr, "patterns: unknown pattern %s\n", name);
+    exit(2);
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: patterns NAME (see the source for the list)\n");
+    return 2;
+  }
+  double t = now_s();
+  run(argv[1]);
+  t = now_s() - t;
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long hwm = 0;
+  while (f != NULL && fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmHWM:", 6)) hwm = atol(line + 6);
+  if (f != NULL) fclose(f);
+  printf("%s %.3f %ld\n", argv[1], t, hwm);
+  return 0;
+}
