@@ -11,11 +11,17 @@
  *   fork            300 fork + child malloc/free + _exit + waitpid, 100 blocks live in the parent
  *   memalign-2m     50 rounds of 200 posix_memalign(2 MiB, 100000), written, freed
  *   big-random      200,000 replacements in a working set of 64 blocks of 64 KiB-1.1 MiB
+ *   task-big        1,000 threads one after another, each with 4 MiB in blocks of 64 KiB-1 MiB
+ *   many-threads    1,000 threads alive at once, 20 blocks of 16-2000 bytes each, then all exit
+ *   handoff-big     a producer passes 20,000 blocks of 256 KiB to a consumer (queue of 16)
+ *   calloc-100m     30 times calloc(1, 100 MB), every 64th page written, free
+ *   shrink          200,000 blocks of 1-4 KiB, each shrunk by realloc to 16-64 bytes, all kept
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +92,61 @@ static void *short_task(void *arg) {
   }
   for (int i = 0; i < 64; i++) free(a[i]);
   return NULL;
+}
+
+static void *big_task(void *arg) {
+  (void)arg;
+  void *a[64];
+  int k = 0;
+  size_t total = 0;
+  unsigned s = (unsigned)(uintptr_t)&a;
+  while (total < (4u << 20) && k < 64) {
+    s = s * 1103515245 + 12345;
+    size_t n = 65536 + (s >> 8) % (1u << 20);
+    a[k] = must(malloc(n));
+    memset(a[k], 1, n);
+    total += n;
+    k++;
+  }
+  for (int i = 0; i < k; i++) free(a[i]);
+  return NULL;
+}
+
+static pthread_barrier_t all_started;
+static void *resident_task(void *arg) {
+  (void)arg;
+  void *a[20];
+  for (int i = 0; i < 20; i++) {
+    a[i] = must(malloc(16 + (size_t)i * 100));
+    memset(a[i], 1, 16);
+  }
+  pthread_barrier_wait(&all_started);
+  for (int i = 0; i < 20; i++) free(a[i]);
+  return NULL;
+}
+
+enum { QCAP = 16 };
+static void *queue[QCAP];
+static int qhead, qtail, qcount, qdone;
+static pthread_mutex_t qm = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t qc = PTHREAD_COND_INITIALIZER;
+static void *consumer(void *arg) {
+  (void)arg;
+  for (;;) {
+    pthread_mutex_lock(&qm);
+    while (qcount == 0 && !qdone) pthread_cond_wait(&qc, &qm);
+    if (qcount == 0) {
+      pthread_mutex_unlock(&qm);
+      return NULL;
+    }
+    void *p = queue[qhead];
+    qhead = (qhead + 1) % QCAP;
+    qcount--;
+    pthread_cond_broadcast(&qc);
+    pthread_mutex_unlock(&qm);
+    sink += ((char *)p)[4096];
+    free(p);
+  }
 }
 
 static void run(const char *name) {
@@ -164,6 +225,62 @@ static void run(const char *name) {
       ((char *)a[k])[n - 1] = 1;
     }
     for (int k = 0; k < 64; k++) free(a[k]);
+  } else if (!strcmp(name, "task-big")) {
+    for (int i = 0; i < 1000; i++) {
+      pthread_t th;
+      pthread_create(&th, NULL, big_task, NULL);
+      pthread_join(th, NULL);
+    }
+  } else if (!strcmp(name, "many-threads")) {
+    enum { T = 1000 };
+    static pthread_t th[T];
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstacksize(&at, 64 << 10);
+    pthread_barrier_init(&all_started, NULL, T + 1);
+    for (int i = 0; i < T; i++) pthread_create(&th[i], &at, resident_task, NULL);
+    pthread_barrier_wait(&all_started);
+    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+  } else if (!strcmp(name, "handoff-big")) {
+    pthread_t c;
+    pthread_create(&c, NULL, consumer, NULL);
+    for (int i = 0; i < 20000; i++) {
+      char *p = must(malloc(256 << 10));
+      memset(p, i, 8192);
+      pthread_mutex_lock(&qm);
+      while (qcount == QCAP) pthread_cond_wait(&qc, &qm);
+      queue[qtail] = p;
+      qtail = (qtail + 1) % QCAP;
+      qcount++;
+      pthread_cond_broadcast(&qc);
+      pthread_mutex_unlock(&qm);
+    }
+    pthread_mutex_lock(&qm);
+    qdone = 1;
+    pthread_cond_broadcast(&qc);
+    pthread_mutex_unlock(&qm);
+    pthread_join(c, NULL);
+  } else if (!strcmp(name, "calloc-100m")) {
+    for (int r = 0; r < 30; r++) {
+      char *p = must(calloc(1, 100u << 20));
+      for (size_t o = 0; o < (100u << 20); o += 64 * 4096) {
+        sink += p[o];
+        p[o] = 1;
+      }
+      free(p);
+    }
+  } else if (!strcmp(name, "shrink")) {
+    enum { N = 200000 };
+    static void *a[N];
+    unsigned s = 7;
+    for (int i = 0; i < N; i++) {
+      s = s * 1103515245 + 12345;
+      size_t n = 1024 + (s >> 8) % 3072;
+      char *p = must(malloc(n));
+      memset(p, 2, n);
+      a[i] = must(realloc(p, 16 + (s >> 4) % 49));
+    }
+    for (int i = 0; i < N; i++) free(a[i]);
   } else {
     fprintf(stderr, "patterns: unknown pattern %s\n", name);
     exit(2);

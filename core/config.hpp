@@ -68,13 +68,16 @@ inline constexpr size_t kDirect2Count = (kDirect2Max >> kDirect2Shift) + 1;
 inline constexpr size_t kLargeAlignMax = kSegmentSize / 2;
 
 // What exiting threads may leave resident in the free slices of their abandoned segments, over
-// all of them, for the threads that adopt those segments next (segment_abandon_keep); the rest
-// is purged at the exit. A thread per task (a server that starts a thread for each request, a
-// pool that retires idle workers) otherwise purged its memory at every exit and the next thread
-// faulted it back in: 32 page faults per thread of 64 small blocks, 2.2 x glibc's time. Small,
-// because a segment that nobody adopts keeps it until its purge time: rounds of threads that
-// leave many segments behind (`mstress`) hold more at their peak for every byte of allowance.
-inline constexpr size_t kExitKeepBytes = size_t{2} << 20;
+// all of them, for the threads that adopt those segments next (segment_abandon_keep), and for how
+// long; the rest is purged at the exit, and what nobody adopted in time soon after. A thread per
+// task (a server that starts a thread for each request, a pool that retires idle workers)
+// otherwise purged its memory at every exit and the next thread faulted it back in: 32 page
+// faults per thread of 64 small blocks (2.2 x glibc's time), 900 per thread of 4 MiB of buffers
+// (20 x mimalloc's). One segment's worth covers a task's working memory up to 4 MiB; a short
+// life, because a segment that nobody adopts holds it meanwhile: rounds of threads that leave
+// many segments behind (`mstress`) would hold it at their peak (+5% peak RSS with no time limit).
+inline constexpr size_t kExitKeepBytes = size_t{4} << 20;
+inline constexpr uint64_t kExitKeepMs = 20;
 
 // Every block is at least 16-byte aligned, as glibc guarantees on 64-bit targets.
 inline constexpr size_t kMinAlign = 16;

@@ -369,14 +369,15 @@ void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept;
 bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept;
 void segment_abandon(Segment* s) noexcept;
 // At a thread's exit (now): abandon s keeping its free resident slices for the thread that
-// adopts it, where exited threads' segments were adopted soon after lately (g_exit_reuse_ms) and
-// the allowance for all abandoned segments has room (kExitKeepBytes); false: nothing kept, s not
-// abandoned.
+// adopts it, where exited threads' segments were adopted soon after lately (g_exit_reuse_ms), as
+// many as the allowance for all abandoned segments has room for (kExitKeepBytes; the rest are
+// purged); false: nothing kept, s not abandoned.
 bool segment_abandon_keep(Segment* s, uint64_t now) noexcept;
 // When a thread last adopted, for room, a segment that an exiting thread had left within a purge
 // delay before (0: never): evidence that threads come and go (a thread per task).
 extern std::atomic<uint64_t> g_exit_reuse_ms;
-// Purge the kept slices of abandoned segments whose purge time has come (all with force).
+// Purge the kept slices of abandoned segments left kExitKeepMs ago or whose purge time has come
+// (all with force).
 void abandoned_purge_kept(uint64_t now, bool force) noexcept;
 size_t abandoned_kept_bytes() noexcept;
 // Adopt the most recently abandoned segment; for_room: because the heap needs memory (not a

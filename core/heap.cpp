@@ -392,6 +392,7 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
     heap_purge_segments(heap, now, force);
   }
   heaps_purge_idle(heap, now, force);
+  abandoned_purge_kept(now, force);
   arena_purge(force);
   heap_punch_sparse(heap, now, force ? SIZE_MAX : 0);
   uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));

@@ -765,13 +765,23 @@ bool segment_abandon_keep(Segment* s, uint64_t now) noexcept {
   // program) gives its memory back at once, as before.
   const uint64_t reuse = g_exit_reuse_ms.load(std::memory_order_relaxed);
   if (reuse == 0 || now > reuse + 4 * delay) return false;
+  abandoned_purge_kept(now, false);  // what the threads before left and nobody took in time
   const uint64_t resident = s->free_slices & s->dirty_slices & ~uint64_t{1};
-  const size_t bytes = static_cast<size_t>(popcount64(resident)) << kSliceShift;
+  // As many of the resident free slices as the allowance has room for (the lowest first); the
+  // rest are purged now.
+  unsigned take;
   size_t kept = g_abandoned_kept.load(std::memory_order_relaxed);
   do {
-    if (kept + bytes > kExitKeepBytes) return false;
-  } while (!g_abandoned_kept.compare_exchange_weak(kept, kept + bytes, std::memory_order_relaxed));
-  s->kept_slices = static_cast<uint32_t>(popcount64(resident));
+    const size_t room = kept < kExitKeepBytes ? (kExitKeepBytes - kept) >> kSliceShift : 0;
+    take = static_cast<unsigned>(popcount64(resident));
+    if (take > room) take = static_cast<unsigned>(room);
+    if (take == 0) return false;
+  } while (!g_abandoned_kept.compare_exchange_weak(kept, kept + (static_cast<size_t>(take) << kSliceShift),
+                                                  std::memory_order_relaxed));
+  uint64_t left = resident;
+  for (unsigned i = 0; i < take; ++i) left &= left - 1;  // the lowest `take` stay
+  if (left != 0) purge_slices(s, left);
+  s->kept_slices = take;
   segment_abandon(s);
   return true;
 }
@@ -789,7 +799,7 @@ void abandoned_purge_kept(uint64_t now, bool force) noexcept {
   if (g_abandoned_kept.load(std::memory_order_relaxed) == 0) return;
   LockGuard guard(g_abandoned_lock);
   for (Segment* s = g_abandoned; s != nullptr; s = s->next) {
-    if (s->kept_slices == 0 || (!force && now < s->purge_at_ms)) continue;
+    if (s->kept_slices == 0 || (!force && now < s->exit_ms + kExitKeepMs && now < s->purge_at_ms)) continue;
     segment_purge(s, now, true);
     segment_unkeep(s);
   }

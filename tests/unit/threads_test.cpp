@@ -594,43 +594,56 @@ TEST_CASE("thread exit: free slices stay resident for the next thread, within an
   CHECK(seg->owner_heap.load() == nullptr);
   REQUIRE(seg->kept_slices != 0);
 
-  // Left alone until the segment's purge time, then purged.
-  const uint64_t at = seg->purge_at_ms;
-  REQUIRE(at != 0);
+  // Left alone for kExitKeepMs after the exit (the next thread comes soon after), then purged
+  // by whoever looks first (maintenance, the next exit).
+  const uint64_t left_at = seg->exit_ms;
+  REQUIRE(left_at != 0);
+  REQUIRE(seg->purge_at_ms > left_at + kExitKeepMs);
   const uint64_t before = resident_free(seg);
-  abandoned_purge_kept(at - 1, false);
+  abandoned_purge_kept(left_at + kExitKeepMs - 1, false);
   CHECK(resident_free(seg) == before);
   CHECK(abandoned_kept_bytes() != 0);
-  abandoned_purge_kept(at, false);
+  abandoned_purge_kept(left_at + kExitKeepMs, false);
   CHECK(resident_free(seg) == 0);
   CHECK(seg->kept_slices == 0);
   CHECK(abandoned_kept_bytes() == 0);
   CHECK(static_cast<uint8_t*>(keep)[99] == 0x44);  // the live block is untouched
 
-  // A thread that leaves more than the allowance free and resident purges it at its exit.
-  void* keep2 = nullptr;
-  Segment* seg2 = nullptr;
+  // A thread that leaves more than the allowance free and resident keeps what fits (its first
+  // segment whole, the lowest slices of the second) and purges the rest at its exit.
+  std::vector<void*> kept_blocks;
+  std::vector<Segment*> segs;
   std::thread w([&] {
     std::vector<void*> v;
-    for (int i = 0; i < 48; ++i) {
+    for (int i = 0; i < 110; ++i) {  // 60 blocks of 64 KiB fill a segment (15 pages of 4 slices)
       void* p = alloc(64 * 1024);
       memset(p, 0x33, 64 * 1024);
-      v.push_back(p);
+      if (std::find(segs.begin(), segs.end(), segment_of(p)) == segs.end()) {
+        segs.push_back(segment_of(p));
+        kept_blocks.push_back(p);  // one block keeps each segment
+      } else {
+        v.push_back(p);
+      }
     }
-    keep2 = v[0];
-    seg2 = segment_of(keep2);
-    for (size_t i = 1; i < v.size(); ++i) dealloc(v[i]);
-    CHECK(static_cast<size_t>(popcount64(resident_free(seg2))) * kSliceSize > kExitKeepBytes);
+    for (void* p : v) dealloc(p);
+    size_t resident_slices = 0;
+    for (Segment* sg : segs) resident_slices += static_cast<size_t>(popcount64(resident_free(sg)));
+    CHECK(resident_slices * kSliceSize > kExitKeepBytes);
   });
   w.join();
-  REQUIRE(seg2 != nullptr);
-  CHECK(seg2->owner_heap.load() == nullptr);
-  CHECK(resident_free(seg2) == 0);
-  CHECK(seg2->kept_slices == 0);
-  CHECK(abandoned_kept_bytes() <= kExitKeepBytes);
-  CHECK(static_cast<uint8_t*>(keep2)[1000] == 0x33);
+  REQUIRE(segs.size() == 2);
+  size_t kept_slices = 0, resident_slices = 0;
+  for (Segment* sg : segs) {
+    CHECK(sg->owner_heap.load() == nullptr);
+    kept_slices += sg->kept_slices;
+    resident_slices += static_cast<size_t>(popcount64(resident_free(sg)));
+  }
+  CHECK(kept_slices * kSliceSize == kExitKeepBytes);
+  CHECK(resident_slices == kept_slices);  // the rest was purged
+  CHECK(abandoned_kept_bytes() == kExitKeepBytes);
+  for (void* p : kept_blocks) CHECK(static_cast<uint8_t*>(p)[1000] == 0x33);
   dealloc(keep);
-  dealloc(keep2);
+  for (void* p : kept_blocks) dealloc(p);
   settle();
   CHECK(abandoned_count() == 0);
   CHECK(abandoned_kept_bytes() == 0);
