@@ -63,6 +63,10 @@ inline constexpr size_t kDirect2Max = 32 * 1024;
 inline constexpr unsigned kDirect2Shift = 9;
 inline constexpr size_t kDirect2Count = (kDirect2Max >> kDirect2Shift) + 1;
 
+// A zeroed huge block (calloc) whose reused memory may hold old data from this size up is zeroed
+// by purging that memory (the OS maps zero pages on first touch) rather than by memset.
+inline constexpr size_t kZeroByPurgeMin = size_t{1} << 20;
+
 // Alignments up to this (half a segment) are served from a large span that starts at an aligned
 // slice of a segment, for blocks up to kLargeMax; beyond, a huge block (a run of chunks).
 inline constexpr size_t kLargeAlignMax = kSegmentSize / 2;

@@ -556,13 +556,33 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   huge_header(s, g, chunks, need, start, used_len, dirty_len);
   g_counters.huge_live.fetch_add(used_len, std::memory_order_relaxed);
   if (zero && !g.all_clean) {
-    // Only the part that was resident before can hold old data.
+    // Only the part that was resident before can hold old data. From 1 MiB up it is zeroed by
+    // giving it back to the OS, which maps zero pages where the program first touches: a big
+    // table that a program fills sparsely stays resident only where written, as fresh memory
+    // would (100 MB from calloc, every 64th page written, 30 times: peak RSS 101 MiB and
+    // 0.37 s with memset, which touched every page; glibc 2.6 MiB). A block the program then
+    // fills whole pays a page fault per OS page instead of a memset of memory possibly resident.
     size_t dirty_end = g.dirty_extent < used_len ? g.dirty_extent : used_len;
     size_t dirty_from_start = dirty_end > (start - sb) ? dirty_end - (start - sb) : 0;
-    memset(reinterpret_cast<void*>(start), 0, dirty_from_start < n ? dirty_from_start : n);
+    size_t len = dirty_from_start < n ? dirty_from_start : n;
+    size_t whole = len & ~(os::page_size() - 1);
+    if (len >= kZeroByPurgeMin && os::purge(reinterpret_cast<void*>(start), whole)) {
+      g_counters.purged.fetch_add(whole, std::memory_order_relaxed);
+      memset(reinterpret_cast<void*>(start + whole), 0, len - whole);
+    } else {
+      memset(reinterpret_cast<void*>(start), 0, len);
+    }
   }
-  hint_huge(s, start, start + n, n);
-  unhint_tail(g, start + n, need);
+  if (zero) {
+    // A zeroed block (calloc) asks for no huge pages, and takes off the flag an earlier block
+    // left on its chunks: the OS's zero pages already give it lazily, and a big table that the
+    // program fills sparsely would become resident 2 MiB at a touch (100 MB from calloc, every
+    // 64th page written: peak RSS 101 MiB with huge pages, 3.5 MiB without; glibc 2.6).
+    unhint_tail(g, start, need);
+  } else {
+    hint_huge(s, start, start + n, n);
+    unhint_tail(g, start + n, need);
+  }
   if (g_secure) os::protect(reinterpret_cast<char*>(s) + used_len, kSliceSize, false);
   segmap_set(s, chunks);
   return reinterpret_cast<void*>(start);

@@ -213,6 +213,36 @@ TEST_CASE("calloc: blocks are zero even when they reuse dirty memory") {
   nebula_free(q);
 }
 
+// A big calloc on memory a freed block left resident zeroes it by purging it, and asks for no
+// transparent huge pages: a table the program fills sparsely becomes resident only where
+// written (memset made every page resident, and a huge page made 2 MiB resident per touch).
+TEST_CASE("calloc: a big block on reused resident memory is zeroed by purging, without huge pages") {
+  settle();
+  const size_t n = size_t{24} << 20;
+  auto resident_pages = [](const void* p, size_t len) {
+    std::vector<unsigned char> v(len / 4096);
+    REQUIRE(mincore(const_cast<void*>(p), len, v.data()) == 0);
+    size_t c = 0;
+    for (unsigned char x : v) c += x & 1;
+    return c;
+  };
+  auto* p = static_cast<uint8_t*>(nebula_malloc(n));
+  REQUIRE(p != nullptr);
+  memset(p, 0xAB, n);
+  CHECK(resident_pages(p, n) == n / 4096);
+  nebula_free(p);  // its chunks stay resident in the arena (within `retain`)
+  auto* q = static_cast<uint8_t*>(nebula_calloc(1, n));
+  REQUIRE(q != nullptr);
+  REQUIRE(q == p);  // the most resident free run: the same chunks
+  CHECK(resident_pages(q, n) <= 16);
+  size_t nonzero = 0;
+  for (size_t off = 0; off < n; off += 1 << 20) nonzero += q[off] != 0 || q[off + 4095] != 0;
+  CHECK(nonzero == 0);
+  CHECK(resident_pages(q, n) <= 16 + 24);  // one OS page per MiB touched, not a 2 MiB page
+  CHECK(all_zero(q, n));
+  nebula_free(q);
+}
+
 // New blocks carved from a span that held other blocks before (resident, not purged) are not
 // zero: page_extend marks them like freed blocks, and calloc clears them.
 TEST_CASE("calloc: new blocks carved from reused resident slices are zero") {
