@@ -163,6 +163,9 @@ struct Segment {
                                         // for the next thread (segment_abandon_keep)
   uint64_t free_slices;                 // bitmap: slice not in any span (owner)
   uint64_t dirty_slices;                // bitmap: slice may be resident (owner)
+  Segment* next;                        // in the heap's segment list or the abandoned list
+  Segment* prev;                        // (in the first cache line with the bitmaps: a span
+                                        // search walks the list reading only this line)
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
   size_t mapped_size;                   // bytes of the segment (huge: chunk_count * 4 MiB)
   size_t huge_len;                      // huge: bytes from the segment start counted committed
@@ -174,11 +177,11 @@ struct Segment {
   uintptr_t huge_start;                 // huge: the block's address
   uint64_t exit_ms;                     // abandoned by its thread's exit (or a quiet join) then;
                                         // 0: abandoned otherwise, or owned
-  Segment* next;                        // in the heap's segment list or the abandoned list
-  Segment* prev;
   Page pages[kSlicesPerSegment];        // one descriptor per slice (64-byte aligned)
 };
 static_assert(sizeof(Segment) <= 5 * 4096, "segment header must stay within a few OS pages");
+static_assert(offsetof(Segment, prev) + sizeof(Segment*) <= 64 && offsetof(Segment, free_slices) < 64,
+              "the span search reads one cache line per segment");
 static_assert(kSliceSize / kMinAlign <= 512 * 8, "512 bytes of bits cover a small page");
 static_assert(sizeof(Segment) < kSliceSize, "the header must fit in slice 0");
 
