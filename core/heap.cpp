@@ -379,7 +379,6 @@ void heaps_purge_idle(Heap* me, uint64_t now, bool force) noexcept {
     heap_purge_segments(h, now, force);
     h->seg_lock.unlock();
   }
-  abandoned_purge_kept(now, force);
 }
 
 void heap_maintenance(Heap* heap, bool force) noexcept {

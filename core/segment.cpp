@@ -19,7 +19,6 @@ Segment* g_abandoned = nullptr;          // singly linked through Segment::next 
 std::atomic<size_t> g_abandoned_count{0};
 std::atomic<size_t> g_abandoned_kept{0};  // bytes of free slices kept resident by abandoned segments
 
-
 constexpr uint64_t run_mask(unsigned first, unsigned n) {
   return (n >= 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << first;
 }

@@ -175,8 +175,8 @@ struct Segment {
   std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
                                         // free of a full page reads it to reach the heap)
   uintptr_t huge_start;                 // huge: the block's address
-  uint64_t exit_ms;                     // abandoned by its thread's exit (or a quiet join) then;
-                                        // 0: abandoned otherwise, or owned
+  uint64_t exit_ms;                     // abandoned by its thread's exit then; 0: abandoned
+                                        // otherwise (a join), or owned
   Page pages[kSlicesPerSegment];        // one descriptor per slice (64-byte aligned)
 };
 static_assert(sizeof(Segment) <= 5 * 4096, "segment header must stay within a few OS pages");
