@@ -149,6 +149,18 @@ static void *consumer(void *arg) {
   }
 }
 
+/* Threads one after another, each created, running fn and joined before the next. */
+static void one_after_another(void *(*fn)(void *), int count) {
+  for (int i = 0; i < count; i++) {
+    pthread_t th;
+    if (pthread_create(&th, NULL, fn, NULL) != 0) {
+      fprintf(stderr, "patterns: pthread_create failed\n");
+      exit(1);
+    }
+    pthread_join(th, NULL);
+  }
+}
+
 static void run(const char *name) {
   if (!strcmp(name, "oversubscribed")) {
     pthread_t th[RING];
@@ -185,11 +197,7 @@ static void run(const char *name) {
       for (int i = 0; i < 1000; i++) free(a[i]);
     }
   } else if (!strcmp(name, "thread-per-task")) {
-    for (int i = 0; i < 5000; i++) {
-      pthread_t th;
-      pthread_create(&th, NULL, short_task, NULL);
-      pthread_join(th, NULL);
-    }
+    one_after_another(short_task, 5000);
   } else if (!strcmp(name, "fork")) {
     void *a[100];
     for (int i = 0; i < 100; i++) a[i] = must(malloc(1000));
@@ -226,11 +234,7 @@ static void run(const char *name) {
     }
     for (int k = 0; k < 64; k++) free(a[k]);
   } else if (!strcmp(name, "task-big")) {
-    for (int i = 0; i < 1000; i++) {
-      pthread_t th;
-      pthread_create(&th, NULL, big_task, NULL);
-      pthread_join(th, NULL);
-    }
+    one_after_another(big_task, 1000);
   } else if (!strcmp(name, "many-threads")) {
     enum { T = 1000 };
     static pthread_t th[T];

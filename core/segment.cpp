@@ -260,6 +260,15 @@ static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except) {
   heap->punch_want += static_cast<size_t>(fresh) << kSliceShift;
 }
 
+// A span at slice idx of a new segment; nullptr (the segment given back) over the budget.
+static Page* span_in_new_segment(Heap* heap, unsigned idx, unsigned slices, PageKind kind) {
+  Segment* s = segment_new(heap);
+  if (s == nullptr) return nullptr;
+  Page* page = take_span(heap, s, idx, slices, kind);
+  if (page == nullptr) segment_free(s);
+  return page;
+}
+
 Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices) noexcept {
   HeapSegGuard guard(heap);
   if (min_slices == 0 || min_slices > slices) min_slices = slices;
@@ -308,11 +317,9 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
     // No room in our own segments: adopt one an exited thread left behind, then try again.
     if (attempt == 0 && !segment_reclaim_one(heap)) break;
   }
-  Segment* s = segment_new(heap);
-  if (s == nullptr) return nullptr;
-  Page* page = take_span(heap, s, 1, slices, kind);
-  if (page == nullptr) segment_free(s);  // over budget: give the empty segment back
-  else if (page->is_clean) purge_unfit(heap, slices, s);  // (a chunk reused resident is not growth)
+  Page* page = span_in_new_segment(heap, 1, slices, kind);
+  if (page != nullptr && page->is_clean)  // (a chunk reused resident is not growth)
+    purge_unfit(heap, slices, segment_of(page));
   return page;
 }
 
@@ -400,11 +407,7 @@ static Page* span_alloc_aligned(Heap* heap, unsigned slices, unsigned step) {
     if (best != nullptr) return take_span(heap, best, best_idx, slices, PageKind::kLarge);
     if (attempt == 0 && !segment_reclaim_one(heap)) break;
   }
-  Segment* s = segment_new(heap);
-  if (s == nullptr) return nullptr;
-  Page* page = take_span(heap, s, step, slices, PageKind::kLarge);
-  if (page == nullptr) segment_free(s);  // over budget: give the empty segment back
-  return page;
+  return span_in_new_segment(heap, step, slices, PageKind::kLarge);
 }
 
 // ---- Large blocks: one block in a span of its own -------------------------------------------
