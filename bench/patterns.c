@@ -11,6 +11,10 @@
  *   fork            300 fork + child malloc/free + _exit + waitpid, 100 blocks live in the parent
  *   memalign-2m     50 rounds of 200 posix_memalign(2 MiB, 100000), written, freed
  *   big-random      200,000 replacements in a working set of 64 blocks of 64 KiB-1.1 MiB
+ *   big-many        200,000 replacements in a working set of 1,024 blocks of 64 KiB-1.1 MiB
+ *                   (about 600 MiB live, 150 segments: the cost of finding a span)
+ *   big-whole       20,000 replacements in a working set of 256 blocks of 64 KiB-1.1 MiB, each
+ *                   written whole (page faults when freed memory is given back and reused)
  *   task-big        1,000 threads one after another, each with 4 MiB in blocks of 64 KiB-1 MiB
  *   many-threads    1,000 threads alive at once, 20 blocks of 16-2000 bytes each, then all exit
  *   handoff-big     a producer passes 20,000 blocks of 256 KiB to a consumer (queue of 16)
@@ -161,6 +165,28 @@ static void one_after_another(void *(*fn)(void *), int count) {
   }
 }
 
+/* `ops` replacements at random in a working set of `live` blocks of 64 KiB-1.1 MiB; each new
+ * block has its first and last byte written, or all of it with `whole`. */
+static void big_replace(int live, int ops, int whole) {
+  void **a = must(calloc((size_t)live, sizeof *a));
+  unsigned s = 1;
+  for (int i = 0; i < ops; i++) {
+    s = s * 1103515245 + 12345;
+    int k = (int)((s >> 8) % (unsigned)live);
+    free(a[k]);
+    size_t n = 65536 + (s >> 12) % (1 << 20);
+    a[k] = must(malloc(n));
+    if (whole) {
+      memset(a[k], 1, n);
+    } else {
+      ((char *)a[k])[0] = 1;
+      ((char *)a[k])[n - 1] = 1;
+    }
+  }
+  for (int k = 0; k < live; k++) free(a[k]);
+  free(a);
+}
+
 static void run(const char *name) {
   if (!strcmp(name, "oversubscribed")) {
     pthread_t th[RING];
@@ -221,18 +247,11 @@ static void run(const char *name) {
       for (int i = 0; i < 200; i++) free(a[i]);
     }
   } else if (!strcmp(name, "big-random")) {
-    void *a[64] = {0};
-    unsigned s = 1;
-    for (int i = 0; i < 200000; i++) {
-      s = s * 1103515245 + 12345;
-      int k = (int)((s >> 8) % 64);
-      free(a[k]);
-      size_t n = 65536 + (s >> 12) % (1 << 20);
-      a[k] = must(malloc(n));
-      ((char *)a[k])[0] = 1;
-      ((char *)a[k])[n - 1] = 1;
-    }
-    for (int k = 0; k < 64; k++) free(a[k]);
+    big_replace(64, 200000, 0);
+  } else if (!strcmp(name, "big-many")) {
+    big_replace(1024, 200000, 0);
+  } else if (!strcmp(name, "big-whole")) {
+    big_replace(256, 20000, 1);
   } else if (!strcmp(name, "task-big")) {
     one_after_another(big_task, 1000);
   } else if (!strcmp(name, "many-threads")) {

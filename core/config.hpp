@@ -67,6 +67,15 @@ inline constexpr size_t kDirect2Count = (kDirect2Max >> kDirect2Shift) + 1;
 // by purging that memory (the OS maps zero pages on first touch) rather than by memset.
 inline constexpr size_t kZeroByPurgeMin = size_t{1} << 20;
 
+// A span search looks at most at this many segments of the heap's span index (the shortest
+// bins that fit first) for the best of their runs: the cost of an allocation stays bounded
+// however many segments a heap holds; with fewer, the search sees every candidate.
+inline constexpr unsigned kSpanScan = 8;
+
+// Free resident slices a heap may hold, as a fraction of its slices in use, before a span that
+// takes new slices returns as many resident ones to the OS (purge_unfit).
+inline constexpr unsigned kUnfitSlackDiv = 8;
+
 // Alignments up to this (half a segment) are served from a large span that starts at an aligned
 // slice of a segment, for blocks up to kLargeMax; beyond, a huge block (a run of chunks).
 inline constexpr size_t kLargeAlignMax = kSegmentSize / 2;

@@ -348,6 +348,8 @@ int find_most_dirty_run(uint64_t free, uint64_t dirty, unsigned n, unsigned* sco
 // Among the maximal runs of set bits in m, the shortest of at least n bits (its first index,
 // -1 if none; *len gets its length): where a span goes among the resident free slices.
 int find_best_run(uint64_t m, unsigned n, unsigned* len) noexcept;
+// The length of the longest run of set bits in m (the span index's bins).
+unsigned longest_run(uint64_t m) noexcept;
 bool span_free(Segment* s, Page* page) noexcept;   // true: the segment was freed too
 void* huge_alloc(size_t n, size_t align, bool zero) noexcept;
 void huge_free(Segment* s, Page* page) noexcept;

@@ -854,6 +854,8 @@ void fork_child() noexcept {
     // it torn, so walk it with a bound and detach each segment without trusting back links.
     Segment* s = h->segments;
     h->segments = nullptr;
+    memset(static_cast<void*>(h->bins), 0, sizeof h->bins);
+    h->bin_mask[0] = h->bin_mask[1] = 0;
     size_t bound = g_counters.segments.load(std::memory_order_relaxed) + 1;
     for (size_t i = 0; s != nullptr && i < bound; ++i) {
       Segment* next = s->next;

@@ -23,13 +23,6 @@ constexpr uint64_t run_mask(unsigned first, unsigned n) {
   return (n >= 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << first;
 }
 
-// Lowest index where `n` consecutive bits of m are set, or -1.
-int find_free_run(uint64_t m, unsigned n) {
-  uint64_t r = m;
-  for (unsigned k = 1; k < n && r != 0; ++k) r &= m >> k;
-  return r == 0 ? -1 : static_cast<int>(ctz64(r));
-}
-
 }  // namespace
 
 // Among the maximal runs of set bits in m, the shortest one of at least n bits (best fit):
@@ -54,7 +47,75 @@ int find_best_run(uint64_t m, unsigned n, unsigned* len) noexcept {
   return best;
 }
 
+// The length of the longest run of set bits in m: one step per run (a segment's bitmaps hold a
+// few runs; an O(log 64) search by doubling cost 1.6 x the instructions on glibc-simple).
+unsigned longest_run(uint64_t m) noexcept {
+  unsigned best = 0;
+  while (m != 0) {
+    const unsigned lo = ctz64(m);
+    const uint64_t inv = ~(m >> lo);
+    const unsigned len = inv == 0 ? 64 - lo : ctz64(inv);
+    if (len > best) best = len;
+    m &= m + (uint64_t{1} << lo);  // the carry clears the lowest run
+  }
+  return best;
+}
+
 namespace {
+
+// ---- The span index (Heap::bins) ----------------------------------------------------------
+
+void bin_unlink(Heap* heap, Segment* s, unsigned k) {
+  const unsigned b = s->bin[k];
+  if (b == 0) return;
+  if (s->bin_prev[k] != nullptr) {
+    s->bin_prev[k]->bin_next[k] = s->bin_next[k];
+  } else {
+    heap->bins[k][b] = s->bin_next[k];
+    if (s->bin_next[k] == nullptr) heap->bin_mask[k] &= ~(uint64_t{1} << b);
+  }
+  if (s->bin_next[k] != nullptr) s->bin_next[k]->bin_prev[k] = s->bin_prev[k];
+  s->bin[k] = 0;
+}
+
+// After s's free or dirty slices changed: move it to the bins of its longest runs now (at the
+// front of a bin it enters; where it stays, it keeps its place).
+void bins_update(Heap* heap, Segment* s) {
+  const uint64_t runs[2] = {s->free_slices & s->dirty_slices, s->free_slices};
+  const unsigned longest0 = longest_run(runs[0]);
+  const unsigned longest[2] = {longest0, runs[1] == runs[0] ? longest0 : longest_run(runs[1])};
+  for (unsigned k = 0; k < 2; ++k) {
+    const unsigned b = longest[k];
+    if (b == s->bin[k]) continue;
+    bin_unlink(heap, s, k);
+    if (b == 0) continue;
+    s->bin[k] = static_cast<uint8_t>(b);
+    s->bin_prev[k] = nullptr;
+    s->bin_next[k] = heap->bins[k][b];
+    if (s->bin_next[k] != nullptr) s->bin_next[k]->bin_prev[k] = s;
+    heap->bins[k][b] = s;
+    heap->bin_mask[k] |= uint64_t{1} << b;
+  }
+}
+
+// s's slices changed: `used` more in spans, `resident_free` more free and resident (either may
+// be negative; the callers know them without counting bits). Its heap's totals and bins follow.
+void segment_changed(Segment* s, int used, int resident_free) {
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
+  if (heap == nullptr) return;
+  heap->used_slices += static_cast<uint32_t>(used);
+  heap->resident_free_slices += static_cast<uint32_t>(resident_free);
+  bins_update(heap, s);
+}
+
+// fn(s) on the segments whose longest run in bins[k] is at least n slices, shortest bins first,
+// until fn returns true or `limit` segments have been seen. fn must not change the bins.
+template <class Fn>
+void bins_scan(Heap* heap, unsigned k, unsigned n, unsigned limit, Fn fn) {
+  for (uint64_t m = heap->bin_mask[k] & (~uint64_t{0} << n); m != 0; m &= m - 1)
+    for (Segment* s = heap->bins[k][ctz64(m)]; s != nullptr; s = s->bin_next[k])
+      if (fn(s) || --limit == 0) return;
+}
 
 void heap_segments_push(Heap* heap, Segment* s) {
   s->prev = nullptr;
@@ -62,6 +123,10 @@ void heap_segments_push(Heap* heap, Segment* s) {
   if (heap->segments != nullptr) heap->segments->prev = s;
   heap->segments = s;
   heap->segment_count++;
+  s->bin[0] = s->bin[1] = 0;
+  heap->used_slices += kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
+  heap->resident_free_slices += static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
+  bins_update(heap, s);
 }
 
 // A segment of the heap has free slices to purge at `at`: keep the heap's earliest purge time,
@@ -77,6 +142,10 @@ void heap_segments_remove(Heap* heap, Segment* s) {
   if (s->next != nullptr) s->next->prev = s->prev;
   s->next = s->prev = nullptr;
   heap->segment_count--;
+  bin_unlink(heap, s, 0);
+  bin_unlink(heap, s, 1);
+  heap->used_slices -= kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
+  heap->resident_free_slices -= static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
 }
 
 // `zeroed`: the header is fresh memory, every field 0 already: only the first line of each
@@ -153,9 +222,6 @@ Segment* segment_new(Heap* heap) {
     s->purge_at_ms = os::clock_ms() + static_cast<uint64_t>(option(Option::kPurgeDelay));
     note_purge_due(heap, s->purge_at_ms);
   }
-  s->mapped_size = kSegmentSize;
-  s->huge_len = 0;
-  s->huge_used = 0;
   s->owner_heap.store(heap, std::memory_order_relaxed);
   reset_descriptors(s, 0, kSlicesPerSegment, !(g.dirty_first & 1));
   heap_segments_push(heap, s);
@@ -177,7 +243,8 @@ void segment_free(Segment* s) {
 bool claim_slices(Segment* s, unsigned idx, unsigned slices, bool* clean) {
   uint64_t mask = run_mask(idx, slices);
   uint64_t fresh = mask & ~s->dirty_slices;
-  size_t fresh_bytes = static_cast<size_t>(popcount64(fresh)) << kSliceShift;
+  const unsigned fresh_count = static_cast<unsigned>(popcount64(fresh));
+  size_t fresh_bytes = static_cast<size_t>(fresh_count) << kSliceShift;
   if (fresh != 0 && !budget_charge(fresh_bytes)) return false;
   if (!os::commit(reinterpret_cast<char*>(s) + (static_cast<size_t>(idx) << kSliceShift),
                   static_cast<size_t>(slices) << kSliceShift)) {
@@ -188,6 +255,7 @@ bool claim_slices(Segment* s, unsigned idx, unsigned slices, bool* clean) {
   *clean = fresh == mask;
   s->dirty_slices |= mask;
   if ((s->free_slices & s->dirty_slices) == 0) s->purge_at_ms = 0;
+  segment_changed(s, static_cast<int>(slices), -static_cast<int>(slices - fresh_count));
   return true;
 }
 
@@ -232,9 +300,9 @@ int find_most_dirty_run(uint64_t free, uint64_t dirty, unsigned n, unsigned* sco
 }
 
 bool heap_has_room_elsewhere(Heap* heap, const Segment* except, unsigned slices) noexcept {
-  for (Segment* s = heap->segments; s != nullptr; s = s->next)
-    if (s != except && find_free_run(s->free_slices, slices) >= 0) return true;
-  return false;
+  bool found = false;
+  bins_scan(heap, 1, slices, 2, [&](Segment* s) { return found = s != except; });
+  return found;
 }
 
 static void purge_slices(Segment* s, uint64_t m);
@@ -242,22 +310,35 @@ static void purge_slices(Segment* s, uint64_t m);
 // A span is taking `fresh` slices that were not resident, while every run of resident free
 // slices the heap holds was too short for it: return as many of those to the OS, so that the
 // footprint does not grow by memory that is free (they are purged after the delay anyway).
-static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except) {
-  for (Segment* s = heap->segments; s != nullptr && fresh != 0; s = s->next) {
-    if (s == except) continue;
-    uint64_t m = s->free_slices & s->dirty_slices & ~uint64_t{1};
-    uint64_t take = 0;
-    while (m != 0 && fresh != 0) {
-      uint64_t low = m & (~m + 1);
-      take |= low;
-      m &= m - 1;
-      --fresh;
+// For a large block, resident free slices up to 1/kUnfitSlackDiv of the heap's slices in use
+// stay: a program that replaces big blocks of mixed sizes reuses them soon, and purging them for
+// each new block cost it a page fault per reuse (blocks of 64 KiB-1.1 MiB written whole: 7 x
+// glibc's faults). Pages of small and medium blocks get no slack: a program whose strings grow
+// through the classes leaves runs that the next classes' pages cannot use (`strbuild`: +10 MiB
+// with the slack). The segments with the longest resident runs go first: the short runs stay
+// for small spans, which take them without new memory.
+static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except, PageKind kind) {
+  const uint32_t slack = kind == PageKind::kLarge ? heap->used_slices / kUnfitSlackDiv : 0;
+  unsigned purge = heap->resident_free_slices <= slack ? 0 : heap->resident_free_slices - slack;
+  if (purge > fresh) purge = fresh;
+  fresh -= purge;
+  while (purge != 0) {
+    Segment* victim = nullptr;
+    for (uint64_t bm = heap->bin_mask[0]; bm != 0 && victim == nullptr;) {
+      const unsigned top = 63 - clz64(bm);
+      Segment* t = heap->bins[0][top];
+      victim = t != except ? t : t->bin_next[0];
+      bm &= ~(uint64_t{1} << top);
     }
-    if (take != 0) purge_slices(s, take);
+    if (victim == nullptr) break;
+    uint64_t m = victim->free_slices & victim->dirty_slices;
+    uint64_t take = 0;
+    for (; m != 0 && purge != 0; m &= m - 1, --purge) take |= m & (~m + 1);
+    purge_slices(victim, take);
   }
   // Still growing: sparse pages give back the memory of their free blocks too, once the
   // allocation is done (heap_grew).
-  heap->punch_want += static_cast<size_t>(fresh) << kSliceShift;
+  heap->punch_want += static_cast<size_t>(fresh + purge) << kSliceShift;
 }
 
 // A span at slice idx of a new segment; nullptr (the segment given back) over the budget.
@@ -273,7 +354,8 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
   HeapSegGuard guard(heap);
   if (min_slices == 0 || min_slices > slices) min_slices = slices;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    // Slices that are still resident first, in any of our segments: no page faults, no new
+    // Slices that are still resident first, in any of our segments (the span index's bins of
+    // resident runs, shortest first, up to kSpanScan segments): no page faults, no new
     // RSS; the shortest resident run that fits (a one-slice page takes a one-slice hole, not the
     // start of a run a medium page could use later). A page with no such run takes a smaller
     // size from a shorter resident run (halving, then min_slices) rather than new memory:
@@ -283,7 +365,7 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
       Segment* fit = nullptr;
       int fit_idx = -1;
       unsigned fit_len = 65;
-      for (Segment* s = heap->segments; s != nullptr && fit_len != n; s = s->next) {
+      bins_scan(heap, 0, n, kSpanScan, [&](Segment* s) {
         unsigned len;
         int idx = find_best_run(s->free_slices & s->dirty_slices, n, &len);
         if (idx >= 0 && len < fit_len) {
@@ -291,7 +373,8 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
           fit_idx = idx;
           fit_len = len;
         }
-      }
+        return fit_len == n;
+      });
       if (fit != nullptr) return take_span(heap, fit, static_cast<unsigned>(fit_idx), n, kind);
       if (n == min_slices) break;
     }
@@ -299,8 +382,7 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
     Segment* best = nullptr;
     int best_idx = -1;
     unsigned best_score = 0;
-    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
-      if (static_cast<unsigned>(popcount64(s->free_slices)) < slices) continue;
+    bins_scan(heap, 1, slices, kSpanScan, [&](Segment* s) {
       unsigned score;
       int idx = find_most_dirty_run(s->free_slices, s->dirty_slices, slices, &score);
       if (idx >= 0 && (best == nullptr || score > best_score)) {
@@ -308,10 +390,11 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
         best_idx = idx;
         best_score = score;
       }
-    }
+      return false;
+    });
     if (best != nullptr) {
       Page* page = take_span(heap, best, static_cast<unsigned>(best_idx), slices, kind);
-      if (page != nullptr && best_score < slices) purge_unfit(heap, slices - best_score, nullptr);
+      if (page != nullptr && best_score < slices) purge_unfit(heap, slices - best_score, nullptr, kind);
       return page;
     }
     // No room in our own segments: adopt one an exited thread left behind, then try again.
@@ -319,7 +402,7 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
   }
   Page* page = span_in_new_segment(heap, 1, slices, kind);
   if (page != nullptr && page->is_clean)  // (a chunk reused resident is not growth)
-    purge_unfit(heap, slices, segment_of(page));
+    purge_unfit(heap, slices, segment_of(page), kind);
   return page;
 }
 
@@ -334,12 +417,21 @@ static bool span_free_internal(Segment* s, Page* page) {
     size_t bytes = static_cast<size_t>(popcount64(page->punched[0]) + popcount64(page->punched[1])) * os::page_size();
     if (bytes != 0 && !budget_charge(bytes)) committed_add(bytes);
   }
-  reset_descriptors(s, idx, slices, false);
+  // The tails' descriptors hold nothing but their head link (take_span and large_grow write
+  // only that): the head is reset whole, each tail gets its own link back, one cache line each
+  // instead of the three a whole reset writes (a free of 18 slices wrote 3.4 KiB).
+  reset_descriptors(s, idx, 1, false);
+  for (unsigned j = 1; j < slices; ++j) s->pages[idx + j].head = &s->pages[idx + j];
   s->free_slices |= run_mask(idx, slices);
+  if (heap != nullptr) {
+    heap->used_slices -= slices;  // (a live span's slices are all resident)
+    heap->resident_free_slices += slices;
+  }
   if (--s->used_spans == 0) {
     segment_free(s);
     return true;
   }
+  if (heap != nullptr) bins_update(heap, s);
   if (s->purge_at_ms == 0) {
     s->purge_at_ms = os::clock_ms() + static_cast<uint64_t>(option(Option::kPurgeDelay));
     if (heap != nullptr) note_purge_due(heap, s->purge_at_ms);
@@ -366,13 +458,15 @@ static void purge_slices(Segment* s, uint64_t m) {
     g_counters.purge_calls.fetch_add(1, std::memory_order_relaxed);
     left &= ~run_mask(lo, len);
   }
-  size_t bytes = static_cast<size_t>(popcount64(m)) << kSliceShift;
+  const unsigned count = static_cast<unsigned>(popcount64(m));
+  size_t bytes = static_cast<size_t>(count) << kSliceShift;
   if (bytes != 0) {
     budget_release(bytes);
     g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
   }
   s->dirty_slices &= ~m;
   if ((s->free_slices & s->dirty_slices & ~uint64_t{1}) == 0) s->purge_at_ms = 0;
+  segment_changed(s, 0, -static_cast<int>(count));
 }
 
 void segment_purge(Segment* s, uint64_t now, bool force) noexcept {

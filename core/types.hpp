@@ -159,27 +159,43 @@ struct Segment {
   uint16_t arena_index;                 // which arena (if not solo)
   uint32_t chunk_count;                 // size in 4 MiB chunks
   uint32_t used_spans;                  // live pages in this segment (owner)
-  uint32_t kept_slices;                 // abandoned: free resident slices its thread's exit kept
+  uint16_t kept_slices;                 // abandoned: free resident slices its thread's exit kept
                                         // for the next thread (segment_abandon_keep)
+  uint8_t bin[2];                       // normal: its bins in the heap's span index (below)
   uint64_t free_slices;                 // bitmap: slice not in any span (owner)
   uint64_t dirty_slices;                // bitmap: slice may be resident (owner)
   Segment* next;                        // in the heap's segment list or the abandoned list
   Segment* prev;                        // (in the first cache line with the bitmaps: a span
-                                        // search walks the list reading only this line)
+                                        // search reads only this line of a segment)
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
-  size_t mapped_size;                   // bytes of the segment (huge: chunk_count * 4 MiB)
-  size_t huge_len;                      // huge: bytes from the segment start counted committed
-                                        // (the block, and a resident tail kept from a bigger
-                                        // block before; nothing beyond is resident)
-  size_t huge_used;                     // huge: bytes from the segment start to the block's end
   std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
                                         // free of a full page reads it to reach the heap)
-  uintptr_t huge_start;                 // huge: the block's address
   uint64_t exit_ms;                     // abandoned by its thread's exit then; 0: abandoned
                                         // otherwise (a join), or owned
+  // Huge segments belong to no heap and normal ones have no huge block: the two share the
+  // rest of the second line (the descriptors start at 128, so that the last one's
+  // thread_free line begins an OS page: see reset_descriptors).
+  union {
+    struct {
+      size_t huge_len;                  // bytes from the segment start counted committed (the
+                                        // block, and a resident tail kept from a bigger block
+                                        // before; nothing beyond is resident)
+      size_t huge_used;                 // bytes from the segment start to the block's end
+      uintptr_t huge_start;             // the block's address
+      size_t mapped_size;               // solo: bytes of its own mapping
+    };
+    struct {
+      // Its place in its heap's span index (Heap::bins): k = 0 by its longest run of resident
+      // free slices (free & dirty), k = 1 by its longest run of free slices; bin[k] == 0: in
+      // no bin.
+      Segment* bin_next[2];
+      Segment* bin_prev[2];
+    };
+  };
   Page pages[kSlicesPerSegment];        // one descriptor per slice (64-byte aligned)
 };
 static_assert(sizeof(Segment) <= 5 * 4096, "segment header must stay within a few OS pages");
+static_assert(offsetof(Segment, pages) == 128, "the descriptors start at the third line");
 static_assert(offsetof(Segment, prev) + sizeof(Segment*) <= 64 && offsetof(Segment, free_slices) < 64,
               "the span search reads one cache line per segment");
 static_assert(kSliceSize / kMinAlign <= 512 * 8, "512 bytes of bits cover a small page");
@@ -213,6 +229,14 @@ struct Heap {
   std::atomic<Block*> delayed_free{nullptr};  // blocks freed by other threads into full pages
   uintptr_t thread_id = 0;              // owning thread
   Segment* segments = nullptr;          // segments owned by this heap
+  // The span index: bins[k][n] lists the segments whose longest run of resident free slices
+  // (k = 0) or of free slices (k = 1) is n slices long (n = 1..63); bit n of bin_mask[k] is set
+  // while that list is not empty. A span search reads a few segments from the shortest
+  // bins that fit instead of every segment's header (a heap of 1 GiB has 256 of them).
+  Segment* bins[2][kSlicesPerSegment] = {};
+  uint64_t bin_mask[2] = {};
+  uint32_t resident_free_slices = 0;    // free slices its segments hold resident, in all
+  uint32_t used_slices = 0;             // slices in spans (and guards), in all its segments
   // Held while the heap's segment list or its segments' slice bitmaps and purge times change
   // (HeapSegGuard: the owner, re-entrantly) and while another thread purges the free slices of
   // a heap whose owner has gone quiet (heaps_purge_idle, which only ever tries it).

@@ -239,7 +239,7 @@ class Worker {
 inline int check_heap_invariants(Heap* h) {
   int errors = 0;
   auto fail = [&](const char* what, const void* where) {
-    if (++errors <= 8) FAIL_CHECK(what << " at " << where);
+    if (++errors <= 8) FAIL_CHECK(std::string(what) << " at " << where);
   };
   std::set<const Page*> in_full;
   for (const Page* p = h->full.first; p != nullptr; p = p->next) in_full.insert(p);
@@ -250,8 +250,11 @@ inline int check_heap_invariants(Heap* h) {
       if (p->size_class != c) fail("page in the queue of another class", p);
     }
   unsigned segs = 0;
+  uint32_t used_slices = 0, resident_free_slices = 0;
   for (Segment* s = h->segments; s != nullptr; s = s->next) {
     ++segs;
+    used_slices += kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
+    resident_free_slices += static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
     if (s->owner_heap.load() != h) fail("segment of the heap names another owner", s);
     if (s->thread_id.load() != h->thread_id) fail("segment thread id differs from the heap's", s);
     if (s->free_slices & 1) fail("header slice marked free", s);
@@ -290,8 +293,33 @@ inline int check_heap_invariants(Heap* h) {
       i += p->slice_count;
     }
     if (heads != s->used_spans) fail("used_spans differs from the number of live spans", s);
+    // The span index: each segment in the bins of its longest free and resident free runs.
+    const uint64_t runs[2] = {s->free_slices & s->dirty_slices, s->free_slices};
+    for (unsigned k = 0; k < 2; ++k) {
+      unsigned longest = 0;
+      for (uint64_t m = runs[k]; m != 0; m &= m >> 1) ++longest;
+      if (s->bin[k] != longest) fail("segment in the bin of another run length", s);
+      bool listed = false;
+      for (Segment* t = h->bins[k][longest]; longest != 0 && t != nullptr && !listed; t = t->bin_next[k]) listed = t == s;
+      if (longest != 0 && !listed) fail("segment missing from its bin", s);
+    }
+  }
+  for (unsigned k = 0; k < 2; ++k) {
+    unsigned binned = 0;
+    for (unsigned b = 0; b < kSlicesPerSegment; ++b) {
+      if (((h->bin_mask[k] >> b) & 1) != (h->bins[k][b] != nullptr)) fail("bin mask differs from the bins", h);
+      Segment* prev = nullptr;
+      for (Segment* t = h->bins[k][b]; t != nullptr && binned <= segs; t = t->bin_next[k], ++binned) {
+        if (t->bin_prev[k] != prev) fail("bin list back link broken", t);
+        if (t->bin[k] != b || t->owner_heap.load() != h) fail("bin holds a segment that is not its own", t);
+        prev = t;
+      }
+    }
+    if (binned > segs) fail("more segments in the bins than in the heap", h);
   }
   if (segs != h->segment_count) fail("segment_count differs from the segment list", h);
+  if (used_slices != h->used_slices) fail("the heap's count of slices in use differs from its segments'", h);
+  if (resident_free_slices != h->resident_free_slices) fail("the heap's count of resident free slices differs from its segments'", h);
   if (direct_table_errors(h) != 0) fail("direct table out of date", h);
   return errors;
 }
