@@ -124,6 +124,8 @@ void heap_segments_push(Heap* heap, Segment* s) {
   heap->segments = s;
   heap->segment_count++;
   s->bin[0] = s->bin[1] = 0;
+  s->push_seq = ++heap->push_seq;
+  heap->large_slices += s->large_slices;
   heap->used_slices += kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
   heap->resident_free_slices += static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
   bins_update(heap, s);
@@ -144,6 +146,7 @@ void heap_segments_remove(Heap* heap, Segment* s) {
   heap->segment_count--;
   bin_unlink(heap, s, 0);
   bin_unlink(heap, s, 1);
+  heap->large_slices -= s->large_slices;
   heap->used_slices -= kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
   heap->resident_free_slices -= static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
 }
@@ -205,6 +208,7 @@ Segment* segment_new(Heap* heap) {
   s->chunk_count = 1;
   s->used_spans = 0;
   s->kept_slices = 0;
+  s->large_slices = 0;
   s->exit_ms = 0;
   s->free_slices = ~uint64_t{1};
   if (g_secure) {
@@ -269,7 +273,10 @@ Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind 
   page->slice_count = static_cast<uint16_t>(slices);
   page->kind = kind;
   set_page_flags(page, 0);
-  (void)heap;
+  if (kind == PageKind::kLarge) {
+    s->large_slices = static_cast<uint8_t>(s->large_slices + slices);
+    heap->large_slices += slices;
+  }
   for (unsigned j = 1; j < slices; ++j)
     s->pages[idx + j].head = page;
   heap->stats.pages_made[static_cast<unsigned>(kind)]++;
@@ -310,18 +317,30 @@ static void purge_slices(Segment* s, uint64_t m);
 // A span is taking `fresh` slices that were not resident, while every run of resident free
 // slices the heap holds was too short for it: return as many of those to the OS, so that the
 // footprint does not grow by memory that is free (they are purged after the delay anyway).
-// For a large block, resident free slices up to 1/kUnfitSlackDiv of the heap's slices in use
-// stay: a program that replaces big blocks of mixed sizes reuses them soon, and purging them for
-// each new block cost it a page fault per reuse (blocks of 64 KiB-1.1 MiB written whole: 7 x
-// glibc's faults). Pages of small and medium blocks get no slack: a program whose strings grow
-// through the classes leaves runs that the next classes' pages cannot use (`strbuild`: +10 MiB
-// with the slack). The segments with the longest resident runs go first: the short runs stay
-// for small spans, which take them without new memory.
+// For a large block (above 128 KiB), resident free slices up to a slack stay: 1/kUnfitSlackDiv
+// of the slices the heap's large blocks hold, less kUnfitSlackFloor. A program that replaces
+// big blocks of mixed sizes reuses those holes soon, and purging them for each new block cost
+// it a page fault per reuse (blocks of 64 KiB-1.1 MiB written whole: 7 x glibc's faults).
+// Pages of small and medium blocks get no slack: a program whose strings grow through the
+// classes leaves runs that the next classes' pages cannot use (`strbuild`: +10 MiB with it).
+// The newest segments (first in the heap's list) go first (`mstress` peaks 1 MiB lower than
+// with the longest resident runs first); past kSpanScan segments of the list, the index gives
+// the segments with the longest resident runs.
 static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except, PageKind kind) {
-  const uint32_t slack = kind == PageKind::kLarge ? heap->used_slices / kUnfitSlackDiv : 0;
+  const uint32_t share = kind == PageKind::kLarge ? heap->large_slices / kUnfitSlackDiv : 0;
+  const uint32_t slack = share > kUnfitSlackFloor ? share - kUnfitSlackFloor : 0;
   unsigned purge = heap->resident_free_slices <= slack ? 0 : heap->resident_free_slices - slack;
   if (purge > fresh) purge = fresh;
   fresh -= purge;
+  auto purge_from = [&purge](Segment* s) {
+    uint64_t m = s->free_slices & s->dirty_slices;
+    uint64_t take = 0;
+    for (; m != 0 && purge != 0; m &= m - 1, --purge) take |= m & (~m + 1);
+    if (take != 0) purge_slices(s, take);
+  };
+  unsigned walked = 0;
+  for (Segment* s = heap->segments; s != nullptr && purge != 0 && walked < kSpanScan; s = s->next, ++walked)
+    if (s != except) purge_from(s);
   while (purge != 0) {
     Segment* victim = nullptr;
     for (uint64_t bm = heap->bin_mask[0]; bm != 0 && victim == nullptr;) {
@@ -331,10 +350,7 @@ static void purge_unfit(Heap* heap, unsigned fresh, const Segment* except, PageK
       bm &= ~(uint64_t{1} << top);
     }
     if (victim == nullptr) break;
-    uint64_t m = victim->free_slices & victim->dirty_slices;
-    uint64_t take = 0;
-    for (; m != 0 && purge != 0; m &= m - 1, --purge) take |= m & (~m + 1);
-    purge_slices(victim, take);
+    purge_from(victim);
   }
   // Still growing: sparse pages give back the memory of their free blocks too, once the
   // allocation is done (heap_grew).
@@ -360,7 +376,9 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
     // start of a run a medium page could use later). A page with no such run takes a smaller
     // size from a shorter resident run (halving, then min_slices) rather than new memory:
     // as a program's blocks move up through the classes (strings that grow), the pages of the
-    // classes it left free runs shorter than the next class's page. Then any free run.
+    // classes it left free runs shorter than the next class's page. Then any free run. Of
+    // equal fits the newest segment wins (push_seq): allocation gathers where the heap took
+    // memory last and older segments drain (`mstress` peak RSS 1 MiB lower than bin order).
     for (unsigned n = slices;; n = n / 2 > min_slices ? n / 2 : min_slices) {
       Segment* fit = nullptr;
       int fit_idx = -1;
@@ -368,12 +386,12 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
       bins_scan(heap, 0, n, kSpanScan, [&](Segment* s) {
         unsigned len;
         int idx = find_best_run(s->free_slices & s->dirty_slices, n, &len);
-        if (idx >= 0 && len < fit_len) {
+        if (idx >= 0 && (len < fit_len || (len == fit_len && s->push_seq > fit->push_seq))) {
           fit = s;
           fit_idx = idx;
           fit_len = len;
         }
-        return fit_len == n;
+        return false;
       });
       if (fit != nullptr) return take_span(heap, fit, static_cast<unsigned>(fit_idx), n, kind);
       if (n == min_slices) break;
@@ -385,7 +403,7 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
     bins_scan(heap, 1, slices, kSpanScan, [&](Segment* s) {
       unsigned score;
       int idx = find_most_dirty_run(s->free_slices, s->dirty_slices, slices, &score);
-      if (idx >= 0 && (best == nullptr || score > best_score)) {
+      if (idx >= 0 && (best == nullptr || score > best_score || (score == best_score && s->push_seq > best->push_seq))) {
         best = s;
         best_idx = idx;
         best_score = score;
@@ -420,6 +438,10 @@ static bool span_free_internal(Segment* s, Page* page) {
   // The tails' descriptors hold nothing but their head link (take_span and large_grow write
   // only that): the head is reset whole, each tail gets its own link back, one cache line each
   // instead of the three a whole reset writes (a free of 18 slices wrote 3.4 KiB).
+  if (page->kind == PageKind::kLarge) {
+    s->large_slices = static_cast<uint8_t>(s->large_slices - slices);
+    if (heap != nullptr) heap->large_slices -= slices;
+  }
   reset_descriptors(s, idx, 1, false);
   for (unsigned j = 1; j < slices; ++j) s->pages[idx + j].head = &s->pages[idx + j];
   s->free_slices |= run_mask(idx, slices);
@@ -549,6 +571,8 @@ bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept {
   bool clean;
   if (!claim_slices(s, idx + old, add, &clean)) return false;
   for (unsigned j = old; j < slices; ++j) s->pages[idx + j].head = page;
+  s->large_slices = static_cast<uint8_t>(s->large_slices + add);
+  s->owner_heap.load(std::memory_order_relaxed)->large_slices += add;
   page->slice_count = static_cast<uint16_t>(slices);
   page->block_size = static_cast<uint32_t>(slices << kSliceShift);
   return true;

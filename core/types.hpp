@@ -172,6 +172,9 @@ struct Segment {
                                         // free of a full page reads it to reach the heap)
   uint64_t exit_ms;                     // abandoned by its thread's exit then; 0: abandoned
                                         // otherwise (a join), or owned
+  uint32_t push_seq;                    // its heap's count of segments taken when it took this
+                                        // one: of equal fits, a span search takes the newest
+  uint8_t large_slices;                 // slices in its large blocks' spans
   // Huge segments belong to no heap and normal ones have no huge block: the two share the
   // rest of the second line (the descriptors start at 128, so that the last one's
   // thread_free line begins an OS page: see reset_descriptors).
@@ -237,6 +240,8 @@ struct Heap {
   uint64_t bin_mask[2] = {};
   uint32_t resident_free_slices = 0;    // free slices its segments hold resident, in all
   uint32_t used_slices = 0;             // slices in spans (and guards), in all its segments
+  uint32_t large_slices = 0;            // slices in large blocks' spans, in all its segments
+  uint32_t push_seq = 0;                // segments it has taken (new or adopted)
   // Held while the heap's segment list or its segments' slice bitmaps and purge times change
   // (HeapSegGuard: the owner, re-entrantly) and while another thread purges the free slices of
   // a heap whose owner has gone quiet (heaps_purge_idle, which only ever tries it).

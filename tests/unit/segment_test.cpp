@@ -258,10 +258,10 @@ TEST_CASE("spans: a page takes a shorter resident run rather than new memory") {
 }
 
 // A span that must take slices that were not resident, while the heap's resident free runs are
-// all too short for it, returns as many of those to the OS, beyond a slack of 1/kUnfitSlackDiv
-// of the heap's slices in use: the footprint does not grow by memory that is free. A span that
-// finds a resident run purges nothing; a heap with many slices in use keeps a short hole
-// resident for its next blocks.
+// all too short for it, returns as many of those to the OS: the footprint does not grow by
+// memory that is free. A span that finds a resident run purges nothing. A heap whose large blocks
+// hold over 16 MiB keeps a slack of resident free slices for its next large blocks: 1/8 of
+// those slices less 2 MiB (kUnfitSlackDiv, kUnfitSlackFloor).
 TEST_CASE("spans: new memory for a span purges resident free runs too short for it, beyond a slack") {
   Worker w;
   w.run([] {
@@ -283,17 +283,16 @@ TEST_CASE("spans: new memory for a span purges resident free runs too short for 
     const uint64_t purged = g_counters.purged.load();
     void* five = alloc(size_t{5} * kSliceSize - 4096);  // too long for it: new slices
     CHECK(page_of_ptr(five) != page_of_ptr(hole));
-    const uint32_t slack = t_heap->used_slices / kUnfitSlackDiv;
-    REQUIRE(slack < 3);
-    CHECK((s->free_slices >> i & 7) == 7);                                   // still free ...
-    CHECK(popcount64(s->dirty_slices >> i & 7) == static_cast<int>(slack));  // ... resident only as slack
-    CHECK(t_heap->resident_free_slices == slack);
-    CHECK(g_counters.purged.load() >= purged + (3 - slack) * kSliceSize);
+    CHECK((s->free_slices >> i & 7) == 7);   // still free ...
+    CHECK((s->dirty_slices >> i & 7) == 0);  // ... and no longer resident
+    CHECK(t_heap->resident_free_slices == 0);
+    CHECK(g_counters.purged.load() >= purged + 3 * kSliceSize);
     dealloc(five);
     trim(0);
-    // 33 slices in use (slack 4): the next 3-slice hole stays resident through a bigger span.
+    // 303 slices in large blocks (19 MiB; slack 37 - 32 = 5): the next 3-slice hole stays
+    // resident through a bigger span. (Address space only: the blocks are not written.)
     std::vector<void*> more;
-    for (int k = 0; k < 9; ++k) more.push_back(alloc(three));
+    for (int k = 0; k < 100; ++k) more.push_back(alloc(three));
     void* hole2 = alloc(three);
     memset(hole2, 1, three);
     more.push_back(alloc(three));  // after it: the hole is 3 slices, not the segment's free end
@@ -301,6 +300,7 @@ TEST_CASE("spans: new memory for a span purges resident free runs too short for 
     unsigned i2 = static_cast<unsigned>(page_of_ptr(hole2) - s2->pages);
     dealloc(hole2);
     REQUIRE(t_heap->resident_free_slices == 3);
+    REQUIRE(t_heap->large_slices / kUnfitSlackDiv > kUnfitSlackFloor + 3);
     const uint64_t purged2 = g_counters.purged.load();
     void* big = alloc(size_t{6} * kSliceSize - 4096);
     CHECK(page_of_ptr(big) != page_of_ptr(hole2));

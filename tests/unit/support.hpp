@@ -250,7 +250,7 @@ inline int check_heap_invariants(Heap* h) {
       if (p->size_class != c) fail("page in the queue of another class", p);
     }
   unsigned segs = 0;
-  uint32_t used_slices = 0, resident_free_slices = 0;
+  uint32_t used_slices = 0, resident_free_slices = 0, large_slices = 0;
   for (Segment* s = h->segments; s != nullptr; s = s->next) {
     ++segs;
     used_slices += kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
@@ -259,7 +259,7 @@ inline int check_heap_invariants(Heap* h) {
     if (s->thread_id.load() != h->thread_id) fail("segment thread id differs from the heap's", s);
     if (s->free_slices & 1) fail("header slice marked free", s);
     if (!is_segment_start_chunk(s)) fail("segment not in the segment map", s);
-    unsigned heads = 0;
+    unsigned heads = 0, seg_large = 0;
     for (unsigned i = 1; i < kSlicesPerSegment;) {
       Page* p = &s->pages[i];
       if (p->kind == PageKind::kNone) {
@@ -268,6 +268,7 @@ inline int check_heap_invariants(Heap* h) {
         continue;
       }
       ++heads;
+      if (p->kind == PageKind::kLarge) seg_large += p->slice_count;
       if (p->slice_count == 0 || i + p->slice_count > kSlicesPerSegment) {
         fail("bad span length", p);
         break;
@@ -293,6 +294,8 @@ inline int check_heap_invariants(Heap* h) {
       i += p->slice_count;
     }
     if (heads != s->used_spans) fail("used_spans differs from the number of live spans", s);
+    if (seg_large != s->large_slices) fail("large_slices differs from the segment's large spans", s);
+    large_slices += seg_large;
     // The span index: each segment in the bins of its longest free and resident free runs.
     const uint64_t runs[2] = {s->free_slices & s->dirty_slices, s->free_slices};
     for (unsigned k = 0; k < 2; ++k) {
@@ -318,6 +321,7 @@ inline int check_heap_invariants(Heap* h) {
     if (binned > segs) fail("more segments in the bins than in the heap", h);
   }
   if (segs != h->segment_count) fail("segment_count differs from the segment list", h);
+  if (large_slices != h->large_slices) fail("the heap's count of large-block slices differs from its segments'", h);
   if (used_slices != h->used_slices) fail("the heap's count of slices in use differs from its segments'", h);
   if (resident_free_slices != h->resident_free_slices) fail("the heap's count of resident free slices differs from its segments'", h);
   if (direct_table_errors(h) != 0) fail("direct table out of date", h);
