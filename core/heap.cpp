@@ -856,6 +856,7 @@ void fork_child() noexcept {
     h->segments = nullptr;
     memset(static_cast<void*>(h->bins), 0, sizeof h->bins);
     h->bin_mask[0] = h->bin_mask[1] = 0;
+    h->resident_free_slices = h->large_slices = 0;
     size_t bound = g_counters.segments.load(std::memory_order_relaxed) + 1;
     for (size_t i = 0; s != nullptr && i < bound; ++i) {
       Segment* next = s->next;

@@ -98,12 +98,11 @@ void bins_update(Heap* heap, Segment* s) {
   }
 }
 
-// s's slices changed: `used` more in spans, `resident_free` more free and resident (either may
-// be negative; the callers know them without counting bits). Its heap's totals and bins follow.
-void segment_changed(Segment* s, int used, int resident_free) {
+// s's slices changed, `resident_free` more of them free and resident (negative: fewer; the
+// callers know it without counting bits). Its heap's count and bins follow.
+void segment_changed(Segment* s, int resident_free) {
   Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
   if (heap == nullptr) return;
-  heap->used_slices += static_cast<uint32_t>(used);
   heap->resident_free_slices += static_cast<uint32_t>(resident_free);
   bins_update(heap, s);
 }
@@ -126,7 +125,6 @@ void heap_segments_push(Heap* heap, Segment* s) {
   s->bin[0] = s->bin[1] = 0;
   s->push_seq = ++heap->push_seq;
   heap->large_slices += s->large_slices;
-  heap->used_slices += kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
   heap->resident_free_slices += static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
   bins_update(heap, s);
 }
@@ -147,7 +145,6 @@ void heap_segments_remove(Heap* heap, Segment* s) {
   bin_unlink(heap, s, 0);
   bin_unlink(heap, s, 1);
   heap->large_slices -= s->large_slices;
-  heap->used_slices -= kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
   heap->resident_free_slices -= static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
 }
 
@@ -259,7 +256,7 @@ bool claim_slices(Segment* s, unsigned idx, unsigned slices, bool* clean) {
   *clean = fresh == mask;
   s->dirty_slices |= mask;
   if ((s->free_slices & s->dirty_slices) == 0) s->purge_at_ms = 0;
-  segment_changed(s, static_cast<int>(slices), -static_cast<int>(slices - fresh_count));
+  segment_changed(s, -static_cast<int>(slices - fresh_count));
   return true;
 }
 
@@ -445,10 +442,7 @@ static bool span_free_internal(Segment* s, Page* page) {
   reset_descriptors(s, idx, 1, false);
   for (unsigned j = 1; j < slices; ++j) s->pages[idx + j].head = &s->pages[idx + j];
   s->free_slices |= run_mask(idx, slices);
-  if (heap != nullptr) {
-    heap->used_slices -= slices;  // (a live span's slices are all resident)
-    heap->resident_free_slices += slices;
-  }
+  if (heap != nullptr) heap->resident_free_slices += slices;  // (a live span is all resident)
   if (--s->used_spans == 0) {
     segment_free(s);
     return true;
@@ -488,7 +482,7 @@ static void purge_slices(Segment* s, uint64_t m) {
   }
   s->dirty_slices &= ~m;
   if ((s->free_slices & s->dirty_slices & ~uint64_t{1}) == 0) s->purge_at_ms = 0;
-  segment_changed(s, 0, -static_cast<int>(count));
+  segment_changed(s, -static_cast<int>(count));
 }
 
 void segment_purge(Segment* s, uint64_t now, bool force) noexcept {

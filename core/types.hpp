@@ -239,7 +239,6 @@ struct Heap {
   Segment* bins[2][kSlicesPerSegment] = {};
   uint64_t bin_mask[2] = {};
   uint32_t resident_free_slices = 0;    // free slices its segments hold resident, in all
-  uint32_t used_slices = 0;             // slices in spans (and guards), in all its segments
   uint32_t large_slices = 0;            // slices in large blocks' spans, in all its segments
   uint32_t push_seq = 0;                // segments it has taken (new or adopted)
   // Held while the heap's segment list or its segments' slice bitmaps and purge times change

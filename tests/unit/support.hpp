@@ -250,10 +250,9 @@ inline int check_heap_invariants(Heap* h) {
       if (p->size_class != c) fail("page in the queue of another class", p);
     }
   unsigned segs = 0;
-  uint32_t used_slices = 0, resident_free_slices = 0, large_slices = 0;
+  uint32_t resident_free_slices = 0, large_slices = 0;
   for (Segment* s = h->segments; s != nullptr; s = s->next) {
     ++segs;
-    used_slices += kSlicesPerSegment - 1 - static_cast<uint32_t>(popcount64(s->free_slices));
     resident_free_slices += static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
     if (s->owner_heap.load() != h) fail("segment of the heap names another owner", s);
     if (s->thread_id.load() != h->thread_id) fail("segment thread id differs from the heap's", s);
@@ -322,7 +321,6 @@ inline int check_heap_invariants(Heap* h) {
   }
   if (segs != h->segment_count) fail("segment_count differs from the segment list", h);
   if (large_slices != h->large_slices) fail("the heap's count of large-block slices differs from its segments'", h);
-  if (used_slices != h->used_slices) fail("the heap's count of slices in use differs from its segments'", h);
   if (resident_free_slices != h->resident_free_slices) fail("the heap's count of resident free slices differs from its segments'", h);
   if (direct_table_errors(h) != 0) fail("direct table out of date", h);
   return errors;
