@@ -774,3 +774,34 @@ TEST_CASE("fork: the child adopts the segments of threads that do not exist in i
   settle();
   CHECK(segments_now() == 0);
 }
+
+// The span index's counts travel with a segment: large blocks freed by another thread while
+// their segment is abandoned wait in their pages until a heap adopts the segment; that heap
+// frees their spans and counts what is left (check_heap_invariants compares every count with
+// the segments' spans).
+TEST_CASE("thread exit: an abandoned segment's large blocks freed by another thread are counted where it is adopted") {
+  settle();
+  std::vector<void*> big;
+  std::thread t([&] {
+    for (int i = 0; i < 6; ++i) big.push_back(alloc(size_t{5} * kSliceSize - 4096));
+  });
+  t.join();
+  Segment* s = segment_of(big[0]);
+  REQUIRE(s->owner_heap.load() == nullptr);
+  REQUIRE(s->large_slices == 30);
+  for (int i = 0; i < 6; i += 2) dealloc(big[i]);  // into the abandoned segment
+  CHECK(s->large_slices == 30);                      // (waiting in the pages)
+  std::thread u([&] {
+    ensure_heap();
+    heaps_collect_abandoned(true);
+    CHECK(s->owner_heap.load() == t_heap);
+    CHECK(s->large_slices == 15);
+    CHECK(t_heap->large_slices >= 15);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (int i = 1; i < 6; i += 2) dealloc(big[i]);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+  u.join();
+  settle();
+  CHECK(abandoned_count() == 0);
+}
