@@ -444,3 +444,36 @@ TEST_CASE("spans: longest_run agrees with a bit-by-bit count") {
   }
   CHECK(wrong == 0);
 }
+
+// A new segment takes the free chunk with the most resident slices (the arena's one-chunk
+// search visits only free chunks): three segments freed with 11, 41 and 21 resident slices,
+// the next segment is made on the second.
+TEST_CASE("arena: a new segment takes the free chunk with the most resident slices") {
+  settle();  // every free chunk purged: only the three below hold resident slices
+  const size_t slices[3] = {10, 40, 20};
+  uintptr_t seg[3] = {};
+  std::atomic<int> made{0};
+  std::vector<std::thread> ts;
+  for (int k = 0; k < 3; ++k) {
+    ts.emplace_back([&, k] {
+      while (made.load() != k) std::this_thread::yield();  // in order: the first takes the lowest
+      void* p = alloc(slices[k] * kSliceSize - 4096);  // in this thread's own segment
+      seg[k] = reinterpret_cast<uintptr_t>(segment_of(p));
+      made.fetch_add(1);
+      while (made.load() < 3) std::this_thread::yield();  // all three segments live at once
+      dealloc(p);  // its segment's last span: the segment goes back to the arena, resident
+    });
+  }
+  for (std::thread& t : ts) t.join();
+  REQUIRE(seg[0] != seg[1]);
+  REQUIRE(seg[1] != seg[2]);
+  uintptr_t got = 0;
+  std::thread u([&] {
+    void* p = alloc(100);
+    got = reinterpret_cast<uintptr_t>(segment_of(p));
+    dealloc(p);
+  });
+  u.join();
+  CHECK(got == seg[1]);
+  settle();
+}
