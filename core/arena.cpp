@@ -39,6 +39,10 @@ struct Arena {
                                             // has grown in place (arena_grow)
   uint64_t hinted[kArenaChunks / 64];       // bitmap: chunk asked for transparent huge pages
                                             // (huge_hint; the mapping keeps the flag)
+  uint64_t header_reset[kArenaChunks / 64]; // bitmap: free chunk whose first slice holds the
+                                            // header of a normal segment freed whole, every
+                                            // page descriptor in its reset state (segment_new
+                                            // need not write them again while it is resident)
   uint64_t dirty_mask[kArenaChunks];        // free chunks: slices that may be resident
   uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
 };
@@ -171,6 +175,7 @@ void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t
   for (size_t i = 0; i < n; ++i) {
     unsigned c = first + static_cast<unsigned>(i);
     chunk_set_used(a, c, true);
+    a->header_reset[c / 64] &= ~(uint64_t{1} << (c % 64));
     if (hinted != nullptr && ((a->hinted[c / 64] >> (c % 64)) & 1)) *hinted = true;
     uint64_t d = a->dirty_mask[c];
     if (d != 0) {
@@ -339,16 +344,17 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept {
     if (at < 0) return false;
   }
   uint64_t dirty_first = a->dirty_mask[at];
+  const bool header_reset = (a->header_reset[at / 64] >> (at % 64)) & 1;
   size_t dirty_bytes = 0, dirty_extent = 0;
   bool hinted = false;
   take_chunks(a, static_cast<unsigned>(at), chunks, &dirty_bytes, &dirty_extent, &hinted);
   void* base = reinterpret_cast<void*>(a->base + static_cast<uintptr_t>(at) * kSegmentSize);
   *out = ChunkGrant{base, dirty_first, dirty_bytes == 0, static_cast<uint16_t>(k), false,
-                    dirty_bytes, dirty_extent, hinted};
+                    dirty_bytes, dirty_extent, hinted, header_reset && chunks == 1};
   return true;
 }
 
-void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept {
+void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len, bool header_reset) noexcept {
   if (s->solo) {
     size_t bytes = s->mapped_size;
     segmap_clear(s, chunks);
@@ -375,6 +381,7 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
     }
     a->dirty_mask[c] = d;
     a->freed_at_ms[c] = now;
+    if (header_reset && i == 0) a->header_reset[c / 64] |= uint64_t{1} << (c % 64);
     dirty_bytes += static_cast<size_t>(popcount64(d)) << kSliceShift;
   }
   a->free_count += static_cast<uint32_t>(chunks);

@@ -401,13 +401,16 @@ struct ChunkGrant {
   size_t dirty_bytes;     // bytes of the run that may be resident (already counted committed)
   size_t dirty_extent;    // offset of the end of the last such slice
   bool hinted = false;    // some chunk of the run was asked for transparent huge pages
+  bool header_reset = false;  // one chunk whose first slice holds a normal segment's header,
+                              // its descriptors all reset (valid while that slice is resident)
 };
 // `spare_growth` (a segment): keep out of the free chunks behind a huge block that grows (see
 // find_run) while there is room elsewhere.
 bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept;
 // Give a segment's chunks back. Normal segments pass their dirty bitmap; huge segments the
 // length from the segment start that may be resident (dirty_first is then ignored).
-void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len) noexcept;
+// `header_reset`: a normal segment freed whole (every page descriptor in its reset state).
+void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len, bool header_reset = false) noexcept;
 void arena_purge(bool force) noexcept;
 // Extend a segment's run by the `add` chunks that follow it, if they are all free; reports the
 // bytes of them that may be resident (counted committed already) and the end of the last such

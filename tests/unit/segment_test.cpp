@@ -477,3 +477,32 @@ TEST_CASE("arena: a new segment takes the free chunk with the most resident slic
   CHECK(got == seg[1]);
   settle();
 }
+
+// A segment freed whole leaves its header's descriptors reset; a segment made again on that
+// chunk while its header slice is resident does not write them again, and every descriptor
+// still reads as a free slice (check_heap_invariants), through spans made and freed there.
+TEST_CASE("segments: a segment made on a header that a segment freed whole left resident") {
+  settle();
+  uintptr_t first = 0;
+  std::thread t([&] {
+    std::vector<void*> v;
+    for (size_t k : {3, 7, 1, 12, 2}) v.push_back(alloc(k * kSliceSize - 4096));
+    for (int i = 0; i < 300; ++i) v.push_back(alloc(100 + i * 40));  // small and medium pages
+    first = reinterpret_cast<uintptr_t>(segment_of(v[0]));
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (void* p : v) dealloc(p);  // the segment's last span: freed whole, header resident
+  });
+  t.join();
+  std::thread u([&] {
+    void* p = alloc(5 * kSliceSize - 4096);
+    REQUIRE(reinterpret_cast<uintptr_t>(segment_of(p)) == first);  // the most resident chunk
+    CHECK(check_heap_invariants(t_heap) == 0);
+    std::vector<void*> v;
+    for (int i = 0; i < 200; ++i) v.push_back(alloc(50 + i * 60));
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (void* q : v) dealloc(q);
+    dealloc(p);
+  });
+  u.join();
+  settle();
+}

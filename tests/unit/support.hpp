@@ -263,6 +263,9 @@ inline int check_heap_invariants(Heap* h) {
       Page* p = &s->pages[i];
       if (p->kind == PageKind::kNone) {
         if (!((s->free_slices >> i) & 1)) fail("slice neither free nor in a span", p);
+        if (p->head != p || !(page_flags(p) & kPageNotInUse) || p->used != 0 || p->slice_count != 0 ||
+            p->thread_free.load() != 0)
+          fail("a free slice's descriptor is not in its reset state", p);
         ++i;
         continue;
       }
