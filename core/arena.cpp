@@ -90,18 +90,6 @@ void chunk_set_used(Arena* a, unsigned i, bool v) {
   }
 }
 
-// Find `n` consecutive free chunks, choosing among all the runs that fit the one with the most
-// resident slices (fewest page faults on reuse; ties go to the lowest address). Linear in the
-// arena's chunks, and only reached when a segment or a huge block is made.
-// `spare_growth`: leave alone as many free chunks after a huge block that realloc has grown in
-// place as the block has: they are where it grows next when the program keeps doubling it (a
-// buffer, a hash table). They are often the most resident (a bigger block freed there before),
-// so a segment would choose them first and force the next doubling to copy the whole block, old
-// and new resident together: sqlite3, whose sorter buffer doubles to 64 MiB, peaked at 236 MiB
-// instead of 197. Only blocks seen growing: spared behind every huge block, the free chunks
-// stayed resident and idle while segments took new memory (`mstress`, whose blocks of 2-4 MiB
-// are never grown: peak RSS +4%). Only segments are kept out: huge blocks kept out too, `large`
-// (buffers of 5-25 MiB, some grown once by half) took new memory for them (peak RSS +15%).
 // One chunk (a normal segment) with no growing huge block to keep room behind: the free chunk
 // with the most resident slices, lowest first of equals, visiting free chunks only (a word of
 // the used bitmap at a time). find_run's answer for n == 1, without its walk of every chunk:
@@ -132,6 +120,19 @@ bool any_growing(const Arena* a) {
   return false;
 }
 
+// Find `n` consecutive free chunks, choosing among all the runs that fit the one with the most
+// resident slices (fewest page faults on reuse; ties go to the lowest address). Linear in the
+// arena's chunks, and only reached when a huge block or, next to a growing one, a segment is
+// made (find_one serves the rest).
+// `spare_growth`: leave alone as many free chunks after a huge block that realloc has grown in
+// place as the block has: they are where it grows next when the program keeps doubling it (a
+// buffer, a hash table). They are often the most resident (a bigger block freed there before),
+// so a segment would choose them first and force the next doubling to copy the whole block, old
+// and new resident together: sqlite3, whose sorter buffer doubles to 64 MiB, peaked at 236 MiB
+// instead of 197. Only blocks seen growing: spared behind every huge block, the free chunks
+// stayed resident and idle while segments took new memory (`mstress`, whose blocks of 2-4 MiB
+// are never grown: peak RSS +4%). Only segments are kept out: huge blocks kept out too, `large`
+// (buffers of 5-25 MiB, some grown once by half) took new memory for them (peak RSS +15%).
 int find_run(const Arena* a, unsigned n, bool spare_growth) {
   if (a->free_count < n || n == 0) return -1;
   if (n == 1 && !(spare_growth && any_growing(a))) return find_one(a);

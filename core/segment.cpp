@@ -436,13 +436,13 @@ static bool span_free_internal(Segment* s, Page* page) {
     size_t bytes = static_cast<size_t>(popcount64(page->punched[0]) + popcount64(page->punched[1])) * os::page_size();
     if (bytes != 0 && !budget_charge(bytes)) committed_add(bytes);
   }
-  // The tails' descriptors hold nothing but their head link (take_span and large_grow write
-  // only that): the head is reset whole, each tail gets its own link back, one cache line each
-  // instead of the three a whole reset writes (a free of 18 slices wrote 3.4 KiB).
   if (page->kind == PageKind::kLarge) {
     s->large_slices = static_cast<uint8_t>(s->large_slices - slices);
     if (heap != nullptr) heap->large_slices -= slices;
   }
+  // The tails' descriptors hold nothing but their head link (take_span and large_grow write
+  // only that): the head is reset whole, each tail gets its own link back, one cache line each
+  // instead of the three a whole reset writes (a free of 18 slices wrote 3.4 KiB).
   reset_descriptors(s, idx, 1, false);
   for (unsigned j = 1; j < slices; ++j) s->pages[idx + j].head = &s->pages[idx + j];
   s->free_slices |= run_mask(idx, slices);

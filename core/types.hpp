@@ -165,8 +165,8 @@ struct Segment {
   uint64_t free_slices;                 // bitmap: slice not in any span (owner)
   uint64_t dirty_slices;                // bitmap: slice may be resident (owner)
   Segment* next;                        // in the heap's segment list or the abandoned list
-  Segment* prev;                        // (in the first cache line with the bitmaps: a span
-                                        // search reads only this line of a segment)
+  Segment* prev;                        // (in the first cache line with the bitmaps; a span
+                                        // search reads this line and the bin links below)
   uint64_t purge_at_ms;                 // when free dirty slices get purged; 0 = nothing to do
   std::atomic<Heap*> owner_heap;        // owning heap, nullptr when abandoned (atomic: a remote
                                         // free of a full page reads it to reach the heap)
@@ -185,7 +185,7 @@ struct Segment {
                                         // before; nothing beyond is resident)
       size_t huge_used;                 // bytes from the segment start to the block's end
       uintptr_t huge_start;             // the block's address
-      size_t mapped_size;               // solo: bytes of its own mapping
+      size_t mapped_size;               // bytes of its chunks, or of its own mapping (solo)
     };
     struct {
       // Its place in its heap's span index (Heap::bins): k = 0 by its longest run of resident
@@ -200,7 +200,7 @@ struct Segment {
 static_assert(sizeof(Segment) <= 5 * 4096, "segment header must stay within a few OS pages");
 static_assert(offsetof(Segment, pages) == 128, "the descriptors start at the third line");
 static_assert(offsetof(Segment, prev) + sizeof(Segment*) <= 64 && offsetof(Segment, free_slices) < 64,
-              "the span search reads one cache line per segment");
+              "the bitmaps and list links share the first line");
 static_assert(kSliceSize / kMinAlign <= 512 * 8, "512 bytes of bits cover a small page");
 static_assert(sizeof(Segment) < kSliceSize, "the header must fit in slice 0");
 
