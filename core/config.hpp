@@ -71,6 +71,9 @@ inline constexpr size_t kZeroByPurgeMin = size_t{1} << 20;
 // bins that fit first) for the best of their runs: the cost of an allocation stays bounded
 // however many segments a heap holds; with fewer, the search sees every candidate.
 inline constexpr unsigned kSpanScan = 8;
+// An aligned span search reads at most this many segments whose longest free run may or may
+// not cover an aligned slot (span_alloc_aligned), after those that surely do.
+inline constexpr unsigned kAlignedScan = 16;
 
 // Free resident slices a heap may hold, as a fraction of the slices its large blocks hold, before
 // a large block that takes new slices returns as many resident ones to the OS (purge_unfit).

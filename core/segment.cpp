@@ -496,28 +496,38 @@ void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
 }
 
 // A large span whose first slice is a multiple of `step` slices into its segment, so that its
-// start is aligned to step * 64 KiB (segments are 4 MiB aligned): of the heap's segments with
-// such a free run, the run holding the most resident slices; else an adopted segment's, else a
-// new segment's. Only the block's own slices are taken (and counted): the slices before it
-// stay free for other pages.
+// start is aligned to step * 64 KiB (segments are 4 MiB aligned): the free aligned run holding
+// the most resident slices among the segments the span index offers, else an adopted segment's,
+// else a new segment's. Only the block's own slices are taken (and counted): the slices before
+// it stay free for other pages.
+// A segment whose longest free run has slices + step - 1 slices surely has an aligned run: those
+// bins are read first. Shorter runs may or may not cover an aligned slice (a 4 MiB segment has a
+// single 2 MiB-aligned one); up to kAlignedScan of them are read next. The cost of an
+// allocation stays bounded however many segments the heap holds: a heap of 200 segments, each
+// with its one 2 MiB-aligned slot taken, read all 200 headers for every new block.
 static Page* span_alloc_aligned(Heap* heap, unsigned slices, unsigned step) {
   HeapSegGuard guard(heap);
+  const unsigned sure = slices + step - 1;
   for (int attempt = 0; attempt < 2; ++attempt) {
     Segment* best = nullptr;
     unsigned best_idx = 0;
     int best_score = -1;
-    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
+    auto consider = [&](Segment* s) {
       for (unsigned i = step; i + slices <= kSlicesPerSegment; i += step) {
         const uint64_t m = run_mask(i, slices);
         if ((s->free_slices & m) != m) continue;
         const int score = popcount64(s->dirty_slices & m);
-        if (score > best_score) {
+        if (score > best_score || (score == best_score && s->push_seq > best->push_seq)) {
           best = s;
           best_idx = i;
           best_score = score;
         }
       }
-    }
+      return false;
+    };
+    if (sure < kSlicesPerSegment) bins_scan(heap, 1, sure, kSpanScan, consider);
+    if (best == nullptr)
+      bins_scan(heap, 1, slices, kAlignedScan, [&](Segment* s) { return s->bin[1] < sure ? consider(s) : true; });
     if (best != nullptr) return take_span(heap, best, best_idx, slices, PageKind::kLarge);
     if (attempt == 0 && !segment_reclaim_one(heap)) break;
   }

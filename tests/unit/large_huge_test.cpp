@@ -174,6 +174,37 @@ TEST_CASE("aligned: blocks up to 2 MiB aligned up to 2 MiB take only their own s
   }
 }
 
+// The aligned search reads first the segments whose longest free run surely holds an aligned
+// slot, then a bounded number of those whose shorter runs may: a 2 MiB-aligned slot freed
+// between two blocks (a free run of 2 slices, far below the 33 that make it sure) is found
+// there, not in a new segment.
+TEST_CASE("aligned: a freed aligned slot between blocks is reused") {
+  Worker w;
+  w.run([] {
+    trim(0);
+    const size_t align = size_t{2} << 20;
+    void* a = alloc_aligned(align, 100000);
+    REQUIRE(a != nullptr);
+    Segment* s = segment_of(a);
+    REQUIRE(page_of(s, a) - s->pages == 32);
+    void* left = alloc(size_t{31} * kSliceSize - 4096);  // slices 1..31
+    void* right = alloc(size_t{30} * kSliceSize - 4096); // slices 34..63
+    REQUIRE(segment_of(left) == s);
+    REQUIRE(segment_of(right) == s);
+    REQUIRE(s->free_slices == 0);
+    dealloc(a);
+    REQUIRE(s->bin[1] == 2);
+    void* b = alloc_aligned(align, 100000);
+    CHECK(b == a);
+    // The slot is taken again: the next aligned block needs a segment of its own.
+    void* c = alloc_aligned(align, 100000);
+    CHECK(segment_of(c) != s);
+    CHECK(reinterpret_cast<uintptr_t>(c) % align == 0);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (void* p : {b, c, left, right}) dealloc(p);
+  });
+}
+
 TEST_CASE("calloc: blocks are zero even when they reuse dirty memory") {
   settle();
   for (size_t n : {size_t{24}, size_t{1000}, size_t{5000}, size_t{100000}, size_t{300000}, size_t{3} << 20}) {
