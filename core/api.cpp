@@ -111,6 +111,7 @@ void* realloc_block(void* p, size_t n) noexcept {
   } else {
     Page* page = w.page;
     if (page_flags(page) & kPageNotInUse) invalid_pointer("realloc", p);
+    if (page_flags(page) & kPageSpare) fatal_pointer("realloc", p, "the block was freed already");
     if (page->kind == PageKind::kLarge) {
       have = static_cast<size_t>(page_start(w.s, page) + page->block_size - static_cast<uint8_t*>(p));
       if (n > have && n <= kLargeMax && large_grow(w.s, page, p, n)) return p;

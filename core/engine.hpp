@@ -263,6 +263,8 @@ Heap* heap_init_thread() noexcept;
 // After an allocation attempt failed: purge, call the critical callbacks, retry, then fail.
 void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bool), size_t align, bool zero);
 void heap_collect(Heap* heap, bool force) noexcept;
+// The heap's spare pages go back to their segments as free slices (page.cpp).
+void spare_flush(Heap* heap) noexcept;
 void heap_delayed_free_all(Heap* heap) noexcept;
 void heap_maintenance(Heap* heap, bool force) noexcept;
 // Raised when an allocation hits the budget or the OS refuses memory (oom_retry): every heap

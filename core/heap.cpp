@@ -223,6 +223,7 @@ void heap_delayed_free_all(Heap* heap) noexcept {
 void heap_collect(Heap* heap, bool force) noexcept {
   if (force) fcache_flush_all(heap);
   heap_delayed_free_all(heap);
+  spare_flush(heap);  // (after the delayed frees, which may empty pages into spares)
   for_each_page(heap, [&](Segment*, Page* p) {
     if (p->kind == PageKind::kLarge) return false;
     page_collect(p);
@@ -294,8 +295,8 @@ void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
   }
   for_each_page(heap, [&](Segment*, Page* p) {
     if (got >= want && force) return true;
-    if ((p->kind != PageKind::kSmall && p->kind != PageKind::kMedium) || (page_flags(p) & kPageInFull) ||
-        p->capacity == 0)
+    if ((p->kind != PageKind::kSmall && p->kind != PageKind::kMedium) ||
+        (page_flags(p) & (kPageInFull | kPageSpare)) || p->capacity == 0)
       return false;
     const uint32_t cap = p->capacity, used = p->used;
     PageQueue* pq = &heap->queues[p->size_class];
@@ -385,6 +386,10 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
   uint64_t now = os::clock_ms();
   if (now >= heap->next_punch_ms) heap->punch_skip = 0;  // a later growth is punched at once
   if (!force && now < heap->next_maintenance_ms) return;
+  // Spare pages that no page took since the last pass go back to their segments (their slices
+  // are purged after the delay, like any): a phase that ended does not keep them.
+  if (heap->spare != nullptr && heap->spare_taken == heap->spare_taken_mark) spare_flush(heap);
+  heap->spare_taken_mark = heap->spare_taken;
   if (force) heap_collect(heap, true);
   {
     HeapSegGuard guard(heap);
@@ -688,6 +693,7 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
   }
   const uint8_t flags = page_flags(page);
   if (NEBULA_UNLIKELY(flags & kPageNotInUse)) invalid_pointer("free", p);
+  if (NEBULA_UNLIKELY(flags & kPageSpare)) fatal_pointer("free", p, "double free (the block is free already)");
   bool owner = s->thread_id.load(std::memory_order_relaxed) == os::thread_id();
   Block* b = block_start(s, page, p);
   if (page->kind != PageKind::kLarge) {
@@ -800,6 +806,7 @@ void heap_before_wait() noexcept {
   if (heap->last_wait_abandon_ms != 0 && now - heap->last_wait_abandon_ms < kWaitAbandonMs) return;
   heap->last_wait_abandon_ms = now;
   fcache_flush_all(heap);
+  spare_flush(heap);
   {
     LockGuard guard(g_heaps_lock);  // as at thread exit: fork() never sees a half-abandoned heap
     heap_abandon(heap, quiet, false);
@@ -852,6 +859,9 @@ void fork_child() noexcept {
     }
     // Take the segment list as it stands; a thread that died while changing it may have left
     // it torn, so walk it with a bound and detach each segment without trusting back links.
+    // Its spare pages stay empty spans: a heap that adopts their segments frees them.
+    h->spare = nullptr;
+    h->spare_count = 0;
     Segment* s = h->segments;
     h->segments = nullptr;
     memset(static_cast<void*>(h->bins), 0, sizeof h->bins);

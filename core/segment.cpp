@@ -397,6 +397,13 @@ Page* span_alloc(Heap* heap, unsigned slices, PageKind kind, unsigned min_slices
       if (fit != nullptr) return take_span(heap, fit, static_cast<unsigned>(fit_idx), n, kind);
       if (n == min_slices) break;
     }
+    // Spare pages (page_retire) go back to their segments before the heap takes slices that are
+    // not resident: their slices may be what the span needs, alone or beside free ones.
+    if (heap->spare != nullptr) {
+      spare_flush(heap);
+      --attempt;  // search the resident runs again
+      continue;
+    }
     // Else the free run that overlaps the most resident slices.
     Segment* best = nullptr;
     int best_idx = -1;
@@ -530,6 +537,10 @@ static Page* span_alloc_aligned(Heap* heap, unsigned slices, unsigned step) {
       bins_scan(heap, 1, slices, kAlignedScan, [&](Segment* s) { return s->bin[1] < sure ? consider(s) : true; });
     if (best != nullptr) return take_span(heap, best, best_idx, slices, PageKind::kLarge);
     if (attempt == 0 && !segment_reclaim_one(heap)) break;
+  }
+  if (heap->spare != nullptr) {  // before a new segment, as in span_alloc
+    spare_flush(heap);
+    return span_alloc_aligned(heap, slices, step);
   }
   return span_in_new_segment(heap, step, slices, PageKind::kLarge);
 }

@@ -71,6 +71,8 @@ enum PageFlags : uint8_t {
   kPageSecure = 8,      // secure mode: every free goes through the checking generic path
   kPageHoles = 16,      // some free blocks' memory went back to the OS (holes != 0): a free
                         // checks that the block is not one of them
+  kPageSpare = 32,      // empty, kept whole in its heap's spare list (page_retire): every
+                        // block is free, and a free of one is a double free
 };
 
 enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
@@ -274,6 +276,14 @@ struct Heap {
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
   uint64_t fc_remote_mark = 0;          // stats.remote_frees at the last decision
   ForeignCache* fc = nullptr;           // set once (by the owner), released with the heap
+  // Spare pages: small pages of one slice that emptied, kept whole (their blocks on their free
+  // lists) instead of going back to their segment, linked through `next`, the last one first.
+  // The class's next page takes one back without a span search, and without carving when it
+  // was the class's own (see page_retire).
+  Page* spare = nullptr;
+  uint32_t spare_count = 0;
+  uint32_t spare_taken = 0;             // spare pages taken so far
+  uint32_t spare_taken_mark = 0;        // spare_taken at the last maintenance pass
 
   // The empty heap: every direct entry points at the page with no free block.
   constexpr explicit Heap(Page* empty) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "support.hpp"
@@ -214,17 +215,150 @@ TEST_CASE("page lists: local frees return a page's blocks to it for reuse") {
   CHECK(list_contains(page->local_free, second[0]));
   CHECK(check_heap_invariants(h) == 0);
 
-  // Freeing the new page's only block frees it (it is not the only page of the class).
+  // Freeing the new page's only block makes it a spare (it is not the only page of the class):
+  // kept whole, out of the queues.
   dealloc(extra);
-  CHECK(page2->kind == PageKind::kNone);
+  CHECK(h->spare == page2);
+  CHECK((page2->flags & kPageSpare) != 0);
+  CHECK(page2->kind == PageKind::kSmall);
+  CHECK(h->queues[cls].first == page);
   for (size_t i = 1; i < second.size(); ++i) dealloc(second[i]);
   CHECK(page->used == 0);
   CHECK(page->kind == PageKind::kSmall);
   CHECK(check_heap_invariants(h) == 0);
-  // A forced collection frees the page kept for reuse.
+  // A forced collection frees the spare and the page kept for reuse.
   settle();
+  CHECK(h->spare == nullptr);
   CHECK(h->queues[cls].first == nullptr);
   CHECK(h->direct[64 / 16] == &g_empty_page);
+}
+
+// Three full pages of `size`-byte blocks in the thread's (fresh) heap; the first page's blocks are written
+// and freed (it is not its class's only page, nor its segment's only span): it becomes a spare.
+namespace {
+struct SpareSetup {
+  std::vector<void*> blocks[3];
+  Page* pages[3];
+};
+SpareSetup make_spare(size_t size = 64) {
+  trim(0);  // no free chunk kept resident: the heap's free slices are not resident
+  SpareSetup st;
+  const size_t per_page = kSliceSize / size;
+  for (auto& v : st.blocks)
+    for (size_t i = 0; i < per_page; ++i) v.push_back(alloc(size));
+  for (int k = 0; k < 3; ++k) {
+    st.pages[k] = page_of_ptr(st.blocks[k][0]);
+    for (void* b : st.blocks[k]) REQUIRE(page_of_ptr(b) == st.pages[k]);
+  }
+  for (void* b : st.blocks[0]) {
+    memset(b, 0xAB, size);
+    dealloc(b);
+  }
+  return st;
+}
+}  // namespace
+
+TEST_CASE("spare pages: an emptied page is kept whole and its class's next page takes it back as it was") {
+  Worker w;
+  w.run([] {
+    SpareSetup st = make_spare();
+    Heap* h = t_heap;
+    Page* p = st.pages[0];
+    Segment* s = segment_of(p);
+    const unsigned idx = static_cast<unsigned>(p - s->pages);
+    CHECK(h->spare == p);
+    CHECK(h->spare_count == 1);
+    CHECK((page_flags(p) & kPageSpare) != 0);
+    CHECK(p->kind == PageKind::kSmall);
+    CHECK(((s->free_slices >> idx) & 1) == 0);  // still a span of its segment
+    CHECK(check_heap_invariants(h) == 0);
+    const uint16_t capacity = p->capacity;
+    const uint64_t made = h->stats.pages_made[0];
+    // The other pages are full: the next block needs a new page, and the spare is it.
+    void* b = alloc(64);
+    CHECK(page_of_ptr(b) == p);
+    CHECK(b == st.blocks[0].back());  // the block freed last comes first, as on any page
+    CHECK(p->capacity == capacity);   // nothing carved
+    CHECK(page_flags(p) == 0);
+    CHECK(h->spare == nullptr);
+    CHECK(h->stats.pages_made[0] == made);  // no span was taken
+    CHECK(h->queues[size_to_class(64)].first == p);
+    CHECK(check_heap_invariants(h) == 0);
+    dealloc(b);
+    for (int k = 1; k < 3; ++k)
+      for (void* x : st.blocks[k]) dealloc(x);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+}
+
+TEST_CASE("spare pages: another class sets a spare page up anew over memory that is not clean") {
+  Worker w;
+  w.run([] {
+    SpareSetup st = make_spare(48);
+    Heap* h = t_heap;
+    Page* p = st.pages[0];
+    REQUIRE(h->spare == p);
+    // The class of 256 has no page in this heap: its first page is the spare, and calloc's
+    // blocks are zero although the 48-byte blocks were written with 0xAB (most 256-byte blocks
+    // start inside an old block, where 0xAB bytes, not a free key, fill their key word).
+    std::vector<void*> zs;
+    for (size_t i = 0; i < kSliceSize / 256; ++i) {
+      void* z = nebula_calloc(1, 256);
+      REQUIRE(z != nullptr);
+      CHECK(page_of_ptr(z) == p);
+      CHECK(all_zero(z, 256));
+      zs.push_back(z);
+    }
+    CHECK(p->block_size == 256);
+    CHECK(p->is_clean == 0);
+    CHECK(p->size_class == size_to_class(256));
+    CHECK(p->reserved == kSliceSize / 256);
+    CHECK(h->spare == nullptr);
+    CHECK(check_heap_invariants(h) == 0);
+    for (void* z : zs) dealloc(z);
+    for (int k = 1; k < 3; ++k)
+      for (void* x : st.blocks[k]) dealloc(x);
+  });
+}
+
+// Spare pages hold resident slices only the heap's next small pages can use: they go back to
+// their segments before the heap takes slices that are not resident, and at a maintenance pass
+// when no page took one since the pass before.
+TEST_CASE("spare pages: they go back before the heap grows, and when no page takes them") {
+  Worker w;
+  w.run([] {
+    SpareSetup st = make_spare();
+    Heap* h = t_heap;
+    REQUIRE(h->spare == st.pages[0]);
+    // A large block that no resident run can hold.
+    void* big = alloc(size_t{30} * kSliceSize);
+    REQUIRE(big != nullptr);
+    CHECK(h->spare == nullptr);
+    CHECK(st.pages[0]->kind == PageKind::kNone);  // free slices of its segment again
+    CHECK(check_heap_invariants(h) == 0);
+    dealloc(big);
+    // Spare again (a full page emptied while another of its class takes the allocations); two
+    // maintenance passes with no page made in between free it.
+    std::vector<void*> more;
+    for (size_t i = 0; i < 2 * (kSliceSize / 64); ++i) more.push_back(alloc(64));
+    Page* p = page_of_ptr(more[0]);
+    REQUIRE(page_of_ptr(more.back()) != p);
+    for (void* b : more)
+      if (page_of_ptr(b) == p) dealloc(b);
+    REQUIRE(h->spare == p);
+    h->spare_taken_mark = h->spare_taken - 1;  // as if a page had taken one since the last pass
+    h->next_maintenance_ms = 0;
+    heap_maintenance(h, false);
+    CHECK(h->spare == p);
+    h->next_maintenance_ms = 0;
+    heap_maintenance(h, false);
+    CHECK(h->spare == nullptr);
+    CHECK(check_heap_invariants(h) == 0);
+    for (void* b : more)
+      if (page_of_ptr(b) != p) dealloc(b);
+    for (int k = 1; k < 3; ++k)
+      for (void* x : st.blocks[k]) dealloc(x);
+  });
 }
 
 TEST_CASE("page lists: the counts invariant holds through a mixed workload") {

@@ -185,6 +185,40 @@ TEST_CASE("bad input (default mode): double free of a block in another thread's 
   }
 }
 
+// Every block of a spare page (an emptied page kept whole, page_retire) is free: a second free
+// or a realloc of one aborts even when a write after the first free changed the word the free key lives in
+// (the page's flag says it, without the block's help).
+TEST_CASE("bad input (default mode): a second free or a realloc of a block of a spare page aborts") {
+  settle();
+  ensure_heap();
+  ChildResult r;
+  void* victim = nullptr;
+  const size_t per_page = kSliceSize / 64;
+  std::vector<void*> v;
+  for (size_t i = 0; i < 3 * per_page; ++i) v.push_back(nebula_malloc(64));
+  Page* p = page_of_ptr(v[0]);
+  std::vector<void*> first;
+  for (void* b : v)
+    if (page_of_ptr(b) == p) first.push_back(b);
+  REQUIRE(first.size() == per_page);
+  victim = first[7];
+  r = run_child([&] {
+    for (void* b : first) nebula_free(b);
+    if (t_heap->spare != p) _exit(3);  // (the setup did not make a spare)
+    memset(victim, 0x5A, 64);          // a write after free
+    nebula_free(victim);
+  });
+  expect_abort(r, victim, "free", "double free");
+  r = run_child([&] {
+    for (void* b : first) nebula_free(b);
+    if (t_heap->spare != p) _exit(3);
+    memset(victim, 0x5A, 64);
+    (void)!nebula_realloc(victim, 48);  // fits: a block taken for live would be handed back
+  });
+  expect_abort(r, victim, "realloc", "freed already");
+  for (void* b : v) nebula_free(b);
+}
+
 TEST_CASE("bad input (default mode): a double free after other frees is still found") {
   settle();
   void* a[50];

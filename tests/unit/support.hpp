@@ -243,6 +243,13 @@ inline int check_heap_invariants(Heap* h) {
   };
   std::set<const Page*> in_full;
   for (const Page* p = h->full.first; p != nullptr; p = p->next) in_full.insert(p);
+  std::set<const Page*> in_spare;
+  for (const Page* p = h->spare; p != nullptr && in_spare.size() <= kSpareMax; p = p->next) {
+    in_spare.insert(p);
+    if (!(page_flags(p) & kPageSpare) || p->slice_count != 1 || p->used != 0 || p->prev != nullptr)
+      fail("spare page not flagged, not one slice, not empty or linked back", p);
+  }
+  if (in_spare.size() != h->spare_count) fail("spare_count differs from the spare list", h);
   std::set<const Page*> in_queue;
   for (unsigned c = 0; c < kClassCount; ++c)
     for (const Page* p = h->queues[c].first; p != nullptr; p = p->next) {
@@ -290,7 +297,10 @@ inline int check_heap_invariants(Heap* h) {
         if (p->block_size != kClassSize[p->size_class]) fail("block size differs from the class", p);
         bool full_flag = (p->flags & kPageInFull) != 0;
         if (full_flag != (in_full.count(p) != 0)) fail("kPageInFull disagrees with the full list", p);
-        if (!full_flag && in_queue.count(p) == 0) fail("page in neither its queue nor the full list", p);
+        bool spare_flag = (p->flags & kPageSpare) != 0;
+        if (spare_flag != (in_spare.count(p) != 0)) fail("kPageSpare disagrees with the spare list", p);
+        if (spare_flag && (full_flag || in_queue.count(p) != 0)) fail("spare page in a queue or the full list", p);
+        if (!full_flag && !spare_flag && in_queue.count(p) == 0) fail("page in neither its queue nor the full list", p);
         if (delay_state(p) == kDelayUse && !full_flag) fail("delay state 'use' on a page not in the full list", p);
       }
       i += p->slice_count;
