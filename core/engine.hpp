@@ -11,7 +11,7 @@
 //       else queue_find_page(class)            core/page.cpp
 //            collect local_free + thread_free, extend by bump carving,
 //            move exhausted pages to the full list, or
-//            page_new -> span_alloc -> segment with room | reclaim abandoned | segment_new
+//            page_new -> spare page | span_alloc -> segment with room | reclaim abandoned | segment_new
 //
 //   free(p)                                    inline, in this header
 //     p not in a segment start chunk           free_not_fast (foreign, huge interior, NULL)
