@@ -75,8 +75,10 @@ inline constexpr unsigned kSpanScan = 8;
 // not cover an aligned slot (span_alloc_aligned), after those that surely do.
 inline constexpr unsigned kAlignedScan = 16;
 
-// Spare pages a heap keeps at most (4 MiB; see Heap::spare).
-inline constexpr uint32_t kSpareMax = 64;
+// Spare pages a heap keeps at most (1 MiB; see Heap::spare). 16, 32 and 64 run `glibc-simple`
+// and `glibc-thread` alike; a thread that stops allocating keeps its spares (only the owner
+// flushes them), so the fewest.
+inline constexpr uint32_t kSpareMax = 16;
 
 // Free resident slices a heap may hold, as a fraction of the slices its large blocks hold, before
 // a large block that takes new slices returns as many resident ones to the OS (purge_unfit).
