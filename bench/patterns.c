@@ -20,6 +20,8 @@
  *   handoff-big     a producer passes 20,000 blocks of 256 KiB to a consumer (queue of 16)
  *   calloc-100m     30 times calloc(1, 100 MB), every 64th page written, free
  *   shrink          200,000 blocks of 1-4 KiB, each shrunk by realloc to 16-64 bytes, all kept
+ *   mid-replace     500,000 replacements in a working set of 4,096 blocks of 4-8 KiB (a cache
+ *                   of I/O buffers: pages of 8-16 blocks, most allocations find theirs empty)
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
  */
@@ -167,14 +169,14 @@ static void one_after_another(void *(*fn)(void *), int count) {
 
 /* `ops` replacements at random in a working set of `live` blocks of 64 KiB-1.1 MiB; each new
  * block has its first and last byte written, or all of it with `whole`. */
-static void big_replace(int live, int ops, int whole) {
+static void replace_random(int live, int ops, size_t min, size_t range, int whole) {
   void **a = must(calloc((size_t)live, sizeof *a));
   unsigned s = 1;
   for (int i = 0; i < ops; i++) {
     s = s * 1103515245 + 12345;
     int k = (int)((s >> 8) % (unsigned)live);
     free(a[k]);
-    size_t n = 65536 + (s >> 12) % (1 << 20);
+    size_t n = min + (s >> 12) % range;
     a[k] = must(malloc(n));
     if (whole) {
       memset(a[k], 1, n);
@@ -247,11 +249,13 @@ static void run(const char *name) {
       for (int i = 0; i < 200; i++) free(a[i]);
     }
   } else if (!strcmp(name, "big-random")) {
-    big_replace(64, 200000, 0);
+    replace_random(64, 200000, 65536, 1 << 20, 0);
   } else if (!strcmp(name, "big-many")) {
-    big_replace(1024, 200000, 0);
+    replace_random(1024, 200000, 65536, 1 << 20, 0);
   } else if (!strcmp(name, "big-whole")) {
-    big_replace(256, 20000, 1);
+    replace_random(256, 20000, 65536, 1 << 20, 1);
+  } else if (!strcmp(name, "mid-replace")) {
+    replace_random(4096, 500000, 4096, 4096, 0);
   } else if (!strcmp(name, "task-big")) {
     one_after_another(big_task, 1000);
   } else if (!strcmp(name, "many-threads")) {
