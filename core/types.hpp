@@ -276,10 +276,10 @@ struct Heap {
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
   uint64_t fc_remote_mark = 0;          // stats.remote_frees at the last decision
   ForeignCache* fc = nullptr;           // set once (by the owner), released with the heap
-  // Spare pages: small pages of one slice that emptied (up to kSpareMax), kept whole (their blocks on their free
-  // lists) instead of going back to their segment, linked through `next`, the last one first.
-  // The class's next page takes one back without a span search, and without carving when it
-  // was the class's own (see page_retire).
+  // Spare pages: pages of one slice that emptied (up to kSpareMax), kept whole (their blocks on
+  // their free lists) instead of going back to their segment, linked through `next`, the last
+  // one first. A class's next page takes one back without a span search, and without carving
+  // when it was the class's own (see page_retire). Only the owner touches the list.
   Page* spare = nullptr;
   uint32_t spare_count = 0;
   uint32_t spare_taken = 0;             // spare pages taken so far
