@@ -35,7 +35,9 @@ typedef struct nebula_mem_stats {
                                  pthread_join), so far */
   uint64_t reclaimed_segments;/* of those, taken over by other threads */
   uint64_t foreign_frees;     /* pointers passed on to glibc's free */
-  uint64_t pages_made[4];     /* small, medium, large, huge */
+  uint64_t pages_made[4];     /* small, medium, large, huge: spans taken for pages (an empty
+                                 page kept as a spare and taken again counts neither here nor
+                                 in pages_freed) */
   uint64_t pages_freed[4];
   uint64_t slow_path_calls;   /* allocations that missed the fast path */
   uint64_t remote_frees;      /* frees of blocks owned by another thread */
