@@ -775,6 +775,49 @@ TEST_CASE("fork: the child adopts the segments of threads that do not exist in i
   CHECK(segments_now() == 0);
 }
 
+// A thread that does not exist in the child leaves its spare pages (page_retire) in its
+// segments, empty spans flagged kPageSpare and listed nowhere: the child's heap frees them when
+// it adopts those segments, and the parent's thread keeps its list.
+TEST_CASE("fork: a dead thread's spare pages are freed where its segments are adopted") {
+  settle();
+  REQUIRE(segments_now() == 0);
+  Worker a;
+  const size_t per_page = kSliceSize / 128;
+  std::vector<void*> blocks;
+  Page* spare = nullptr;
+  a.run([&] {
+    for (size_t i = 0; i < 3 * per_page; ++i) blocks.push_back(alloc(128));
+    spare = page_of_ptr(blocks[per_page]);
+    for (size_t i = per_page; i < 2 * per_page; ++i) REQUIRE(page_of_ptr(blocks[i]) == spare);
+    for (size_t i = per_page; i < 2 * per_page; ++i) dealloc(blocks[i]);
+    REQUIRE(t_heap->spare == spare);
+  });
+  ChildResult r = run_child([&] {
+    int fail = 0;
+    trim(0);  // adopts A's segment: the spare's span is freed, its other pages are ours
+    if (abandoned_count() != 0) fail |= 1;
+    if (spare->kind != PageKind::kNone) fail |= 2;
+    if (check_heap_invariants(t_heap) != 0) fail |= 4;
+    for (size_t i = 0; i < 3 * per_page; ++i)
+      if (i < per_page || i >= 2 * per_page) dealloc(blocks[i]);
+    trim(0);
+    if (segments_now() != 0) fail |= 8;
+    _exit(fail);
+  });
+  CAPTURE(r.err);
+  REQUIRE(WIFEXITED(r.status));
+  CHECK(WEXITSTATUS(r.status) == 0);
+  a.run([&] {
+    CHECK(t_heap->spare == spare);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (size_t i = 0; i < 3 * per_page; ++i)
+      if (i < per_page || i >= 2 * per_page) dealloc(blocks[i]);
+  });
+  a.finish();
+  settle();
+  CHECK(segments_now() == 0);
+}
+
 // The span index's counts travel with a segment: large blocks freed by another thread while
 // their segment is abandoned wait in their pages until a heap adopts the segment; that heap
 // frees their spans and counts what is left (check_heap_invariants compares every count with
