@@ -183,6 +183,13 @@ inline ChildResult run_child(Fn fn) {
   return r;
 }
 
+// The child ran to its end and exited with 0 (its checks pass their failures as exit bits).
+inline void check_child_passed(const ChildResult& r) {
+  CAPTURE(r.err);
+  REQUIRE(WIFEXITED(r.status));
+  CHECK(WEXITSTATUS(r.status) == 0);
+}
+
 // A thread that runs closures on request, one at a time; run() returns when the closure is
 // done. The thread keeps its heap between calls and exits (abandoning its heap) on finish().
 class Worker {

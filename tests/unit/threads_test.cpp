@@ -758,9 +758,7 @@ TEST_CASE("fork: the child adopts the segments of threads that do not exist in i
     if (segments_now() != 0) fail |= 8;
     _exit(fail);
   });
-  CAPTURE(r.err);
-  REQUIRE(WIFEXITED(r.status));
-  CHECK(WEXITSTATUS(r.status) == 0);
+  check_child_passed(r);
   // The parent is unaffected: A still owns its blocks and frees them.
   a.run([&] {
     for (size_t i = 0; i < kN; ++i) {
@@ -804,9 +802,7 @@ TEST_CASE("fork: a dead thread's spare pages are freed where its segments are ad
     if (segments_now() != 0) fail |= 8;
     _exit(fail);
   });
-  CAPTURE(r.err);
-  REQUIRE(WIFEXITED(r.status));
-  CHECK(WEXITSTATUS(r.status) == 0);
+  check_child_passed(r);
   a.run([&] {
     CHECK(t_heap->spare == spare);
     CHECK(check_heap_invariants(t_heap) == 0);
