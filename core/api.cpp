@@ -110,13 +110,14 @@ void* realloc_block(void* p, size_t n) noexcept {
     }
   } else {
     Page* page = w.page;
-    if (page_flags(page) & kPageNotInUse) invalid_pointer("realloc", p);
-    if (page_flags(page) & kPageSpare) fatal_pointer("realloc", p, "the block was freed already");
+    const uint8_t flags = page_flags(page);
+    if (flags & kPageNotInUse) invalid_pointer("realloc", p);
+    if (flags & kPageSpare) fatal_pointer("realloc", p, "the block was freed already");
     if (page->kind == PageKind::kLarge) {
       have = static_cast<size_t>(page_start(w.s, page) + page->block_size - static_cast<uint8_t*>(p));
       if (n > have && n <= kLargeMax && large_grow(w.s, page, p, n)) return p;
     } else {
-      if (!(page_flags(page) & kPageHasAligned) && !is_block_start(page, p))
+      if (!(flags & kPageHasAligned) && !is_block_start(page, p))
         fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");
       bool freed;
       if (g_secure) {

@@ -143,10 +143,7 @@ Page* spare_take(Heap* heap, unsigned cls, PageKind kind) {
   page->kind = kind;
   set_page_flags(page, 0);
   if (page->size_class == cls) {
-    if (page->free == nullptr) {  // its blocks freed by the generic path wait on local_free
-      page->free = page->local_free;
-      page->local_free = nullptr;
-    }
+    page_collect(page);  // blocks the generic path freed wait on local_free
     page->sparse_since = 0;
     page->passed_over = 0;
     page->remote_seen = 0;
