@@ -84,6 +84,7 @@ size_t usable_size(const void* p) noexcept {
 static bool page_all_live(Segment* s, Page* page) noexcept {
   if (s->thread_id.load(std::memory_order_relaxed) != os::thread_id() || page->used != page->reserved) return false;
   if (g_fcache_ever.load(std::memory_order_relaxed)) return false;
+  if (t_heap->fc_active & (uint64_t{1} << page->size_class)) return false;  // the owner's own cache
   if (tf_block(page->thread_free.load(std::memory_order_acquire)) != nullptr) return false;
   return t_heap->delayed_free.load(std::memory_order_acquire) == nullptr;
 }

@@ -55,7 +55,7 @@ extern std::atomic<bool> g_fcache_ever;
 inline uint8_t page_flags(const Page* p) { return __atomic_load_n(&p->flags, __ATOMIC_RELAXED); }
 inline void set_page_flags(Page* p, uint8_t f) {
   __atomic_store_n(&p->flags, f, __ATOMIC_RELAXED);
-  p->fast_magic = f == 0 ? p->div_magic : 0;
+  p->fast_magic = f == 0 && !p->cache_frees ? p->div_magic : 0;
 }
 
 inline Segment* segment_of(const void* p) {
@@ -304,10 +304,12 @@ bool in_foreign_cache(const Page* page, const Block* b) noexcept;
 uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept;
 // Blocks a class's cache holds before the direct table points at it (half its limit).
 uint32_t fcache_direct_min(unsigned cls) noexcept;
+uint32_t fcache_limit(unsigned cls) noexcept;  // blocks a heap's cache of the class holds at most
 // Map the heap's foreign-cache descriptors if they are not yet (false: the OS refused).
 bool fcache_ready(Heap* heap) noexcept;
 void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept;
 void fcache_flush_all(Heap* heap) noexcept;
+void fcache_flush_idle(Heap* heap) noexcept;  // class caches that handed out nothing since the last call
 Block* block_start(Segment* s, Page* page, void* p) noexcept;
 // Is b on one of its page's free lists (as far as the calling thread may look)?
 bool block_is_free_any(Segment* s, Page* page, Block* b) noexcept;

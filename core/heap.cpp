@@ -390,6 +390,7 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
   // are purged after the delay, like any): a phase that ended does not keep them.
   if (heap->spare != nullptr && heap->spare_taken == heap->spare_taken_mark) spare_flush(heap);
   heap->spare_taken_mark = heap->spare_taken;
+  fcache_flush_idle(heap);  // likewise the class caches that handed out nothing
   if (force) heap_collect(heap, true);
   {
     HeapSegGuard guard(heap);
@@ -550,7 +551,7 @@ namespace {
 constexpr std::array<uint8_t, kClassCount> kFcLimit = [] {
   std::array<uint8_t, kClassCount> t{};
   for (unsigned c = 0; c < kClassCount; ++c) {
-    size_t n = 16384 / class_size_formula(c);
+    size_t n = (class_caches_frees(c) ? 65536 : 16384) / class_size_formula(c);
     t[c] = static_cast<uint8_t>(n < 1 ? 1 : n > 64 ? 64 : n);
   }
   return t;
@@ -568,15 +569,21 @@ std::atomic<bool> g_fcache_ever{false};
 
 // The foreign cache's descriptors, mapped the first time the heap turns its cache on (fresh
 // memory is zero: every list empty). False if the OS refuses: the cache stays off.
-bool fcache_ready(Heap* heap) noexcept {
-  // Written once: every later call only reads the flag's line, which realloc reads too.
-  if (!g_fcache_ever.load(std::memory_order_relaxed)) g_fcache_ever.store(true, std::memory_order_relaxed);
+static bool fcache_map(Heap* heap) noexcept {
   if (heap->fc != nullptr) return true;
   void* m = os::reserve(fcache_map_size(), os::page_size());
   if (m == nullptr) return false;
   __atomic_store_n(&heap->fc, static_cast<ForeignCache*>(m), __ATOMIC_RELEASE);  // stats read it
   return true;
 }
+
+bool fcache_ready(Heap* heap) noexcept {
+  // Written once: every later call only reads the flag's line, which realloc reads too.
+  if (!g_fcache_ever.load(std::memory_order_relaxed)) g_fcache_ever.store(true, std::memory_order_relaxed);
+  return fcache_map(heap);
+}
+
+uint32_t fcache_limit(unsigned cls) noexcept { return fc_limit(cls); }
 
 uint32_t fcache_direct_min(unsigned cls) noexcept { return fc_limit(cls) / 2 > 1 ? fc_limit(cls) / 2 : 1; }
 
@@ -599,49 +606,94 @@ void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept {
   else fp->free = nullptr;
   for (uint32_t i = keep; i < held && b != nullptr; ++i) {
     Block* next = b->next;
-    free_block_remote(page_of(segment_of(b), b), b);
+    Segment* s = segment_of(b);
+    if (s->thread_id.load(std::memory_order_relaxed) == os::thread_id()) free_block_local(page_of(s, b), b);
+    else free_block_remote(page_of(s, b), b);
     b = next;
   }
   heap->fc->pushed[cls] = keep;
   fp->used = 0;
 }
 
+namespace {
+void fcache_flush_class(Heap* heap, unsigned cls) noexcept {
+  fcache_flush(heap, cls, 0);
+  heap->fc_active &= ~(uint64_t{1} << cls);
+  if (heap->fc_direct & (uint64_t{1} << cls)) {
+    heap->fc_direct &= ~(uint64_t{1} << cls);
+    heap_update_direct(heap, cls);
+  }
+}
+
+constexpr uint64_t kOwnerCachedClasses = [] {
+  uint64_t m = 0;
+  for (unsigned c = 0; c < kClassCount; ++c)
+    if (class_caches_frees(c)) m |= uint64_t{1} << c;
+  return m;
+}();
+}  // namespace
+
+// A class cache of the owner's frees (class_caches_frees) that handed out no block since the
+// last maintenance pass goes home: the blocks pin their pages (up to 16 of them per class), and
+// a program whose blocks outgrew the class (a string that grows by realloc) would keep them.
+void fcache_flush_idle(Heap* heap) noexcept {
+  if (heap->fc == nullptr) return;
+  for (uint64_t m = heap->fc_active & kOwnerCachedClasses; m != 0; m &= m - 1) {
+    unsigned cls = ctz64(m);
+    if (heap->fc->page[cls].used == heap->fc->popped_mark[cls]) fcache_flush_class(heap, cls);
+  }
+  for (uint64_t m = kOwnerCachedClasses; m != 0; m &= m - 1) {
+    unsigned cls = ctz64(m);
+    heap->fc->popped_mark[cls] = heap->fc->page[cls].used;
+  }
+}
+
 void fcache_flush_all(Heap* heap) noexcept {
   for (uint64_t m = heap->fc_active; m != 0; m &= m - 1) {  // a class holds blocks only while active
-    unsigned cls = ctz64(m);
-    fcache_flush(heap, cls, 0);
-    heap->fc_active &= ~(uint64_t{1} << cls);
-    if (heap->fc_direct & (uint64_t{1} << cls)) {
-      heap->fc_direct &= ~(uint64_t{1} << cls);
-      heap_update_direct(heap, cls);
-    }
+    fcache_flush_class(heap, ctz64(m));
   }
 }
 
 namespace {
 
-// Keep a block another thread's page owns, for this heap's next allocation of its class.
-bool fcache_push(Heap* me, Page* page, Block* b) {
-  unsigned cls = page->size_class;
-  if (!me->fc_on || !me->live || page->kind == PageKind::kLarge || kClassSize[cls] < 32 || g_secure) return false;
-  if (fcache_held(me, cls) >= fc_limit(cls)) fcache_flush(me, cls, fc_limit(cls) / 2);
-  Page* fp = &me->fc->page[cls];
+// A free block goes to heap me's cache of its class (see fcache_push and free_generic).
+NEBULA_NOINLINE void cache_put_full(Heap* me, unsigned cls, Block* b);
+NEBULA_NOINLINE void cache_direct_on(Heap* me, unsigned cls) {
+  me->fc_direct |= uint64_t{1} << cls;
+  heap_update_direct(me, cls);
+}
+
+inline void cache_put(Heap* me, unsigned cls, Block* b) {
+  ForeignCache* fc = me->fc;
+  Page* fp = &fc->page[cls];
+  uint32_t held = fc->pushed[cls] - fp->used;
+  if (NEBULA_UNLIKELY(held >= fc_limit(cls))) return cache_put_full(me, cls, b);
   reinterpret_cast<uintptr_t*>(b)[2] = ~g_free_key;
   b->next = fp->free;
   fp->free = b;
-  me->fc->pushed[cls]++;
+  fc->pushed[cls]++;
   uint64_t bit = uint64_t{1} << cls;
   me->fc_active |= bit;
   // The direct entries move to the cache once it holds half its limit, or when the class's page
   // runs out (queue_alloc), and back when the cache runs dry: moved at the first block, a class
   // whose cache emptied after every block or two paid two direct-table updates and a slow-path
   // call per cached block (`larson`: 1.6 M slow-path calls per 12 M allocations, now 0.4 M).
-  if (!(me->fc_direct & bit) && fcache_held(me, cls) >= fcache_direct_min(cls)) {
-    me->fc_direct |= bit;
-    heap_update_direct(me, cls);
-  }
+  if (!(me->fc_direct & bit) && held + 1 >= fcache_direct_min(cls)) cache_direct_on(me, cls);
+}
+
+void cache_put_full(Heap* me, unsigned cls, Block* b) {
+  fcache_flush(me, cls, fc_limit(cls) / 2);
+  cache_put(me, cls, b);
+}
+
+// Keep a block another thread's page owns, for this heap's next allocation of its class.
+bool fcache_push(Heap* me, Page* page, Block* b) {
+  unsigned cls = page->size_class;
+  if (!me->fc_on || !me->live || page->kind == PageKind::kLarge || kClassSize[cls] < 32 || g_secure) return false;
+  cache_put(me, cls, b);
   return true;
 }
+
 
 // Is b on one of the page's free lists? Only the owner may walk free and local_free; anyone
 // may walk thread_free (pushers only prepend) and the owner heap's delayed list.
@@ -682,7 +734,9 @@ bool block_is_free_any(Segment* s, Page* page, Block* b) noexcept {
          in_foreign_cache(page, b);
 }
 
-void free_generic(Segment* s, Page* page, void* p) noexcept {
+namespace {
+
+NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
   if (s->kind == SegmentKind::kHuge) {
     Page* hp = &s->pages[1];
     if (reinterpret_cast<uintptr_t>(p) != s->huge_start)
@@ -723,6 +777,37 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
     if (!fcache_push(me, page, b)) free_block_remote(page, b);
   }
   budget_poll_if_needed();
+}
+
+}  // namespace
+
+void free_generic(Segment* s, Page* page, void* p) noexcept {
+  if (page->cache_frees && s->kind != SegmentKind::kHuge) {
+    // The owner's free of a class that caches frees (class_caches_frees) misses the fast path
+    // on purpose: the fast path's checks, then the block goes to its heap's cache of the class.
+    Heap* me = t_heap;
+    Block* b = static_cast<Block*>(p);
+    if ((page_flags(page) & ~kPageInFull) == 0 && s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
+        is_block_start(page, p) && b->key != g_free_key) {
+      const unsigned cls = page->size_class;
+      if (me->queues[cls].first != page && (me->fc != nullptr || (me->live && fcache_map(me))) &&
+          fcache_held(me, cls) < fc_limit(cls)) {
+        b->key = g_free_key;
+        cache_put(me, cls, b);
+        return;
+      }
+      // The page malloc takes from, or the cache is full (a run of frees: the cache keeps the
+      // first ones for the next mallocs, the rest go home at once): as the fast path.
+      if (page_flags(page) == 0) {
+        b->key = g_free_key;
+        b->next = page->free;
+        page->free = b;
+        if (--page->used == 0) page_retire(page);
+        return;
+      }
+    }
+  }
+  free_checked(s, page, p);
 }
 
 void free_not_fast(void* p) noexcept {

@@ -219,6 +219,37 @@ TEST_CASE("bad input (default mode): a second free or a realloc of a block of a 
   for (void* b : v) nebula_free(b);
 }
 
+// The owner's free of a block of 4-8 KiB off malloc's current page waits in the heap's class
+// cache (class caches): the block's page still counts it as handed out, so a second free or a
+// realloc of it is caught by the cache's mark, even on a page whose every block is out (where
+// realloc otherwise trusts the page's count without reading the block).
+TEST_CASE("bad input (default mode): a second free or a realloc of a block in its owner's class cache aborts") {
+  settle();
+  ensure_heap();
+  const size_t n = 5000;
+  const unsigned cls = size_to_class(n);
+  REQUIRE(class_caches_frees(cls));
+  std::vector<void*> v;
+  for (size_t i = 0; i < 3 * (kSliceSize / kClassSize[cls]); ++i) v.push_back(nebula_malloc(n));
+  void* victim = v[3];
+  Page* p = page_of_ptr(victim);
+  REQUIRE(t_heap->queues[cls].first != p);
+  REQUIRE(p->used == p->reserved);
+  ChildResult r = run_child([&] {
+    nebula_free(victim);
+    if (fcache_held(t_heap, cls) != 1) _exit(3);  // (the setup did not cache it)
+    nebula_free(victim);
+  });
+  expect_abort(r, victim, "free", "double free");
+  r = run_child([&] {
+    nebula_free(victim);
+    if (fcache_held(t_heap, cls) != 1 || p->used != p->reserved) _exit(3);
+    (void)!nebula_realloc(victim, n);  // fits: a block taken for live would be handed back
+  });
+  expect_abort(r, victim, "realloc", "freed already");
+  for (void* b : v) nebula_free(b);
+}
+
 TEST_CASE("bad input (default mode): a double free after other frees is still found") {
   settle();
   void* a[50];

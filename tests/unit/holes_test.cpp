@@ -147,6 +147,7 @@ TEST_CASE("holes: blocks that straddle OS pages, random frees, punch and refill 
             dealloc(blocks[i]);
             live[i] = false;
           }
+        fcache_flush_all(t_heap);  // blocks of 4 KiB and more wait in the class cache: home first
         page_punch(page);
         REQUIRE(page_counts(page).consistent());
         for (size_t i = 0; i < blocks.size(); ++i)

@@ -1,0 +1,229 @@
+// Class caches: the owner's frees of blocks from 4 to 8 KiB (class_caches_frees) that are not
+// on the page malloc takes from wait in the heap's cache of the class (the foreign cache's
+// lists), and malloc takes them back, the last freed first. See "Class caches" in
+// docs/design.md.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+namespace {
+
+constexpr size_t kSize = 5000;  // the 5120-byte class: 12 blocks to a page
+
+struct Pages {
+  std::vector<void*> blocks[3];
+  Page* page[3];
+};
+
+// Three full pages of the class, in the order they were made.
+Pages fill_three_pages(size_t n) {
+  Pages st;
+  const unsigned cls = size_to_class(n);
+  const size_t per_page = kSliceSize / kClassSize[cls];
+  std::vector<void*> all;
+  for (size_t i = 0; i < 3 * per_page; ++i) all.push_back(alloc(n));
+  int k = -1;
+  for (void* b : all) {
+    if (k < 0 || page_of_ptr(b) != st.page[k]) {
+      ++k;
+      REQUIRE(k < 3);
+      st.page[k] = page_of_ptr(b);
+    }
+    st.blocks[k].push_back(b);
+  }
+  for (auto& v : st.blocks) REQUIRE(v.size() == per_page);
+  return st;
+}
+
+void free_all(Pages& st) {
+  for (auto& v : st.blocks)
+    for (void* b : v) dealloc(b);
+}
+
+}  // namespace
+
+TEST_CASE("class caches: which classes cache the owner's frees") {
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    CAPTURE(kClassSize[c]);
+    CHECK(class_caches_frees(c) == (kClassSize[c] >= 4096 && kClassSize[c] <= kSmallMax));
+  }
+  CHECK(class_caches_frees(size_to_class(kSize)));
+  CHECK(fcache_limit(size_to_class(4096)) == 16);  // 64 KiB of blocks
+  CHECK(fcache_limit(size_to_class(8192)) == 8);
+}
+
+TEST_CASE("class caches: the owner's frees off malloc's page wait in the cache, and malloc takes them back last freed first") {
+  Worker w;
+  w.run([] {
+    const unsigned cls = size_to_class(kSize);
+    Pages st = fill_three_pages(kSize);
+    Heap* h = t_heap;  // (the thread's heap exists from its first malloc)
+    Page* p = st.page[0];
+    CHECK(p->cache_frees == 1);
+    CHECK(p->fast_magic == 0);  // every free of the page takes the generic path
+    REQUIRE(h->queues[cls].first != p);
+    const uint32_t used0 = p->used;
+    const uint64_t live0 = stats().live_bytes;
+    const uint32_t want = fcache_direct_min(cls);
+    REQUIRE(want > 1);
+    REQUIRE(want < st.blocks[0].size());
+    for (uint32_t i = 0; i < want; ++i) {
+      dealloc(st.blocks[0][i]);
+      CHECK(fcache_held(h, cls) == i + 1);
+      CHECK(in_foreign_cache(p, static_cast<Block*>(st.blocks[0][i])));  // the cache's mark
+    }
+    CHECK(p->used == used0);  // still handed out, as far as the page knows
+    CHECK(p->free == nullptr);
+    CHECK(p->local_free == nullptr);
+    CHECK(stats().live_bytes + want * kClassSize[cls] == live0);  // a cached block is not live
+    const size_t slot = (kSize + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift;
+    CHECK(h->direct2[slot] == &h->fc->page[cls]);  // half the limit: malloc pops the cache
+    CHECK(check_heap_invariants(h) == 0);
+    const uint64_t g0 = h->stats.generic_calls;
+    for (uint32_t i = want; i-- > 0;) CHECK(alloc(kSize) == st.blocks[0][i]);
+    CHECK(h->stats.generic_calls == g0);  // all on the fast path
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(p->used == used0);
+    // The cache ran dry: the next block comes from the pages again, and the table follows.
+    void* q = alloc(kSize);
+    CHECK(page_of_ptr(q) != p);
+    CHECK((h->fc_active & (uint64_t{1} << cls)) == 0);
+    CHECK(h->direct2[slot] != &h->fc->page[cls]);
+    dealloc(q);
+    free_all(st);
+    trim(0);
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+}
+
+TEST_CASE("class caches: a free of a block of malloc's page goes to that page, as on the fast path") {
+  Worker w;
+  w.run([] {
+    const unsigned cls = size_to_class(kSize);
+    void* a = alloc(kSize);
+    void* b = alloc(kSize);
+    Heap* h = t_heap;
+    Page* p = page_of_ptr(a);
+    REQUIRE(page_of_ptr(b) == p);
+    REQUIRE(h->queues[cls].first == p);
+    const uint32_t used = p->used;
+    dealloc(b);
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(p->free == b);  // LIFO: the next malloc of the class takes it back
+    CHECK(p->used == used - 1);
+    CHECK(alloc(kSize) == b);
+    dealloc(b);
+    dealloc(a);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+}
+
+TEST_CASE("class caches: a full cache lets the next frees go to their pages, and a trim sends it home") {
+  Worker w;
+  w.run([] {
+    const unsigned cls = size_to_class(kSize);
+    const uint32_t limit = fcache_limit(cls);
+    Pages st = fill_three_pages(kSize);
+    Heap* h = t_heap;
+    REQUIRE(h->queues[cls].first != st.page[0]);
+    REQUIRE(h->queues[cls].first != st.page[1]);
+    REQUIRE(st.blocks[0].size() + st.blocks[1].size() > limit);
+    std::vector<void*> freed;
+    for (int k = 0; k < 2; ++k)
+      for (void* b : st.blocks[k]) freed.push_back(b);
+    freed.resize(limit + 1);
+    const uint32_t used0 = st.page[0]->used + st.page[1]->used;
+    for (uint32_t i = 0; i < limit; ++i) dealloc(freed[i]);
+    CHECK(fcache_held(h, cls) == limit);
+    CHECK(st.page[0]->used + st.page[1]->used == used0);
+    // One more: the cache keeps the frees it has (a run of frees would only pass through it),
+    // and this one goes to its page.
+    dealloc(freed[limit]);
+    CHECK(fcache_held(h, cls) == limit);
+    CHECK(st.page[0]->used + st.page[1]->used == used0 - 1);
+    Page* last = page_of_ptr(freed[limit]);
+    CHECK(page_counts(last).free + page_counts(last).local_free == 1);
+    CHECK(check_heap_invariants(h) == 0);
+    trim(0);  // a forced collect: the cache goes home, every block to its page
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK((h->fc_active & (uint64_t{1} << cls)) == 0);
+    CHECK(st.page[0]->used + st.page[1]->used == used0 - (limit + 1));
+    CHECK(check_heap_invariants(h) == 0);
+    for (size_t i = limit + 1; i < st.blocks[0].size() + st.blocks[1].size(); ++i) {
+      void* b = i < st.blocks[0].size() ? st.blocks[0][i] : st.blocks[1][i - st.blocks[0].size()];
+      dealloc(b);
+    }
+    for (void* b : st.blocks[2]) dealloc(b);
+    trim(0);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+}
+
+// A page's descriptor keeps what it held when its span goes back; a large block that takes the
+// same slices must not inherit `cache_frees` (its free would go into the class cache of the
+// size class the descriptor held last, and the large block would never be freed).
+TEST_CASE("class caches: a large block on the slices of a page of a caching class is freed as a large block") {
+  Worker w;
+  w.run([] {
+    void* keeper = alloc(64);  // the segment stays when the pages go
+    Pages st = fill_three_pages(kSize);
+    Heap* h = t_heap;
+    std::vector<Page*> old = {st.page[0], st.page[1], st.page[2]};
+    for (Page* p : old) REQUIRE(segment_of(p) == segment_of(keeper));
+    free_all(st);
+    trim(0);  // the pages' spans go back to the segment; their descriptors keep their fields
+    bool reused = false;
+    std::vector<void*> big;
+    for (int i = 0; i < 8 && !reused; ++i) {
+      void* b = alloc(kMediumMax + 1);  // a large block of 3 slices
+      Page* bp = page_of_ptr(b);
+      REQUIRE(bp->kind == PageKind::kLarge);
+      CHECK(bp->cache_frees == 0);
+      reused = std::find(old.begin(), old.end(), bp) != old.end();
+      big.push_back(b);
+    }
+    REQUIRE(reused);  // the test is about a descriptor that held a caching page
+    const uint64_t live0 = stats().live_bytes;
+    for (void* b : big) dealloc(b);
+    CHECK(stats().live_bytes < live0);
+    CHECK((h->fc == nullptr || h->fc_active == 0));  // nothing went to a cache
+    CHECK(check_heap_invariants(h) == 0);
+    dealloc(keeper);
+  });
+}
+
+// The maintenance pass sends home a class cache that handed out no block since the pass before:
+// its blocks pin their pages, and a program whose blocks outgrew the class would keep them.
+TEST_CASE("class caches: a cache that handed out nothing since the last maintenance pass goes home") {
+  Worker w;
+  w.run([] {
+    const unsigned cls = size_to_class(kSize);
+    Pages st = fill_three_pages(kSize);
+    Heap* h = t_heap;
+    REQUIRE(h->queues[cls].first != st.page[0]);
+    const uint32_t used0 = st.page[0]->used;
+    for (int i = 0; i < 5; ++i) dealloc(st.blocks[0][i]);
+    REQUIRE(fcache_held(h, cls) == 5);
+    void* again = alloc(kSize);  // handed out from the cache since the last pass
+    CHECK(again == st.blocks[0][4]);
+    fcache_flush_idle(h);
+    CHECK(fcache_held(h, cls) == 4);  // in use: kept
+    fcache_flush_idle(h);             // nothing handed out since
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK((h->fc_active & (uint64_t{1} << cls)) == 0);
+    CHECK(st.page[0]->used == used0 - 4);
+    CHECK(check_heap_invariants(h) == 0);
+    dealloc(again);
+    for (size_t i = 5; i < st.blocks[0].size(); ++i) dealloc(st.blocks[0][i]);
+    for (int k = 1; k < 3; ++k)
+      for (void* b : st.blocks[k]) dealloc(b);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+}
