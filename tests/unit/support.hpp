@@ -305,6 +305,8 @@ inline int check_heap_invariants(Heap* h) {
         if (pc.capacity > pc.reserved) fail("capacity above reserved", p);
         if (p->block_size != kClassSize[p->size_class]) fail("block size differs from the class", p);
         if (p->cache_frees != class_caches_frees(p->size_class)) fail("cache_frees differs from the class", p);
+        if (p->fast_magic != (p->flags == 0 && !p->cache_frees ? p->div_magic : 0))
+          fail("fast_magic differs from the flags and cache_frees", p);
         bool full_flag = (p->flags & kPageInFull) != 0;
         if (full_flag != (in_full.count(p) != 0)) fail("kPageInFull disagrees with the full list", p);
         bool spare_flag = (p->flags & kPageSpare) != 0;
