@@ -790,14 +790,22 @@ void free_generic(Segment* s, Page* page, void* p) noexcept {
     if ((page_flags(page) & ~kPageInFull) == 0 && s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
         is_block_start(page, p) && b->key != g_free_key) {
       const unsigned cls = page->size_class;
-      if (me->queues[cls].first != page && (me->fc != nullptr || (me->live && fcache_map(me))) &&
-          fcache_held(me, cls) < fc_limit(cls)) {
-        b->key = g_free_key;
-        cache_put(me, cls, b);
-        return;
+      const uint64_t bit = uint64_t{1} << cls;
+      if (me->queues[cls].first != page && !(me->cache_bulk & bit) &&
+          (me->fc != nullptr || (me->live && fcache_map(me)))) {
+        if (fcache_held(me, cls) < fc_limit(cls)) {
+          b->key = g_free_key;
+          cache_put(me, cls, b);
+          return;
+        }
+        // A run of frees longer than the cache holds (a program freeing what it built, not
+        // replacing blocks): the cache goes home, so that its blocks do not keep their pages
+        // alive after the run, and the class's frees go to their pages until its next
+        // slow-path allocation.
+        fcache_flush_class(me, cls);
+        me->cache_bulk |= bit;
       }
-      // The page malloc takes from, or the cache is full (a run of frees: the cache keeps the
-      // first ones for the next mallocs, the rest go home at once): as the fast path.
+      // The page malloc takes from, or the class's cache is off for now: as the fast path.
       if (page_flags(page) == 0) {
         b->key = g_free_key;
         b->next = page->free;

@@ -488,6 +488,7 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
       heap_update_direct(heap, cls);
     }
   }
+  heap->cache_bulk &= ~(uint64_t{1} << cls);  // a run of the owner's frees has ended
   PageQueue* q = &heap->queues[cls];
   Page* page = q->first;
   if (kClassSize[cls] > kSmallMax && page != nullptr && page->free == nullptr && page->next != nullptr)

@@ -275,6 +275,9 @@ struct Heap {
   // thread that never does (most) keeps a heap of 3.5 KiB.
   uint64_t fc_active = 0;
   uint64_t fc_direct = 0;               // classes whose direct entries point at their cache
+  uint64_t cache_bulk = 0;              // class caches of the owner's frees (class_caches_frees)
+                                        // off until the class's next slow-path allocation: a
+                                        // run of frees overflowed them
   static_assert(kClassCount <= 64, "fc_active holds one bit per size class");
   bool fc_on = false;                   // cache at all (decided every 64 slow-path calls)
   uint64_t fc_remote_mark = 0;          // stats.remote_frees at the last decision

@@ -125,43 +125,45 @@ TEST_CASE("class caches: a free of a block of malloc's page goes to that page, a
   });
 }
 
-TEST_CASE("class caches: a full cache lets the next frees go to their pages, and a trim sends it home") {
+TEST_CASE("class caches: a run of frees longer than the cache sends it home, until the class's next slow-path allocation") {
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
+    const uint64_t bit = uint64_t{1} << cls;
     const uint32_t limit = fcache_limit(cls);
     Pages st = fill_three_pages(kSize);
     Heap* h = t_heap;
     REQUIRE(h->queues[cls].first != st.page[0]);
     REQUIRE(h->queues[cls].first != st.page[1]);
-    REQUIRE(st.blocks[0].size() + st.blocks[1].size() > limit);
+    REQUIRE(st.blocks[0].size() + st.blocks[1].size() > limit + 1);
     std::vector<void*> freed;
     for (int k = 0; k < 2; ++k)
       for (void* b : st.blocks[k]) freed.push_back(b);
-    freed.resize(limit + 1);
     const uint32_t used0 = st.page[0]->used + st.page[1]->used;
     for (uint32_t i = 0; i < limit; ++i) dealloc(freed[i]);
     CHECK(fcache_held(h, cls) == limit);
     CHECK(st.page[0]->used + st.page[1]->used == used0);
-    // One more: the cache keeps the frees it has (a run of frees would only pass through it),
-    // and this one goes to its page.
+    // One more: not a replacement pattern. The cache goes home (its blocks would otherwise keep
+    // their pages alive once the program has freed everything), and so does this block.
     dealloc(freed[limit]);
-    CHECK(fcache_held(h, cls) == limit);
-    CHECK(st.page[0]->used + st.page[1]->used == used0 - 1);
-    Page* last = page_of_ptr(freed[limit]);
-    CHECK(page_counts(last).free + page_counts(last).local_free == 1);
-    CHECK(check_heap_invariants(h) == 0);
-    trim(0);  // a forced collect: the cache goes home, every block to its page
     CHECK(fcache_held(h, cls) == 0);
-    CHECK((h->fc_active & (uint64_t{1} << cls)) == 0);
+    CHECK((h->fc_active & bit) == 0);
+    CHECK((h->cache_bulk & bit) != 0);
     CHECK(st.page[0]->used + st.page[1]->used == used0 - (limit + 1));
+    dealloc(freed[limit + 1]);  // the run goes on: to its page
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(st.page[0]->used + st.page[1]->used == used0 - (limit + 2));
     CHECK(check_heap_invariants(h) == 0);
-    for (size_t i = limit + 1; i < st.blocks[0].size() + st.blocks[1].size(); ++i) {
-      void* b = i < st.blocks[0].size() ? st.blocks[0][i] : st.blocks[1][i - st.blocks[0].size()];
-      dealloc(b);
-    }
+    // The class's next slow-path allocation ends the run: the cache takes frees again.
+    std::vector<void*> again;
+    const uint64_t g0 = h->stats.generic_calls;
+    while (h->stats.generic_calls == g0) again.push_back(alloc(kSize));
+    CHECK((h->cache_bulk & bit) == 0);
+    for (size_t i = limit + 2; i < freed.size(); ++i) dealloc(freed[i]);
+    for (void* b : again) dealloc(b);
     for (void* b : st.blocks[2]) dealloc(b);
-    trim(0);
+    trim(0);  // a forced collect: whatever the cache holds goes home
+    CHECK(fcache_held(h, cls) == 0);
     CHECK(check_heap_invariants(h) == 0);
   });
 }
