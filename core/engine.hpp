@@ -55,7 +55,7 @@ extern std::atomic<bool> g_fcache_ever;
 inline uint8_t page_flags(const Page* p) { return __atomic_load_n(&p->flags, __ATOMIC_RELAXED); }
 inline void set_page_flags(Page* p, uint8_t f) {
   __atomic_store_n(&p->flags, f, __ATOMIC_RELAXED);
-  p->fast_magic = f == 0 && !p->cache_frees ? p->div_magic : 0;
+  p->fast_magic = f == 0 ? p->div_magic : 0;
 }
 
 inline Segment* segment_of(const void* p) {

@@ -782,37 +782,28 @@ NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
 }  // namespace
 
 void free_generic(Segment* s, Page* page, void* p) noexcept {
-  if (page->cache_frees && s->kind != SegmentKind::kHuge) {
-    // The owner's free of a class that caches frees (class_caches_frees) misses the fast path
-    // on purpose: the fast path's checks, then the block goes to its heap's cache of the class.
+  // The owner's free of a block of 4-8 KiB whose page is full (a page with no free block: the
+  // block would make it a page of one free block, requeued for one allocation) goes to the
+  // heap's cache of the class instead (see "Class caches" in docs/design.md).
+  if (page_flags(page) == kPageInFull && page->kind == PageKind::kSmall && class_caches_frees(page->size_class) &&
+      s->kind != SegmentKind::kHuge) {
     Heap* me = t_heap;
     Block* b = static_cast<Block*>(p);
-    if ((page_flags(page) & ~kPageInFull) == 0 && s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
-        is_block_start(page, p) && b->key != g_free_key) {
-      const unsigned cls = page->size_class;
-      const uint64_t bit = uint64_t{1} << cls;
-      if (me->queues[cls].first != page && !(me->cache_bulk & bit) &&
-          (me->fc != nullptr || (me->live && fcache_map(me)))) {
-        if (fcache_held(me, cls) < fc_limit(cls)) {
-          b->key = g_free_key;
-          cache_put(me, cls, b);
-          return;
-        }
-        // A run of frees longer than the cache holds (a program freeing what it built, not
-        // replacing blocks): the cache goes home, so that its blocks do not keep their pages
-        // alive after the run, and the class's frees go to their pages until its next
-        // slow-path allocation.
-        fcache_flush_class(me, cls);
-        me->cache_bulk |= bit;
-      }
-      // The page malloc takes from, or the class's cache is off for now: as the fast path.
-      if (page_flags(page) == 0) {
+    const unsigned cls = page->size_class;
+    const uint64_t bit = uint64_t{1} << cls;
+    if (s->thread_id.load(std::memory_order_relaxed) == os::thread_id() && is_block_start(page, p) &&
+        b->key != g_free_key && !(me->cache_bulk & bit) && (me->fc != nullptr || (me->live && fcache_map(me)))) {
+      if (fcache_held(me, cls) < fc_limit(cls)) {
         b->key = g_free_key;
-        b->next = page->free;
-        page->free = b;
-        if (--page->used == 0) page_retire(page);
+        cache_put(me, cls, b);
         return;
       }
+      // A run of frees longer than the cache holds (a program freeing what it built, not
+      // replacing blocks): the cache goes home, so that its blocks do not keep their pages
+      // alive after the run, and the class's frees go to their pages until its next
+      // slow-path allocation.
+      fcache_flush_class(me, cls);
+      me->cache_bulk |= bit;
     }
   }
   free_checked(s, page, p);

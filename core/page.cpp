@@ -109,8 +109,7 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
   page->div_magic = ~uint64_t{0} / page->block_size + 1;
   uint64_t start = reinterpret_cast<uintptr_t>(page_start(segment_of(page), page));
   page->div_bias = uint64_t{0} - start * page->div_magic;
-  page->cache_frees = class_caches_frees(cls);
-  page->fast_magic = page_flags(page) == 0 && !page->cache_frees ? page->div_magic : 0;
+  page->fast_magic = page_flags(page) == 0 ? page->div_magic : 0;
   if (g_secure) {
     page->list_key = os::random_u64();
     set_page_flags(page, kPageSecure);

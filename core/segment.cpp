@@ -273,7 +273,6 @@ Page* take_span(Heap* heap, Segment* s, unsigned idx, unsigned slices, PageKind 
   s->used_spans++;
   page->slice_count = static_cast<uint16_t>(slices);
   page->kind = kind;
-  page->cache_frees = 0;  // page_init sets it for small and medium pages
   set_page_flags(page, 0);
   if (kind == PageKind::kLarge) {
     s->large_slices = static_cast<uint8_t>(s->large_slices + slices);

@@ -92,7 +92,7 @@ enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
 //   |thread_free| <= used  (blocks freed by other threads count as used until collected)
 //   flags & kPageInFull  <=>  the page is in its heap's full list
 //   (thread_free & kDelayMask) == kDelayUse  =>  flags & kPageInFull
-//   fast_magic == (flags == 0 && !cache_frees ? div_magic : 0)   (set_page_flags keeps it)
+//   fast_magic == (flags == 0 ? div_magic : 0)   (set_page_flags keeps it)
 struct alignas(64) Page {
   // First line: read by every thread that frees a block of the page.
   uint64_t list_key;                    // secure mode: the key of this page's encoded links
@@ -115,9 +115,7 @@ struct alignas(64) Page {
   uint16_t slice_count;                 // span length in slices (head only)
   uint16_t holes;                       // blocks in memory given back while the page lives
   uint8_t punched_for_growth;           // some of it went back because the heap grew
-  uint8_t cache_frees;                  // the owner's frees go to its heap's cache of the class
-                                        // (class_caches_frees), not to the page: never the fast path
-  uint8_t unused_[2];
+  uint8_t unused_[3];
   uint16_t punch_used;                  // `used` when its free memory was last given back
   // Second line: the owner's allocation state (malloc and free write it on every call) and the
   // owner's slow-path fields.

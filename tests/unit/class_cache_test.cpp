@@ -1,7 +1,6 @@
-// Class caches: the owner's frees of blocks from 4 to 8 KiB (class_caches_frees) that are not
-// on the page malloc takes from wait in the heap's cache of the class (the foreign cache's
-// lists), and malloc takes them back, the last freed first. See "Class caches" in
-// docs/design.md.
+// Class caches: the owner's frees of blocks from 4 to 8 KiB (class_caches_frees) into pages
+// that are full wait in the heap's cache of the class (the foreign cache's lists), and malloc
+// takes them back, the last freed first. See "Class caches" in docs/design.md.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -21,7 +20,7 @@ struct Pages {
   Page* page[3];
 };
 
-// Three full pages of the class, in the order they were made.
+// Three full pages of the class, in the order they were made (the first two in the full list).
 Pages fill_three_pages(size_t n) {
   Pages st;
   const unsigned cls = size_to_class(n);
@@ -58,16 +57,15 @@ TEST_CASE("class caches: which classes cache the owner's frees") {
   CHECK(fcache_limit(size_to_class(8192)) == 8);
 }
 
-TEST_CASE("class caches: the owner's frees off malloc's page wait in the cache, and malloc takes them back last freed first") {
+TEST_CASE("class caches: the owner's frees into full pages wait in the cache, and malloc takes them back last freed first") {
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
     Pages st = fill_three_pages(kSize);
     Heap* h = t_heap;  // (the thread's heap exists from its first malloc)
     Page* p = st.page[0];
-    CHECK(p->cache_frees == 1);
-    CHECK(p->fast_magic == 0);  // every free of the page takes the generic path
-    REQUIRE(h->queues[cls].first != p);
+    REQUIRE(page_flags(p) == kPageInFull);
+    CHECK(p->fast_magic == 0);  // every free of a full page takes the generic path
     const uint32_t used0 = p->used;
     const uint64_t live0 = stats().live_bytes;
     const uint32_t want = fcache_direct_min(cls);
@@ -103,7 +101,7 @@ TEST_CASE("class caches: the owner's frees off malloc's page wait in the cache, 
   });
 }
 
-TEST_CASE("class caches: a free of a block of malloc's page goes to that page, as on the fast path") {
+TEST_CASE("class caches: a free into a page that is not full takes the fast path to that page") {
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
@@ -113,12 +111,15 @@ TEST_CASE("class caches: a free of a block of malloc's page goes to that page, a
     Page* p = page_of_ptr(a);
     REQUIRE(page_of_ptr(b) == p);
     REQUIRE(h->queues[cls].first == p);
+    REQUIRE(page_flags(p) == 0);
     const uint32_t used = p->used;
+    const uint64_t g0 = h->stats.generic_calls;
     dealloc(b);
     CHECK(fcache_held(h, cls) == 0);
     CHECK(p->free == b);  // LIFO: the next malloc of the class takes it back
     CHECK(p->used == used - 1);
     CHECK(alloc(kSize) == b);
+    CHECK(h->stats.generic_calls == g0);
     dealloc(b);
     dealloc(a);
     CHECK(check_heap_invariants(h) == 0);
@@ -133,8 +134,8 @@ TEST_CASE("class caches: a run of frees longer than the cache sends it home, unt
     const uint32_t limit = fcache_limit(cls);
     Pages st = fill_three_pages(kSize);
     Heap* h = t_heap;
-    REQUIRE(h->queues[cls].first != st.page[0]);
-    REQUIRE(h->queues[cls].first != st.page[1]);
+    REQUIRE(page_flags(st.page[0]) == kPageInFull);
+    REQUIRE(page_flags(st.page[1]) == kPageInFull);
     REQUIRE(st.blocks[0].size() + st.blocks[1].size() > limit + 1);
     std::vector<void*> freed;
     for (int k = 0; k < 2; ++k)
@@ -150,7 +151,7 @@ TEST_CASE("class caches: a run of frees longer than the cache sends it home, unt
     CHECK((h->fc_active & bit) == 0);
     CHECK((h->cache_bulk & bit) != 0);
     CHECK(st.page[0]->used + st.page[1]->used == used0 - (limit + 1));
-    dealloc(freed[limit + 1]);  // the run goes on: to its page
+    dealloc(freed[limit + 1]);  // the run goes on: to its page (not full any more)
     CHECK(fcache_held(h, cls) == 0);
     CHECK(st.page[0]->used + st.page[1]->used == used0 - (limit + 2));
     CHECK(check_heap_invariants(h) == 0);
@@ -168,9 +169,10 @@ TEST_CASE("class caches: a run of frees longer than the cache sends it home, unt
   });
 }
 
-// A page's descriptor keeps what it held when its span goes back; a large block that takes the
-// same slices must not inherit `cache_frees` (its free would go into the class cache of the
-// size class the descriptor held last, and the large block would never be freed).
+// A page's descriptor keeps what it held when its span goes back, and a large block's flags are
+// those of a full page: a large block that takes the slices of a freed page of a caching class
+// must be freed as a large block, never into a class cache (it would never be freed). (A first
+// version kept a per-page flag that such a large span inherited; the fuzzer found it.)
 TEST_CASE("class caches: a large block on the slices of a page of a caching class is freed as a large block") {
   Worker w;
   w.run([] {
@@ -187,7 +189,6 @@ TEST_CASE("class caches: a large block on the slices of a page of a caching clas
       void* b = alloc(kMediumMax + 1);  // a large block of 3 slices
       Page* bp = page_of_ptr(b);
       REQUIRE(bp->kind == PageKind::kLarge);
-      CHECK(bp->cache_frees == 0);
       reused = std::find(old.begin(), old.end(), bp) != old.end();
       big.push_back(b);
     }
@@ -209,7 +210,7 @@ TEST_CASE("class caches: a cache that handed out nothing since the last maintena
     const unsigned cls = size_to_class(kSize);
     Pages st = fill_three_pages(kSize);
     Heap* h = t_heap;
-    REQUIRE(h->queues[cls].first != st.page[0]);
+    REQUIRE(page_flags(st.page[0]) == kPageInFull);
     const uint32_t used0 = st.page[0]->used;
     for (int i = 0; i < 5; ++i) dealloc(st.blocks[0][i]);
     REQUIRE(fcache_held(h, cls) == 5);

@@ -286,7 +286,6 @@ inline int check_heap_invariants(Heap* h) {
       }
       ++heads;
       if (p->kind == PageKind::kLarge) seg_large += p->slice_count;
-      if (p->kind == PageKind::kLarge && p->cache_frees) fail("a large page marked cache_frees", p);
       if (p->slice_count == 0 || i + p->slice_count > kSlicesPerSegment) {
         fail("bad span length", p);
         break;
@@ -304,9 +303,7 @@ inline int check_heap_invariants(Heap* h) {
         if (tf_count(p->thread_free.load()) != pc.thread_free) fail("thread_free's count differs from its list", p);
         if (pc.capacity > pc.reserved) fail("capacity above reserved", p);
         if (p->block_size != kClassSize[p->size_class]) fail("block size differs from the class", p);
-        if (p->cache_frees != class_caches_frees(p->size_class)) fail("cache_frees differs from the class", p);
-        if (p->fast_magic != (p->flags == 0 && !p->cache_frees ? p->div_magic : 0))
-          fail("fast_magic differs from the flags and cache_frees", p);
+        if (p->fast_magic != (p->flags == 0 ? p->div_magic : 0)) fail("fast_magic differs from the flags", p);
         bool full_flag = (p->flags & kPageInFull) != 0;
         if (full_flag != (in_full.count(p) != 0)) fail("kPageInFull disagrees with the full list", p);
         bool spare_flag = (p->flags & kPageSpare) != 0;
