@@ -591,7 +591,8 @@ uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept {
   return heap->fc != nullptr ? heap->fc->pushed[cls] - heap->fc->page[cls].used : 0;
 }
 
-// Send the cached blocks of class cls back to their pages, but for the `keep` freed last.
+// Send the cached blocks of class cls back to their pages, but for the `keep` freed last (the
+// owner's own blocks as its frees, the others as remote frees).
 void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept {
   Page* fp = &heap->fc->page[cls];
   uint32_t held = fcache_held(heap, cls);
@@ -693,7 +694,6 @@ bool fcache_push(Heap* me, Page* page, Block* b) {
   cache_put(me, cls, b);
   return true;
 }
-
 
 // Is b on one of the page's free lists? Only the owner may walk free and local_free; anyone
 // may walk thread_free (pushers only prepend) and the owner heap's delayed list.

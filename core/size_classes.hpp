@@ -70,8 +70,9 @@ inline constexpr std::array<uint32_t, kClassCount> kClassSize = [] {
   return t;
 }();
 
-// Classes whose owner frees go to the heap's cache of the class rather than to their page: the
-// small classes from 4 KiB, whose pages hold 8 to 16 blocks (see "Class caches" in heap.cpp).
+// Classes whose owner's frees into full pages go to the heap's cache of the class rather than to
+// their page: the small classes from 4 KiB, whose pages hold 8 to 16 blocks (free_generic; see
+// "Class caches" in docs/design.md).
 constexpr bool class_caches_frees(unsigned c) { return kClassSize[c] >= 4096 && kClassSize[c] <= kSmallMax; }
 
 // Class of a request of n <= kDirectMax bytes, indexed by (n + 15) / 16.
