@@ -47,13 +47,31 @@ void free_all(Pages& st) {
 
 }  // namespace
 
-TEST_CASE("class caches: which classes cache the owner's frees") {
-  for (unsigned c = 0; c < kClassCount; ++c) {
-    CAPTURE(kClassSize[c]);
-    CHECK(class_caches_frees(c) == (kClassSize[c] >= 4096 && kClassSize[c] <= kSmallMax));
-  }
-  CHECK(class_caches_frees(size_to_class(kSize)));
-  CHECK(fcache_limit(size_to_class(4096)) == 16);  // 64 KiB of blocks
+// Smaller classes keep the page's own lists: a 3000-byte block freed into a full page goes to
+// its page. The cache holds 64 KiB of blocks: 16 of 4 KiB, 8 of 8 KiB.
+TEST_CASE("class caches: blocks under 4 KiB go to their full page, and the caches hold 64 KiB") {
+  Worker w;
+  w.run([] {
+    const size_t n = 3000;
+    const unsigned cls = size_to_class(n);
+    CHECK_FALSE(class_caches_frees(cls));
+    Pages st = fill_three_pages(n);
+    Heap* h = t_heap;
+    Page* p = st.page[0];
+    REQUIRE(page_flags(p) == kPageInFull);
+    const uint32_t used = p->used;
+    dealloc(st.blocks[0][0]);
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(p->used == used - 1);  // home at once
+    CHECK((page_flags(p) & kPageInFull) == 0);
+    st.blocks[0].erase(st.blocks[0].begin());  // freed already
+    free_all(st);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+  CHECK(class_caches_frees(size_to_class(4096)));
+  CHECK(class_caches_frees(size_to_class(8192)));
+  CHECK_FALSE(class_caches_frees(size_to_class(8193)));
+  CHECK(fcache_limit(size_to_class(4096)) == 16);
   CHECK(fcache_limit(size_to_class(8192)) == 8);
 }
 
@@ -122,6 +140,33 @@ TEST_CASE("class caches: a free into a page that is not full takes the fast path
     CHECK(h->stats.generic_calls == g0);
     dealloc(b);
     dealloc(a);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+}
+
+// Not malloc's current page either: a page that a trim took out of the full list (its cached
+// block went home) has a free block, and the next free into it goes to it, not to the cache.
+TEST_CASE("class caches: a free into a page with free blocks that is not malloc's goes to that page") {
+  Worker w;
+  w.run([] {
+    const unsigned cls = size_to_class(kSize);
+    Pages st = fill_three_pages(kSize);
+    Heap* h = t_heap;
+    Page* p = st.page[0];
+    REQUIRE(page_flags(p) == kPageInFull);
+    dealloc(st.blocks[0][0]);
+    REQUIRE(fcache_held(h, cls) == 1);
+    trim(0);  // the cache goes home: the page has a free block and leaves the full list
+    REQUIRE(page_flags(p) == 0);
+    REQUIRE(h->queues[cls].first != p);
+    const uint32_t used = p->used;
+    dealloc(st.blocks[0][1]);
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(p->used == used - 1);
+    CHECK(p->free == st.blocks[0][1]);  // the fast path's push
+    for (size_t i = 2; i < st.blocks[0].size(); ++i) dealloc(st.blocks[0][i]);
+    for (int k = 1; k < 3; ++k)
+      for (void* b : st.blocks[k]) dealloc(b);
     CHECK(check_heap_invariants(h) == 0);
   });
 }
