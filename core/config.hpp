@@ -88,6 +88,17 @@ inline constexpr unsigned kUnfitSlackDiv = 8;
 // (`mstress`: peak RSS +1 MiB, 8% fewer page faults with the whole slack).
 inline constexpr unsigned kUnfitSlackFloor = 32;
 
+// Free resident slices a heap keeps at most until their purge delay runs out: this many (2 MiB),
+// plus 1/kFreeFloatDiv of the slices in its spans, plus the large blocks' slack above. Beyond,
+// its next maintenance pass purges the excess at once, those waiting longest first
+// (heap_purge_excess): a phase of the program ended and let go of most of the heap, and what it
+// does next seldom needs that much again within the delay, while its own new memory (and the
+// program's code and files) add to a footprint that still holds the old phase's (clang++: the
+// peak came 0.4 s after the parser freed 64 MiB, 5 MiB above the peak before it). A heap that
+// churns keeps a float well within it (`glibc-thread`: 0.8-1 MiB beside 6-7 MiB of spans).
+inline constexpr unsigned kFreeFloatFloor = 32;
+inline constexpr unsigned kFreeFloatDiv = 8;
+
 // Alignments up to this (half a segment) are served from a large span that starts at an aligned
 // slice of a segment, for blocks up to kLargeMax; beyond, a huge block (a run of chunks).
 inline constexpr size_t kLargeAlignMax = kSegmentSize / 2;

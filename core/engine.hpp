@@ -390,6 +390,9 @@ size_t abandoned_kept_bytes() noexcept;
 // collection such as malloc_trim's).
 bool segment_reclaim_one(Heap* heap, bool for_room = true) noexcept;
 void segment_purge(Segment* s, uint64_t now, bool force) noexcept;
+// Purge the heap's resident free slices beyond its float (kFreeFloatFloor); the caller holds the
+// heap's segment lock.
+void heap_purge_excess(Heap* heap) noexcept;
 size_t abandoned_count() noexcept;
 void segments_fork_prepare() noexcept;
 void segments_fork_parent() noexcept;

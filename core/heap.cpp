@@ -395,6 +395,7 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
   {
     HeapSegGuard guard(heap);
     heap_purge_segments(heap, now, force);
+    if (!force) heap_purge_excess(heap);
   }
   heaps_purge_idle(heap, now, force);
   abandoned_purge_kept(now, force);

@@ -222,3 +222,81 @@ TEST_CASE("purge: a segment made on a resident chunk purges the free slices it c
   });
   settle();
 }
+
+// A phase of the program ends and lets go of most of the heap at once (a compiler's parser
+// freeing its trees): the free slices beyond the heap's float (kFreeFloatFloor slices, plus
+// 1/kFreeFloatDiv of the slices in its spans) go back at its next maintenance pass, without
+// waiting for their purge delay; the float stays for the next phase to reuse. A heap whose
+// free slices stay within the float (one that churns) keeps them all until their delay.
+TEST_CASE("purge: a heap that let go of most of its memory purges the excess at its next pass") {
+  settle();
+  const int64_t delay0 = option(Option::kPurgeDelay);
+  REQUIRE(option_set(Option::kPurgeDelay, 3600000));  // no purge comes from the delay here
+  Worker w;
+  w.run([&] {
+    ensure_heap();
+    Heap* h = t_heap;
+    auto in_spans = [&] {
+      unsigned n = 0;
+      for (Segment* s = h->segments; s != nullptr; s = s->next)
+        n += kSlicesPerSegment - 1 - static_cast<unsigned>(popcount64(s->free_slices & ~uint64_t{1}));
+      return n;
+    };
+    auto pass = [&] {
+      h->next_maintenance_ms = 0;
+      heap_maintenance(h, false);
+    };
+    // 16 MiB that stays, and 2 MiB freed: within the float.
+    std::vector<void*> live, v;
+    for (size_t i = 0; i < 16 * kMiB / (64 * 1024); ++i) {
+      live.push_back(alloc(64 * 1024));
+      REQUIRE(live.back() != nullptr);
+      memset(live.back(), 0x44, 64 * 1024);
+    }
+    for (size_t i = 0; i < 2 * kMiB / (64 * 1024); ++i) {
+      v.push_back(alloc(64 * 1024));
+      REQUIRE(v.back() != nullptr);
+      memset(v.back(), 0x55, 64 * 1024);
+    }
+    for (void* p : v) dealloc(p);
+    v.clear();
+    REQUIRE(h->large_slices == 0);  // 64 KiB blocks live in medium pages: no large slack
+    const uint32_t small_float = h->resident_free_slices;
+    CHECK(small_float >= 16);  // the 2 MiB freed (less what spare pages kept whole)
+    REQUIRE(small_float <= kFreeFloatFloor + in_spans() / kFreeFloatDiv);
+    size_t p0 = g_counters.purged.load();
+    pass();
+    CHECK(h->resident_free_slices == small_float);
+    CHECK(g_counters.purged.load() == p0);
+    // 48 MiB more, then all of it freed but the first block of each segment (survivors pin
+    // every segment, as a program's long-lived objects do): far beyond the float.
+    for (size_t i = 0; i < 48 * kMiB / (64 * 1024); ++i) {
+      v.push_back(alloc(64 * 1024));
+      REQUIRE(v.back() != nullptr);
+      memset(v.back(), 0x66, 64 * 1024);
+    }
+    const size_t segments = h->segment_count;
+    std::set<Segment*> segs;
+    for (void* p : live) segs.insert(segment_of(p));
+    for (void* p : v) {
+      if (segs.insert(segment_of(p)).second) live.push_back(p);
+      else dealloc(p);
+    }
+    const uint32_t before = h->resident_free_slices;
+    const uint32_t allow = kFreeFloatFloor + in_spans() / kFreeFloatDiv;
+    REQUIRE(before > allow + 256);
+    p0 = g_counters.purged.load();
+    pass();
+    CHECK(h->resident_free_slices == allow);  // the float stays resident
+    CHECK(g_counters.purged.load() - p0 == static_cast<size_t>(before - allow) * kSliceSize);
+    CHECK(h->segment_count == segments);
+    CHECK(check_heap_invariants(h) == 0);  // the span index followed the purges
+    p0 = g_counters.purged.load();
+    pass();  // nothing beyond the float is left
+    CHECK(g_counters.purged.load() == p0);
+    for (void* p : live) CHECK(static_cast<uint8_t*>(p)[777] != 0);  // live blocks untouched
+    for (void* p : live) dealloc(p);
+  });
+  REQUIRE(option_set(Option::kPurgeDelay, delay0));
+  settle();
+}
