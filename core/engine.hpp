@@ -155,9 +155,16 @@ NEBULA_HOT void* alloc_zero(size_t n) noexcept {
     page->free = b->next;
     page->used++;
     // Every block on a free list carries g_free_key, except a new block of zeroed memory,
-    // whose key word is 0 (page_extend): that one needs only its link word cleared.
-    if (b->key != g_free_key) b->next = nullptr;
-    else memset(b, 0, n);
+    // whose key word is 0 (page_extend): that one needs only its link word cleared. The key
+    // is cleared apart from the memset, which ends before it for n < 16 (calloc(1, 8)): a
+    // block freed with the key in place is a suspected double free, which the slow path
+    // disproves by walking its page's free lists (cc1plus: 3,655 such frees, 13 M list steps).
+    if (b->key != g_free_key) {
+      b->next = nullptr;
+    } else {
+      b->key = 0;
+      memset(b, 0, n);
+    }
     return b;
   }
   return alloc_zero_generic(n, heap);
