@@ -506,30 +506,30 @@ void heap_purge_excess(Heap* heap) noexcept {
   unsigned in_spans = 0;
   for (Segment* s = heap->segments; s != nullptr; s = s->next)
     in_spans += kSlicesPerSegment - 1 - static_cast<unsigned>(popcount64(s->free_slices & ~uint64_t{1}));
-  const uint32_t share = heap->large_slices / kUnfitSlackDiv;
-  const uint32_t slack = share > kUnfitSlackFloor ? share - kUnfitSlackFloor : 0;
-  const uint32_t allow = kFreeFloatFloor + in_spans / kFreeFloatDiv + slack;
+  const uint32_t allow = kFreeFloatFloor + in_spans / kFreeFloatDiv + heap->large_slices / kUnfitSlackDiv;
   if (heap->resident_free_slices <= allow) return;
   unsigned purge = heap->resident_free_slices - allow;
-  // The segments whose free slices have waited longest first (the earliest purge time), the
-  // highest slices of each first (span searches favour the lowest of equal runs).
-  while (purge != 0) {
-    Segment* oldest = nullptr;
-    for (Segment* s = heap->segments; s != nullptr; s = s->next)
-      if (s->purge_at_ms != 0 && (oldest == nullptr || s->purge_at_ms < oldest->purge_at_ms)) oldest = s;
-    if (oldest == nullptr) break;
-    uint64_t m = oldest->free_slices & oldest->dirty_slices & ~uint64_t{1};
+  // The segments whose free slices have waited longest first (the earliest purge time; past
+  // kPurgeExcessScan of them, the rest in list order, so that a pass reads a bounded number of
+  // headers however many segments the heap holds), the highest slices of each first (span
+  // searches favour the lowest of equal runs).
+  for (unsigned picked = 0; purge != 0; ++picked) {
+    Segment* victim = nullptr;
+    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
+      if (s->purge_at_ms == 0 || (victim != nullptr && s->purge_at_ms >= victim->purge_at_ms)) continue;
+      victim = s;
+      if (picked >= kPurgeExcessScan) break;
+    }
+    if (victim == nullptr) break;
+    uint64_t m = victim->free_slices & victim->dirty_slices & ~uint64_t{1};
     uint64_t take = 0;
     for (; m != 0 && purge != 0; --purge) {
       const uint64_t top = uint64_t{1} << (63 - clz64(m));
       take |= top;
       m &= ~top;
     }
-    if (take == 0) {
-      oldest->purge_at_ms = 0;  // nothing free and resident is left in it
-      continue;
-    }
-    purge_slices(oldest, take);  // clears purge_at_ms once none is left
+    if (take == 0) victim->purge_at_ms = 0;  // nothing free and resident is left in it
+    else purge_slices(victim, take);        // clears purge_at_ms once none is left
   }
 }
 

@@ -226,8 +226,8 @@ TEST_CASE("purge: a segment made on a resident chunk purges the free slices it c
 // A phase of the program ends and lets go of most of the heap at once (a compiler's parser
 // freeing its trees): the free slices beyond the heap's float (kFreeFloatFloor slices, plus
 // 1/kFreeFloatDiv of the slices in its spans) go back at its next maintenance pass, without
-// waiting for their purge delay; the float stays for the next phase to reuse. A heap whose
-// free slices stay within the float (one that churns) keeps them all until their delay.
+// waiting for their purge delay; the float stays for the next phase to reuse. A heap whose free
+// slices stay within the float (one that churns) keeps them all until their delay.
 TEST_CASE("purge: a heap that let go of most of its memory purges the excess at its next pass") {
   settle();
   const int64_t delay0 = option(Option::kPurgeDelay);
