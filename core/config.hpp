@@ -101,8 +101,8 @@ inline constexpr unsigned kUnfitSlackFloor = 32;
 // level but kept most of clang++'s peak (203.4 MiB against 204.6).
 inline constexpr unsigned kFreeFloatFloor = 32;
 inline constexpr unsigned kFreeFloatDiv = 8;
-// The purge of that excess picks this many segments by age (one read of the heap's segment
-// list each), then takes the rest in list order.
+// The purge of that excess picks up to this many segments by age (a read of the heap's segment
+// list each), then takes the rest in one pass in list order.
 inline constexpr unsigned kPurgeExcessScan = 16;
 
 // Alignments up to this (half a segment) are served from a large span that starts at an aligned

@@ -509,28 +509,30 @@ void heap_purge_excess(Heap* heap) noexcept {
   const uint32_t allow = kFreeFloatFloor + in_spans / kFreeFloatDiv + heap->large_slices / kUnfitSlackDiv;
   if (heap->resident_free_slices <= allow) return;
   unsigned purge = heap->resident_free_slices - allow;
-  // The segments whose free slices have waited longest first (the earliest purge time; past
-  // kPurgeExcessScan of them, the rest in list order, so that a pass reads a bounded number of
-  // headers however many segments the heap holds), the highest slices of each first (span
-  // searches favour the lowest of equal runs).
-  for (unsigned picked = 0; purge != 0; ++picked) {
-    Segment* victim = nullptr;
-    for (Segment* s = heap->segments; s != nullptr; s = s->next) {
-      if (s->purge_at_ms == 0 || (victim != nullptr && s->purge_at_ms >= victim->purge_at_ms)) continue;
-      victim = s;
-      if (picked >= kPurgeExcessScan) break;
-    }
-    if (victim == nullptr) break;
-    uint64_t m = victim->free_slices & victim->dirty_slices & ~uint64_t{1};
+  // The segments whose free slices have waited longest first (the earliest purge time), up to
+  // kPurgeExcessScan of them, then the rest in one pass in list order, so that a pass reads a
+  // bounded number of headers however many segments the heap holds; the highest slices of each
+  // first (span searches favour the lowest of equal runs).
+  auto purge_from = [&purge](Segment* s) {
+    uint64_t m = s->free_slices & s->dirty_slices & ~uint64_t{1};
     uint64_t take = 0;
     for (; m != 0 && purge != 0; --purge) {
       const uint64_t top = uint64_t{1} << (63 - clz64(m));
       take |= top;
       m &= ~top;
     }
-    if (take == 0) victim->purge_at_ms = 0;  // nothing free and resident is left in it
-    else purge_slices(victim, take);        // clears purge_at_ms once none is left
+    if (take == 0) s->purge_at_ms = 0;  // nothing free and resident is left in it
+    else purge_slices(s, take);        // clears purge_at_ms once none is left
+  };
+  for (unsigned picked = 0; purge != 0 && picked < kPurgeExcessScan; ++picked) {
+    Segment* oldest = nullptr;
+    for (Segment* s = heap->segments; s != nullptr; s = s->next)
+      if (s->purge_at_ms != 0 && (oldest == nullptr || s->purge_at_ms < oldest->purge_at_ms)) oldest = s;
+    if (oldest == nullptr) return;
+    purge_from(oldest);
   }
+  for (Segment* s = heap->segments; s != nullptr && purge != 0; s = s->next)
+    if (s->purge_at_ms != 0) purge_from(s);
 }
 
 // A large span whose first slice is a multiple of `step` slices into its segment, so that its
