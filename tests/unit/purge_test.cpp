@@ -268,9 +268,10 @@ TEST_CASE("purge: a heap that let go of most of its memory purges the excess at 
     pass();
     CHECK(h->resident_free_slices == small_float);
     CHECK(g_counters.purged.load() == p0);
-    // 48 MiB more, then all of it freed but the first block of each segment (survivors pin
-    // every segment, as a program's long-lived objects do): far beyond the float.
-    for (size_t i = 0; i < 48 * kMiB / (64 * 1024); ++i) {
+    // 96 MiB more, then all of it freed but the first block of each segment (survivors pin
+    // every segment, as a program's long-lived objects do): far beyond the float, in more
+    // segments than the purge picks by age (kPurgeExcessScan), so its list pass runs too.
+    for (size_t i = 0; i < 96 * kMiB / (64 * 1024); ++i) {
       v.push_back(alloc(64 * 1024));
       REQUIRE(v.back() != nullptr);
       memset(v.back(), 0x66, 64 * 1024);
@@ -285,6 +286,9 @@ TEST_CASE("purge: a heap that let go of most of its memory purges the excess at 
     const uint32_t before = h->resident_free_slices;
     const uint32_t allow = kFreeFloatFloor + in_spans() / kFreeFloatDiv;
     REQUIRE(before > allow + 256);
+    unsigned with_free = 0;
+    for (Segment* s = h->segments; s != nullptr; s = s->next) with_free += s->purge_at_ms != 0;
+    REQUIRE(with_free > kPurgeExcessScan);
     p0 = g_counters.purged.load();
     pass();
     CHECK(h->resident_free_slices == allow);  // the float stays resident
