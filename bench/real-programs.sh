@@ -7,6 +7,7 @@
 #   sqlite3: bench/real/sqlite.sql (600,000 rows in memory, a 200 MB page cache)
 #   perl:    bench/real/hashes.pl (a hash of 600,000 entries thinned and sorted, split strings)
 #   python3-grow: bench/real/grow.py (two lists and a bytearray grown together to 48 MB each)
+#   jq:      a 25 MB JSON array of 200,000 records mapped to new objects (values of 272 and 392 bytes)
 # Usage: bench/real-programs.sh [BUILD_DIR] [REPS]     (run on an otherwise idle machine)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,6 +18,10 @@ trap 'rm -rf "$tmp"' EXIT
 mimalloc=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
 if [ ! -e "$mimalloc" ]; then  # LD_PRELOAD of a missing file only warns: the column would be glibc's
   echo "real-programs.sh: $mimalloc is missing; install libmimalloc2.0 (./nebulamem bench installs it)" >&2
+  exit 1
+fi
+if ! command -v jq >/dev/null; then
+  echo "real-programs.sh: jq is missing; install jq (./nebulamem bench installs it)" >&2
   exit 1
 fi
 python3 - "$tmp/gen.c" <<'PY'
@@ -30,6 +35,14 @@ with open(sys.argv[1], "w") as f:
         f.write(f"  s += f{i}({i});\n")
     f.write("  return s & 1; }\n")
 PY
+python3 - "$tmp/records.json" <<'PY'
+import json, random, sys
+random.seed(1)
+json.dump([{"id": i, "name": "user%d" % i, "tags": ["t%d" % random.randrange(100) for _ in range(random.randrange(5))],
+            "score": random.random(), "nested": {"a": i % 7, "b": str(i * 3)}} for i in range(200000)],
+          open(sys.argv[1], "w"))
+PY
+echo '[.[] | {a: .id, b: (.score | tostring), t: (.tags | length)}] | length' >"$tmp/map.jq"
 declare -A cmd
 cmd[python3]="/usr/bin/python3 $root/tests/programs/py_workload.py"
 cmd[gcc]="gcc -O2 -c $tmp/gen.c -o $tmp/gen.o"
@@ -37,9 +50,10 @@ cmd[clang]="clang++ -std=c++20 -O2 -I$root -I$root/include -c $root/tests/unit/t
 cmd[sqlite3]="sqlite3 :memory: -init /dev/null -batch"
 cmd[perl]="perl $root/bench/real/hashes.pl"
 cmd[python3-grow]="/usr/bin/python3 $root/bench/real/grow.py"
+cmd[jq]="jq -c -f $tmp/map.jq $tmp/records.json"
 declare -A input
 input[sqlite3]="$root/bench/real/sqlite.sql"
-progs=(python3 gcc clang sqlite3 perl python3-grow)
+progs=(python3 gcc clang sqlite3 perl python3-grow jq)
 allocs=(glibc mimalloc nebula)
 preload() {
   case $1 in glibc) echo "" ;; mimalloc) echo "$mimalloc" ;; nebula) echo "$build/libnebulamem.so" ;; esac
