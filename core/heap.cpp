@@ -2,7 +2,6 @@
 // allocation and free paths, delayed frees, maintenance (purge, reclaim), thread exit and fork.
 //
 // Owns: t_heap, g_empty_heap, the heap pool, the engine's one-time initialisation.
-#include <cstdio>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -990,31 +989,3 @@ void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired)
 }
 
 }  // namespace nebula
-// SCRATCH debug dump
-extern "C" __attribute__((visibility("default"))) void nebula_debug_dump() {
-  using namespace nebula;
-  Heap* heap = t_heap;
-  if (heap == nullptr || !heap->live) return;
-  unsigned pages[kClassCount] = {}, used[kClassCount] = {}, res[kClassCount] = {}, cap[kClassCount] = {}, holes[kClassCount] = {}, slices[kClassCount] = {};
-  unsigned spare = 0, large = 0, fullq = 0;
-  for_each_page(heap, [&](Segment*, Page* p) {
-    if (p->kind == PageKind::kLarge) { large += p->slice_count; return false; }
-    if (page_flags(p) & kPageSpare) { spare++; return false; }
-    unsigned c = p->size_class;
-    pages[c]++; used[c] += p->used; res[c] += p->reserved; cap[c] += p->capacity; holes[c] += p->holes; slices[c] += p->slice_count;
-    if (page_flags(p) & kPageInFull) fullq++;
-    return false;
-  });
-  unsigned segs = 0, freeslices = 0, dirtyfree = 0;
-  for (Segment* s = heap->segments; s; s = s->next) { segs++; freeslices += popcount64(s->free_slices & ~1ull); dirtyfree += popcount64(s->free_slices & s->dirty_slices & ~1ull); }
-  fprintf(stderr, "segs %u free slices %u (dirty %u, resident_free_slices %u) spares %u large slices %u full %u\n", segs, freeslices, dirtyfree, heap->resident_free_slices, spare, large, fullq);
-  size_t tot_slack = 0;
-  for (unsigned c = 0; c < kClassCount; ++c) if (pages[c]) {
-    size_t bs = kClassSize[c];
-    size_t slack = (size_t)cap[c] * bs - (size_t)used[c] * bs;
-    tot_slack += slack;
-    fprintf(stderr, "  class %2u %6zu: pages %3u slices %3u used %5u cap %5u res %5u holes %u  carved-free %zu KiB, uncarved %zu KiB\n", c, bs, pages[c], slices[c], used[c], cap[c], res[c], holes[c], slack >> 10, ((size_t)slices[c] * 65536 - (size_t)cap[c] * bs) >> 10);
-  }
-  fprintf(stderr, "total carved-free %zu KiB\n", tot_slack >> 10);
-  if (heap->fc) for (unsigned c = 0; c < kClassCount; ++c) { unsigned n = 0; for (Block* b = heap->fc->page[c].free; b; b = b->next) n++; if (n) fprintf(stderr, "  cache class %u: %u blocks (%zu KiB)\n", c, n, n * (size_t)kClassSize[c] >> 10); }
-}
