@@ -29,9 +29,10 @@
 
 namespace nebula {
 
-// Up to 512 bytes the steps are at most 1/8 of the size (16 bytes to 256, 32 to 512), as
-// glibc's 16-byte chunks nearly are: C structs and C++ nodes come in every size here, and with
-// four classes per octave a 136-, 272- or 392-byte object took 160, 320 or 448 bytes. jq keeps
+// Up to 512 bytes the steps are 16 bytes (to 256) and 32 (to 512), from 128 bytes on at most
+// 1/8 of the size, as glibc's 16-byte chunks nearly are: C structs and C++ nodes come in every
+// size here, and with four classes per octave a 136-, 272- or 392-byte object took 160, 320 or
+// 448 bytes. jq keeps
 // 600,000 objects of 392 bytes and 200,000 of 272 while it transforms a 25 MB document: peak RSS
 // 408 -> 384 MiB (glibc 375); `frag` (nodes of 48-512 bytes spread at random) 93.4 -> 90.2
 // MiB at its peak, and its resident memory after the tree thinned out 46.5 -> 41.5 MiB. The

@@ -94,7 +94,7 @@ TEST_CASE("size classes: the table is strictly increasing and each class is reac
   CHECK(kClassCount == 58);
 }
 
-TEST_CASE("size classes: up to 512 bytes a request rounds up by at most 1/8 of its class") {
+TEST_CASE("size classes: up to 512 bytes a request rounds up by less than 16 bytes to 256 and 32 to 512") {
   // Objects of every size live here (LLVM's 136- and 272-byte nodes, jq's 392-byte values): with
   // four classes per octave these took 160, 320 and 448 bytes.
   CHECK(kClassSize[size_to_class(136)] == 144);
