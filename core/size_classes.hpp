@@ -32,12 +32,11 @@ namespace nebula {
 // Up to 512 bytes the steps are 16 bytes (to 256) and 32 (to 512), from 128 bytes on at most
 // 1/8 of the size, as glibc's 16-byte chunks nearly are: C structs and C++ nodes come in every
 // size here, and with four classes per octave a 136-, 272- or 392-byte object took 160, 320 or
-// 448 bytes. jq keeps
-// 600,000 objects of 392 bytes and 200,000 of 272 while it transforms a 25 MB document: peak RSS
-// 408 -> 384 MiB (glibc 375); `frag` (nodes of 48-512 bytes spread at random) 93.4 -> 90.2
-// MiB at its peak, and its resident memory after the tree thinned out 46.5 -> 41.5 MiB. The
-// classes cost pages of their own: `xmalloc` (blocks of 16-512 bytes that a second thread
-// frees) holds 3-4% more (docs/performance.md, log of changes).
+// 448 bytes. jq keeps 600,000 objects of 392 bytes and 200,000 of 272 while it transforms a
+// 25 MB document: peak RSS 408 -> 384 MiB (glibc 375); `frag` (nodes of 48-512 bytes spread at
+// random) 93.4 -> 90.2 MiB at its peak, and its resident memory after the tree thinned out
+// 46.5 -> 41.5 MiB. The classes cost pages of their own: `xmalloc` (blocks of 16-512 bytes that a
+// second thread frees) holds 3-4% more (docs/performance.md, log of changes).
 inline constexpr unsigned kLinearMax = 256;  // 16-byte steps up to here
 inline constexpr unsigned kLinearCount = kLinearMax / 16;
 inline constexpr unsigned kEighthShift = 8;  // the octave (256, 512]: 8 classes, 32-byte steps
