@@ -137,8 +137,17 @@ void* realloc_block(void* p, size_t n) noexcept {
   // that stays huge gives the rest back where it is.
   if (n <= have && n >= have / 2) return p;
   if (n < have && n > kLargeMax && w.s->kind == SegmentKind::kHuge && huge_shrink(w.s, n)) return p;
+  const int saved_errno = errno;
   void* q = alloc(n);
-  if (q == nullptr) return nullptr;  // errno is ENOMEM; the old block is untouched
+  if (q == nullptr) {
+    // A shrink that finds no memory for its copy keeps the block where it is, which holds the n
+    // bytes already: a shrinking realloc never fails (glibc's split in place, and secure mode
+    // shrinks a huge block by copying it, its guard staying right after it). A growth fails
+    // with ENOMEM, the old block untouched.
+    if (n > have) return nullptr;
+    errno = saved_errno;
+    return p;
+  }
   memcpy(q, p, n < have ? n : have);
   dealloc(p);
   return q;

@@ -585,8 +585,13 @@ void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept {
   if (align > kSliceSize) {
     // The span starts at an aligned slice: nothing is taken for padding (a span padded by the
     // alignment held up to 31 slices it never used, and counted them against the budget).
-    if (align > kLargeAlignMax || n > kLargeMax) return huge_alloc(n, align, zero);
-    page = span_alloc_aligned(heap, static_cast<unsigned>(slices), static_cast<unsigned>(align >> kSliceShift));
+    // The first aligned slice of a segment is `step` (slice 0 is the header); a span that
+    // cannot end before the segment's usable end (in secure mode its last slice is a guard:
+    // 2 MiB aligned to 2 MiB took slices 32-63, the guard among them) is a huge block.
+    const size_t step = align >> kSliceShift;
+    const size_t usable = kSlicesPerSegment - (g_secure ? 1 : 0);
+    if (align > kLargeAlignMax || n > kLargeMax || step + slices > usable) return huge_alloc(n, align, zero);
+    page = span_alloc_aligned(heap, static_cast<unsigned>(slices), static_cast<unsigned>(step));
   } else {
     if (slices >= kSlicesPerSegment) return huge_alloc(n, align, zero);
     page = span_alloc(heap, static_cast<unsigned>(slices), PageKind::kLarge);

@@ -5,7 +5,10 @@
  *    heap;
  *  - zero on free (NEBULA_MEM_ZERO_ON_FREE=1): a freed block reads zero past its two link words;
  *  - there is a guard after each segment: writing just past a huge block faults (checked in a
- *    child, which must die of SIGSEGV). */
+ *    child, which must die of SIGSEGV);
+ *  - no block lies on that guard: large blocks at the highest alignments, whose aligned span
+ *    would end on the segment's last slice, are written whole (a 2 MiB block aligned to 2 MiB
+ *    took slices 32-63 of a new segment, the guard among them, and its last 64 KiB faulted). */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -52,8 +55,23 @@ int main(void) {
   int st = 0;
   waitpid(pid, &st, 0);
   CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+  /* aligned large blocks written whole: none may reach the guard slice */
+  static const size_t aligned_cases[][2] = {
+      {2u << 20, 2u << 20}, {2u << 20, (2u << 20) - 100}, {1u << 20, 2u << 20}, {2u << 20, 1u << 20},
+      {1u << 20, 1u << 20}, {512u << 10, 2u << 20}, {2u << 20, (31u << 16) + 1}};
+  for (int round = 0; round < 4; round++) {
+    void* keep[7];
+    for (int k = 0; k < 7; k++) {
+      size_t align = aligned_cases[k][0], n = aligned_cases[k][1];
+      CHECK(posix_memalign(&keep[k], align, n) == 0);
+      CHECK(((uintptr_t)keep[k] & (align - 1)) == 0);
+      CHECK(nebula_usable_size(keep[k]) >= n);
+      memset(keep[k], 0x5A, nebula_usable_size(keep[k]));
+    }
+    for (int k = 0; k < 7; k++) free(keep[k]);
+  }
   for (int i = 0; i < N; i++)
     if (i != 10 && i != 11) free(b[i]);
-  printf("secure_props: ok (%d of %d consecutive blocks adjacent, links encoded, guard faults)\n", sequential, N);
+  printf("secure_props: ok (%d of %d consecutive blocks adjacent, links encoded, guard faults, aligned blocks clear of it)\n", sequential, N);
   return 0;
 }

@@ -1,6 +1,7 @@
 // tests/unit/large_huge_test.cpp: large blocks (a span of their own, 128 KiB .. 2 MiB), huge
 // blocks (a segment of their own, > 2 MiB), aligned allocation, calloc on reused memory,
 // realloc across tiers, and the accounting of huge blocks.
+#include <cerrno>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -722,6 +723,37 @@ TEST_CASE("huge: a shrinking realloc keeps the block where it is and gives the r
   auto* q = static_cast<uint8_t*>(realloc_block(r, size_t{20} << 20));
   CHECK(q == r);
   CHECK(s->chunk_count == 6);
+  for (size_t i = 0; i < m; i += 4096) REQUIRE(q[i] == static_cast<uint8_t>(i >> 12));
+  dealloc(q);
+  settle();
+}
+
+TEST_CASE("realloc: a shrink that finds no memory for its copy keeps its block; a growth fails") {
+  settle();
+  // A huge block shrunk to a large one is copied into a new span. With every request to the OS
+  // refused there is none: the shrink keeps the block where it is (it holds the bytes asked
+  // for), errno untouched; it returned NULL before, as a growth still does.
+  const size_t n = size_t{40} << 20, m = size_t{1} << 20;
+  auto* p = static_cast<uint8_t*>(alloc(n));
+  REQUIRE(p != nullptr);
+  for (size_t i = 0; i < n; i += 4096) p[i] = static_cast<uint8_t>(i >> 12);
+  REQUIRE(fault_injection_set("every:1"));
+  errno = 1234;
+  auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+  const int e = errno;
+  auto* g = static_cast<uint8_t*>(realloc_block(p, size_t{400} << 20));
+  const int ge = errno;
+  REQUIRE(fault_injection_set("off"));
+  CHECK(r == p);
+  CHECK(e == 1234);
+  CHECK(g == nullptr);
+  CHECK(ge == ENOMEM);
+  CHECK(usable_size(p) >= n);
+  for (size_t i = 0; i < n; i += 4096) REQUIRE(p[i] == static_cast<uint8_t>(i >> 12));
+  // With memory to be had again, the same shrink copies the block into a large span.
+  auto* q = static_cast<uint8_t*>(realloc_block(p, m));
+  REQUIRE(q != nullptr);
+  CHECK(q != p);
   for (size_t i = 0; i < m; i += 4096) REQUIRE(q[i] == static_cast<uint8_t>(i >> 12));
   dealloc(q);
   settle();
