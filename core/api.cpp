@@ -138,7 +138,9 @@ void* realloc_block(void* p, size_t n) noexcept {
   if (n <= have && n >= have / 2) return p;
   if (n < have && n > kLargeMax && w.s->kind == SegmentKind::kHuge && huge_shrink(w.s, n)) return p;
   const int saved_errno = errno;
+  t_shrink_copy = n < have;
   void* q = alloc(n);
+  t_shrink_copy = false;
   if (q == nullptr) {
     // A shrink that finds no memory for its copy keeps the block where it is, which holds the n
     // bytes already: a shrinking realloc never fails (glibc's split in place, and secure mode

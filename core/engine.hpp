@@ -269,6 +269,10 @@ bool owns(const void* p) noexcept;                                         // ou
 Heap* heap_init_thread() noexcept;
 // After an allocation attempt failed: purge, call the critical callbacks, retry, then fail.
 void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bool), size_t align, bool zero);
+// Set by realloc while it allocates the smaller copy of a shrinking block: if no memory is
+// found, oom_retry returns NULL without counting a failure or aborting (NEBULA_MEM_ON_OOM=abort),
+// and realloc keeps the block, which holds the bytes asked for.
+extern __thread bool t_shrink_copy __attribute__((tls_model("initial-exec")));
 void heap_collect(Heap* heap, bool force) noexcept;
 // The heap's spare pages go back to their segments as free slices (page.cpp).
 void spare_flush(Heap* heap) noexcept;

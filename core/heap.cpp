@@ -13,6 +13,7 @@
 namespace nebula {
 
 __thread Heap* t_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+__thread bool t_shrink_copy __attribute__((tls_model("initial-exec"))) = false;
 
 namespace {
 
@@ -473,9 +474,10 @@ void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bo
   }
   budget_poll_if_needed();
   if (p != nullptr) return p;
+  errno = ENOMEM;
+  if (t_shrink_copy) return nullptr;  // realloc keeps the block instead: nothing failed
   g_budget.failures.fetch_add(1, std::memory_order_relaxed);
   if (option(Option::kOnOom) == 1) budget_abort(n);
-  errno = ENOMEM;
   return nullptr;
 }
 

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <vector>
 
+#include "core/budget.hpp"
+#include "core/options.hpp"
 #include "support.hpp"
 
 using namespace nebula;
@@ -738,9 +740,14 @@ TEST_CASE("realloc: a shrink that finds no memory for its copy keeps its block; 
   REQUIRE(p != nullptr);
   for (size_t i = 0; i < n; i += 4096) p[i] = static_cast<uint8_t>(i >> 12);
   REQUIRE(fault_injection_set("every:1"));
+  // Nothing fails, so nothing aborts with NEBULA_MEM_ON_OOM=abort, nor counts as a failure.
+  const uint64_t failures0 = g_budget.failures.load();
+  REQUIRE(option_set(Option::kOnOom, 1));
   errno = 1234;
   auto* r = static_cast<uint8_t*>(realloc_block(p, m));
   const int e = errno;
+  REQUIRE(option_set(Option::kOnOom, 0));
+  CHECK(g_budget.failures.load() == failures0);
   auto* g = static_cast<uint8_t*>(realloc_block(p, size_t{400} << 20));
   const int ge = errno;
   REQUIRE(fault_injection_set("off"));
