@@ -81,7 +81,7 @@ size_t usable_size(const void* p) noexcept {
 // out (used counts the blocks other threads freed until the owner collects them) and none of
 // them freed by another thread since: its thread_free list and the heap's delayed list empty,
 // and no thread ever caching other threads' blocks (a cached block counts as used on its page).
-static bool page_all_live(Segment* s, Page* page) noexcept {
+NEBULA_HOT static bool page_all_live(Segment* s, Page* page) noexcept {
   if (s->thread_id.load(std::memory_order_relaxed) != os::thread_id() || page->used != page->reserved) return false;
   if (g_fcache_ever.load(std::memory_order_relaxed)) return false;
   if (t_heap->fc_active & (uint64_t{1} << page->size_class)) return false;  // the owner's own cache
@@ -89,8 +89,30 @@ static bool page_all_live(Segment* s, Page* page) noexcept {
   return t_heap->delayed_free.load(std::memory_order_acquire) == nullptr;
 }
 
-void* realloc_block(void* p, size_t n) noexcept {
-  if (p == nullptr) return alloc(n);
+// realloc's move: a new block, the bytes copied, the old block freed. Out of line, so that the
+// paths that keep the block (most calls when a string grows by a few bytes) need no frame.
+NEBULA_NOINLINE static void* realloc_move(void* p, size_t n, size_t have) noexcept {
+  const int saved_errno = errno;
+  t_shrink_copy = n < have;
+  void* q = alloc(n);
+  t_shrink_copy = false;
+  if (q == nullptr) {
+    // A shrink that finds no memory for its copy keeps the block where it is, which holds the n
+    // bytes already: a shrinking realloc never fails (glibc's split in place, and secure mode
+    // shrinks a huge block by copying it, its guard staying right after it). A growth fails
+    // with ENOMEM, the old block untouched.
+    if (n > have) return nullptr;
+    errno = saved_errno;
+    return p;
+  }
+  memcpy(q, p, n < have ? n : have);
+  dealloc(p);
+  return q;
+}
+
+// Every realloc that the fast path in realloc_block does not settle: the checks, the huge and
+// large blocks, and the moves.
+NEBULA_NOINLINE static void* realloc_slow(void* p, size_t n) noexcept {
   if (n == 0) {  // glibc frees and returns NULL
     dealloc(p);
     return nullptr;
@@ -137,22 +159,30 @@ void* realloc_block(void* p, size_t n) noexcept {
   // that stays huge gives the rest back where it is.
   if (n <= have && n >= have / 2) return p;
   if (n < have && n > kLargeMax && w.s->kind == SegmentKind::kHuge && huge_shrink(w.s, n)) return p;
-  const int saved_errno = errno;
-  t_shrink_copy = n < have;
-  void* q = alloc(n);
-  t_shrink_copy = false;
-  if (q == nullptr) {
-    // A shrink that finds no memory for its copy keeps the block where it is, which holds the n
-    // bytes already: a shrinking realloc never fails (glibc's split in place, and secure mode
-    // shrinks a huge block by copying it, its guard staying right after it). A growth fails
-    // with ENOMEM, the old block untouched.
-    if (n > have) return nullptr;
-    errno = saved_errno;
-    return p;
+  return realloc_move(p, n, have);
+}
+
+// realloc: its common calls settled without a frame. realloc(NULL, n) is malloc (Lua's
+// allocator makes every allocation so); a small or medium block in a page without flags (but
+// "full") that holds n bytes without wasting half of it stays where it is, its double-free check
+// done as in realloc_slow: without reading the block where page_all_live proves it live, else
+// by its free key (a block that carries the key goes the slow way, which tells for sure).
+void* realloc_block(void* p, size_t n) noexcept {
+  if (p == nullptr) return alloc(n);
+  if (NEBULA_LIKELY(n - 1 < kMaxRequest && is_segment_start_chunk(p))) {
+    Segment* s = segment_of(p);
+    if (NEBULA_LIKELY(s->kind == SegmentKind::kNormal)) {
+      Page* page = page_of(s, p);
+      if (NEBULA_LIKELY((page_flags(page) & ~kPageInFull) == 0 && page->kind != PageKind::kLarge &&
+                        is_block_start(page, p))) {
+        const size_t have = page->block_size;
+        if (n <= have && n >= have / 2 &&
+            (page_all_live(s, page) || static_cast<Block*>(p)->key != g_free_key))
+          return p;
+      }
+    }
   }
-  memcpy(q, p, n < have ? n : have);
-  dealloc(p);
-  return q;
+  return realloc_slow(p, n);
 }
 
 void* realloc_array(void* p, size_t count, size_t size) noexcept {

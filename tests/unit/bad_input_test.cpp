@@ -279,17 +279,38 @@ TEST_CASE("bad input (default mode): free of an interior pointer of a small or m
   }
 }
 
+// A move (200 bytes) goes through realloc's slow path; a size that fits the block (60) through
+// its fast path, where the freed block's key sends it to the slow path too. Both abort.
 TEST_CASE("bad input (default mode): realloc of a freed block aborts") {
   settle();
-  void* keep = nebula_malloc(64);  // keeps the page alive
-  void* p = nebula_malloc(64);
-  ChildResult r = run_child([p] {
+  for (size_t n : {size_t{200}, size_t{60}}) {
+    CAPTURE(n);
+    void* keep = nebula_malloc(64);  // keeps the page alive
+    void* p = nebula_malloc(64);
+    ChildResult r = run_child([p, n] {
+      nebula_free(p);
+      void* q = nebula_realloc(p, n);
+      (void)q;
+    });
+    expect_abort(r, p, "realloc", "freed");
     nebula_free(p);
-    void* q = nebula_realloc(p, 200);
-    (void)q;
-  });
-  expect_abort(r, p, "realloc", "freed");
-  nebula_free(p);
+    nebula_free(keep);
+  }
+}
+
+// A live block whose second word happens to hold the free key takes the slow path, which finds
+// it on no free list and keeps it in place.
+TEST_CASE("realloc: a live block that holds the free key in its data stays in place") {
+  settle();
+  void* keep = nebula_malloc(64);  // the page is not all live: the fast path reads the key
+  auto* p = static_cast<uintptr_t*>(nebula_malloc(64));
+  p[0] = 11;
+  p[1] = g_free_key;
+  void* q = nebula_realloc(p, 60);
+  CHECK(q == p);
+  CHECK(p[0] == 11);
+  CHECK(p[1] == g_free_key);
+  nebula_free(q);
   nebula_free(keep);
 }
 
