@@ -170,16 +170,14 @@ NEBULA_NOINLINE static void* realloc_slow(void* p, size_t n) noexcept {
 void* realloc_block(void* p, size_t n) noexcept {
   if (p == nullptr) return alloc(n);
   if (NEBULA_LIKELY(n - 1 < kMaxRequest && is_segment_start_chunk(p))) {
+    // A huge segment's descriptors all carry kPageNotInUse: no need to read its kind.
     Segment* s = segment_of(p);
-    if (NEBULA_LIKELY(s->kind == SegmentKind::kNormal)) {
-      Page* page = page_of(s, p);
-      if (NEBULA_LIKELY((page_flags(page) & ~kPageInFull) == 0 && page->kind != PageKind::kLarge &&
-                        is_block_start(page, p))) {
-        const size_t have = page->block_size;
-        if (n <= have && n >= have / 2 &&
-            (page_all_live(s, page) || static_cast<Block*>(p)->key != g_free_key))
-          return p;
-      }
+    Page* page = page_of(s, p);
+    if (NEBULA_LIKELY((page_flags(page) & ~kPageInFull) == 0 && page->kind != PageKind::kLarge &&
+                      is_block_start(page, p))) {
+      const size_t have = page->block_size;
+      if (n <= have && n >= have / 2 && (page_all_live(s, page) || static_cast<Block*>(p)->key != g_free_key))
+        return p;
     }
   }
   return realloc_slow(p, n);
