@@ -8,6 +8,7 @@
 #   perl:    bench/real/hashes.pl (a hash of 600,000 entries thinned and sorted, split strings)
 #   python3-grow: bench/real/grow.py (two lists and a bytearray grown together to 48 MB each)
 #   jq:      a 25 MB JSON array of 200,000 records mapped to new objects (values of 272 and 392 bytes)
+#   lua:     bench/real/tables.lua (tables and strings; Lua allocates, grows and frees through realloc)
 # Usage: bench/real-programs.sh [BUILD_DIR] [REPS]     (run on an otherwise idle machine)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,10 +21,12 @@ if [ ! -e "$mimalloc" ]; then  # LD_PRELOAD of a missing file only warns: the co
   echo "real-programs.sh: $mimalloc is missing; install libmimalloc2.0 (./nebulamem bench installs it)" >&2
   exit 1
 fi
-if ! command -v jq >/dev/null; then
-  echo "real-programs.sh: jq is missing; install jq (./nebulamem bench installs it)" >&2
-  exit 1
-fi
+for tool in jq lua5.4; do
+  if ! command -v $tool >/dev/null; then
+    echo "real-programs.sh: $tool is missing; install it (./nebulamem bench installs it)" >&2
+    exit 1
+  fi
+done
 python3 - "$tmp/gen.c" <<'PY'
 import sys
 with open(sys.argv[1], "w") as f:
@@ -51,9 +54,10 @@ cmd[sqlite3]="sqlite3 :memory: -init /dev/null -batch"
 cmd[perl]="perl $root/bench/real/hashes.pl"
 cmd[python3-grow]="/usr/bin/python3 $root/bench/real/grow.py"
 cmd[jq]="jq -c -f $tmp/map.jq $tmp/records.json"
+cmd[lua]="lua5.4 $root/bench/real/tables.lua"
 declare -A input
 input[sqlite3]="$root/bench/real/sqlite.sql"
-progs=(python3 gcc clang sqlite3 perl python3-grow jq)
+progs=(python3 gcc clang sqlite3 perl python3-grow jq lua)
 allocs=(glibc mimalloc nebula)
 preload() {
   case $1 in glibc) echo "" ;; mimalloc) echo "$mimalloc" ;; nebula) echo "$build/libnebulamem.so" ;; esac
