@@ -163,21 +163,34 @@ NEBULA_NOINLINE static void* realloc_slow(void* p, size_t n) noexcept {
 }
 
 // realloc: its common calls settled without a frame. realloc(NULL, n) is malloc (Lua's
-// allocator makes every allocation so); a small or medium block in a page without flags (but
-// "full") that holds n bytes without wasting half of it stays where it is, its double-free check
-// done as in realloc_slow: without reading the block where page_all_live proves it live, else
-// by its free key (a block that carries the key goes the slow way, which tells for sure).
+// allocator makes every allocation so). A small or medium block in a page without flags (but
+// "full") has its double-free check done as in realloc_slow: without reading the block where
+// page_all_live proves it live, else by its free key (a block that carries the key goes the
+// slow way, which tells for sure). Then it stays where it is if it holds n bytes without
+// wasting half of it, and moves otherwise. A large or huge block that holds n bytes without
+// wasting half of it stays too; the rest goes to realloc_slow.
 void* realloc_block(void* p, size_t n) noexcept {
   if (p == nullptr) return alloc(n);
   if (NEBULA_LIKELY(n - 1 < kMaxRequest && is_segment_start_chunk(p))) {
     // A huge segment's descriptors all carry kPageNotInUse: no need to read its kind.
     Segment* s = segment_of(p);
     Page* page = page_of(s, p);
-    if (NEBULA_LIKELY((page_flags(page) & ~kPageInFull) == 0 && page->kind != PageKind::kLarge &&
-                      is_block_start(page, p))) {
-      const size_t have = page->block_size;
-      if (n <= have && n >= have / 2 && (page_all_live(s, page) || static_cast<Block*>(p)->key != g_free_key))
-        return p;
+    const uint8_t flags = page_flags(page);
+    if (NEBULA_LIKELY((flags & ~kPageInFull) == 0)) {
+      if (NEBULA_LIKELY(page->kind != PageKind::kLarge)) {
+        if (is_block_start(page, p) && (page_all_live(s, page) || static_cast<Block*>(p)->key != g_free_key)) {
+          const size_t have = page->block_size;
+          if (n <= have && n >= have / 2) return p;
+          return realloc_move(p, n, have);
+        }
+      } else {  // a large block (its span's descriptor loses the flags test once freed)
+        const size_t have = static_cast<size_t>(page_start(s, page) + page->block_size - static_cast<uint8_t*>(p));
+        if (n <= have && n >= have / 2) return p;
+      }
+    } else if (page->kind == PageKind::kHuge && s->kind == SegmentKind::kHuge &&
+               reinterpret_cast<uintptr_t>(p) == s->huge_start) {
+      const size_t have = s->huge_used - (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(s));  // huge_usable
+      if (n <= have && n >= have / 2) return p;
     }
   }
   return realloc_slow(p, n);

@@ -312,6 +312,36 @@ TEST_CASE("calloc: new blocks carved from reused resident slices are zero") {
   });
 }
 
+// realloc_block's fast path settles a large or a huge block that holds the new size without
+// wasting half of it; past its usable size, or below half of it, the block grows, moves or
+// shrinks on the slow path. Either way the usable size covers the request and the bytes stay.
+TEST_CASE("realloc: a large or huge block stays in place while it holds the new size, and not past it") {
+  settle();
+  for (size_t size : {size_t{300} << 10, size_t{5} << 20}) {
+    CAPTURE(size);
+    auto* p = static_cast<uint8_t*>(nebula_malloc(size));
+    REQUIRE(p != nullptr);
+    fill(p, size, 31);
+    const size_t have = nebula_usable_size(p);
+    REQUIRE(have >= size);
+    CHECK(nebula_realloc(p, have) == p);
+    CHECK(nebula_realloc(p, have / 2 + 1) == p);
+    CHECK(nebula_usable_size(p) == have);
+    CHECK(check_fill(p, size, 31));
+    auto* q = static_cast<uint8_t*>(nebula_realloc(p, have + 1));
+    REQUIRE(q != nullptr);
+    CHECK(nebula_usable_size(q) >= have + 1);
+    CHECK(check_fill(q, size, 31));
+    auto* r = static_cast<uint8_t*>(nebula_realloc(q, have / 4));
+    REQUIRE(r != nullptr);
+    CHECK(nebula_usable_size(r) >= have / 4);
+    CHECK(nebula_usable_size(r) < have);  // given back, not kept whole
+    CHECK(check_fill(r, have / 4, 31));
+    nebula_free(r);
+  }
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
 TEST_CASE("realloc: contents survive moves across small, medium, large and huge tiers") {
   settle();
   const size_t steps[] = {10,      100,     1000,          10000,  100000, 500000, 1500000, 3u << 20,
