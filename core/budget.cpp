@@ -299,6 +299,8 @@ void budget_abort(size_t requested) noexcept {
   os::abort_process();
 }
 
+bool budget_in_callback() noexcept { return t_in_callback > 0; }
+
 int budget_level() noexcept { return g_budget.reported.load(std::memory_order_relaxed); }
 
 // ---- Registry (C API in interpose/prefixed.cpp) ---------------------------------------------

@@ -47,6 +47,7 @@ void budget_critical(size_t requested) noexcept;
 [[noreturn]] void budget_abort(size_t requested) noexcept;
 
 int budget_level() noexcept;
+bool budget_in_callback() noexcept;                // this thread is running a pressure callback
 uint64_t cgroup_limit(const char* proc_self_cgroup, const char* cgroup_root, bool* found) noexcept;
 
 }  // namespace nebula

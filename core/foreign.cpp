@@ -19,16 +19,6 @@ using UsableFn = size_t (*)(void*);
 std::atomic<FreeFn> g_libc_free{nullptr};
 std::atomic<UsableFn> g_libc_usable{nullptr};
 
-template <class Fn>
-Fn next_symbol(std::atomic<Fn>& slot, const char* name) {
-  Fn f = slot.load(std::memory_order_acquire);
-  if (f == nullptr) {
-    f = reinterpret_cast<Fn>(os::next_symbol(name));
-    slot.store(f, std::memory_order_release);
-  }
-  return f;
-}
-
 const char* describe(uintptr_t a, os::AddressKind k) {
   if (arena_contains(a)) return "not a live block (freed already, or never returned by malloc)";
   switch (k) {
@@ -62,7 +52,7 @@ void foreign_free(void* p) noexcept {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
   os::AddressKind k = os::classify(a);
   if (!looks_like_glibc_chunk(a, k)) fatal_pointer("free", p, describe(a, k));
-  FreeFn f = next_symbol(g_libc_free, "free");
+  FreeFn f = os::next_symbol_cached(g_libc_free, "free");
   if (f == nullptr) fatal_pointer("free", p, describe(a, k));
   g_counters.foreign_frees.fetch_add(1, std::memory_order_relaxed);
   f(p);
@@ -72,7 +62,7 @@ size_t foreign_usable_size(const void* p) noexcept {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
   os::AddressKind k = os::classify(a);
   if (!looks_like_glibc_chunk(a, k)) fatal_pointer("malloc_usable_size", p, describe(a, k));
-  UsableFn f = next_symbol(g_libc_usable, "malloc_usable_size");
+  UsableFn f = os::next_symbol_cached(g_libc_usable, "malloc_usable_size");
   if (f == nullptr) return 0;
   return f(const_cast<void*>(p));
 }

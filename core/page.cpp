@@ -100,6 +100,9 @@ bool page_refill_holes(Page* page) {
   page->free = head;
   page->holes = 0;
   page->punched[0] = page->punched[1] = 0;
+  // Its free memory is in use again: a later punch judges the page afresh (heap_punch_sparse
+  // would otherwise wait for three quarters of the blocks live at the last punch to die).
+  page->sparse_since = 0;
   set_page_flags(page, static_cast<uint8_t>(page_flags(page) & ~kPageHoles));
   return true;
 }

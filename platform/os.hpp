@@ -12,6 +12,7 @@
 //    need explicit commit and for the engine's accounting.
 #pragma once
 
+#include <atomic>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -128,6 +129,16 @@ AddressKind classify(uintptr_t addr) noexcept;
 // The next definition of a C symbol after this library's own (glibc's `free` when we interpose
 // it), or nullptr. May allocate through our malloc; call with no engine lock held.
 void* next_symbol(const char* name) noexcept;
+// The same, looked up once and kept in `slot` (again while it is not found).
+template <class Fn>
+Fn next_symbol_cached(std::atomic<Fn>& slot, const char* name) noexcept {
+  Fn fn = slot.load(std::memory_order_acquire);
+  if (fn == nullptr) {
+    fn = reinterpret_cast<Fn>(next_symbol(name));
+    if (fn != nullptr) slot.store(fn, std::memory_order_release);
+  }
+  return fn;
+}
 
 // A symbol of a shared library loaded on first use (dlopen of `library`, RTLD_LOCAL), or
 // nullptr. Allocates through our malloc; call with no engine lock held.

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef __cplusplus
@@ -187,6 +188,25 @@ static inline size_t nt_rss_bytes(void) {
   return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 #define NT_MIB(x) ((size_t)(x) << 20)
+
+static inline double nt_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Polls RSS every 10 ms (no allocation) until it is `drop` bytes below `from`, for at most
+ * `seconds`; returns the last reading. */
+static inline size_t nt_wait_rss_drop(size_t from, size_t drop, double seconds) {
+  double t0 = nt_now_s();
+  size_t rss = nt_rss_bytes();
+  while (rss + drop > from && nt_now_s() - t0 < seconds) {
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    rss = nt_rss_bytes();
+  }
+  return rss;
+}
 
 static inline int nt_is_pow2(size_t x) { return x && !(x & (x - 1)); }
 

@@ -17,21 +17,9 @@ enum { NBLOCKS = 4096, BLOCK = 4096, KEEP_EVERY = 64 };
 static void *blocks[NBLOCKS];
 static size_t rss_full;
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void *watcher(void *arg) {
   (void)arg;
-  double t0 = now_s();
-  size_t rss = nt_rss_bytes();
-  while (rss + NT_MIB(10) > rss_full && now_s() - t0 < 2.0) {
-    struct timespec ts = {0, 10 * 1000 * 1000};
-    nanosleep(&ts, NULL);  /* no allocation here: only main's join can return the memory */
-    rss = nt_rss_bytes();
-  }
+  size_t rss = nt_wait_rss_drop(rss_full, NT_MIB(10), 2.0);  /* only main's join can return it */
   if (NT_AGAINST_GLIBC) return NULL;  /* glibc keeps the holes below its heap top */
   CHECKF(rss + NT_MIB(10) <= rss_full,
          "RSS %zu MiB with the main thread waiting in pthread_join, %zu MiB before (bound: 10 MiB less "
