@@ -305,8 +305,7 @@ class HeapSegGuard {
 };
 // Before the thread blocks in pthread_join: return its free memory (rate-limited).
 void heap_before_wait() noexcept;
-uint64_t heap_before_cond_wait() noexcept;
-void heap_after_cond_wait(uint64_t since) noexcept;
+void heap_before_cond_wait() noexcept;
 void engine_init() noexcept;
 // Fault injection for tests: "off", "nth:N", "every:N", "random:N[:SEED]"; false if malformed.
 bool fault_injection_set(const char* spec) noexcept;
@@ -339,11 +338,8 @@ bool page_free(Heap* heap, Page* page) noexcept;   // true: the segment was free
 bool page_set_delay(Page* page, DelayState st, bool override_never) noexcept;
 void heap_update_direct(Heap* heap, unsigned cls) noexcept;
 // Give back the memory of free blocks of sparse pages (maintenance; `want` != 0: at once, until
-// that many bytes went back; SIZE_MAX: all). Any `want` but SIZE_MAX is a growth's: it is
-// skipped while punched memory keeps coming back (g_punch_feedback); kPunchWithFeedback asks
-// for all of it on those terms.
-void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept;
-inline constexpr size_t kPunchWithFeedback = SIZE_MAX - 1;
+// that many bytes went back; SIZE_MAX: all). Returns the bytes given back.
+size_t heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept;
 // Spans took Heap::punch_want bytes that were not resident: sparse pages give as much back.
 void heap_grew(Heap* heap) noexcept;
 // Bytes page_punch gave back because the heap grew, and of them the bytes page_refill_holes

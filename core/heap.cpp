@@ -268,9 +268,9 @@ void heap_grew(Heap* heap) noexcept {
 // purge delays (or at once, when `want` bytes are asked for), give the memory of their free
 // blocks back (page_punch). The page allocation happens in is left alone, unless it is empty:
 // see below.
-void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
+size_t heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
   const bool force = want != 0;
-  if (g_secure && force) return;  // secure mode never punches (its empty pages go below)
+  if (g_secure && force) return 0;  // secure mode never punches (its empty pages go below)
   size_t got = 0;
   const uint32_t delay = static_cast<uint32_t>(option(Option::kPurgeDelay));
   const uint32_t now32 = static_cast<uint32_t>(now) | 1u;
@@ -291,7 +291,7 @@ void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
       // Try again later: a growth that is asked to punch 100 times (about a second of steady
       // growth) brings the count down by a third.
       g_punch_feedback.refilled.store(refilled - refilled / 256, std::memory_order_relaxed);
-      return;
+      return 0;
     }
   }
   for_each_page(heap, [&](Segment*, Page* p) {
@@ -347,6 +347,7 @@ void heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
     p->punch_used = static_cast<uint16_t>(used);
     return false;
   });
+  return got;
 }
 
 // Purge the heap's free slices whose purge time has come (all with `force`) and note the
@@ -911,29 +912,35 @@ void heap_before_wait() noexcept {
 // its owner's). 64 quiet workers that each kept one block in 50 of 16 MiB held all of it
 // (`quiet-thread --workers 64 --mib 16 --keep 50`). So the sparse pages give their free blocks'
 // memory back now, its spare pages go back to their segments (free slices, which the other
-// threads purge) and its class caches home. At most once per purge delay, and never inside a
-// pressure callback, which may run in the middle of the allocator's own work. A thread whose
-// last wait was short (a producer or consumer waiting on a queue) punches only under the
-// feedback of a growth's punch: not while punched memory keeps coming back in page faults.
-// Returns the time, for heap_after_cond_wait.
-uint64_t heap_before_cond_wait() noexcept {
+// threads purge) and its class caches home. Never inside a pressure callback, which may run in
+// the middle of the allocator's own work. At most once per purge delay, and less often while it
+// is wasted: a thread that waits a moment between jobs that fill its pages again carves the
+// punched memory back within a second (page faults). Each time half of what the last punch
+// gave back came back within four purge delays, the next punch is skipped and the interval
+// doubles (up to 32 purge delays); a punch whose memory stayed away resets it.
+void heap_before_cond_wait() noexcept {
   Heap* heap = t_heap;
-  if (!heap->live || heap->segments == nullptr || budget_in_callback()) return 0;
-  uint64_t now = os::clock_ms();
-  if (now < heap->next_cond_wait_ms) return now;
-  heap->next_cond_wait_ms = now + static_cast<uint64_t>(option(Option::kPurgeDelay));
+  if (!heap->live || heap->segments == nullptr || budget_in_callback()) return;
+  const uint64_t now = os::clock_ms();
+  if (now < heap->next_cond_wait_ms) return;
+  const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  if (heap->wait_punched != 0) {
+    const bool wasted = (heap->refilled_bytes - heap->wait_refill_mark) * 2 > heap->wait_punched &&
+                        now - heap->wait_punch_ms < 4 * delay;
+    heap->wait_punched = 0;
+    if (wasted) {
+      if (heap->wait_backoff < 5) heap->wait_backoff++;
+      heap->next_cond_wait_ms = now + (delay << heap->wait_backoff);
+      return;
+    }
+    heap->wait_backoff = 0;
+  }
+  heap->next_cond_wait_ms = now + (delay << heap->wait_backoff);
   fcache_flush_all(heap);
   spare_flush(heap);
-  heap_punch_sparse(heap, now, heap->cond_wait_short ? kPunchWithFeedback : SIZE_MAX);
-  return now;
-}
-
-// The wait that began at `since` (0: nothing was done before it) is over: note whether it was
-// short, under a purge delay.
-void heap_after_cond_wait(uint64_t since) noexcept {
-  if (since == 0) return;
-  Heap* heap = t_heap;
-  heap->cond_wait_short = os::clock_ms() - since < static_cast<uint64_t>(option(Option::kPurgeDelay));
+  heap->wait_punched = heap_punch_sparse(heap, now, SIZE_MAX);
+  heap->wait_punch_ms = now;
+  heap->wait_refill_mark = heap->refilled_bytes;
 }
 
 namespace {

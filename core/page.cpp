@@ -78,6 +78,7 @@ bool page_refill_holes(Page* page) {
   if (page->punched_for_growth) g_punch_feedback.refilled.fetch_add(bytes, std::memory_order_relaxed);
   page->punched_for_growth = 0;
   g_counters.refilled.fetch_add(bytes, std::memory_order_relaxed);
+  t_heap->refilled_bytes += bytes;  // (the owner carves)
   uint64_t* bits = hole_bits(s, page);
   uint8_t* start = page_start(s, page);
   const size_t bsize = page->block_size;

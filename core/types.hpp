@@ -256,7 +256,11 @@ struct Heap {
   uint64_t last_wait_ms = 0;            // when the thread last entered pthread_join
   uint64_t last_wait_abandon_ms = 0;    // when it last gave its segments up there
   uint64_t next_cond_wait_ms = 0;       // heap_before_cond_wait does its work again from then
-  bool cond_wait_short = false;         // its last condition-variable wait took under a purge delay
+  uint64_t refilled_bytes = 0;          // memory of punched blocks carved again (page_refill_holes)
+  uint64_t wait_punched = 0;            // bytes the last punch before a wait gave back (0: none)
+  uint64_t wait_punch_ms = 0;           // when
+  uint64_t wait_refill_mark = 0;        // refilled_bytes then
+  uint8_t wait_backoff = 0;             // punches before waits come a purge delay << this apart
   uint32_t purge_epoch = 0;             // last g_purge_epoch this heap purged for
   size_t punch_want = 0;                // bytes a span took that were not resident (span_alloc)
   uint64_t next_punch_ms = 0;           // earliest time sparse pages are punched for that again

@@ -36,27 +36,21 @@ NEBULA_API int pthread_join(pthread_t thread, void** result) {
 NEBULA_API int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex) {
   CondWaitFn wait = os::next_symbol_cached(g_real_cond_wait, "pthread_cond_wait");
   if (wait == nullptr) return ENOSYS;
-  const uint64_t since = heap_before_cond_wait();
-  const int r = wait(cond, mutex);
-  heap_after_cond_wait(since);
-  return r;
+  heap_before_cond_wait();
+  return wait(cond, mutex);
 }
 
 NEBULA_API int pthread_cond_timedwait(pthread_cond_t* cond, pthread_mutex_t* mutex, const struct timespec* abstime) {
   CondTimedWaitFn wait = os::next_symbol_cached(g_real_cond_timedwait, "pthread_cond_timedwait");
   if (wait == nullptr) return ENOSYS;
-  const uint64_t since = heap_before_cond_wait();
-  const int r = wait(cond, mutex, abstime);
-  heap_after_cond_wait(since);
-  return r;
+  heap_before_cond_wait();
+  return wait(cond, mutex, abstime);
 }
 
 NEBULA_API int pthread_cond_clockwait(pthread_cond_t* cond, pthread_mutex_t* mutex, clockid_t clock,
                                       const struct timespec* abstime) {
   CondClockWaitFn wait = os::next_symbol_cached(g_real_cond_clockwait, "pthread_cond_clockwait");
   if (wait == nullptr) return ENOSYS;
-  const uint64_t since = heap_before_cond_wait();
-  const int r = wait(cond, mutex, clock, abstime);
-  heap_after_cond_wait(since);
-  return r;
+  heap_before_cond_wait();
+  return wait(cond, mutex, clock, abstime);
 }
