@@ -2,7 +2,8 @@
 static const char* kAbout =
     "Models thread pools whose workers sleep between jobs: each thread allocates a burst of\n"
     "blocks of every tier, verifies and frees most of them (a few from the next thread's\n"
-    "burst), keeps the rest across a sleep of 0-30 ms and verifies and frees them after it.\n"
+    "burst), keeps the rest across a sleep or a condition-variable wait of 0-30 ms and\n"
+    "verifies and frees them after it (before the wait, the thread punches its sparse pages).\n"
     "While a thread sleeps its heap runs no maintenance, so the other threads' maintenance\n"
     "purges its free slices (heaps_purge_idle) while it may wake up and allocate from the same\n"
     "segments: blocks kept across the sleep must keep their contents, and new blocks must be\n"
@@ -14,6 +15,7 @@ static const char* kAbout =
 
 #include <unistd.h>
 
+#include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -38,6 +40,8 @@ void worker(Shared* sh, unsigned id) {
   Bound bound(o);
   TierMix mix;
   mix.w[0] = 800; mix.w[1] = 150; mix.w[2] = 45; mix.w[3] = 5;
+  std::mutex idle_mu;
+  std::condition_variable idle_cv;
   const size_t base = static_cast<size_t>((o.smoke ? 800 : 3000) * o.scale) + 16;
   uint64_t ops = 0, sleeps = 0;
   std::vector<Block> burst, kept;
@@ -80,8 +84,16 @@ void worker(Shared* sh, unsigned id) {
       release(b, "quiet: free of a block passed by the previous thread");
       ++ops;
     }
-    // Go quiet: no allocator call for 0-30 ms.
-    std::this_thread::sleep_for(std::chrono::microseconds(r.below(30000)));
+    // Go quiet: no allocator call for 0-30 ms, half the time in a sleep, half in a timed wait
+    // on a condition variable nobody signals (a pool worker's wait for a job), before which the
+    // thread gives back the memory of its sparse pages' free blocks (heap_before_cond_wait).
+    const auto quiet = std::chrono::microseconds(r.below(30000));
+    if (r.below(2) == 0) {
+      std::this_thread::sleep_for(quiet);
+    } else {
+      std::unique_lock<std::mutex> lk(idle_mu);
+      idle_cv.wait_for(lk, quiet);
+    }
     ++sleeps;
     for (Block& b : kept) {
       release(b, "quiet: free of a block kept across the sleep");
