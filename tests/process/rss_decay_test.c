@@ -13,12 +13,6 @@ enum { BLOCK = 64 * 1024, NBLOCKS = 16384 }; /* 16384 x 64 KiB = 1 GiB */
 static void *blocks[NBLOCKS];
 static uint32_t order[NBLOCKS];
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -62,11 +56,11 @@ int main(void) {
   /* ---- phase 1: decay without malloc_trim ---- */
   fill_gib(1);
   free_shuffled(&rng);
-  double t0 = now_s();
+  double t0 = nt_now_s();
   size_t rss = nt_rss_bytes();
   int polls = 0;
   while (rss >= NT_MIB(100)) {
-    if (now_s() - t0 > 2.0) break;
+    if (nt_now_s() - t0 > 2.0) break;
     sleep_ms(50);
     void *p = malloc(nt_opaque_size(64)); /* a running program keeps allocating a little */
     CHECK(p != NULL);
@@ -74,7 +68,7 @@ int main(void) {
     rss = nt_rss_bytes();
     polls++;
   }
-  double waited = now_s() - t0;
+  double waited = nt_now_s() - t0;
   CHECKF(rss < NT_MIB(100),
          "RSS still %zu MiB %.2f s after freeing 1 GiB (bound: < 100 MiB within 2 s, no malloc_trim)",
          rss >> 20, waited);
