@@ -279,7 +279,7 @@ void purge_expired(uint64_t now, bool force) {
       else if (next == 0 || due < next) next = due;
     }
   }
-  g_next_purge_ms = next;
+  __atomic_store_n(&g_next_purge_ms, next, __ATOMIC_RELAXED);
 }
 
 }  // namespace
@@ -388,7 +388,7 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
   a->free_count += static_cast<uint32_t>(chunks);
   g_free_dirty += dirty_bytes;
   uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
-  if (g_next_purge_ms == 0 || now + delay < g_next_purge_ms) g_next_purge_ms = now + delay;
+  if (g_next_purge_ms == 0 || now + delay < g_next_purge_ms) __atomic_store_n(&g_next_purge_ms, now + delay, __ATOMIC_RELAXED);
   // Free chunks stay resident (for reuse without page faults) as long as the footprint stays
   // within the recent peak of the bytes in use plus the retain option: a program that churns
   // through big blocks refills them. When the use falls below 1/16 of that peak, the program has
@@ -494,6 +494,14 @@ void arena_purge(bool force) noexcept {
   LockGuard guard(g_arena_lock);
   if (!force && (g_next_purge_ms == 0 || now < g_next_purge_ms)) return;
   purge_expired(now, force);
+}
+
+bool arena_purge_try(uint64_t now) noexcept {
+  const uint64_t next = __atomic_load_n(&g_next_purge_ms, __ATOMIC_RELAXED);
+  if (next == 0 || now < next || !g_arena_lock.try_lock()) return false;
+  if (g_next_purge_ms != 0 && now >= g_next_purge_ms) purge_expired(now, false);
+  g_arena_lock.unlock();
+  return true;
 }
 
 void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept {

@@ -285,7 +285,8 @@ extern std::atomic<uint32_t> g_purge_epoch;
 // Purge the free slices of heaps whose owner threads have gone quiet (their purge time passed
 // a purge delay ago, so the owner has not run its maintenance since), or with `force` every
 // other heap's at once (malloc_trim). Called from a heap's maintenance; `me` is skipped.
-void heaps_purge_idle(Heap* me, uint64_t now, bool force) noexcept;
+// With `try_lock`, nothing is done if the heaps lock is taken.
+void heaps_purge_idle(Heap* me, uint64_t now, bool force, bool try_lock = false) noexcept;
 
 // The owner's hold on its heap's segment lock (Heap::seg_lock), re-entrant: span_alloc may
 // reclaim an abandoned segment and free spans of it, a purge may run inside an allocation.
@@ -306,6 +307,9 @@ class HeapSegGuard {
 // Before the thread blocks in pthread_join: return its free memory (rate-limited).
 void heap_before_wait() noexcept;
 void heap_before_cond_wait() noexcept;
+// Before the thread blocks until an event or a time (epoll_wait, poll, select, nanosleep, ...):
+// the free memory whose purge time has come goes back (async-signal-safe in effect).
+void heap_before_block() noexcept;
 void engine_init() noexcept;
 // Fault injection for tests: "off", "nth:N", "every:N", "random:N[:SEED]"; false if malformed.
 bool fault_injection_set(const char* spec) noexcept;
@@ -431,6 +435,8 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept;
 // `header_reset`: a normal segment freed whole (every page descriptor in its reset state).
 void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len, bool header_reset = false) noexcept;
 void arena_purge(bool force) noexcept;
+// The free chunks whose purge time has come, if the arena lock is free (false if not tried).
+bool arena_purge_try(uint64_t now) noexcept;
 // Extend a segment's run by the `add` chunks that follow it, if they are all free; reports the
 // bytes of them that may be resident (counted committed already) and the end of the last such
 // slice from the first added chunk.

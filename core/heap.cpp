@@ -368,12 +368,16 @@ static void heap_purge_segments(Heap* heap, uint64_t now, bool force) {
 // would have acted on. It takes the heap's segment lock only if it is free (an owner at work
 // holds it), at most once per purge delay in the whole process, and under the heaps lock, so
 // that no heap is recycled or abandoned meanwhile.
-void heaps_purge_idle(Heap* me, uint64_t now, bool force) noexcept {
+void heaps_purge_idle(Heap* me, uint64_t now, bool force, bool try_lock) noexcept {
   static std::atomic<uint64_t> next_ms{0};
   const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   uint64_t t = next_ms.load(std::memory_order_relaxed);
   if (!force && (now < t || !next_ms.compare_exchange_strong(t, now + delay, std::memory_order_relaxed))) return;
-  LockGuard heaps(g_heaps_lock);
+  if (try_lock) {
+    if (!g_heaps_lock.try_lock()) return;
+  } else {
+    g_heaps_lock.lock();
+  }
   for (Heap* h = g_all_heaps; h != nullptr; h = h->next_heap) {
     if (h == me || !h->live) continue;
     uint64_t due = h->purge_due_ms.load(std::memory_order_relaxed);
@@ -382,6 +386,24 @@ void heaps_purge_idle(Heap* me, uint64_t now, bool force) noexcept {
     heap_purge_segments(h, now, force);
     h->seg_lock.unlock();
   }
+  g_heaps_lock.unlock();
+}
+
+// The free memory whose purge time has come: this heap's free slices, the other heaps' that are
+// overdue (heaps_purge_idle) and the arena's free chunks, each only if its lock is free. Safe
+// wherever the thread holds no allocator lock, a signal handler included (poll and nanosleep
+// may be called from one, in the middle of the thread's own malloc): it changes only what the
+// other threads' purges change, free slices and chunks under their locks, never a page's lists.
+static void heap_purge_due(Heap* heap, uint64_t now) noexcept {
+  if (heap->live) {
+    const uint64_t due = heap->purge_due_ms.load(std::memory_order_relaxed);
+    if (due != 0 && now >= due && heap->seg_lock.try_lock()) {
+      heap_purge_segments(heap, now, false);
+      heap->seg_lock.unlock();
+    }
+  }
+  heaps_purge_idle(heap, now, false, true);
+  arena_purge_try(now);
 }
 
 void heap_maintenance(Heap* heap, bool force) noexcept {
@@ -920,9 +942,10 @@ void heap_before_wait() noexcept {
 // doubles (up to 32 purge delays); a punch whose memory stayed away resets it.
 void heap_before_cond_wait() noexcept {
   Heap* heap = t_heap;
-  if (!heap->live || heap->segments == nullptr || budget_in_callback()) return;
+  if (budget_in_callback() || t_locks_held != 0) return;
   const uint64_t now = os::clock_ms();
-  if (now < heap->next_cond_wait_ms) return;
+  heap_purge_due(heap, now);
+  if (!heap->live || heap->segments == nullptr || now < heap->next_cond_wait_ms) return;
   const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   if (heap->wait_punched != 0) {
     const bool wasted = (heap->refilled_bytes - heap->wait_refill_mark) * 2 > heap->wait_punched &&
@@ -936,11 +959,31 @@ void heap_before_cond_wait() noexcept {
     heap->wait_backoff = 0;
   }
   heap->next_cond_wait_ms = now + (delay << heap->wait_backoff);
+  const int saved = errno;  // (sem_wait reports through errno)
   fcache_flush_all(heap);
   spare_flush(heap);
   heap->wait_punched = heap_punch_sparse(heap, now, SIZE_MAX);
+  errno = saved;
   heap->wait_punch_ms = now;
   heap->wait_refill_mark = heap->refilled_bytes;
+}
+
+// The thread is about to block until an event or a time: epoll_wait, poll, select, nanosleep
+// and the like, with a timeout other than zero (interpose/block.cpp). An event loop that waits
+// there between requests, with nothing else in the process running, is a thread that has stopped
+// calling the allocator's slow paths, where its maintenance runs: a server that freed most of
+// its data (a cache flushed) kept all of it resident for as long as no request came, and kept
+// it across requests served from its free lists (Redis after FLUSHALL: 130 MiB resident for
+// good, where its own jemalloc's purge thread and glibc's trim gave it back). So the memory whose
+// purge time has come goes back here, as the thread's own maintenance would have done it: an
+// event loop with a timer (Redis: 100 ms) gives back what it freed within a purge delay and a
+// tick. Nothing else happens here (no punch of sparse pages, no flush of caches): these calls
+// can come from a signal handler, and they run thousands of times a second in busy servers.
+void heap_before_block() noexcept {
+  if (t_locks_held != 0) return;
+  const int saved = errno;
+  heap_purge_due(t_heap, os::clock_ms());
+  errno = saved;
 }
 
 namespace {
