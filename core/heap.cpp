@@ -394,7 +394,15 @@ void heaps_purge_idle(Heap* me, uint64_t now, bool force, bool try_lock) noexcep
 // wherever the thread holds no allocator lock, a signal handler included (poll and nanosleep
 // may be called from one, in the middle of the thread's own malloc): it changes only what the
 // other threads' purges change, free slices and chunks under their locks, never a page's lists.
+// At most once per quarter purge delay per thread (t_due_check_ms; the maintenance's pace): the
+// calls come thousands of times a second in a busy server, and each check reads shared lines.
+static __thread uint64_t t_due_check_ms __attribute__((tls_model("initial-exec")));
+
 static void heap_purge_due(Heap* heap, uint64_t now) noexcept {
+  if (now < t_due_check_ms) return;
+  const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  t_due_check_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
+  const int saved = errno;
   if (heap->live) {
     const uint64_t due = heap->purge_due_ms.load(std::memory_order_relaxed);
     if (due != 0 && now >= due && heap->seg_lock.try_lock()) {
@@ -404,6 +412,7 @@ static void heap_purge_due(Heap* heap, uint64_t now) noexcept {
   }
   heaps_purge_idle(heap, now, false, true);
   arena_purge_try(now);
+  errno = saved;
 }
 
 void heap_maintenance(Heap* heap, bool force) noexcept {
@@ -943,7 +952,7 @@ void heap_before_wait() noexcept {
 void heap_before_cond_wait() noexcept {
   Heap* heap = t_heap;
   if (budget_in_callback() || t_locks_held != 0) return;
-  const uint64_t now = os::clock_ms();
+  const uint64_t now = os::clock_ms_coarse();
   heap_purge_due(heap, now);
   if (!heap->live || heap->segments == nullptr || now < heap->next_cond_wait_ms) return;
   const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
@@ -980,10 +989,9 @@ void heap_before_cond_wait() noexcept {
 // tick. Nothing else happens here (no punch of sparse pages, no flush of caches): these calls
 // can come from a signal handler, and they run thousands of times a second in busy servers.
 void heap_before_block() noexcept {
-  if (t_locks_held != 0) return;
-  const int saved = errno;
-  heap_purge_due(t_heap, os::clock_ms());
-  errno = saved;
+  const uint64_t now = os::clock_ms_coarse();
+  if (now < t_due_check_ms || t_locks_held != 0) return;
+  heap_purge_due(t_heap, now);
 }
 
 namespace {

@@ -8,11 +8,17 @@ static const char* kAbout =
     "purges its free slices (heaps_purge_idle) while it may wake up and allocate from the same\n"
     "segments: blocks kept across the sleep must keep their contents, and new blocks must be\n"
     "usable. Unless NEBULA_MEM_PURGE_DELAY is set, the program runs itself again with 2 ms, so\n"
-    "that such purges happen all the time. At the end, with nebula-memory preloaded, the purged\n"
-    "byte count must have grown.";
+    "that such purges happen all the time. The sleeps purge what is due before they block\n"
+    "(heap_before_block), and so do the handlers of a profiling timer (SIGPROF every 500 us of\n"
+    "CPU time), which call nanosleep and ppoll of 1 ns wherever the signal lands, in the middle\n"
+    "of malloc or free included. At the end, with nebula-memory preloaded, the purged byte count\n"
+    "must have grown, and the handlers must have run.";
 
 #include "common.hpp"
 
+#include <poll.h>
+#include <signal.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <condition_variable>
@@ -105,6 +111,26 @@ void worker(Shared* sh, unsigned id) {
   sh->sleeps += sleeps;
 }
 
+// SIGPROF: block for a nanosecond in the two ways a handler may (both async-signal-safe), so
+// that the wrappers' purge runs wherever the signal interrupted the thread.
+std::atomic<uint64_t> g_signals{0};
+
+void on_prof(int) {
+  const int saved = errno;
+  const uint64_t n = g_signals.fetch_add(1, std::memory_order_relaxed);
+  struct timespec ts = {0, 1};
+  if (n % 2 == 0) nanosleep(&ts, nullptr);
+  else ppoll(nullptr, 0, &ts, nullptr);
+  errno = saved;
+}
+
+void prof_timer(long usec) {
+  struct itimerval it = {};
+  it.it_interval.tv_usec = usec;
+  it.it_value.tv_usec = usec;
+  setitimer(ITIMER_PROF, &it, nullptr);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,14 +147,22 @@ int main(int argc, char** argv) {
   auto get_stats = nebula_fn<int (*)(nebula_mem_stats*)>("nebula_mem_get_stats");
   nebula_mem_stats st0{}, st1{};
   if (get_stats) get_stats(&st0);
+  struct sigaction sa = {};
+  sa.sa_handler = on_prof;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGPROF, &sa, nullptr);
+  prof_timer(500);
   run_workers(&sh, o.threads, worker);
+  prof_timer(0);
   // Blocks passed to a thread after its last round.
   for (auto& v : sh.handoff)
     for (Block& b : v) {
       release(b, "quiet: free of a block passed at the end");
       ++sh.ops;
     }
-  std::string extra = kv("sleeps", sh.sleeps.load());
+  std::string extra = kv("sleeps", sh.sleeps.load()) + kv("signals", g_signals.load());
+  if (g_signals.load() == 0) error("quiet: the profiling timer's handler never ran");
   if (get_stats) {
     get_stats(&st1);
     uint64_t purged = st1.purged_bytes - st0.purged_bytes;
