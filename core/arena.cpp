@@ -504,6 +504,8 @@ bool arena_purge_try(uint64_t now) noexcept {
   return true;
 }
 
+uint64_t arena_next_purge_ms() noexcept { return __atomic_load_n(&g_next_purge_ms, __ATOMIC_RELAXED); }
+
 void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept {
   LockGuard guard(g_arena_lock);
   unsigned count = g_arena_count.load(std::memory_order_relaxed);

@@ -308,8 +308,10 @@ class HeapSegGuard {
 void heap_before_wait() noexcept;
 void heap_before_cond_wait() noexcept;
 // Before the thread blocks until an event or a time (epoll_wait, poll, select, nanosleep, ...):
-// the free memory whose purge time has come goes back (async-signal-safe in effect).
-void heap_before_block() noexcept;
+// the free memory whose purge time has come goes back (async-signal-safe in effect). Returns the
+// milliseconds until more of it is due (at least kBlockSplitMinMs), or -1 if none is waiting.
+int heap_before_block() noexcept;
+constexpr int kBlockSplitMinMs = 10;
 void engine_init() noexcept;
 // Fault injection for tests: "off", "nth:N", "every:N", "random:N[:SEED]"; false if malformed.
 bool fault_injection_set(const char* spec) noexcept;
@@ -437,6 +439,8 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
 void arena_purge(bool force) noexcept;
 // The free chunks whose purge time has come, if the arena lock is free (false if not tried).
 bool arena_purge_try(uint64_t now) noexcept;
+// When the next free chunk is due to be purged (0: none is waiting).
+uint64_t arena_next_purge_ms() noexcept;
 // Extend a segment's run by the `add` chunks that follow it, if they are all free; reports the
 // bytes of them that may be resident (counted committed already) and the end of the last such
 // slice from the first added chunk.

@@ -988,10 +988,21 @@ void heap_before_cond_wait() noexcept {
 // event loop with a timer (Redis: 100 ms) gives back what it freed within a purge delay and a
 // tick. Nothing else happens here (no punch of sparse pages, no flush of caches): these calls
 // can come from a signal handler, and they run thousands of times a second in busy servers.
-void heap_before_block() noexcept {
+// What is still waiting to be purged decides where a long wait is split (interpose/block.cpp):
+// an event loop with no timer blocks in epoll_wait with no timeout right after its frees.
+int heap_before_block() noexcept {
   const uint64_t now = os::clock_ms_coarse();
-  if (now < t_due_check_ms || t_locks_held != 0) return;
-  heap_purge_due(t_heap, now);
+  if (t_locks_held != 0) return -1;
+  Heap* heap = t_heap;
+  if (now >= t_due_check_ms) heap_purge_due(heap, now);
+  // What is left to purge, and when (for the wrappers that split a long wait there).
+  uint64_t due = heap->live ? heap->purge_due_ms.load(std::memory_order_relaxed) : 0;
+  const uint64_t chunks = arena_next_purge_ms();
+  if (due == 0 || (chunks != 0 && chunks < due)) due = chunks;
+  if (due == 0) return -1;
+  if (due < t_due_check_ms) due = t_due_check_ms;
+  const uint64_t wait = due > now ? due - now : 0;
+  return static_cast<int>(wait < kBlockSplitMinMs ? kBlockSplitMinMs : wait > INT32_MAX ? INT32_MAX : wait);
 }
 
 namespace {

@@ -13,6 +13,7 @@
 //   reach the wrappers, so each entry point is wrapped on its own.
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <poll.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -83,20 +84,40 @@ int missing() noexcept {
 bool blocks(const timespec* t) noexcept { return t == nullptr || t->tv_sec != 0 || t->tv_nsec != 0; }
 bool blocks(const timeval* t) noexcept { return t == nullptr || t->tv_sec != 0 || t->tv_usec != 0; }
 
+// A wait of `timeout` ms (-1: no limit) that outlasts the moment more free memory is due to be
+// purged becomes two or more: the real call until then, the purge, then the rest. An event or a
+// signal ends it as the one call would (the first non-zero result is returned); zero is returned
+// only once the whole timeout has passed. `call(ms)` is the real function with that timeout.
+template <class Call>
+int wait_split(int timeout, Call call) {
+  for (;;) {
+    const int pending = heap_before_block();
+    if (pending < 0 || (timeout >= 0 && timeout <= pending)) return call(timeout);
+    const uint64_t start = os::clock_ms();
+    const int r = call(pending);
+    if (r != 0) return r;
+    if (timeout > 0) {
+      const uint64_t spent = os::clock_ms() - start;
+      if (spent >= static_cast<uint64_t>(timeout)) return 0;
+      timeout -= static_cast<int>(spent);
+    }
+  }
+}
+
 }  // namespace
 
 NEBULA_API int epoll_wait(int epfd, epoll_event* events, int max, int timeout) {
   auto fn = r_epoll_wait.get();
   if (fn == nullptr) return missing();
-  if (timeout != 0) heap_before_block();
-  return fn(epfd, events, max, timeout);
+  if (timeout == 0) return fn(epfd, events, max, timeout);
+  return wait_split(timeout, [&](int ms) { return fn(epfd, events, max, ms); });
 }
 
 NEBULA_API int epoll_pwait(int epfd, epoll_event* events, int max, int timeout, const sigset_t* mask) {
   auto fn = r_epoll_pwait.get();
   if (fn == nullptr) return missing();
-  if (timeout != 0) heap_before_block();
-  return fn(epfd, events, max, timeout, mask);
+  if (timeout == 0) return fn(epfd, events, max, timeout, mask);
+  return wait_split(timeout, [&](int ms) { return fn(epfd, events, max, ms, mask); });
 }
 
 NEBULA_API int epoll_pwait2(int epfd, epoll_event* events, int max, const timespec* timeout, const sigset_t* mask) {
@@ -109,16 +130,16 @@ NEBULA_API int epoll_pwait2(int epfd, epoll_event* events, int max, const timesp
 NEBULA_API int poll(pollfd* fds, nfds_t n, int timeout) {
   auto fn = r_poll.get();
   if (fn == nullptr) return missing();
-  if (timeout != 0) heap_before_block();
-  return fn(fds, n, timeout);
+  if (timeout == 0) return fn(fds, n, timeout);
+  return wait_split(timeout, [&](int ms) { return fn(fds, n, ms); });
 }
 
 // _FORTIFY_SOURCE's poll and ppoll, where the compiler knows the array's size.
 NEBULA_API int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fds_len) {
   auto fn = r_poll_chk.get();
   if (fn == nullptr) return missing();
-  if (timeout != 0) heap_before_block();
-  return fn(fds, n, timeout, fds_len);
+  if (timeout == 0) return fn(fds, n, timeout, fds_len);
+  return wait_split(timeout, [&](int ms) { return fn(fds, n, ms, fds_len); });
 }
 
 NEBULA_API int ppoll(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask) {
@@ -149,11 +170,40 @@ NEBULA_API int pselect(int n, fd_set* r, fd_set* w, fd_set* e, const timespec* t
   return fn(n, r, w, e, timeout, mask);
 }
 
+// Split as wait_split does: a long sleep (sleep_for of a minute between batches) purges what falls
+// due during it. Interrupted, it reports the time left of the whole sleep.
 NEBULA_API int nanosleep(const timespec* req, timespec* rem) {
   auto fn = r_nanosleep.get();
   if (fn == nullptr) return missing();
-  if (req != nullptr && blocks(req)) heap_before_block();
-  return fn(req, rem);
+  if (req == nullptr || !blocks(req) || req->tv_nsec < 0 || req->tv_nsec >= 1000000000L || req->tv_sec < 0)
+    return fn(req, rem);
+  timespec left = *req;
+  for (;;) {
+    const int pending = heap_before_block();
+    if (pending < 0 || left.tv_sec > INT32_MAX / 1000 || left.tv_sec * 1000 + left.tv_nsec / 1000000 <= pending)
+      return fn(&left, rem);
+    const timespec part = {pending / 1000, (pending % 1000) * 1000000L};
+    timespec part_rem = {0, 0};
+    const int r = fn(&part, &part_rem);
+    left.tv_sec -= part.tv_sec;
+    left.tv_nsec -= part.tv_nsec;
+    if (left.tv_nsec < 0) {
+      left.tv_nsec += 1000000000L;
+      left.tv_sec -= 1;
+    }
+    if (r != 0) {
+      if (rem != nullptr && errno == EINTR) {
+        left.tv_sec += part_rem.tv_sec;
+        left.tv_nsec += part_rem.tv_nsec;
+        if (left.tv_nsec >= 1000000000L) {
+          left.tv_nsec -= 1000000000L;
+          left.tv_sec += 1;
+        }
+        *rem = left;
+      }
+      return r;
+    }
+  }
 }
 
 NEBULA_API int clock_nanosleep(clockid_t clock, int flags, const timespec* req, timespec* rem) {

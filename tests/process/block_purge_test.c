@@ -9,13 +9,23 @@
  * has fallen by 24 MiB, for at most 3 s. Without the wrappers RSS stays where it is.
  *
  * The first round calls poll with a zero timeout (a check for events that does not block) for
- * 1 s: it must not purge. The kept blocks must keep their contents throughout. */
+ * 1 s: it must not purge. The kept blocks must keep their contents throughout.
+ *
+ * Then one call each that starts before anything is due and lasts past it: epoll_wait and poll
+ * with no timeout until a timerfd fires 1.2 s later, nanosleep of 1.2 s, poll of 0.8 s on no
+ * file: the wrappers split such a wait where the freed memory falls due, so RSS must be 24 MiB
+ * lower when it ends; each call must end as the one call would (the timer's event, 0 after the
+ * whole time and not before). A nanosleep of 1.2 s that SIGALRM interrupts at 0.7 s must report
+ * the time left of the whole sleep (0.5 s). */
 #include "../check.h"
 
 #include <poll.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/select.h>
+#include <sys/time.h>
+#include <sys/timerfd.h>
 #include <time.h>
 
 enum { BLOCK = 1024, NBLOCKS = (40 << 20) / BLOCK, KEEP_EVERY = 2048 };
@@ -61,6 +71,8 @@ static void call(int which, int zero) {
   }
 }
 
+static void on_alarm(int sig) { (void)sig; }
+
 static const char *const names[] = {"poll", "epoll_wait", "epoll_pwait", "select", "pselect",
                                     "ppoll", "nanosleep", "clock_nanosleep", "usleep"};
 
@@ -96,6 +108,54 @@ int main(void) {
              "less within 3 s)", rss >> 20, nt_now_s() - t0, names[which], rss_full >> 20);
     verify_kept();
   }
+  /* One long wait each, begun before anything is due. */
+  int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
+  CHECK(tfd >= 0);
+  struct epoll_event tev = {.events = EPOLLIN};
+  CHECK(epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &tev) == 0);
+  static const char *const long_names[] = {"epoll_wait(-1)", "poll(-1)", "nanosleep(1.2 s)",
+                                           "poll(0.8 s)"};
+  for (int which = 0; which < 4; which++) {
+    fill_and_free_most((uint64_t)(which + 20) * 1000000);
+    rss_full = nt_rss_bytes();
+    struct itimerspec its = {{0, 0}, {1, 200000000}};
+    CHECK(timerfd_settime(tfd, 0, &its, NULL) == 0);
+    t0 = nt_now_s();
+    struct epoll_event ev;
+    struct pollfd pfd = {tfd, POLLIN, 0};
+    struct timespec ts = {1, 200000000};
+    double spent = 0;
+    switch (which) {
+      case 0: CHECK(epoll_wait(epfd, &ev, 1, -1) == 1); break;
+      case 1: CHECK(poll(&pfd, 1, -1) == 1 && (pfd.revents & POLLIN)); break;
+      case 2: CHECK(nanosleep(&ts, NULL) == 0); break;
+      case 3: CHECK(poll(&pfd, 0, 800) == 0); break;
+    }
+    spent = nt_now_s() - t0;
+    CHECKF(spent >= (which == 3 ? 0.79 : 1.19), "%s returned after %.3f s", long_names[which], spent);
+    uint64_t expirations;
+    if (which != 3) CHECK(read(tfd, &expirations, sizeof expirations) == sizeof expirations);
+    rss = nt_rss_bytes();
+    if (!NT_AGAINST_GLIBC)
+      CHECKF(rss + NT_MIB(24) <= rss_full,
+             "RSS %zu MiB after one %s with 32 MiB freed just before, %zu MiB before (bound: 24 "
+             "MiB less)", rss >> 20, long_names[which], rss_full >> 20);
+    verify_kept();
+  }
+  close(tfd);
+
+  /* Interrupted: the time left of the whole sleep. */
+  fill_and_free_most(30000000);
+  struct sigaction sa = {0};
+  sa.sa_handler = on_alarm;
+  CHECK(sigaction(SIGALRM, &sa, NULL) == 0);
+  struct itimerval alarm_at = {{0, 0}, {0, 700000}};
+  CHECK(setitimer(ITIMER_REAL, &alarm_at, NULL) == 0);
+  struct timespec req = {1, 200000000}, left = {0, 0};
+  CHECK(nanosleep(&req, &left) == -1 && errno == EINTR);
+  double left_s = (double)left.tv_sec + (double)left.tv_nsec * 1e-9;
+  CHECKF(left_s > 0.35 && left_s < 0.65, "nanosleep(1.2 s) interrupted at 0.7 s reported %.3f s left", left_s);
+
   for (int i = 0; i < NBLOCKS; i += KEEP_EVERY) free(blocks[i]);
   close(epfd);
   return 0;
