@@ -104,6 +104,36 @@ int wait_split(int timeout, Call call) {
   }
 }
 
+// The same for a timeout given as a timespec (nullptr: no limit). A timeout the real function
+// would refuse, or one of over a year, goes to it whole. `call(t)` is the real function.
+template <class Call>
+int wait_split_ts(const timespec* timeout, Call call) {
+  constexpr int64_t kNs = 1000000000;
+  if (timeout != nullptr && (timeout->tv_nsec < 0 || timeout->tv_nsec >= kNs || timeout->tv_sec < 0 ||
+                             timeout->tv_sec > 366 * 86400))
+    return call(timeout);
+  int64_t left = timeout == nullptr ? -1 : timeout->tv_sec * kNs + timeout->tv_nsec;
+  bool split = false;
+  for (;;) {
+    const int pending = heap_before_block();
+    if (pending < 0 || (left >= 0 && left <= pending * int64_t{1000000})) {
+      if (!split || left < 0) return call(left < 0 ? nullptr : timeout);
+      const timespec rest = {left / kNs, left % kNs};
+      return call(&rest);
+    }
+    const timespec part = {pending / 1000, (pending % 1000) * 1000000L};
+    const uint64_t start = os::clock_ms();
+    const int r = call(&part);
+    if (r != 0) return r;
+    split = true;
+    if (left > 0) {
+      const int64_t spent = static_cast<int64_t>(os::clock_ms() - start) * 1000000;
+      if (spent >= left) return 0;
+      left -= spent;
+    }
+  }
+}
+
 }  // namespace
 
 NEBULA_API int epoll_wait(int epfd, epoll_event* events, int max, int timeout) {
@@ -123,8 +153,8 @@ NEBULA_API int epoll_pwait(int epfd, epoll_event* events, int max, int timeout, 
 NEBULA_API int epoll_pwait2(int epfd, epoll_event* events, int max, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_epoll_pwait2.get();
   if (fn == nullptr) return missing();
-  if (blocks(timeout)) heap_before_block();
-  return fn(epfd, events, max, timeout, mask);
+  if (!blocks(timeout)) return fn(epfd, events, max, timeout, mask);
+  return wait_split_ts(timeout, [&](const timespec* t) { return fn(epfd, events, max, t, mask); });
 }
 
 NEBULA_API int poll(pollfd* fds, nfds_t n, int timeout) {
@@ -145,15 +175,15 @@ NEBULA_API int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fds_len) {
 NEBULA_API int ppoll(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_ppoll.get();
   if (fn == nullptr) return missing();
-  if (blocks(timeout)) heap_before_block();
-  return fn(fds, n, timeout, mask);
+  if (!blocks(timeout)) return fn(fds, n, timeout, mask);
+  return wait_split_ts(timeout, [&](const timespec* t) { return fn(fds, n, t, mask); });
 }
 
 NEBULA_API int __ppoll_chk(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask, size_t fds_len) {
   auto fn = r_ppoll_chk.get();
   if (fn == nullptr) return missing();
-  if (blocks(timeout)) heap_before_block();
-  return fn(fds, n, timeout, mask, fds_len);
+  if (!blocks(timeout)) return fn(fds, n, timeout, mask, fds_len);
+  return wait_split_ts(timeout, [&](const timespec* t) { return fn(fds, n, t, mask, fds_len); });
 }
 
 NEBULA_API int select(int n, fd_set* r, fd_set* w, fd_set* e, timeval* timeout) {
@@ -166,8 +196,20 @@ NEBULA_API int select(int n, fd_set* r, fd_set* w, fd_set* e, timeval* timeout) 
 NEBULA_API int pselect(int n, fd_set* r, fd_set* w, fd_set* e, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_pselect.get();
   if (fn == nullptr) return missing();
-  if (blocks(timeout)) heap_before_block();
-  return fn(n, r, w, e, timeout, mask);
+  if (!blocks(timeout)) return fn(n, r, w, e, timeout, mask);
+  // A wait that times out clears the sets: each part starts from the caller's.
+  fd_set sets[3];
+  fd_set* given[3] = {r, w, e};
+  for (int i = 0; i < 3; ++i)
+    if (given[i] != nullptr) sets[i] = *given[i];
+  bool first = true;
+  return wait_split_ts(timeout, [&](const timespec* t) {
+    if (!first)
+      for (int i = 0; i < 3; ++i)
+        if (given[i] != nullptr) *given[i] = sets[i];
+    first = false;
+    return fn(n, r, w, e, t, mask);
+  });
 }
 
 // Split as wait_split does: a long sleep (sleep_for of a minute between batches) purges what falls

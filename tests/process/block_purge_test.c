@@ -11,9 +11,9 @@
  * The first round calls poll with a zero timeout (a check for events that does not block) for
  * 1 s: it must not purge. The kept blocks must keep their contents throughout.
  *
- * Then one call each that starts before anything is due and lasts past it: epoll_wait and poll
- * with no timeout until a timerfd fires 1.2 s later, nanosleep of 1.2 s, poll of 0.8 s on no
- * file: the wrappers split such a wait where the freed memory falls due, so RSS must be 24 MiB
+ * Then one call each that starts before anything is due and lasts past it: epoll_wait, poll,
+ * ppoll and pselect with no timeout until a timerfd fires 1.2 s later, nanosleep of 1.2 s, poll
+ * of 0.8 s on no file: the wrappers split such a wait where the freed memory falls due, so RSS must be 24 MiB
  * lower when it ends; each call must end as the one call would (the timer's event, 0 after the
  * whole time and not before). A nanosleep of 1.2 s that SIGALRM interrupts at 0.7 s must report
  * the time left of the whole sleep (0.5 s). */
@@ -114,8 +114,8 @@ int main(void) {
   struct epoll_event tev = {.events = EPOLLIN};
   CHECK(epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &tev) == 0);
   static const char *const long_names[] = {"epoll_wait(-1)", "poll(-1)", "nanosleep(1.2 s)",
-                                           "poll(0.8 s)"};
-  for (int which = 0; which < 4; which++) {
+                                           "poll(0.8 s)", "ppoll(NULL)", "pselect(NULL)"};
+  for (int which = 0; which < 6; which++) {
     fill_and_free_most((uint64_t)(which + 20) * 1000000);
     rss_full = nt_rss_bytes();
     struct itimerspec its = {{0, 0}, {1, 200000000}};
@@ -130,6 +130,14 @@ int main(void) {
       case 1: CHECK(poll(&pfd, 1, -1) == 1 && (pfd.revents & POLLIN)); break;
       case 2: CHECK(nanosleep(&ts, NULL) == 0); break;
       case 3: CHECK(poll(&pfd, 0, 800) == 0); break;
+      case 4: CHECK(ppoll(&pfd, 1, NULL, NULL) == 1 && (pfd.revents & POLLIN)); break;
+      case 5: {
+        fd_set rs;
+        FD_ZERO(&rs);
+        FD_SET(tfd, &rs);
+        CHECK(pselect(tfd + 1, &rs, NULL, NULL, NULL, NULL) == 1 && FD_ISSET(tfd, &rs));
+        break;
+      }
     }
     spent = nt_now_s() - t0;
     CHECKF(spent >= (which == 3 ? 0.79 : 1.19), "%s returned after %.3f s", long_names[which], spent);
