@@ -212,61 +212,124 @@ NEBULA_API int pselect(int n, fd_set* r, fd_set* w, fd_set* e, const timespec* t
   });
 }
 
-// Split as wait_split does: a long sleep (sleep_for of a minute between batches) purges what falls
-// due during it. Interrupted, it reports the time left of the whole sleep.
-NEBULA_API int nanosleep(const timespec* req, timespec* rem) {
-  auto fn = r_nanosleep.get();
-  if (fn == nullptr) return missing();
-  if (req == nullptr || !blocks(req) || req->tv_nsec < 0 || req->tv_nsec >= 1000000000L || req->tv_sec < 0)
-    return fn(req, rem);
+namespace {
+
+// A relative sleep of *req (valid, not zero), split as wait_split does: a long sleep (sleep_for
+// of a minute between batches) purges what falls due during it. `call(t, r)` sleeps t and returns
+// 0 or the error (EINTR: *r holds what was left of t). Returns 0 or the error; interrupted, *rem
+// (if given) holds the time left of the whole sleep.
+template <class Call>
+int sleep_split(const timespec* req, timespec* rem, Call call) {
+  constexpr long kNs = 1000000000L;
   timespec left = *req;
   for (;;) {
     const int pending = heap_before_block();
     if (pending < 0 || left.tv_sec > INT32_MAX / 1000 || left.tv_sec * 1000 + left.tv_nsec / 1000000 <= pending)
-      return fn(&left, rem);
+      return call(&left, rem);
     const timespec part = {pending / 1000, (pending % 1000) * 1000000L};
     timespec part_rem = {0, 0};
-    const int r = fn(&part, &part_rem);
+    const int err = call(&part, &part_rem);
     left.tv_sec -= part.tv_sec;
     left.tv_nsec -= part.tv_nsec;
     if (left.tv_nsec < 0) {
-      left.tv_nsec += 1000000000L;
+      left.tv_nsec += kNs;
       left.tv_sec -= 1;
     }
-    if (r != 0) {
-      if (rem != nullptr && errno == EINTR) {
+    if (err != 0) {
+      if (err == EINTR && rem != nullptr) {
         left.tv_sec += part_rem.tv_sec;
         left.tv_nsec += part_rem.tv_nsec;
-        if (left.tv_nsec >= 1000000000L) {
-          left.tv_nsec -= 1000000000L;
+        if (left.tv_nsec >= kNs) {
+          left.tv_nsec -= kNs;
           left.tv_sec += 1;
         }
         *rem = left;
       }
-      return r;
+      return err;
     }
   }
 }
 
+bool valid_sleep(const timespec* t) noexcept {
+  return t != nullptr && blocks(t) && t->tv_sec >= 0 && t->tv_nsec >= 0 && t->tv_nsec < 1000000000L;
+}
+
+// nanosleep through the real function, reporting 0 or the error.
+int real_nanosleep(const timespec* t, timespec* r) noexcept {
+  auto fn = r_nanosleep.get();
+  if (fn == nullptr) return ENOSYS;
+  return fn(t, r) == 0 ? 0 : errno;
+}
+
+}  // namespace
+
+NEBULA_API int nanosleep(const timespec* req, timespec* rem) {
+  auto fn = r_nanosleep.get();
+  if (fn == nullptr) return missing();
+  if (!valid_sleep(req)) return fn(req, rem);
+  const int err = sleep_split(req, rem, real_nanosleep);
+  if (err == 0) return 0;
+  errno = err;
+  return -1;
+}
+
+// Relative sleeps as nanosleep's; a sleep until a time of the wall or monotonic clock wakes at the
+// next purge time first, purges and sleeps on until the time asked. Others (CPU-time clocks)
+// only purge first.
 NEBULA_API int clock_nanosleep(clockid_t clock, int flags, const timespec* req, timespec* rem) {
   auto fn = r_clock_nanosleep.get();
   if (fn == nullptr) return ENOSYS;  // (returns the error, as the real one does)
-  if (req != nullptr && (flags != 0 || blocks(req))) heap_before_block();
-  return fn(clock, flags, req, rem);
+  const bool wall = clock == CLOCK_MONOTONIC || clock == CLOCK_REALTIME || clock == CLOCK_BOOTTIME;
+  if (req == nullptr || req->tv_nsec < 0 || req->tv_nsec >= 1000000000L) return fn(clock, flags, req, rem);
+  if (!wall) {
+    heap_before_block();
+    return fn(clock, flags, req, rem);
+  }
+  if ((flags & TIMER_ABSTIME) == 0) {
+    if (!valid_sleep(req)) return fn(clock, flags, req, rem);
+    return sleep_split(req, rem, [&](const timespec* t, timespec* r) { return fn(clock, 0, t, r); });
+  }
+  for (;;) {
+    const int pending = heap_before_block();
+    timespec now;
+    if (pending < 0 || clock_gettime(clock, &now) != 0) return fn(clock, flags, req, rem);
+    timespec mid = {now.tv_sec + pending / 1000, now.tv_nsec + (pending % 1000) * 1000000L};
+    if (mid.tv_nsec >= 1000000000L) {
+      mid.tv_nsec -= 1000000000L;
+      mid.tv_sec += 1;
+    }
+    if (mid.tv_sec > req->tv_sec || (mid.tv_sec == req->tv_sec && mid.tv_nsec >= req->tv_nsec))
+      return fn(clock, flags, req, rem);
+    const int err = fn(clock, flags, &mid, rem);
+    if (err != 0) return err;
+  }
 }
 
+// sleep and usleep as glibc makes them, on nanosleep (split): the whole seconds left when
+// interrupted; -1 with EINTR.
 NEBULA_API unsigned sleep(unsigned seconds) {
   auto fn = r_sleep.get();
   if (fn == nullptr) return seconds;
-  if (seconds != 0) heap_before_block();
-  return fn(seconds);
+  if (seconds == 0 || r_nanosleep.get() == nullptr) return fn(seconds);
+  const int saved = errno;
+  const timespec req = {static_cast<time_t>(seconds), 0};
+  timespec left = {0, 0};
+  const int err = sleep_split(&req, &left, real_nanosleep);
+  if (err == EINTR) return static_cast<unsigned>(left.tv_sec);
+  if (err != 0) return seconds;
+  errno = saved;
+  return 0;
 }
 
 NEBULA_API int usleep(useconds_t usec) {
   auto fn = r_usleep.get();
   if (fn == nullptr) return missing();
-  if (usec != 0) heap_before_block();
-  return fn(usec);
+  if (usec == 0 || r_nanosleep.get() == nullptr) return fn(usec);
+  const timespec req = {static_cast<time_t>(usec / 1000000), static_cast<long>(usec % 1000000) * 1000L};
+  const int err = sleep_split(&req, nullptr, real_nanosleep);
+  if (err == 0) return 0;
+  errno = err;
+  return -1;
 }
 
 // A pool whose workers wait on a semaphore for their next job: as a condition variable's.
