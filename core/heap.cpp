@@ -917,7 +917,7 @@ constexpr uint64_t kWaitQuietMs = 1000;    // purge only after this long without
 // their memory back in after every join); and it gives its segments up at most every 100 ms.
 void heap_before_wait() noexcept {
   Heap* heap = t_heap;
-  if (!heap->live) return;
+  if (!heap->live || !option_bool(Option::kWaitHooks)) return;
   uint64_t now = os::clock_ms();
   bool quiet = heap->last_wait_ms == 0 || now - heap->last_wait_ms >= kWaitQuietMs;
   heap->last_wait_ms = now;
@@ -951,7 +951,7 @@ void heap_before_wait() noexcept {
 // doubles (up to 32 purge delays); a punch whose memory stayed away resets it.
 void heap_before_cond_wait() noexcept {
   Heap* heap = t_heap;
-  if (budget_in_callback() || t_locks_held != 0) return;
+  if (budget_in_callback() || t_locks_held != 0 || !option_bool(Option::kWaitHooks)) return;
   const uint64_t now = os::clock_ms_coarse();
   heap_purge_due(heap, now);
   if (!heap->live || heap->segments == nullptr || now < heap->next_cond_wait_ms) return;
@@ -992,7 +992,7 @@ void heap_before_cond_wait() noexcept {
 // an event loop with no timer blocks in epoll_wait with no timeout right after its frees.
 int heap_before_block() noexcept {
   const uint64_t now = os::clock_ms_coarse();
-  if (t_locks_held != 0) return -1;
+  if (t_locks_held != 0 || !option_bool(Option::kWaitHooks)) return -1;
   Heap* heap = t_heap;
   if (now >= t_due_check_ms) heap_purge_due(heap, now);
   // What is left to purge, and when (for the wrappers that split a long wait there).

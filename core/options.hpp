@@ -27,6 +27,7 @@ enum class Option : unsigned {
   kFaultInject,
   kSecure,
   kZeroOnFree,
+  kWaitHooks,
   kCount
 };
 
@@ -82,6 +83,9 @@ inline constexpr OptionDesc kOptions[] = {
    "secure mode: encoded free lists, random order in pages, guard pages, every double free caught"},
   {Option::kZeroOnFree, "zero_on_free", OptionType::kBool, 0, 0, 1,
    "in secure mode, overwrite every freed block with zeros"},
+  {Option::kWaitHooks, "wait_hooks", OptionType::kBool, 1, 0, 1,
+   "before a thread blocks (pthread_join, condition variables, semaphores, epoll_wait, poll, "
+   "select, sleeps), give back its free memory; off: those calls go straight to libc"},
 };
 static_assert(sizeof(kOptions) / sizeof(kOptions[0]) == static_cast<size_t>(Option::kCount),
               "options: one table row per Option");

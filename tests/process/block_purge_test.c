@@ -16,7 +16,10 @@
  * clock_nanosleep (to a time 1.2 s ahead) of 1.2 s, sleep of 1 s, poll of 0.8 s on no file: the wrappers split such a wait where the freed memory falls due, so RSS must be 24 MiB
  * lower when it ends; each call must end as the one call would (the timer's event, 0 after the
  * whole time and not before). A nanosleep of 1.2 s that SIGALRM interrupts at 0.7 s must report
- * the time left of the whole sleep (0.5 s). */
+ * the time left of the whole sleep (0.5 s).
+ *
+ * Last, the program runs itself again with NEBULA_MEM_WAIT_HOOKS=0: one round of 20 ms polls
+ * for 1.5 s must leave RSS where it was (the switch turns the wrappers into plain calls). */
 #include "../check.h"
 
 #include <poll.h>
@@ -76,10 +79,25 @@ static void on_alarm(int sig) { (void)sig; }
 static const char *const names[] = {"poll", "epoll_wait", "epoll_pwait", "select", "pselect",
                                     "ppoll", "nanosleep", "clock_nanosleep", "usleep"};
 
-int main(void) {
+/* With the hooks switched off: nothing goes back while the program polls. */
+static int hooks_off_round(void) {
+  fill_and_free_most(40000000);
+  size_t rss_full = nt_rss_bytes();
+  double t0 = nt_now_s();
+  while (nt_now_s() - t0 < 1.5) call(0, 0);
+  size_t rss = nt_rss_bytes();
+  CHECKF(rss + NT_MIB(16) > rss_full,
+         "RSS %zu MiB after 1.5 s of poll() with NEBULA_MEM_WAIT_HOOKS=0, %zu MiB before: the "
+         "switch did not turn the hook off", rss >> 20, rss_full >> 20);
+  verify_kept();
+  return 0;
+}
+
+int main(int argc, char **argv) {
   CHECK_PRELOAD();
   epfd = epoll_create1(0);
   CHECK(epfd >= 0);
+  if (argc > 1 && strcmp(argv[1], "hooks-off") == 0) return NT_AGAINST_GLIBC ? 0 : hooks_off_round();
 
   /* Round 0: polls that do not block leave the memory alone. */
   fill_and_free_most(1000000);
@@ -183,5 +201,10 @@ int main(void) {
 
   for (int i = 0; i < NBLOCKS; i += KEEP_EVERY) free(blocks[i]);
   close(epfd);
-  return 0;
+  if (NT_AGAINST_GLIBC) return 0;
+  setenv("NEBULA_MEM_WAIT_HOOKS", "0", 1);
+  char *again[] = {argv[0], "hooks-off", NULL};
+  execv("/proc/self/exe", again);
+  CHECKF(0, "execv /proc/self/exe failed");
+  return 1;
 }
