@@ -982,7 +982,7 @@ void heap_before_cond_wait() noexcept {
 // there between requests, with nothing else in the process running, is a thread that has stopped
 // calling the allocator's slow paths, where its maintenance runs: a server that freed most of
 // its data (a cache flushed) kept all of it resident for as long as no request came, and kept
-// it across requests served from its free lists (Redis after FLUSHALL: 130 MiB resident for
+// it across requests served from its free lists (Redis after FLUSHALL: 127 MiB resident for
 // good, where its own jemalloc's purge thread and glibc's trim gave it back). So the memory whose
 // purge time has come goes back here, as the thread's own maintenance would have done it: an
 // event loop with a timer (Redis: 100 ms) gives back what it freed within a purge delay and a
