@@ -5,6 +5,10 @@
 // path of the allocator, where its maintenance runs. glibc only, as interpose/pthread.cpp.
 //
 // - A call with a zero timeout (a poll that does not block) is passed straight on.
+// - A wait that outlasts the moment more freed memory falls due is split there (wait_split,
+//   wait_split_ts, sleep_split), with the results of the one call; select is not split (it
+//   writes the time left into its argument). sleep and usleep are made on the split nanosleep.
+// - NEBULA_MEM_WAIT_HOOKS=0 makes every wrapper a plain call (heap_before_block returns -1).
 // - The real functions are looked up when the library is loaded, not at their first call:
 //   poll, select, nanosleep and the like may be called from a signal handler, where dlsym, which
 //   allocates, may not run. heap_before_block is safe there (see core/heap.cpp).
