@@ -990,9 +990,15 @@ void heap_before_cond_wait() noexcept {
 // can come from a signal handler, and they run thousands of times a second in busy servers.
 // What is still waiting to be purged decides where a long wait is split (interpose/block.cpp):
 // an event loop with no timer blocks in epoll_wait with no timeout right after its frees.
+// NEBULA_MEM_WAIT_HOOKS, read once (the blocking calls check it on every call): -1 not yet read.
+static std::atomic<int> g_wait_hooks{-1};
+
 int heap_before_block() noexcept {
   const uint64_t now = os::clock_ms_coarse();
-  if (t_locks_held != 0 || !option_bool(Option::kWaitHooks)) return -1;
+  if (t_locks_held != 0) return -1;
+  int on = g_wait_hooks.load(std::memory_order_relaxed);
+  if (NEBULA_UNLIKELY(on < 0)) g_wait_hooks.store(on = option_bool(Option::kWaitHooks) ? 1 : 0, std::memory_order_relaxed);
+  if (on == 0) return -1;
   Heap* heap = t_heap;
   if (now >= t_due_check_ms) heap_purge_due(heap, now);
   // What is left to purge, and when (for the wrappers that split a long wait there).

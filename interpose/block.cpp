@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <poll.h>
+#include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -39,7 +40,11 @@ template <class Fn>
 struct Real {
   const char* name;
   std::atomic<Fn> fn{nullptr};
-  Fn get() noexcept { return os::next_symbol_cached(fn, name); }
+  __attribute__((always_inline)) Fn get() noexcept {
+    Fn f = fn.load(std::memory_order_acquire);
+    return f != nullptr ? f : resolve();
+  }
+  __attribute__((noinline, cold)) Fn resolve() noexcept { return os::next_symbol_cached(fn, name); }
 };
 
 Real<int (*)(int, epoll_event*, int, int)> r_epoll_wait{"epoll_wait"};
@@ -85,109 +90,154 @@ int missing() noexcept {
   return -1;
 }
 
-bool blocks(const timespec* t) noexcept { return t == nullptr || t->tv_sec != 0 || t->tv_nsec != 0; }
 bool blocks(const timeval* t) noexcept { return t == nullptr || t->tv_sec != 0 || t->tv_usec != 0; }
 
-// A wait of `timeout` ms (-1: no limit) that outlasts the moment more free memory is due to be
-// purged becomes two or more: the real call until then, the purge, then the rest. An event or a
-// signal ends it as the one call would (the first non-zero result is returned); zero is returned
-// only once the whole timeout has passed. `call(ms)` is the real function with that timeout.
-template <class Call>
-int wait_split(int timeout, Call call) {
-  for (;;) {
-    const int pending = heap_before_block();
-    if (pending < 0 || (timeout >= 0 && timeout <= pending)) return call(timeout);
-    const uint64_t start = os::clock_ms();
-    const int r = call(pending);
-    if (r != 0) return r;
-    if (timeout > 0) {
-      const uint64_t spent = os::clock_ms() - start;
-      if (spent >= static_cast<uint64_t>(timeout)) return 0;
-      timeout -= static_cast<int>(spent);
-    }
-  }
+constexpr int64_t kNs = 1000000000;
+constexpr int64_t kMs = 1000000;
+constexpr time_t kMaxSplitSec = 366 * 86400;  // longer timeouts go to the real call whole
+
+int64_t mono_ns() noexcept {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<int64_t>(t.tv_sec) * kNs + t.tv_nsec;
 }
 
-// The same for a timeout given as a timespec (nullptr: no limit). A timeout the real function
-// would refuse, or one of over a year, goes to it whole. `call(t)` is the real function.
-template <class Call>
-int wait_split_ts(const timespec* timeout, Call call) {
-  constexpr int64_t kNs = 1000000000;
-  if (timeout != nullptr && (timeout->tv_nsec < 0 || timeout->tv_nsec >= kNs || timeout->tv_sec < 0 ||
-                             timeout->tv_sec > 366 * 86400))
-    return call(timeout);
-  int64_t left = timeout == nullptr ? -1 : timeout->tv_sec * kNs + timeout->tv_nsec;
-  bool split = false;
+timespec to_ts(int64_t ns) noexcept { return {static_cast<time_t>(ns / kNs), static_cast<long>(ns % kNs)}; }
+
+// A timespec timeout in ns (-1: none, no limit); -2 if the real function would refuse it or it
+// is too long to split.
+int64_t ts_ns(const timespec* t) noexcept {
+  if (t == nullptr) return -1;
+  if (t->tv_sec < 0 || t->tv_nsec < 0 || t->tv_nsec >= kNs || t->tv_sec > kMaxSplitSec) return -2;
+  return static_cast<int64_t>(t->tv_sec) * kNs + t->tv_nsec;
+}
+
+// Milliseconds for a part given as a timespec (nullptr: -1), rounded up.
+int ms_of(const timespec* t) noexcept {
+  if (t == nullptr) return -1;
+  const int64_t ms = (static_cast<int64_t>(t->tv_sec) * kNs + t->tv_nsec + kMs - 1) / kMs;
+  return ms > INT32_MAX ? INT32_MAX : static_cast<int>(ms);
+}
+
+// A wait of `left` ns (-1: no limit) that outlasts the moment more freed memory falls due is
+// split there: parts of the wait, each until the next purge time, with the purge between them.
+// `whole()` is the one real call, made when nothing falls due before the wait would end;
+// `part(t, mask)` waits t (nullptr: no limit) with that signal mask in force and returns as the
+// real function does. An event or a signal ends the wait as the one call would (the first
+// non-zero result is returned); 0 is returned only once the whole timeout has passed.
+//
+// Between the parts every signal is blocked, and each part sets the caller's mask (the one it
+// passed, or the thread's) atomically for its wait, as ppoll does: a signal that comes while
+// the wrapper purges stays pending and ends the next part with EINTR. Were it delivered there,
+// its handler would run outside any wait and the wait would go on: a program in poll(-1) told to
+// stop by a signal would not wake.
+//
+// `*left_out`: -1 if the wait was not split, else the time left of it (for nanosleep's rem).
+template <class Whole, class Part>
+int wait_split(int64_t left, const sigset_t* mask, int64_t* left_out, Whole whole, Part part) {
+  if (left_out != nullptr) *left_out = -1;
+  const bool limited = left >= 0;
+  int pending = heap_before_block();
+  if (pending < 0 || (limited && left <= pending * kMs)) return whole();
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  const sigset_t* during = mask != nullptr ? mask : &old;
+  int r;
   for (;;) {
-    const int pending = heap_before_block();
-    if (pending < 0 || (left >= 0 && left <= pending * int64_t{1000000})) {
-      if (!split || left < 0) return call(left < 0 ? nullptr : timeout);
-      const timespec rest = {left / kNs, left % kNs};
-      return call(&rest);
-    }
-    const timespec part = {pending / 1000, (pending % 1000) * 1000000L};
-    const uint64_t start = os::clock_ms();
-    const int r = call(&part);
-    if (r != 0) return r;
-    split = true;
-    if (left > 0) {
-      const int64_t spent = static_cast<int64_t>(os::clock_ms() - start) * 1000000;
-      if (spent >= left) return 0;
-      left -= spent;
-    }
+    const bool last = pending < 0 || (limited && left <= pending * kMs);
+    const timespec t = to_ts(last ? (limited ? left : 0) : pending * kMs);
+    const int64_t start = mono_ns();
+    r = part(last && !limited ? nullptr : &t, during);
+    if (limited) left -= mono_ns() - start;
+    if (r != 0 || last) break;
+    if (limited && left <= 0) break;  // (r == 0: the whole timeout has passed)
+    pending = heap_before_block();
   }
+  if (left_out != nullptr) *left_out = left < 0 ? 0 : left;
+  const int saved = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = saved;
+  return r;
+}
+
+// A part of a split sleep: ppoll on nothing, which takes a signal mask (0, or -1 with EINTR).
+int sleep_part(const timespec* t, const sigset_t* mask) noexcept {
+  auto fn = r_ppoll.get();
+  if (fn == nullptr) return missing();
+  return fn(nullptr, 0, t, mask);
 }
 
 }  // namespace
 
 NEBULA_API int epoll_wait(int epfd, epoll_event* events, int max, int timeout) {
   auto fn = r_epoll_wait.get();
+  auto pfn = r_epoll_pwait.get();
   if (fn == nullptr) return missing();
-  if (timeout == 0) return fn(epfd, events, max, timeout);
-  return wait_split(timeout, [&](int ms) { return fn(epfd, events, max, ms); });
+  if (timeout == 0 || pfn == nullptr) return fn(epfd, events, max, timeout);
+  return wait_split(
+      timeout < 0 ? -1 : timeout * kMs, nullptr, nullptr, [&] { return fn(epfd, events, max, timeout); },
+      [&](const timespec* t, const sigset_t* m) { return pfn(epfd, events, max, ms_of(t), m); });
 }
 
 NEBULA_API int epoll_pwait(int epfd, epoll_event* events, int max, int timeout, const sigset_t* mask) {
   auto fn = r_epoll_pwait.get();
   if (fn == nullptr) return missing();
   if (timeout == 0) return fn(epfd, events, max, timeout, mask);
-  return wait_split(timeout, [&](int ms) { return fn(epfd, events, max, ms, mask); });
+  return wait_split(
+      timeout < 0 ? -1 : timeout * kMs, mask, nullptr, [&] { return fn(epfd, events, max, timeout, mask); },
+      [&](const timespec* t, const sigset_t* m) { return fn(epfd, events, max, ms_of(t), m); });
 }
 
 NEBULA_API int epoll_pwait2(int epfd, epoll_event* events, int max, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_epoll_pwait2.get();
   if (fn == nullptr) return missing();
-  if (!blocks(timeout)) return fn(epfd, events, max, timeout, mask);
-  return wait_split_ts(timeout, [&](const timespec* t) { return fn(epfd, events, max, t, mask); });
+  const int64_t left = ts_ns(timeout);
+  if (left == 0 || left == -2) return fn(epfd, events, max, timeout, mask);
+  return wait_split(
+      left, mask, nullptr, [&] { return fn(epfd, events, max, timeout, mask); },
+      [&](const timespec* t, const sigset_t* m) { return fn(epfd, events, max, t, m); });
 }
 
 NEBULA_API int poll(pollfd* fds, nfds_t n, int timeout) {
   auto fn = r_poll.get();
+  auto pfn = r_ppoll.get();
   if (fn == nullptr) return missing();
-  if (timeout == 0) return fn(fds, n, timeout);
-  return wait_split(timeout, [&](int ms) { return fn(fds, n, ms); });
+  if (timeout == 0 || pfn == nullptr) return fn(fds, n, timeout);
+  return wait_split(
+      timeout < 0 ? -1 : timeout * kMs, nullptr, nullptr, [&] { return fn(fds, n, timeout); },
+      [&](const timespec* t, const sigset_t* m) { return pfn(fds, n, t, m); });
 }
 
 // _FORTIFY_SOURCE's poll and ppoll, where the compiler knows the array's size.
 NEBULA_API int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fds_len) {
   auto fn = r_poll_chk.get();
+  auto pfn = r_ppoll_chk.get();
   if (fn == nullptr) return missing();
-  if (timeout == 0) return fn(fds, n, timeout, fds_len);
-  return wait_split(timeout, [&](int ms) { return fn(fds, n, ms, fds_len); });
+  if (timeout == 0 || pfn == nullptr) return fn(fds, n, timeout, fds_len);
+  return wait_split(
+      timeout < 0 ? -1 : timeout * kMs, nullptr, nullptr, [&] { return fn(fds, n, timeout, fds_len); },
+      [&](const timespec* t, const sigset_t* m) { return pfn(fds, n, t, m, fds_len); });
 }
 
 NEBULA_API int ppoll(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_ppoll.get();
   if (fn == nullptr) return missing();
-  if (!blocks(timeout)) return fn(fds, n, timeout, mask);
-  return wait_split_ts(timeout, [&](const timespec* t) { return fn(fds, n, t, mask); });
+  const int64_t left = ts_ns(timeout);
+  if (left == 0 || left == -2) return fn(fds, n, timeout, mask);
+  return wait_split(
+      left, mask, nullptr, [&] { return fn(fds, n, timeout, mask); },
+      [&](const timespec* t, const sigset_t* m) { return fn(fds, n, t, m); });
 }
 
 NEBULA_API int __ppoll_chk(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask, size_t fds_len) {
   auto fn = r_ppoll_chk.get();
   if (fn == nullptr) return missing();
-  if (!blocks(timeout)) return fn(fds, n, timeout, mask, fds_len);
-  return wait_split_ts(timeout, [&](const timespec* t) { return fn(fds, n, t, mask, fds_len); });
+  const int64_t left = ts_ns(timeout);
+  if (left == 0 || left == -2) return fn(fds, n, timeout, mask, fds_len);
+  return wait_split(
+      left, mask, nullptr, [&] { return fn(fds, n, timeout, mask, fds_len); },
+      [&](const timespec* t, const sigset_t* m) { return fn(fds, n, t, m, fds_len); });
 }
 
 NEBULA_API int select(int n, fd_set* r, fd_set* w, fd_set* e, timeval* timeout) {
@@ -200,127 +250,84 @@ NEBULA_API int select(int n, fd_set* r, fd_set* w, fd_set* e, timeval* timeout) 
 NEBULA_API int pselect(int n, fd_set* r, fd_set* w, fd_set* e, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_pselect.get();
   if (fn == nullptr) return missing();
-  if (!blocks(timeout)) return fn(n, r, w, e, timeout, mask);
-  // A wait that times out clears the sets: each part starts from the caller's.
+  const int64_t left = ts_ns(timeout);
+  if (left == 0 || left == -2) return fn(n, r, w, e, timeout, mask);
+  // A part that times out clears the sets: each part starts from the caller's.
   fd_set sets[3];
   fd_set* given[3] = {r, w, e};
   for (int i = 0; i < 3; ++i)
     if (given[i] != nullptr) sets[i] = *given[i];
   bool first = true;
-  return wait_split_ts(timeout, [&](const timespec* t) {
-    if (!first)
-      for (int i = 0; i < 3; ++i)
-        if (given[i] != nullptr) *given[i] = sets[i];
-    first = false;
-    return fn(n, r, w, e, t, mask);
-  });
+  return wait_split(
+      left, mask, nullptr, [&] { return fn(n, r, w, e, timeout, mask); },
+      [&](const timespec* t, const sigset_t* m) {
+        if (!first)
+          for (int i = 0; i < 3; ++i)
+            if (given[i] != nullptr) *given[i] = sets[i];
+        first = false;
+        return fn(n, r, w, e, t, m);
+      });
 }
 
 namespace {
-
-// A relative sleep of *req (valid, not zero), split as wait_split does: a long sleep (sleep_for
-// of a minute between batches) purges what falls due during it. `call(t, r)` sleeps t and returns
-// 0 or the error (EINTR: *r holds what was left of t). Returns 0 or the error; interrupted, *rem
-// (if given) holds the time left of the whole sleep.
-template <class Call>
-int sleep_split(const timespec* req, timespec* rem, Call call) {
-  constexpr long kNs = 1000000000L;
-  timespec left = *req;
-  for (;;) {
-    const int pending = heap_before_block();
-    if (pending < 0 || left.tv_sec > INT32_MAX / 1000 || left.tv_sec * 1000 + left.tv_nsec / 1000000 <= pending)
-      return call(&left, rem);
-    const timespec part = {pending / 1000, (pending % 1000) * 1000000L};
-    timespec part_rem = {0, 0};
-    const int err = call(&part, &part_rem);
-    left.tv_sec -= part.tv_sec;
-    left.tv_nsec -= part.tv_nsec;
-    if (left.tv_nsec < 0) {
-      left.tv_nsec += kNs;
-      left.tv_sec -= 1;
-    }
-    if (err != 0) {
-      if (err == EINTR && rem != nullptr) {
-        left.tv_sec += part_rem.tv_sec;
-        left.tv_nsec += part_rem.tv_nsec;
-        if (left.tv_nsec >= kNs) {
-          left.tv_nsec -= kNs;
-          left.tv_sec += 1;
-        }
-        *rem = left;
-      }
-      return err;
-    }
-  }
-}
-
 bool valid_sleep(const timespec* t) noexcept {
-  return t != nullptr && blocks(t) && t->tv_sec >= 0 && t->tv_nsec >= 0 && t->tv_nsec < 1000000000L;
+  const int64_t ns = ts_ns(t);
+  return ns > 0;
 }
-
-// nanosleep through the real function, reporting 0 or the error.
-int real_nanosleep(const timespec* t, timespec* r) noexcept {
-  auto fn = r_nanosleep.get();
-  if (fn == nullptr) return ENOSYS;
-  return fn(t, r) == 0 ? 0 : errno;
-}
-
 }  // namespace
 
+// Split as the waits are: a long sleep (sleep_for of a minute between batches) purges what falls
+// due during it. Interrupted, it reports the time left of the whole sleep.
 NEBULA_API int nanosleep(const timespec* req, timespec* rem) {
   auto fn = r_nanosleep.get();
   if (fn == nullptr) return missing();
   if (!valid_sleep(req)) return fn(req, rem);
-  const int err = sleep_split(req, rem, real_nanosleep);
-  if (err == 0) return 0;
-  errno = err;
-  return -1;
+  int64_t left = -1;
+  const int r = wait_split(ts_ns(req), nullptr, &left, [&] { return fn(req, rem); }, sleep_part);
+  if (r != 0 && left >= 0 && errno == EINTR && rem != nullptr) *rem = to_ts(left);
+  return r;
 }
 
-// Relative sleeps as nanosleep's; a sleep until a time of the wall or monotonic clock wakes at the
-// next purge time first, purges and sleeps on until the time asked. Others (CPU-time clocks)
-// only purge first.
+// Relative sleeps on a wall or monotonic clock as nanosleep's; a sleep until a time of such a
+// clock the same, for the time from now to then (the parts are relative: a change of the wall
+// clock during the sleep moves its end only in the part under way). CPU-time clocks only purge
+// first.
 NEBULA_API int clock_nanosleep(clockid_t clock, int flags, const timespec* req, timespec* rem) {
   auto fn = r_clock_nanosleep.get();
   if (fn == nullptr) return ENOSYS;  // (returns the error, as the real one does)
   const bool wall = clock == CLOCK_MONOTONIC || clock == CLOCK_REALTIME || clock == CLOCK_BOOTTIME;
-  if (req == nullptr || req->tv_nsec < 0 || req->tv_nsec >= 1000000000L) return fn(clock, flags, req, rem);
-  if (!wall) {
-    heap_before_block();
+  if (!wall || ts_ns(req) < 0) {
+    if (wall) heap_before_block();
     return fn(clock, flags, req, rem);
   }
-  if ((flags & TIMER_ABSTIME) == 0) {
-    if (!valid_sleep(req)) return fn(clock, flags, req, rem);
-    return sleep_split(req, rem, [&](const timespec* t, timespec* r) { return fn(clock, 0, t, r); });
-  }
-  for (;;) {
-    const int pending = heap_before_block();
+  int64_t total = ts_ns(req);
+  if ((flags & TIMER_ABSTIME) != 0) {
     timespec now;
-    if (pending < 0 || clock_gettime(clock, &now) != 0) return fn(clock, flags, req, rem);
-    timespec mid = {now.tv_sec + pending / 1000, now.tv_nsec + (pending % 1000) * 1000000L};
-    if (mid.tv_nsec >= 1000000000L) {
-      mid.tv_nsec -= 1000000000L;
-      mid.tv_sec += 1;
-    }
-    if (mid.tv_sec > req->tv_sec || (mid.tv_sec == req->tv_sec && mid.tv_nsec >= req->tv_nsec))
-      return fn(clock, flags, req, rem);
-    const int err = fn(clock, flags, &mid, rem);
-    if (err != 0) return err;
+    if (clock_gettime(clock, &now) != 0) return fn(clock, flags, req, rem);
+    total -= static_cast<int64_t>(now.tv_sec) * kNs + now.tv_nsec;
   }
+  if (total <= 0) return fn(clock, flags, req, rem);
+  int64_t left = -1;
+  const int r = wait_split(total, nullptr, &left, [&] { return fn(clock, flags, req, rem); }, sleep_part);
+  if (left < 0) return r;  // (the real call: its own result)
+  if (r == 0) return 0;
+  const int err = errno;
+  if (err == EINTR && rem != nullptr && (flags & TIMER_ABSTIME) == 0) *rem = to_ts(left);
+  return err;
 }
 
-// sleep and usleep as glibc makes them, on nanosleep (split): the whole seconds left when
+// sleep and usleep as glibc makes them, split as nanosleep: the whole seconds left when
 // interrupted; -1 with EINTR.
 NEBULA_API unsigned sleep(unsigned seconds) {
   auto fn = r_sleep.get();
   if (fn == nullptr) return seconds;
-  if (seconds == 0 || r_nanosleep.get() == nullptr) return fn(seconds);
+  if (seconds == 0 || seconds > kMaxSplitSec) return fn(seconds);
   const int saved = errno;
-  const timespec req = {static_cast<time_t>(seconds), 0};
-  timespec left = {0, 0};
-  const int err = sleep_split(&req, &left, real_nanosleep);
-  if (err == EINTR) return static_cast<unsigned>(left.tv_sec);
-  if (err != 0) return seconds;
+  int64_t left = -1;
+  const int r = wait_split(static_cast<int64_t>(seconds) * kNs, nullptr, &left, [&] { return static_cast<int>(fn(seconds)); },
+                           sleep_part);
+  if (left < 0) return static_cast<unsigned>(r);  // (the real sleep's result)
+  if (r != 0) return static_cast<unsigned>(left / kNs);
   errno = saved;
   return 0;
 }
@@ -328,12 +335,8 @@ NEBULA_API unsigned sleep(unsigned seconds) {
 NEBULA_API int usleep(useconds_t usec) {
   auto fn = r_usleep.get();
   if (fn == nullptr) return missing();
-  if (usec == 0 || r_nanosleep.get() == nullptr) return fn(usec);
-  const timespec req = {static_cast<time_t>(usec / 1000000), static_cast<long>(usec % 1000000) * 1000L};
-  const int err = sleep_split(&req, nullptr, real_nanosleep);
-  if (err == 0) return 0;
-  errno = err;
-  return -1;
+  if (usec == 0) return fn(usec);
+  return wait_split(static_cast<int64_t>(usec) * 1000, nullptr, nullptr, [&] { return fn(usec); }, sleep_part);
 }
 
 // A pool whose workers wait on a semaphore for their next job: as a condition variable's.

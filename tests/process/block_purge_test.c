@@ -18,9 +18,16 @@
  * whole time and not before). A nanosleep of 1.2 s that SIGALRM interrupts at 0.7 s must report
  * the time left of the whole sleep (0.5 s).
  *
+ * A signal during a split wait ends it as it would end the one call: SIGUSR1 sent 0.6 s into
+ * poll(-1), epoll_wait(-1), nanosleep(5 s) and a ppoll(NULL) whose mask unblocks SIGUSR1 (blocked
+ * outside, the race-free pattern) must make each return EINTR (not hang, not sleep on), and the
+ * thread's signal mask must be what it was before the call.
+ *
  * Last, the program runs itself again with NEBULA_MEM_WAIT_HOOKS=0: one round of 20 ms polls
  * for 1.5 s must leave RSS where it was (the switch turns the wrappers into plain calls). */
 #include "../check.h"
+
+#include <pthread.h>
 
 #include <poll.h>
 #include <semaphore.h>
@@ -75,6 +82,56 @@ static void call(int which, int zero) {
 }
 
 static void on_alarm(int sig) { (void)sig; }
+
+static volatile sig_atomic_t usr1_seen;
+static void on_usr1(int sig) { (void)sig; usr1_seen = 1; }
+static pthread_t main_thread;
+static void *send_usr1_later(void *arg) {
+  (void)arg;
+  struct timespec ts = {0, 600000000L};
+  nanosleep(&ts, NULL);
+  pthread_kill(main_thread, SIGUSR1);
+  return NULL;
+}
+
+/* One wait that a split would cut, ended by SIGUSR1 at 0.6 s: EINTR, the mask kept. */
+static void signal_round(int which) {
+  static const char *const what[] = {"poll(-1)", "epoll_wait(-1)", "nanosleep(5 s)", "ppoll(NULL, unblocking mask)"};
+  fill_and_free_most((uint64_t)(which + 50) * 1000000);
+  sigset_t before, after, usr1, unblocked;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  if (which == 3) CHECK(pthread_sigmask(SIG_BLOCK, &usr1, NULL) == 0);
+  CHECK(pthread_sigmask(SIG_SETMASK, NULL, &before) == 0);
+  unblocked = before;
+  sigdelset(&unblocked, SIGUSR1);
+  usr1_seen = 0;
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, send_usr1_later, NULL) == 0);
+  double t0 = nt_now_s();
+  struct epoll_event ev;
+  struct pollfd none;
+  struct timespec five = {5, 0};
+  int r = 0;
+  switch (which) {
+    case 0: r = poll(&none, 0, -1); break;
+    case 1: r = epoll_wait(epfd, &ev, 1, -1); break;
+    case 2: r = nanosleep(&five, NULL); break;
+    case 3: r = ppoll(&none, 0, NULL, &unblocked); break;
+  }
+  int err = errno;
+  double spent = nt_now_s() - t0;
+  CHECK(pthread_join(t, NULL) == 0);
+  CHECKF(r == -1 && err == EINTR && usr1_seen, "%s returned %d (errno %d, handler ran: %d) after %.2f s; "
+         "want -1 with EINTR at the signal", what[which], r, err, (int)usr1_seen, spent);
+  CHECKF(spent < 2.0, "%s ended %.2f s in, the signal came at 0.6 s", what[which], spent);
+  CHECK(pthread_sigmask(SIG_SETMASK, NULL, &after) == 0);
+  CHECKF(sigismember(&after, SIGUSR1) == sigismember(&before, SIGUSR1) &&
+         sigismember(&after, SIGTERM) == sigismember(&before, SIGTERM),
+         "%s left the signal mask changed", what[which]);
+  if (which == 3) CHECK(pthread_sigmask(SIG_UNBLOCK, &usr1, NULL) == 0);
+  verify_kept();
+}
 
 static const char *const names[] = {"poll", "epoll_wait", "epoll_pwait", "select", "pselect",
                                     "ppoll", "nanosleep", "clock_nanosleep", "usleep"};
@@ -198,6 +255,13 @@ int main(int argc, char **argv) {
   CHECK(nanosleep(&req, &left) == -1 && errno == EINTR);
   double left_s = (double)left.tv_sec + (double)left.tv_nsec * 1e-9;
   CHECKF(left_s > 0.35 && left_s < 0.65, "nanosleep(1.2 s) interrupted at 0.7 s reported %.3f s left", left_s);
+
+  /* Signals during split waits. */
+  main_thread = pthread_self();
+  struct sigaction su = {0};
+  su.sa_handler = on_usr1;
+  CHECK(sigaction(SIGUSR1, &su, NULL) == 0);
+  for (int which = 0; which < 4; which++) signal_round(which);
 
   for (int i = 0; i < NBLOCKS; i += KEEP_EVERY) free(blocks[i]);
   close(epfd);
