@@ -5,9 +5,9 @@
 // path of the allocator, where its maintenance runs. glibc only, as interpose/pthread.cpp.
 //
 // - A call with a zero timeout (a poll that does not block) is passed straight on.
-// - A wait that outlasts the moment more freed memory falls due is split there (wait_split,
-//   wait_split_ts, sleep_split), with the results of the one call; select is not split (it
-//   writes the time left into its argument). sleep and usleep are made on the split nanosleep.
+// - A wait that outlasts the moment more freed memory falls due is split there (wait_split),
+//   with the results of the one call (select's timeout left holding the time left, as Linux's
+//   does). sleep and usleep are made on the split nanosleep.
 // - NEBULA_MEM_WAIT_HOOKS=0 makes every wrapper a plain call (heap_before_block returns -1).
 // - The real functions are looked up when the library is loaded, not at their first call:
 //   poll, select, nanosleep and the like may be called from a signal handler, where dlsym, which
@@ -240,11 +240,50 @@ NEBULA_API int __ppoll_chk(pollfd* fds, nfds_t n, const timespec* timeout, const
       [&](const timespec* t, const sigset_t* m) { return fn(fds, n, t, m, fds_len); });
 }
 
+namespace {
+// Each part of a split select or pselect starts from the caller's sets: a part that times out
+// clears them.
+struct SavedSets {
+  fd_set copy[3];
+  fd_set* given[3];
+  bool first = true;
+  SavedSets(fd_set* r, fd_set* w, fd_set* e) noexcept : given{r, w, e} {
+    for (int i = 0; i < 3; ++i)
+      if (given[i] != nullptr) copy[i] = *given[i];
+  }
+  void before_part() noexcept {
+    if (!first)
+      for (int i = 0; i < 3; ++i)
+        if (given[i] != nullptr) *given[i] = copy[i];
+    first = false;
+  }
+};
+}  // namespace
+
+// Split through pselect; as Linux's select does, the timeout is left holding the time left.
 NEBULA_API int select(int n, fd_set* r, fd_set* w, fd_set* e, timeval* timeout) {
   auto fn = r_select.get();
+  auto pfn = r_pselect.get();
   if (fn == nullptr) return missing();
-  if (blocks(timeout)) heap_before_block();
-  return fn(n, r, w, e, timeout);
+  if (pfn == nullptr || !blocks(timeout) || (timeout != nullptr && (timeout->tv_sec < 0 || timeout->tv_usec < 0 ||
+                                                                     timeout->tv_usec >= 1000000 ||
+                                                                     timeout->tv_sec > kMaxSplitSec)))
+    return fn(n, r, w, e, timeout);
+  const int64_t total = timeout == nullptr ? -1 : static_cast<int64_t>(timeout->tv_sec) * kNs + timeout->tv_usec * 1000;
+  SavedSets sets(r, w, e);
+  int64_t left = -1;
+  const int res = wait_split(
+      total, nullptr, &left, [&] { return fn(n, r, w, e, timeout); },
+      [&](const timespec* t, const sigset_t* m) {
+        sets.before_part();
+        return pfn(n, r, w, e, t, m);
+      });
+  if (left >= 0 && timeout != nullptr) {
+    if (res == 0) left = 0;
+    timeout->tv_sec = static_cast<time_t>(left / kNs);
+    timeout->tv_usec = static_cast<suseconds_t>(left % kNs / 1000);
+  }
+  return res;
 }
 
 NEBULA_API int pselect(int n, fd_set* r, fd_set* w, fd_set* e, const timespec* timeout, const sigset_t* mask) {
@@ -252,19 +291,11 @@ NEBULA_API int pselect(int n, fd_set* r, fd_set* w, fd_set* e, const timespec* t
   if (fn == nullptr) return missing();
   const int64_t left = ts_ns(timeout);
   if (left == 0 || left == -2) return fn(n, r, w, e, timeout, mask);
-  // A part that times out clears the sets: each part starts from the caller's.
-  fd_set sets[3];
-  fd_set* given[3] = {r, w, e};
-  for (int i = 0; i < 3; ++i)
-    if (given[i] != nullptr) sets[i] = *given[i];
-  bool first = true;
+  SavedSets sets(r, w, e);
   return wait_split(
       left, mask, nullptr, [&] { return fn(n, r, w, e, timeout, mask); },
       [&](const timespec* t, const sigset_t* m) {
-        if (!first)
-          for (int i = 0; i < 3; ++i)
-            if (given[i] != nullptr) *given[i] = sets[i];
-        first = false;
+        sets.before_part();
         return fn(n, r, w, e, t, m);
       });
 }

@@ -12,8 +12,9 @@
  * 1 s: it must not purge. The kept blocks must keep their contents throughout.
  *
  * Then one call each that starts before anything is due and lasts past it: epoll_wait, poll,
- * ppoll and pselect with no timeout until a timerfd fires 1.2 s later, nanosleep, usleep and
- * clock_nanosleep (to a time 1.2 s ahead) of 1.2 s, sleep of 1 s, poll of 0.8 s on no file: the wrappers split such a wait where the freed memory falls due, so RSS must be 24 MiB
+ * ppoll, pselect and select with no timeout until a timerfd fires 1.2 s later, nanosleep, usleep
+ * and clock_nanosleep (to a time 1.2 s ahead) of 1.2 s, select of 1.2 s (its timeout must read 0
+ * after), sleep of 1 s, poll of 0.8 s on no file: the wrappers split such a wait where the freed memory falls due, so RSS must be 24 MiB
  * lower when it ends; each call must end as the one call would (the timer's event, 0 after the
  * whole time and not before). A nanosleep of 1.2 s that SIGALRM interrupts at 0.7 s must report
  * the time left of the whole sleep (0.5 s).
@@ -191,8 +192,9 @@ int main(int argc, char **argv) {
   static const char *const long_names[] = {"epoll_wait(-1)", "poll(-1)", "nanosleep(1.2 s)",
                                            "poll(0.8 s)", "ppoll(NULL)", "pselect(NULL)",
                                            "clock_nanosleep(TIMER_ABSTIME, +1.2 s)",
-                                           "usleep(1.2 s)", "sleep(1 s)"};
-  for (int which = 0; which < 9; which++) {
+                                           "usleep(1.2 s)", "sleep(1 s)", "select(NULL)",
+                                           "select(1.2 s)"};
+  for (int which = 0; which < 11; which++) {
     fill_and_free_most((uint64_t)(which + 20) * 1000000);
     rss_full = nt_rss_bytes();
     struct itimerspec its = {{0, 0}, {1, 200000000}};
@@ -229,6 +231,20 @@ int main(int argc, char **argv) {
       }
       case 7: CHECK(usleep(1200000) == 0); break;
       case 8: CHECK(sleep(1) == 0); break;
+      case 9: {
+        fd_set rs;
+        FD_ZERO(&rs);
+        FD_SET(tfd, &rs);
+        CHECK(select(tfd + 1, &rs, NULL, NULL, NULL) == 1 && FD_ISSET(tfd, &rs));
+        break;
+      }
+      case 10: {
+        struct timeval tv = {1, 200000};
+        CHECK(select(0, NULL, NULL, NULL, &tv) == 0);
+        CHECKF(tv.tv_sec == 0 && tv.tv_usec == 0, "select(1.2 s) left %ld.%06ld s in its timeout",
+               (long)tv.tv_sec, (long)tv.tv_usec);
+        break;
+      }
     }
     spent = nt_now_s() - t0;
     CHECKF(spent >= (which == 3 ? 0.79 : which == 8 ? 0.99 : 1.19), "%s returned after %.3f s",
