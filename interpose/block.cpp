@@ -90,8 +90,6 @@ int missing() noexcept {
   return -1;
 }
 
-bool blocks(const timeval* t) noexcept { return t == nullptr || t->tv_sec != 0 || t->tv_usec != 0; }
-
 constexpr int64_t kNs = 1000000000;
 constexpr int64_t kMs = 1000000;
 constexpr time_t kMaxSplitSec = 366 * 86400;  // longer timeouts go to the real call whole
@@ -133,12 +131,21 @@ int ms_of(const timespec* t) noexcept {
 // stop by a signal would not wake.
 //
 // `*left_out`: -1 if the wait was not split, else the time left of it (for nanosleep's rem).
+template <class Part>
+__attribute__((noinline)) int wait_parts(int64_t left, const sigset_t* mask, int64_t* left_out, int pending, Part part);
+
 template <class Whole, class Part>
 int wait_split(int64_t left, const sigset_t* mask, int64_t* left_out, Whole whole, Part part) {
   if (left_out != nullptr) *left_out = -1;
+  const int pending = heap_before_block();
+  if (pending < 0 || (left >= 0 && left <= pending * kMs)) return whole();
+  return wait_parts(left, mask, left_out, pending, part);
+}
+
+// The split itself (out of line: the wrappers' common case is the one real call).
+template <class Part>
+int wait_parts(int64_t left, const sigset_t* mask, int64_t* left_out, int pending, Part part) {
   const bool limited = left >= 0;
-  int pending = heap_before_block();
-  if (pending < 0 || (limited && left <= pending * kMs)) return whole();
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -168,45 +175,57 @@ int sleep_part(const timespec* t, const sigset_t* mask) noexcept {
   return fn(nullptr, 0, t, mask);
 }
 
+// The waits whose timeout is in ms (negative: no limit): `whole()` is the real call, `part(t,
+// mask)` the one that takes a signal mask.
+template <class Whole, class Part>
+int ms_wait(int timeout, const sigset_t* mask, Whole whole, Part part) {
+  if (timeout == 0) return whole();
+  return wait_split(timeout < 0 ? -1 : timeout * kMs, mask, nullptr, whole, part);
+}
+
+// The waits whose timeout is a timespec (nullptr: no limit), made by `real(t, mask)` whole or in
+// parts; one that does not block or cannot be split goes to it as given.
+template <class Real>
+int ts_wait(const timespec* timeout, const sigset_t* mask, Real real) {
+  const int64_t left = ts_ns(timeout);
+  if (left == 0 || left == -2) return real(timeout, mask);
+  return wait_split(left, mask, nullptr, [=] { return real(timeout, mask); }, real);
+}
+
 }  // namespace
 
 NEBULA_API int epoll_wait(int epfd, epoll_event* events, int max, int timeout) {
   auto fn = r_epoll_wait.get();
   auto pfn = r_epoll_pwait.get();
   if (fn == nullptr) return missing();
-  if (timeout == 0 || pfn == nullptr) return fn(epfd, events, max, timeout);
-  return wait_split(
-      timeout < 0 ? -1 : timeout * kMs, nullptr, nullptr, [&] { return fn(epfd, events, max, timeout); },
-      [&](const timespec* t, const sigset_t* m) { return pfn(epfd, events, max, ms_of(t), m); });
+  if (pfn == nullptr) return fn(epfd, events, max, timeout);
+  return ms_wait(
+      timeout, nullptr, [=] { return fn(epfd, events, max, timeout); },
+      [=](const timespec* t, const sigset_t* m) { return pfn(epfd, events, max, ms_of(t), m); });
 }
 
 NEBULA_API int epoll_pwait(int epfd, epoll_event* events, int max, int timeout, const sigset_t* mask) {
   auto fn = r_epoll_pwait.get();
   if (fn == nullptr) return missing();
-  if (timeout == 0) return fn(epfd, events, max, timeout, mask);
-  return wait_split(
-      timeout < 0 ? -1 : timeout * kMs, mask, nullptr, [&] { return fn(epfd, events, max, timeout, mask); },
-      [&](const timespec* t, const sigset_t* m) { return fn(epfd, events, max, ms_of(t), m); });
+  return ms_wait(
+      timeout, mask, [=] { return fn(epfd, events, max, timeout, mask); },
+      [=](const timespec* t, const sigset_t* m) { return fn(epfd, events, max, ms_of(t), m); });
 }
 
 NEBULA_API int epoll_pwait2(int epfd, epoll_event* events, int max, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_epoll_pwait2.get();
   if (fn == nullptr) return missing();
-  const int64_t left = ts_ns(timeout);
-  if (left == 0 || left == -2) return fn(epfd, events, max, timeout, mask);
-  return wait_split(
-      left, mask, nullptr, [&] { return fn(epfd, events, max, timeout, mask); },
-      [&](const timespec* t, const sigset_t* m) { return fn(epfd, events, max, t, m); });
+  return ts_wait(timeout, mask, [=](const timespec* t, const sigset_t* m) { return fn(epfd, events, max, t, m); });
 }
 
 NEBULA_API int poll(pollfd* fds, nfds_t n, int timeout) {
   auto fn = r_poll.get();
   auto pfn = r_ppoll.get();
   if (fn == nullptr) return missing();
-  if (timeout == 0 || pfn == nullptr) return fn(fds, n, timeout);
-  return wait_split(
-      timeout < 0 ? -1 : timeout * kMs, nullptr, nullptr, [&] { return fn(fds, n, timeout); },
-      [&](const timespec* t, const sigset_t* m) { return pfn(fds, n, t, m); });
+  if (pfn == nullptr) return fn(fds, n, timeout);
+  return ms_wait(
+      timeout, nullptr, [=] { return fn(fds, n, timeout); },
+      [=](const timespec* t, const sigset_t* m) { return pfn(fds, n, t, m); });
 }
 
 // _FORTIFY_SOURCE's poll and ppoll, where the compiler knows the array's size.
@@ -214,30 +233,22 @@ NEBULA_API int __poll_chk(pollfd* fds, nfds_t n, int timeout, size_t fds_len) {
   auto fn = r_poll_chk.get();
   auto pfn = r_ppoll_chk.get();
   if (fn == nullptr) return missing();
-  if (timeout == 0 || pfn == nullptr) return fn(fds, n, timeout, fds_len);
-  return wait_split(
-      timeout < 0 ? -1 : timeout * kMs, nullptr, nullptr, [&] { return fn(fds, n, timeout, fds_len); },
-      [&](const timespec* t, const sigset_t* m) { return pfn(fds, n, t, m, fds_len); });
+  if (pfn == nullptr) return fn(fds, n, timeout, fds_len);
+  return ms_wait(
+      timeout, nullptr, [=] { return fn(fds, n, timeout, fds_len); },
+      [=](const timespec* t, const sigset_t* m) { return pfn(fds, n, t, m, fds_len); });
 }
 
 NEBULA_API int ppoll(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_ppoll.get();
   if (fn == nullptr) return missing();
-  const int64_t left = ts_ns(timeout);
-  if (left == 0 || left == -2) return fn(fds, n, timeout, mask);
-  return wait_split(
-      left, mask, nullptr, [&] { return fn(fds, n, timeout, mask); },
-      [&](const timespec* t, const sigset_t* m) { return fn(fds, n, t, m); });
+  return ts_wait(timeout, mask, [=](const timespec* t, const sigset_t* m) { return fn(fds, n, t, m); });
 }
 
 NEBULA_API int __ppoll_chk(pollfd* fds, nfds_t n, const timespec* timeout, const sigset_t* mask, size_t fds_len) {
   auto fn = r_ppoll_chk.get();
   if (fn == nullptr) return missing();
-  const int64_t left = ts_ns(timeout);
-  if (left == 0 || left == -2) return fn(fds, n, timeout, mask, fds_len);
-  return wait_split(
-      left, mask, nullptr, [&] { return fn(fds, n, timeout, mask, fds_len); },
-      [&](const timespec* t, const sigset_t* m) { return fn(fds, n, t, m, fds_len); });
+  return ts_wait(timeout, mask, [=](const timespec* t, const sigset_t* m) { return fn(fds, n, t, m, fds_len); });
 }
 
 namespace {
@@ -265,16 +276,16 @@ NEBULA_API int select(int n, fd_set* r, fd_set* w, fd_set* e, timeval* timeout) 
   auto fn = r_select.get();
   auto pfn = r_pselect.get();
   if (fn == nullptr) return missing();
-  if (pfn == nullptr || !blocks(timeout) || (timeout != nullptr && (timeout->tv_sec < 0 || timeout->tv_usec < 0 ||
-                                                                     timeout->tv_usec >= 1000000 ||
-                                                                     timeout->tv_sec > kMaxSplitSec)))
-    return fn(n, r, w, e, timeout);
-  const int64_t total = timeout == nullptr ? -1 : static_cast<int64_t>(timeout->tv_sec) * kNs + timeout->tv_usec * 1000;
+  timespec ts = {0, 0};
+  const bool usec_ok = timeout == nullptr || (timeout->tv_usec >= 0 && timeout->tv_usec < 1000000);
+  if (timeout != nullptr) ts = {timeout->tv_sec, usec_ok ? timeout->tv_usec * 1000L : 0};
+  const int64_t total = ts_ns(timeout == nullptr ? nullptr : &ts);
+  if (pfn == nullptr || !usec_ok || total == 0 || total == -2) return fn(n, r, w, e, timeout);
   SavedSets sets(r, w, e);
   int64_t left = -1;
   const int res = wait_split(
-      total, nullptr, &left, [&] { return fn(n, r, w, e, timeout); },
-      [&](const timespec* t, const sigset_t* m) {
+      total, nullptr, &left, [=] { return fn(n, r, w, e, timeout); },
+      [=, &sets](const timespec* t, const sigset_t* m) {
         sets.before_part();
         return pfn(n, r, w, e, t, m);
       });
@@ -289,15 +300,11 @@ NEBULA_API int select(int n, fd_set* r, fd_set* w, fd_set* e, timeval* timeout) 
 NEBULA_API int pselect(int n, fd_set* r, fd_set* w, fd_set* e, const timespec* timeout, const sigset_t* mask) {
   auto fn = r_pselect.get();
   if (fn == nullptr) return missing();
-  const int64_t left = ts_ns(timeout);
-  if (left == 0 || left == -2) return fn(n, r, w, e, timeout, mask);
   SavedSets sets(r, w, e);
-  return wait_split(
-      left, mask, nullptr, [&] { return fn(n, r, w, e, timeout, mask); },
-      [&](const timespec* t, const sigset_t* m) {
-        sets.before_part();
-        return fn(n, r, w, e, t, m);
-      });
+  return ts_wait(timeout, mask, [=, &sets](const timespec* t, const sigset_t* m) {
+    sets.before_part();
+    return fn(n, r, w, e, t, m);
+  });
 }
 
 namespace {
@@ -314,7 +321,7 @@ NEBULA_API int nanosleep(const timespec* req, timespec* rem) {
   if (fn == nullptr) return missing();
   if (!valid_sleep(req)) return fn(req, rem);
   int64_t left = -1;
-  const int r = wait_split(ts_ns(req), nullptr, &left, [&] { return fn(req, rem); }, sleep_part);
+  const int r = wait_split(ts_ns(req), nullptr, &left, [=] { return fn(req, rem); }, sleep_part);
   if (r != 0 && left >= 0 && errno == EINTR && rem != nullptr) *rem = to_ts(left);
   return r;
 }
@@ -339,7 +346,7 @@ NEBULA_API int clock_nanosleep(clockid_t clock, int flags, const timespec* req, 
   }
   if (total <= 0) return fn(clock, flags, req, rem);
   int64_t left = -1;
-  const int r = wait_split(total, nullptr, &left, [&] { return fn(clock, flags, req, rem); }, sleep_part);
+  const int r = wait_split(total, nullptr, &left, [=] { return fn(clock, flags, req, rem); }, sleep_part);
   if (left < 0) return r;  // (the real call: its own result)
   if (r == 0) return 0;
   const int err = errno;
@@ -355,7 +362,7 @@ NEBULA_API unsigned sleep(unsigned seconds) {
   if (seconds == 0 || seconds > kMaxSplitSec) return fn(seconds);
   const int saved = errno;
   int64_t left = -1;
-  const int r = wait_split(static_cast<int64_t>(seconds) * kNs, nullptr, &left, [&] { return static_cast<int>(fn(seconds)); },
+  const int r = wait_split(static_cast<int64_t>(seconds) * kNs, nullptr, &left, [=] { return static_cast<int>(fn(seconds)); },
                            sleep_part);
   if (left < 0) return static_cast<unsigned>(r);  // (the real sleep's result)
   if (r != 0) return static_cast<unsigned>(left / kNs);
@@ -367,7 +374,7 @@ NEBULA_API int usleep(useconds_t usec) {
   auto fn = r_usleep.get();
   if (fn == nullptr) return missing();
   if (usec == 0) return fn(usec);
-  return wait_split(static_cast<int64_t>(usec) * 1000, nullptr, nullptr, [&] { return fn(usec); }, sleep_part);
+  return wait_split(static_cast<int64_t>(usec) * 1000, nullptr, nullptr, [=] { return fn(usec); }, sleep_part);
 }
 
 // A pool whose workers wait on a semaphore for their next job: as a condition variable's.
