@@ -351,7 +351,23 @@ AddressKind classify(uintptr_t addr) noexcept {
   return result;
 }
 
-void yield() noexcept { sched_yield(); }
+// The system call made directly: glibc 2.36's sched_yield sits in a 64 KiB stretch of libc's
+// code (between the regex and getaddrinfo code) that a program rarely runs, and the kernel maps
+// a fault's neighbours in 64 KiB windows, so one call from a lock's back-off put 16 more pages
+// of libc in the resident set of every program whose threads ever contended (`cache-thrash`:
+// 64 KiB more than under glibc's malloc). No errno to keep: sched_yield cannot fail on Linux.
+void yield() noexcept {
+#if defined(__x86_64__)
+  long ret;
+  __asm__ volatile("syscall" : "=a"(ret) : "0"(long{SYS_sched_yield}) : "rcx", "r11", "memory");
+#elif defined(__aarch64__)
+  register long nr __asm__("x8") = SYS_sched_yield;
+  register long ret __asm__("x0");
+  __asm__ volatile("svc 0" : "=r"(ret) : "r"(nr) : "memory");
+#else
+  sched_yield();
+#endif
+}
 
 void set_fault_injection(FaultMode mode, uint64_t n, uint64_t seed) noexcept {
   g_fault_mode.store(0, std::memory_order_relaxed);
