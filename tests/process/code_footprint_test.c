@@ -1,0 +1,180 @@
+/* The library's code that ordinary programs run must stay within one 64 KiB window of its code
+ * mapping (docs/performance.md, log, stop 29). The kernel maps a fault's neighbours in 64 KiB
+ * windows: a program that ran one function in each window of our code had all of it resident
+ * (100 KiB), though it runs less than half. The link gathers the functions programs run
+ * (platform/hot-code.ld, from tools/hot-code.py) at the start of the code, which starts on a
+ * 64 KiB boundary; the symbol nebula_hot_code_end marks their end; and drops DT_INIT and DT_FINI (ld.so calling their stubs at
+ * the two ends of the code mapped the first and last windows).
+ *
+ * This program does what ordinary programs do (small, medium, large and huge blocks, calloc,
+ * realloc growth, C strings, a second thread freeing the first one's blocks, a join, a sleep, a
+ * poll), then reads which pages of our code are resident (/proc/self/pagemap): none may lie past
+ * the 64 KiB window that holds nebula_hot_code_end. Fails when a function on those paths
+ * is missing from the list (renamed, new: run tools/hot-code.py), when the library is linked
+ * without the list, or with DT_FINI or DT_INIT back (checked in its dynamic section: DT_FINI runs
+ * after the check). */
+#include "../check.h"
+
+#include <elf.h>
+#include <link.h>
+#include <poll.h>
+#include <pthread.h>
+
+enum { WINDOW = 64 << 10, PAGE = 4096, HANDOFF = 4096 };
+
+static void *handed[HANDOFF];
+
+static void *freer(void *arg) {
+  (void)arg;
+  for (int i = 0; i < HANDOFF; ++i) free(handed[i]);  // blocks of another thread's pages
+  void *mine[256];
+  for (int i = 0; i < 256; ++i) {
+    mine[i] = malloc((size_t)(16 + i * 24));
+    CHECK(mine[i] != NULL);
+  }
+  for (int i = 0; i < 256; ++i) free(mine[i]);
+  return NULL;
+}
+
+static void ordinary_work(void) {
+  static void *keep[2000];
+  unsigned seed = 12345;
+  for (int round = 0; round < 20; ++round) {
+    for (int i = 0; i < 2000; ++i) {
+      seed = seed * 1103515245u + 12345u;
+      size_t n = (seed >> 8) % (i % 50 == 0 ? 300000 : 2000) + 1;
+      free(keep[i]);
+      keep[i] = (i & 7) == 0 ? calloc(1, n) : malloc(n);
+      CHECK(keep[i] != NULL);
+      memset(keep[i], round, n < 64 ? n : 64);
+    }
+  }
+  for (int i = 0; i < 2000; ++i) free(keep[i]);
+  char *buf = NULL;  // a buffer grown by realloc, as string builders do
+  size_t len = 0;
+  for (int i = 0; i < 20000; ++i) {
+    buf = realloc(buf, len + 100);
+    CHECK(buf != NULL);
+    memset(buf + len, 'x', 100);
+    len += 100;
+  }
+  buf = realloc(buf, 100);
+  CHECK(buf != NULL && buf[99] == 'x');
+  free(buf);
+  void *huge = malloc(6 << 20);
+  CHECK(huge != NULL);
+  memset(huge, 1, 6 << 20);
+  free(huge);
+  char *s = strdup("nebula-memory");
+  CHECK(s != NULL);
+  free(s);
+  for (int i = 0; i < HANDOFF; ++i) {
+    handed[i] = malloc((size_t)(16 + (i % 64) * 16));
+    CHECK(handed[i] != NULL);
+  }
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, freer, NULL) == 0);
+  CHECK(pthread_join(t, NULL) == 0);
+  usleep(2000);
+  poll(NULL, 0, 1);
+}
+
+struct lib {
+  uintptr_t base;
+  uintptr_t code, code_end;  // the executable PT_LOAD
+  int init_fini;             // DT_INIT and DT_FINI entries in its dynamic section
+  char path[4096];
+};
+
+static int find_lib(struct dl_phdr_info *info, size_t size, void *arg) {
+  (void)size;
+  struct lib *l = arg;
+  if (info->dlpi_name == NULL || strstr(info->dlpi_name, "libnebulamem") == NULL) return 0;
+  l->base = info->dlpi_addr;
+  snprintf(l->path, sizeof l->path, "%s", info->dlpi_name);
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X)) {
+      l->code = info->dlpi_addr + ph->p_vaddr;
+      l->code_end = l->code + ph->p_memsz;
+    }
+    if (ph->p_type == PT_DYNAMIC) {
+      for (const ElfW(Dyn) *d = (const ElfW(Dyn) *)(info->dlpi_addr + ph->p_vaddr);
+           d->d_tag != DT_NULL; ++d)
+        if (d->d_tag == DT_INIT || d->d_tag == DT_FINI) ++l->init_fini;
+    }
+  }
+  return 1;
+}
+
+/* The value of a symbol of the library's file symbol table (.symtab: not loaded, and local
+ * symbols are not in the dynamic one). */
+static int symbol_of(const char *path, const char *name, uint64_t *value) {
+  int fd = open(path, O_RDONLY);
+  CHECKF(fd >= 0, "open %s", path);
+  off_t len = lseek(fd, 0, SEEK_END);
+  char *file = malloc((size_t)len);
+  CHECK(file != NULL && pread(fd, file, (size_t)len, 0) == len);
+  close(fd);
+  const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)file;
+  const ElfW(Shdr) *sh = (const ElfW(Shdr) *)(file + eh->e_shoff);
+  int found = 0;
+  for (int i = 0; i < eh->e_shnum && !found; ++i) {
+    if (sh[i].sh_type != SHT_SYMTAB) continue;
+    const ElfW(Sym) *syms = (const ElfW(Sym) *)(file + sh[i].sh_offset);
+    const char *names = file + sh[sh[i].sh_link].sh_offset;
+    for (size_t k = 0; k < sh[i].sh_size / sizeof *syms; ++k) {
+      if (strcmp(names + syms[k].st_name, name) == 0) {
+        *value = syms[k].st_value;
+        found = 1;
+        break;
+      }
+    }
+  }
+  free(file);
+  return found;
+}
+
+int main(void) {
+  ordinary_work();
+
+  struct lib l = {0};
+  CHECK(dl_iterate_phdr(find_lib, &l) == 1);
+  CHECKF(l.code != 0, "no executable segment in %s", l.path);
+  uint64_t hot_end_addr = 0;
+  CHECKF(symbol_of(l.path, "nebula_hot_code_end", &hot_end_addr),
+         "%s has no symbol nebula_hot_code_end: linked without platform/hot-code.ld", l.path);
+  // ld.so calls DT_FINI at exit, after this check: its stub at the end of the code would map
+  // the last window then.
+  CHECKF(l.init_fini == 0, "%s has DT_INIT or DT_FINI", l.path);
+  CHECKF(l.code % WINDOW == 0, "the code starts at %#lx, not on a 64 KiB boundary",
+         (unsigned long)(l.code - l.base));
+  uintptr_t hot_end = l.base + hot_end_addr;
+  uintptr_t limit = (hot_end + WINDOW - 1) & ~(uintptr_t)(WINDOW - 1);
+
+  int pm = open("/proc/self/pagemap", O_RDONLY);
+  CHECK(pm >= 0);
+  unsigned resident = 0, beyond = 0;
+  uintptr_t first_beyond = 0;
+  for (uintptr_t p = l.code; p < l.code_end; p += PAGE) {
+    uint64_t e = 0;
+    CHECK(pread(pm, &e, sizeof e, (off_t)(p / PAGE * sizeof e)) == sizeof e);
+    if (!(e >> 63)) continue;  // not present
+    ++resident;
+    if (p >= limit) {
+      ++beyond;
+      if (first_beyond == 0) first_beyond = p;
+    }
+  }
+  close(pm);
+  unsigned total = (unsigned)((l.code_end - l.code + PAGE - 1) / PAGE);
+  printf("code_footprint_test: code %u pages, the functions programs run %lu bytes; resident %u "
+         "pages, %u of them past their window\n",
+         total, (unsigned long)(hot_end - l.code), resident, beyond);
+  CHECKF(beyond == 0,
+         "%u resident code pages past the hot window (the first at offset %#lx): a function "
+         "that ordinary programs run is missing from platform/hot-code.ld (tools/hot-code.py), "
+         "or DT_INIT/DT_FINI are back", beyond, (unsigned long)(first_beyond - l.base));
+  CHECK_PRELOAD();  // last: nebula_mem_is_active is not on the list (programs do not call it)
+  return 0;
+}

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""tools/hot-code.py: regenerate platform/hot-code.ld, the list of the drop-in library's functions
+that ordinary programs run, which the link puts first in the library's code.
+
+Why: the kernel maps a page fault's neighbours in 64 KiB windows (fault-around), so a program
+that runs one function in each of the library's code windows has all of the library's code
+resident (100 KiB at the time of writing), though it runs less than half of it. With the
+functions that programs run packed at the start of the code, and the code aligned to a window,
+a program maps one window of our code; the rest (the C API, statistics and messages, secure
+mode, the wait wrappers' split, the option parser's error paths...) stays on disk until
+something runs it. docs/performance.md (log, stop 29) has the figures.
+
+How: runs each program below under `valgrind --tool=callgrind` with the library preloaded,
+collects the functions of the library that ran, and orders them by how many programs ran
+them (then by name). Needs valgrind and a release build (`./nebulamem build`).
+
+    tools/hot-code.py [--build DIR] [--out FILE] [--check]
+
+--check: exit 1 if FILE differs from what would be written (nothing is written).
+Programs that are not installed (python3, perl, sqlite3, g++) are left out of the run.
+Standard library only.
+"""
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each entry: a command (relative names are in the build's bench/ directory) and whether its
+# children are traced too. The bench workloads at their smoke sizes cover the engine's paths
+# (threads, remote frees, huge blocks, realloc, aligned requests); the system programs cover
+# what real programs add (an interpreter, a compiler driver and its children, a database).
+# Each run's functions count once; the list is ordered by how many runs ran a function.
+PROGRAMS = [
+    (["wl-larson", "--smoke", "--threads", "2"], False),
+    (["wl-cfrac", "--smoke"], False),
+    (["wl-espresso", "--smoke"], False),
+    (["wl-false_sharing", "--mode", "thrash", "--smoke", "--threads", "2"], False),
+    (["wl-false_sharing", "--mode", "scratch", "--smoke", "--threads", "2"], False),
+    (["wl-xmalloc", "--smoke", "--threads", "2"], False),
+    (["wl-rand_bursts", "--style", "mstress", "--smoke", "--threads", "2"], False),
+    (["wl-rand_bursts", "--style", "rptest", "--smoke", "--threads", "2"], False),
+    (["wl-large", "--smoke", "--threads", "2"], False),
+    (["wl-glibc_bench", "--style", "simple", "--smoke"], False),
+    (["wl-glibc_bench", "--style", "thread", "--smoke", "--threads", "2"], False),
+    (["wl-strbuild", "--smoke"], False),
+    (["wl-frag", "--smoke"], False),
+    (["python3", "-c", "import json, time; time.sleep(0.01); "
+      "print(len(json.dumps({i: str(i) for i in range(10000)})))"], False),
+    (["perl", "-e", "my %h; $h{$_} = $_ x 3 for 1..10000; print scalar(keys %h)"], False),
+    (["sqlite3", ":memory:", "create table t(a); insert into t values(1); select * from t;"],
+     False),
+    (["ls", "-la", "/usr/lib"], False),
+    (["g++", "-O2", "-c", "{src}", "-o", "{obj}"], True),
+    # The test that checks the layout: its ordinary work also sleeps and polls.
+    (["{build}/tests/nebula-code_footprint_test"], False),
+]
+
+CXX_SOURCE = """#include <string>
+#include <vector>
+int f() { std::vector<std::string> v; for (int i = 0; i < 100; i++) v.push_back(std::to_string(i));
+          return static_cast<int>(v.size()); }
+"""
+
+NAME_RE = re.compile(r"^(ob|fn|cob|cfn)=\((\d+)\)(?: (.*))?$")
+
+
+def functions_run(path, lib_name):
+    """The library's functions that have cost in one callgrind output file (mangled names)."""
+    objects, names, run = {}, {}, set()
+    current_object = None
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = NAME_RE.match(line.rstrip("\n"))
+            if not m:
+                continue
+            kind, ident, name = m.groups()
+            table = objects if kind in ("ob", "cob") else names
+            if name:
+                table[ident] = name
+            if kind == "ob":
+                current_object = objects.get(ident)
+            elif kind == "fn" and current_object and lib_name in current_object:
+                run.add(names[ident])
+    return run
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "platform", "hot-code.ld"))
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    lib = os.path.realpath(os.path.join(args.build, "libnebulamem.so"))
+    bench = os.path.join(args.build, "bench")
+    if not os.path.exists(lib) or not shutil.which("valgrind"):
+        sys.exit("hot-code: needs valgrind and a built library (./nebulamem build)")
+    counts = collections.Counter()
+    ran = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.cpp")
+        with open(src, "w") as f:
+            f.write(CXX_SOURCE)
+        for i, (cmd, children) in enumerate(PROGRAMS):
+            subst = {"{src}": src, "{obj}": os.path.join(tmp, "t.o")}
+            cmd = [subst.get(c, c).replace("{build}", args.build) for c in cmd]
+            local = os.path.join(bench, cmd[0])
+            if os.path.exists(local):
+                cmd[0] = local
+            elif not shutil.which(cmd[0]):
+                print(f"hot-code: {cmd[0]} not found, left out", file=sys.stderr)
+                continue
+            out = os.path.join(tmp, f"cg.{i}.%p")
+            vg = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}"]
+            if children:
+                vg.append("--trace-children=yes")
+            env = dict(os.environ, LD_PRELOAD=lib)
+            subprocess.run(vg + cmd, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, cwd=tmp, timeout=600, check=False)
+            for name in os.listdir(tmp):
+                if name.startswith(f"cg.{i}."):
+                    run = functions_run(os.path.join(tmp, name), os.path.basename(lib))
+                    if run:
+                        counts.update(run)
+                        ran += 1
+    if ran == 0:
+        sys.exit("hot-code: no program ran the library")
+    lines = [
+        "/* Generated by tools/hot-code.py: do not edit. The drop-in library's functions that",
+        f"   ordinary programs run ({ran} runs), most used first, at the start of its .text",
+        "   (meson.build; docs/performance.md, log, stop 29). The statement replaces the default",
+        "   script's .text, whose patterns it ends with (GNU ld 2.40's, in its order): one .text",
+        "   section, as debuggers and valgrind expect (valgrind reads symbols only in .text: a",
+        "   second code section had callgrind report our functions as bare addresses). */",
+        "SECTIONS {",
+        "  .text : {",
+        "    *crtbeginS.o(.text .text.*)",
+        "    *libc_nonshared.a:*(.text .text.*)",
+    ]
+    for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if name.startswith("0x"):
+            continue  # no symbol (crtbegin's helpers, placed above)
+        if name.endswith(".cold"):
+            lines.append(f"    *(.text.unlikely.{name[:-len('.cold')]})")
+        else:
+            lines.append(f"    *(.text.{name} .text.unlikely.{name} .text.hot.{name} "
+                         f".text.startup.{name})")
+    lines += [
+        "    HIDDEN(nebula_hot_code_end = .);",
+        "    *(.text.unlikely .text.*_unlikely .text.unlikely.*)",
+        "    *(.text.exit .text.exit.*)",
+        "    *(.text.startup .text.startup.*)",
+        "    *(.text.hot .text.hot.*)",
+        "    *(SORT(.text.sorted.*))",
+        "    *(.text .stub .text.* .gnu.linkonce.t.*)",
+        "    *(.gnu.warning)",
+        "  }",
+        "} INSERT BEFORE .text;",
+        "",
+    ]
+    text = "\n".join(lines)
+    if args.check:
+        with open(args.out) as f:
+            same = f.read() == text
+        print("hot-code: " + ("up to date" if same else f"{args.out} differs"))
+        sys.exit(0 if same else 1)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"hot-code: {len(counts)} functions from {ran} runs written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
