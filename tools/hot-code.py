@@ -33,8 +33,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each entry: a command (relative names are in the build's bench/ directory) and whether its
 # children are traced too. The bench workloads at their smoke sizes cover the engine's paths
-# (threads, remote frees, huge blocks, realloc, aligned requests); the system programs cover
-# what real programs add (an interpreter, a compiler driver and its children, a database).
+# (threads, remote frees, huge blocks, realloc); four of bench/patterns.c's patterns add aligned
+# requests, shrinking realloc, calloc of big blocks and 4-8 KiB buffers; the system programs
+# add what real programs do (an interpreter, a compiler driver and its children, a database).
 # Each run's functions count once; the list is ordered by how many runs ran a function.
 PROGRAMS = [
     (["wl-larson", "--smoke", "--threads", "2"], False),
@@ -50,6 +51,10 @@ PROGRAMS = [
     (["wl-glibc_bench", "--style", "thread", "--smoke", "--threads", "2"], False),
     (["wl-strbuild", "--smoke"], False),
     (["wl-frag", "--smoke"], False),
+    (["patterns", "memalign-page"], False),
+    (["patterns", "mid-replace"], False),
+    (["patterns", "shrink"], False),
+    (["patterns", "calloc-1m"], False),
     (["python3", "-c", "import json, time; time.sleep(0.01); "
       "print(len(json.dumps({i: str(i) for i in range(10000)})))"], False),
     (["perl", "-e", "my %h; $h{$_} = $_ x 3 for 1..10000; print scalar(keys %h)"], False),
