@@ -75,7 +75,10 @@ enum PageFlags : uint8_t {
                         // block is free, and a free of one is a double free
 };
 
-enum class PageKind : uint8_t { kSmall, kMedium, kLarge, kHuge, kNone };
+// kNone is 0, so that a descriptor of fresh memory, every byte 0, reads as one not in use.
+enum class PageKind : uint8_t { kNone, kSmall, kMedium, kLarge, kHuge };
+// Index of a kind in the statistics' per-kind arrays (small, medium, large, huge).
+inline unsigned kind_index(PageKind k) { return static_cast<unsigned>(k) - 1; }
 
 // Page descriptor. One per slice in the segment header; only the first slice of a span (its
 // head) is live, the others point to it with `head`.
@@ -101,7 +104,11 @@ struct alignas(64) Page {
   uint8_t size_class;                   // for small and medium pages
   uint8_t is_clean;                     // the span was zero (never touched or purged) at init
   uint32_t block_size;                  // bytes per block (large: the span's bytes)
-  Page* head;                           // the span's head descriptor (itself for the head)
+  uint32_t head_off;                    // the span's head descriptor, as a byte offset from the
+                                        // segment's pages[0] (page_of); 0 for a free slice, whose
+                                        // head is then descriptor 0, the header slice's, never
+                                        // in use. A descriptor of fresh memory reads so as it is
+  uint32_t unused_head_;
   // Is p a block start? With the block size d and the page start address a:
   //   (p * div_magic + div_bias) mod 2^64 < div_magic  <=>  d divides p - a
   // (div_magic = ceil(2^64 / d), div_bias = -a * div_magic mod 2^64; Lemire's divisibility

@@ -343,8 +343,11 @@ TEST_CASE("spare pages: they go back before the heap grows, and when no page tak
     for (size_t i = 0; i < 2 * (kSliceSize / 64); ++i) more.push_back(alloc(64));
     Page* p = page_of_ptr(more[0]);
     REQUIRE(page_of_ptr(more.back()) != p);
-    for (void* b : more)
+    std::vector<void*> rest;  // the blocks of the other pages (once p goes, its blocks lead elsewhere)
+    for (void* b : more) {
       if (page_of_ptr(b) == p) dealloc(b);
+      else rest.push_back(b);
+    }
     REQUIRE(h->spare == p);
     h->spare_taken_mark = h->spare_taken - 1;  // as if a page had taken one since the last pass
     h->next_maintenance_ms = 0;
@@ -354,8 +357,7 @@ TEST_CASE("spare pages: they go back before the heap grows, and when no page tak
     heap_maintenance(h, false);
     CHECK(h->spare == nullptr);
     CHECK(check_heap_invariants(h) == 0);
-    for (void* b : more)
-      if (page_of_ptr(b) != p) dealloc(b);
+    for (void* b : rest) dealloc(b);
     for (int k = 1; k < 3; ++k)
       for (void* x : st.blocks[k]) dealloc(x);
   });
@@ -630,9 +632,9 @@ TEST_CASE("alloc: a medium class takes the next block from its fullest page, and
     void* q = alloc(n);
     CHECK(page_of_ptr(q) == pages[1]);  // not pages[0], which comes first in the queue
     // The first page's last block goes: the page is empty and its span goes back.
-    const uint64_t freed0 = h->stats.pages_freed[static_cast<unsigned>(PageKind::kMedium)];
+    const uint64_t freed0 = h->stats.pages_freed[kind_index(PageKind::kMedium)];
     dealloc(blocks[0]);
-    CHECK(h->stats.pages_freed[static_cast<unsigned>(PageKind::kMedium)] == freed0 + 1);
+    CHECK(h->stats.pages_freed[kind_index(PageKind::kMedium)] == freed0 + 1);
     dealloc(q);
     for (size_t i = per_page + 1; i < blocks.size(); ++i) dealloc(blocks[i]);
   });

@@ -543,7 +543,7 @@ TEST_CASE("realloc: a large block grows in place into the free slices after its 
     CHECK(q == open);
     CHECK(page->slice_count == 5);
     CHECK(((s->free_slices >> after) & 1) == 0);
-    CHECK(s->pages[after].head == page);
+    CHECK(head_of(s, after) == page);
     CHECK(page_of_ptr(q + n + 90 * 1024) == page);
     CHECK(usable_size(q) == 5 * kSliceSize);
     CHECK(check_edges(q, n, id));

@@ -1,6 +1,8 @@
 // tests/unit/segment_test.cpp: telling our blocks from foreign pointers (the segment map),
 // segment_of / page_of / segment_containing for small, medium, large and huge blocks.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <vector>
@@ -335,34 +337,53 @@ TEST_CASE("spans: a span takes the shortest resident run, leaving the longer one
   });
 }
 
-// A new segment on memory that was never touched (or was purged) is zero: its header's
-// descriptors get only their first lines written (head, flags, kind), so the header's last OS
-// page, which holds only the last descriptor's thread_free line and its padding, stays out of
-// RSS until that slice is used. Every descriptor still reads as a free slice.
-TEST_CASE("segments: a new segment on zeroed memory leaves its header's last OS page untouched") {
+// A new segment on memory that was never touched (or was purged) is zero, and a descriptor of
+// zeros reads as a free slice's (head_off 0 leads to descriptor 0, the header slice's, never in
+// use; kind kNone): only the OS page of the header that holds the segment's fields and its first
+// descriptors is written, the other three stay out of RSS until spans reach their descriptors.
+// A free of a pointer into a never-used slice still finds a descriptor not in use.
+TEST_CASE("segments: a new segment on zeroed memory writes only its header's first OS page") {
   settle();  // no abandoned segments to adopt, every free chunk purged
   Worker w;
   w.run([] {
+    // Written: mapped to a page of the process's own (/proc/self/pagemap: present and mapped
+    // exclusively). A page only read maps the kernel's shared zero page, which RSS does not
+    // count and mincore reports resident (the walkers read every descriptor's kind).
+    auto written = [](const void* a) {
+      int fd = open("/proc/self/pagemap", O_RDONLY);
+      REQUIRE(fd >= 0);
+      uint64_t e = 0;
+      REQUIRE(pread(fd, &e, sizeof e, static_cast<off_t>(reinterpret_cast<uintptr_t>(a) / 4096 * sizeof e)) == sizeof e);
+      close(fd);
+      return (e >> 63 & 1) != 0 && (e >> 56 & 1) != 0;
+    };
     void* p = alloc(64);
     Segment* s = segment_of(p);
     Page* used = page_of_ptr(p);
-    auto* last = reinterpret_cast<uint8_t*>(&s->pages[kSlicesPerSegment - 1].thread_free);
-    REQUIRE(reinterpret_cast<uintptr_t>(last) % 4096 == 0);  // the layout this test is about
-    unsigned char v = 1;
-    REQUIRE(mincore(last, 4096, &v) == 0);
-    CHECK((v & 1) == 0);
-    for (unsigned i = 0; i < kSlicesPerSegment; ++i) {
+    REQUIRE(used - s->pages < 15);  // its descriptor in the header's first OS page
+    auto* header = reinterpret_cast<uint8_t*>(s);
+    CHECK(written(header));
+    for (int k = 1; k < 5; ++k) {
+      CAPTURE(k);
+      CHECK(!written(header + k * 4096));
+    }
+    const Page* zero = &s->pages[0];
+    CHECK((page_flags(zero) & kPageNotInUse) != 0);
+    CHECK(zero->fast_magic == 0);
+    CHECK(zero->kind == PageKind::kNone);
+    for (unsigned i = 1; i < kSlicesPerSegment; ++i) {
       Page* d = &s->pages[i];
       if (d == used) continue;
       CAPTURE(i);
-      CHECK(d->head == d);
-      CHECK((page_flags(d) & kPageNotInUse) != 0);
-      CHECK(d->fast_magic == 0);
+      CHECK(page_of(s, header + (size_t{i} << kSliceShift)) == zero);
       CHECK(d->kind == PageKind::kNone);
+      CHECK(d->fast_magic == 0);
       CHECK(d->used == 0);
       CHECK(d->free == nullptr);
       CHECK(d->thread_free.load() == 0);
     }
+    CHECK(usable_size(header + (size_t{40} << kSliceShift)) == 0);  // a never-used slice
+    for (int k = 1; k < 5; ++k) CHECK(!written(header + k * 4096));  // reading them wrote nothing
     dealloc(p);
   });
 }

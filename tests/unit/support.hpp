@@ -274,12 +274,18 @@ inline int check_heap_invariants(Heap* h) {
     if (s->free_slices & 1) fail("header slice marked free", s);
     if (!is_segment_start_chunk(s)) fail("segment not in the segment map", s);
     unsigned heads = 0, seg_large = 0;
+    if (s->pages[0].head_off != 0 || !(page_flags(&s->pages[0]) & kPageNotInUse) || s->pages[0].fast_magic != 0 ||
+        s->pages[0].kind != PageKind::kNone)
+      fail("the header slice's descriptor, every free slice's head, is not one not in use", s);
     for (unsigned i = 1; i < kSlicesPerSegment;) {
       Page* p = &s->pages[i];
       if (p->kind == PageKind::kNone) {
         if (!((s->free_slices >> i) & 1)) fail("slice neither free nor in a span", p);
-        if (p->head != p || !(page_flags(p) & kPageNotInUse) || p->used != 0 || p->slice_count != 0 ||
-            p->thread_free.load() != 0)
+        // Reset (flag kPageNotInUse) or never written since the segment was made on fresh memory
+        // (every byte 0): either way its head is descriptor 0, which is never in use.
+        if (p->head_off != 0 || page_of(s, reinterpret_cast<char*>(s) + (size_t{i} << kSliceShift)) != &s->pages[0] ||
+            (page_flags(p) & ~kPageNotInUse) != 0 || p->fast_magic != 0 || p->used != 0 ||
+            p->slice_count != 0 || p->thread_free.load() != 0)
           fail("a free slice's descriptor is not in its reset state", p);
         ++i;
         continue;

@@ -381,7 +381,7 @@ TEST_CASE("cross-thread: a free into a full page reaches the owner through the d
   uint64_t large_freed0 = 0;
   a.run([&] {
     large = alloc(300000);
-    large_freed0 = t_heap->stats.pages_freed[static_cast<unsigned>(PageKind::kLarge)];
+    large_freed0 = t_heap->stats.pages_freed[kind_index(PageKind::kLarge)];
   });
   Page* lp = page_of_ptr(large);
   CHECK(lp->kind == PageKind::kLarge);
@@ -391,7 +391,7 @@ TEST_CASE("cross-thread: a free into a full page reaches the owner through the d
   CHECK(lp->kind == PageKind::kLarge);  // not freed until the owner looks
   a.run([&] {
     void* q = alloc(kSmallMax);  // a class with no page yet: the slow path
-    CHECK(t_heap->stats.pages_freed[static_cast<unsigned>(PageKind::kLarge)] == large_freed0 + 1);
+    CHECK(t_heap->stats.pages_freed[kind_index(PageKind::kLarge)] == large_freed0 + 1);
     CHECK(ha->delayed_free.load() == nullptr);
     dealloc(q);
     for (size_t i = 0; i < blocks.size(); ++i)
