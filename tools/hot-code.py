@@ -14,7 +14,11 @@ How: runs each program below under `valgrind --tool=callgrind` with the library 
 collects the functions of the library that ran, and orders them by how many programs ran
 them (then by name). Needs valgrind and a release build (`./nebulamem build`).
 
-    tools/hot-code.py [--build DIR] [--out FILE] [--check]
+    tools/hot-code.py [--build DIR]... [--out FILE] [--check]
+
+--build (repeatable, default build/): each build's library is profiled and the lists joined, so
+that the one list serves each compiler's names (g++ and clang++ inline and clone differently:
+a function one inlines is a symbol of its own under the other).
 
 --check: exit 1 if FILE differs from what would be written (nothing is written).
 Programs that are not installed (python3, perl, sqlite3, g++) are left out of the run.
@@ -97,15 +101,23 @@ def functions_run(path, lib_name):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--build", action="append")
     ap.add_argument("--out", default=os.path.join(ROOT, "platform", "hot-code.ld"))
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    lib = os.path.realpath(os.path.join(args.build, "libnebulamem.so"))
-    bench = os.path.join(args.build, "bench")
-    if not os.path.exists(lib) or not shutil.which("valgrind"):
-        sys.exit("hot-code: needs valgrind and a built library (./nebulamem build)")
     counts = collections.Counter()
+    ran = 0
+    for build in args.build or [os.path.join(ROOT, "build")]:
+        ran += profile(os.path.abspath(build), counts)
+    return emit(args, counts, ran)
+
+
+def profile(build, counts):
+    """Runs PROGRAMS under callgrind with build's library; adds each run's functions to counts."""
+    lib = os.path.realpath(os.path.join(build, "libnebulamem.so"))
+    bench = os.path.join(build, "bench")
+    if not os.path.exists(lib) or not shutil.which("valgrind"):
+        sys.exit(f"hot-code: needs valgrind and a built library in {build} (./nebulamem build)")
     ran = 0
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "t.cpp")
@@ -113,7 +125,7 @@ def main():
             f.write(CXX_SOURCE)
         for i, (cmd, children) in enumerate(PROGRAMS):
             subst = {"{src}": src, "{obj}": os.path.join(tmp, "t.o")}
-            cmd = [subst.get(c, c).replace("{build}", args.build) for c in cmd]
+            cmd = [subst.get(c, c).replace("{build}", build) for c in cmd]
             local = os.path.join(bench, cmd[0])
             if os.path.exists(local):
                 cmd[0] = local
@@ -133,6 +145,10 @@ def main():
                     if run:
                         counts.update(run)
                         ran += 1
+    return ran
+
+
+def emit(args, counts, ran):
     if ran == 0:
         sys.exit("hot-code: no program ran the library")
     lines = [
