@@ -65,12 +65,13 @@ inline bool is_segment_start_chunk(const void* p) {
   uintptr_t i = reinterpret_cast<uintptr_t>(p) >> kSegmentShift;
   return i < kSegmentMapSize && g_segmap[i].load(std::memory_order_relaxed) == 1;
 }
+inline size_t slice_of(const Segment* s, const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift;
+}
 inline Page* head_of(Segment* s, size_t idx) {
   return reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + s->pages[idx].head_off);
 }
-inline Page* page_of(Segment* s, const void* p) {
-  return head_of(s, (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift);
-}
+inline Page* page_of(Segment* s, const void* p) { return head_of(s, slice_of(s, p)); }
 inline uint32_t head_off_of(const Segment* s, const Page* page) {
   return static_cast<uint32_t>(reinterpret_cast<const uint8_t*>(page) - reinterpret_cast<const uint8_t*>(s->pages));
 }
@@ -85,8 +86,7 @@ inline uint8_t* page_start(Segment* s, const Page* page) { return page_start(s, 
 // (never run in secure mode) read and write links directly.
 inline uintptr_t link_key(const Block* b) {
   Segment* s = reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(b) & ~kSegmentMask);
-  size_t idx = (reinterpret_cast<uintptr_t>(b) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift;
-  return head_of(s, idx)->list_key ^ reinterpret_cast<uintptr_t>(b);
+  return head_of(s, slice_of(s, b))->list_key ^ reinterpret_cast<uintptr_t>(b);
 }
 inline Block* link_get(const Block* b) {
   if (NEBULA_LIKELY(!g_secure)) return b->next;
@@ -228,8 +228,8 @@ NEBULA_HOT bool push_owned_at(Segment* s, uintptr_t off, Block* b) noexcept {
   return empty;
 }
 #else
-NEBULA_HOT bool block_start_fast_at(Segment* s, uintptr_t off, const void* p) noexcept {
-  return is_block_start_fast(reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + off), p);
+NEBULA_HOT bool block_start_fast_at(const Segment* s, uintptr_t off, const void* p) noexcept {
+  return is_block_start_fast(reinterpret_cast<const Page*>(reinterpret_cast<const uint8_t*>(s->pages) + off), p);
 }
 NEBULA_HOT bool push_owned_at(Segment* s, uintptr_t off, Block* b) noexcept {
   auto* page = reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + off);
@@ -242,7 +242,7 @@ NEBULA_HOT bool push_owned_at(Segment* s, uintptr_t off, Block* b) noexcept {
 NEBULA_HOT void dealloc(void* p) noexcept {
   if (NEBULA_UNLIKELY(!is_segment_start_chunk(p))) return free_not_fast(p);
   Segment* s = segment_of(p);
-  uintptr_t off = s->pages[(reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift].head_off;
+  uintptr_t off = s->pages[slice_of(s, p)].head_off;
   Block* b = static_cast<Block*>(p);
   uintptr_t key = g_free_key;
   // The generic path takes over for: another thread's block, a page that is full, aligned or
