@@ -68,9 +68,11 @@ inline bool is_segment_start_chunk(const void* p) {
 inline size_t slice_of(const Segment* s, const void* p) {
   return (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(s)) >> kSliceShift;
 }
-inline Page* head_of(Segment* s, size_t idx) {
-  return reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + s->pages[idx].head_off);
+// The descriptor at byte offset off from s->pages (a head_off).
+inline Page* page_at(Segment* s, uintptr_t off) {
+  return reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + off);
 }
+inline Page* head_of(Segment* s, size_t idx) { return page_at(s, s->pages[idx].head_off); }
 inline Page* page_of(Segment* s, const void* p) { return head_of(s, slice_of(s, p)); }
 inline uint32_t head_off_of(const Segment* s, const Page* page) {
   return static_cast<uint32_t>(reinterpret_cast<const uint8_t*>(page) - reinterpret_cast<const uint8_t*>(s->pages));
@@ -183,29 +185,17 @@ NEBULA_HOT void* alloc_zero(size_t n) noexcept {
 NEBULA_HOT bool is_block_start(const Page* page, const void* p) noexcept {
   return reinterpret_cast<uintptr_t>(p) * page->div_magic + page->div_bias < page->div_magic;
 }
-// The same test with fast_magic: also false whenever the page has a flag set.
-NEBULA_HOT bool is_block_start_fast(const Page* page, const void* p) noexcept {
-#if defined(__x86_64__)
-  // The same test in 4 instructions: the multiply and the compare take fast_magic from memory
-  // (compiled, the multiply needs a copy of it in a register: one instruction more).
-  uintptr_t prod = reinterpret_cast<uintptr_t>(p);
-  bool below;
-  __asm__("imulq %[m], %[x]\n\taddq %[b], %[x]\n\tcmpq %[m], %[x]"
-          : [x] "+r"(prod), "=@ccb"(below)
-          : [m] "m"(page->fast_magic), [b] "m"(page->div_bias));
-  return below;
-#else
-  return reinterpret_cast<uintptr_t>(p) * page->fast_magic + page->div_bias < page->fast_magic;
-#endif
-}
 
+// The free fast path's test and update of the head descriptor at byte offset off from
+// s->pages (head_off). block_start_fast_at is is_block_start with fast_magic, which is 0 while
+// the page has any flag: then no pointer passes, and one test covers the flags and the block
+// start. On x86-64 both are a few lines of assembly that address the descriptor's fields from
+// the segment and the offset (base + index): compiled from C, the page's address took an lea of
+// its own (90 instructions per malloc + free pair instead of 89), and the multiply and the
+// compare read fast_magic from memory (compiled, the multiply needed a copy in a register).
 #if defined(__x86_64__)
-// The free fast path's two reads and one update of the head descriptor, addressed from the
-// segment and the descriptor's byte offset from s->pages (head_off) with base + index addressing:
-// compiled from C, the page's address took an lea of its own (90 instructions per malloc + free
-// pair instead of 89), since the offset encoding of the head replaced a pointer.
 inline constexpr size_t kDescAt = offsetof(Segment, pages);
-NEBULA_HOT bool block_start_fast_at(const Segment* s, uintptr_t off, const void* p) noexcept {
+NEBULA_HOT bool block_start_fast_at(Segment* s, uintptr_t off, const void* p) noexcept {
   uintptr_t prod = reinterpret_cast<uintptr_t>(p);
   bool below;
   __asm__("imulq %c[m](%[s],%[o]), %[x]\n\taddq %c[b](%[s],%[o]), %[x]\n\tcmpq %c[m](%[s],%[o]), %[x]"
@@ -228,11 +218,12 @@ NEBULA_HOT bool push_owned_at(Segment* s, uintptr_t off, Block* b) noexcept {
   return empty;
 }
 #else
-NEBULA_HOT bool block_start_fast_at(const Segment* s, uintptr_t off, const void* p) noexcept {
-  return is_block_start_fast(reinterpret_cast<const Page*>(reinterpret_cast<const uint8_t*>(s->pages) + off), p);
+NEBULA_HOT bool block_start_fast_at(Segment* s, uintptr_t off, const void* p) noexcept {
+  const Page* page = page_at(s, off);
+  return reinterpret_cast<uintptr_t>(p) * page->fast_magic + page->div_bias < page->fast_magic;
 }
 NEBULA_HOT bool push_owned_at(Segment* s, uintptr_t off, Block* b) noexcept {
-  auto* page = reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + off);
+  Page* page = page_at(s, off);
   b->next = page->free;
   page->free = b;
   return --page->used == 0;

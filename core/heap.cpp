@@ -817,7 +817,7 @@ NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
 }  // namespace
 
 void free_generic(Segment* s, uintptr_t off, void* p) noexcept {
-  Page* page = reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + off);
+  Page* page = page_at(s, off);
   // The owner's free of a block of 4-8 KiB whose page is full (a page with no free block: the
   // block would make it a page of one free block, requeued for one allocation) goes to the
   // heap's cache of the class instead (see "Class caches" in docs/design.md).

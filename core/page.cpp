@@ -393,12 +393,10 @@ bool page_free(Heap* heap, Page* page) noexcept {
   return span_free(segment_of(page), page);
 }
 
+void page_retire_at(Segment* s, uintptr_t off) noexcept { page_retire(page_at(s, off)); }
+
 // used dropped to 0 on a free by the owner. Keep the page if it is the only one of its class
 // (a loop that allocates and frees one block must not make and unmake a page each time).
-void page_retire_at(Segment* s, uintptr_t off) noexcept {
-  page_retire(reinterpret_cast<Page*>(reinterpret_cast<uint8_t*>(s->pages) + off));
-}
-
 void page_retire(Page* page) noexcept {
   Heap* heap = segment_of(page)->owner_heap.load(std::memory_order_relaxed);
   if (page->kind == PageKind::kLarge) {

@@ -81,7 +81,7 @@ enum class PageKind : uint8_t { kNone, kSmall, kMedium, kLarge, kHuge };
 inline unsigned kind_index(PageKind k) { return static_cast<unsigned>(k) - 1; }
 
 // Page descriptor. One per slice in the segment header; only the first slice of a span (its
-// head) is live, the others point to it with `head`.
+// head) is live, the others lead to it with `head_off`.
 // Descriptors are 64-byte aligned; their cache lines split by who writes them. The first holds
 // what a free() reads to find and check the block (head, fast_magic, div_bias, flags, size
 // class), written only when the page is set up or its flags change; the second what the owner
@@ -107,8 +107,8 @@ struct alignas(64) Page {
   uint32_t head_off;                    // the span's head descriptor, as a byte offset from the
                                         // segment's pages[0] (page_of); 0 for a free slice, whose
                                         // head is then descriptor 0, the header slice's, never
-                                        // in use. A descriptor of fresh memory reads so as it is
-  uint32_t unused_head_;
+                                        // in use: a descriptor of fresh memory (all 0) reads so
+  uint32_t unused_head_;                // (keeps fast_magic and div_bias where free() reads them)
   // Is p a block start? With the block size d and the page start address a:
   //   (p * div_magic + div_bias) mod 2^64 < div_magic  <=>  d divides p - a
   // (div_magic = ceil(2^64 / d), div_bias = -a * div_magic mod 2^64; Lemire's divisibility
