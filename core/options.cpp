@@ -11,7 +11,9 @@ namespace {
 
 constexpr unsigned kCount = static_cast<unsigned>(Option::kCount);
 int64_t g_values[kCount];
-char g_texts[kCount][256];  // kPath values
+// kPath values given in the environment or the file (a default is read from kOptions): the
+// 3.8 KiB are written only when a path is set, so they sit with the sparse globals.
+NEBULA_SPARSE_BSS char g_texts[kCount][256];
 OptionSource g_sources[kCount];
 std::atomic<int> g_state{0};  // 0 not read, 1 reading, 2 ready
 SpinLock g_lock;
@@ -75,6 +77,11 @@ void set_value(unsigned i, const char* v, size_t len, OptionSource src, const ch
   }
   g_values[i] = out;
   g_sources[i] = src;
+}
+
+// A kPath option's text: its default until a value is set.
+const char* text_of(unsigned i) {
+  return g_sources[i] == OptionSource::kDefault ? kOptions[i].choices : g_texts[i];
 }
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
@@ -141,11 +148,6 @@ void read_all() {
   for (unsigned i = 0; i < kCount; ++i) {
     g_values[i] = kOptions[i].def;
     g_sources[i] = OptionSource::kDefault;
-    if (kOptions[i].type == OptionType::kPath) {
-      size_t k = 0;
-      for (const char* d = kOptions[i].choices; *d && k + 1 < sizeof g_texts[i]; ++d) g_texts[i][k++] = *d;
-      g_texts[i][k] = 0;
-    }
   }
   char** env = os::environment();
   if (env == nullptr) return;
@@ -263,7 +265,7 @@ int64_t option(Option o) noexcept {
 
 const char* option_text(Option o) noexcept {
   options_init();
-  return g_texts[static_cast<unsigned>(o)];
+  return text_of(static_cast<unsigned>(o));
 }
 
 bool option_set(Option o, int64_t v) noexcept {
@@ -300,7 +302,7 @@ void option_format(Option o, int64_t v, Message& m) noexcept {
       while (*w && *w != '|') m.ch(*w++);
       break;
     }
-    case OptionType::kPath: m.str(g_texts[i]); break;
+    case OptionType::kPath: m.str(text_of(i)); break;
   }
 }
 

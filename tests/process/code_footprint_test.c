@@ -6,6 +6,14 @@
  * 64 KiB boundary; the symbol nebula_hot_code_end marks their end; and drops DT_INIT and DT_FINI (ld.so calling their stubs at
  * the two ends of the code mapped the first and last windows).
  *
+ * Its read-only data lives in the RELRO pages (platform/rodata.ld, stop 30): the size-class
+ * tables that every slow-path malloc reads had the whole read-only segment resident (the
+ * kernel maps 64 KiB around a fault), 28 KiB that were mostly unwinding tables. The segment
+ * left after the code, .eh_frame and its index, must have no resident page. The writable
+ * globals that every process writes (the RELRO pages, .data, the small .bss, the arena table's
+ * first entry) fill four OS pages; the ones written only when an option is set or a pressure
+ * callback registered sit after the segment map.
+ *
  * This program does what ordinary programs do (small, medium, large and huge blocks, calloc,
  * realloc growth, C strings, a second thread freeing the first one's blocks, a join, a sleep, a
  * poll), then reads which pages of our code are resident (/proc/self/pagemap): none may lie past
@@ -82,6 +90,8 @@ static void ordinary_work(void) {
 struct lib {
   uintptr_t base;
   uintptr_t code, code_end;  // the executable PT_LOAD
+  uintptr_t ro, ro_end;      // the read-only PT_LOAD after the code (unwinding tables)
+  uintptr_t rw;              // the writable PT_LOAD
   int init_fini;             // DT_INIT and DT_FINI entries in its dynamic section
   char path[4096];
 };
@@ -98,6 +108,11 @@ static int find_lib(struct dl_phdr_info *info, size_t size, void *arg) {
       l->code = info->dlpi_addr + ph->p_vaddr;
       l->code_end = l->code + ph->p_memsz;
     }
+    if (ph->p_type == PT_LOAD && ph->p_flags == PF_R && ph->p_offset != 0) {
+      l->ro = info->dlpi_addr + ph->p_vaddr;
+      l->ro_end = l->ro + ph->p_memsz;
+    }
+    if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W)) l->rw = info->dlpi_addr + ph->p_vaddr;
     if (ph->p_type == PT_DYNAMIC) {
       for (const ElfW(Dyn) *d = (const ElfW(Dyn) *)(info->dlpi_addr + ph->p_vaddr);
            d->d_tag != DT_NULL; ++d)
@@ -135,6 +150,21 @@ static int symbol_of(const char *path, const char *name, uint64_t *value) {
   return found;
 }
 
+static uint64_t pagemap_entry(int pm, uintptr_t p) {
+  uint64_t e = 0;
+  CHECK(pread(pm, &e, sizeof e, (off_t)(p / PAGE * sizeof e)) == sizeof e);
+  return e;
+}
+
+static int present(int pm, uintptr_t p) { return (int)(pagemap_entry(pm, p) >> 63); }
+
+/* Present and a page of its own (written: exclusive) or a file page: not the shared zero page
+ * that a read of untouched zero memory maps, which costs no memory. */
+static int resident_data(int pm, uintptr_t p) {
+  uint64_t e = pagemap_entry(pm, p);
+  return (int)((e >> 63) & ((e >> 56) | (e >> 61)) & 1);
+}
+
 int main(void) {
   ordinary_work();
   if (NT_AGAINST_GLIBC) {  /* tests/glibc_baseline.sh: no library, no layout to check */
@@ -161,14 +191,21 @@ int main(void) {
   unsigned resident = 0, beyond = 0;
   uintptr_t first_beyond = 0;
   for (uintptr_t p = l.code; p < l.code_end; p += PAGE) {
-    uint64_t e = 0;
-    CHECK(pread(pm, &e, sizeof e, (off_t)(p / PAGE * sizeof e)) == sizeof e);
-    if (!(e >> 63)) continue;  // not present
+    if (!present(pm, p)) continue;
     ++resident;
     if (p >= limit) {
       ++beyond;
       if (first_beyond == 0) first_beyond = p;
     }
+  }
+  CHECKF(l.ro != 0, "%s has no read-only segment after its code", l.path);
+  unsigned ro_resident = 0;
+  for (uintptr_t p = l.ro & ~(uintptr_t)(PAGE - 1); p < l.ro_end; p += PAGE) ro_resident += present(pm, p);
+  uint64_t segmap_addr = 0;
+  CHECK(symbol_of(l.path, "_ZN6nebula8g_segmapE", &segmap_addr));
+  unsigned rw_resident = 0;
+  for (uintptr_t p = l.rw & ~(uintptr_t)(PAGE - 1); p < l.base + segmap_addr; p += PAGE) {
+    if (resident_data(pm, p)) { ++rw_resident; printf("  rw page %#lx\n", (unsigned long)(p - l.base)); }
   }
   close(pm);
   unsigned total = (unsigned)((l.code_end - l.code + PAGE - 1) / PAGE);
@@ -179,6 +216,16 @@ int main(void) {
          "%u resident code pages past the hot window (the first at offset %#lx): a function "
          "that ordinary programs run is missing from platform/hot-code.ld (tools/hot-code.py), "
          "or DT_INIT/DT_FINI are back", beyond, (unsigned long)(first_beyond - l.base));
+  printf("code_footprint_test: read-only segment %lu bytes, %u pages resident\n",
+         (unsigned long)(l.ro_end - l.ro), ro_resident);
+  CHECKF(ro_resident == 0,
+         "%u pages of the read-only segment after the code are resident: .rodata is back in it "
+         "(platform/rodata.ld), or something read the unwinding tables", ro_resident);
+  printf("code_footprint_test: writable data before the segment map: %u pages resident\n", rw_resident);
+  CHECKF(rw_resident <= 4,
+         "%u OS pages of the library's writable data before the segment map are resident (at "
+         "most 4: a global written by every process sits between globals it does not write?)",
+         rw_resident);
   CHECK_PRELOAD();  // last: nebula_mem_is_active is not on the list (programs do not call it)
   return 0;
 }
