@@ -23,7 +23,9 @@ __asm__(
     ".weak __cxa_throw\n"
     ".weak __cxa_begin_catch\n"
     ".weak __cxa_end_catch\n"
-    ".weak __gxx_personality_v0\n");
+    ".weak __gxx_personality_v0\n"
+    ".weak _ZSt9terminatev\n");            // std::terminate: clang++'s handler of an exception
+                                           // leaving new_slow_nothrow's catch (noexcept)
 
 // A weak C declaration the compiler cannot assume to be non-null: is the runtime there?
 extern "C" void* __cxa_allocate_exception(std::size_t) noexcept __attribute__((weak));
