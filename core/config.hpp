@@ -13,9 +13,9 @@
 #define NEBULA_NOINLINE __attribute__((noinline))
 #define NEBULA_EXPORT __attribute__((visibility("default")))
 // Large zero-initialised arrays that a process touches in a few places or not at all (the
-// segment map, the arena table, the configuration file buffer) go after every other global:
-// in .bss they sat between the small globals, which then touched six OS pages of a small
-// program instead of three. x86-64 ELF linkers place .lbss after .bss.
+// segment map, the arena table, the option texts, the pressure callbacks) go after every other
+// global: in .bss they sat between the small globals, which then touched more OS pages of a
+// small program (six, then four; two now). x86-64 ELF linkers place .lbss after .bss.
 #if defined(__x86_64__) && defined(__ELF__)
 #define NEBULA_SPARSE_BSS __attribute__((section(".lbss")))
 #else
