@@ -15,7 +15,9 @@
 
 namespace nebula {
 
+NEBULA_SPARSE_BSS_BEGIN
 NEBULA_SPARSE_BSS std::atomic<uint8_t> g_segmap[kSegmentMapSize];
+NEBULA_SPARSE_BSS_END
 GlobalCounters g_counters;
 
 void committed_add(size_t bytes) noexcept {
@@ -47,7 +49,9 @@ struct Arena {
   uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
 };
 
+NEBULA_SPARSE_BSS_BEGIN
 NEBULA_SPARSE_BSS Arena* g_arenas[kMaxArenas];
+NEBULA_SPARSE_BSS_END
 std::atomic<unsigned> g_arena_count{0};
 SpinLock g_arena_lock;
 size_t g_free_dirty = 0;          // bytes resident in free chunks (under the lock)

@@ -20,7 +20,9 @@ struct Callback {
   std::atomic<int> inflight{0};      // invocations running now
 };
 
+NEBULA_SPARSE_BSS_BEGIN
 NEBULA_SPARSE_BSS Callback g_callbacks[kMaxCallbacks];  // 2 KiB, read when a pressure event fires
+NEBULA_SPARSE_BSS_END
 SpinLock g_callback_lock;
 uint64_t g_generation = 0;            // under g_callback_lock
 std::atomic<int> g_init{0};           // 0 not yet, 1 in progress, 2 done

@@ -13,7 +13,9 @@ constexpr unsigned kCount = static_cast<unsigned>(Option::kCount);
 int64_t g_values[kCount];
 // kPath values given in the environment or the file (a default is read from kOptions): the
 // 3.8 KiB are written only when a path is set, so they sit with the sparse globals.
+NEBULA_SPARSE_BSS_BEGIN
 NEBULA_SPARSE_BSS char g_texts[kCount][256];
+NEBULA_SPARSE_BSS_END
 OptionSource g_sources[kCount];
 std::atomic<int> g_state{0};  // 0 not read, 1 reading, 2 ready
 SpinLock g_lock;

@@ -3,7 +3,8 @@
 # touches, sit together in .bss; the big zero arrays that a process touches in one or two places
 # (the 32 MiB segment map, the arena table) sit after them, in .lbss on x86-64 ELF. With the
 # segment map in the middle of .bss, a small program touched 6 OS pages of our globals; now 3.
-# Fails if a large array lands in .bss again, or the segment map leaves .lbss.
+# Fails if a large array lands in .bss again, the segment map leaves .lbss, or .lbss holds its
+# zeros in the file.
 set -euo pipefail
 lib=$1
 if [ "$(uname -m)" != x86_64 ]; then
@@ -16,6 +17,15 @@ field() {  # field SECTION COLUMN: address (1) or size (3) of a section, in hex
 }
 for s in .bss .lbss; do
   if [ -z "$(field $s 3)" ]; then echo "FAIL: no $s section in $lib"; exit 1; fi
+done
+# Zero sections take no room in the file: with .lbss a data section (clang 14 marks it so unless
+# the definitions sit between NEBULA_SPARSE_BSS_BEGIN and _END), the library file held the
+# 32 MiB of zeros.
+for s in .bss .lbss; do
+  if [ "$(field $s 0)" != NOBITS ]; then
+    echo "FAIL: $s is $(field $s 0), not NOBITS: its zeros are in the file ($(stat -c %s "$lib") bytes)"
+    exit 1
+  fi
 done
 bss_size=$((16#$(field .bss 3)))
 lbss_addr=$((16#$(field .lbss 2)))
