@@ -204,8 +204,12 @@ int main(void) {
   uint64_t segmap_addr = 0;
   CHECK(symbol_of(l.path, "_ZN6nebula8g_segmapE", &segmap_addr));
   unsigned rw_resident = 0;
+  char rw_pages[256] = "";  // their offsets, for the failure message
   for (uintptr_t p = l.rw & ~(uintptr_t)(PAGE - 1); p < l.base + segmap_addr; p += PAGE) {
-    if (resident_data(pm, p)) { ++rw_resident; printf("  rw page %#lx\n", (unsigned long)(p - l.base)); }
+    if (!resident_data(pm, p)) continue;
+    ++rw_resident;
+    size_t used = strlen(rw_pages);
+    snprintf(rw_pages + used, sizeof rw_pages - used, " %#lx", (unsigned long)(p - l.base));
   }
   close(pm);
   unsigned total = (unsigned)((l.code_end - l.code + PAGE - 1) / PAGE);
@@ -221,11 +225,12 @@ int main(void) {
   CHECKF(ro_resident == 0,
          "%u pages of the read-only segment after the code are resident: .rodata is back in it "
          "(platform/rodata.ld), or something read the unwinding tables", ro_resident);
-  printf("code_footprint_test: writable data before the segment map: %u pages resident\n", rw_resident);
+  printf("code_footprint_test: writable data before the segment map: %u pages resident (at%s)\n",
+         rw_resident, rw_pages);
   CHECKF(rw_resident <= 4,
-         "%u OS pages of the library's writable data before the segment map are resident (at "
-         "most 4: a global written by every process sits between globals it does not write?)",
-         rw_resident);
+         "%u OS pages of the library's writable data before the segment map are resident (at%s; "
+         "at most 4: a global written by every process sits between globals it does not write?)",
+         rw_resident, rw_pages);
   CHECK_PRELOAD();  // last: nebula_mem_is_active is not on the list (programs do not call it)
   return 0;
 }
