@@ -385,8 +385,10 @@ void heap_update_direct(Heap* heap, unsigned cls) noexcept;
 size_t heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept;
 // Spans took Heap::punch_want bytes that were not resident: sparse pages give as much back.
 void heap_grew(Heap* heap) noexcept;
-// Bytes page_punch gave back because the heap grew, and of them the bytes page_refill_holes
-// took back (halved together now and then): growth stops punching where most came back.
+// Bytes page_punch gave back because the heap grew, and of them the bytes that came back: the
+// holes page_refill_holes carves again, and those of a page that dies (span_free), whose free
+// slices the next span takes (halved together now and then): growth stops punching where most
+// came back.
 struct PunchFeedback {
   std::atomic<size_t> punched{0};
   std::atomic<size_t> refilled{0};

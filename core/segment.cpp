@@ -443,6 +443,10 @@ static bool span_free_internal(Segment* s, Page* page) {
     // slices, which are purged as a whole later.
     size_t bytes = static_cast<size_t>(popcount64(page->punched[0]) + popcount64(page->punched[1])) * os::page_size();
     if (bytes != 0 && !budget_charge(bytes)) committed_add(bytes);
+    // Given back because the heap grew, and now free slices, which the next span of a heap
+    // that grows takes before new memory: the punch only moved page faults to that span (a
+    // string that grows out of its class leaves pages that die soon after their punch).
+    if (page->punched_for_growth) g_punch_feedback.refilled.fetch_add(bytes, std::memory_order_relaxed);
   }
   if (page->kind == PageKind::kLarge) {
     s->large_slices = static_cast<uint8_t>(s->large_slices - slices);

@@ -381,3 +381,41 @@ TEST_CASE("holes: a class's last page, empty for a purge delay, goes back") {
     dealloc(keep);
   });
 }
+
+// A page punched because the heap grew and then emptied returns its punched memory as free
+// slices, which the next span of a growing heap takes (page faults again): its bytes count as
+// come back in the feedback that stops growth punches, as holes carved again do. A page punched
+// by maintenance (not for growth) leaves the feedback alone.
+TEST_CASE("holes: memory given back for growth counts as come back when its page dies") {
+  Worker w;
+  w.run([] {
+    for (bool growth : {true, false}) {
+      CAPTURE(growth);
+      void* extra = nullptr;
+      std::vector<void*> blocks = fill_one_page(256, &extra);
+      Page* page = page_of_ptr(blocks[0]);
+      for (size_t i = 2; i < blocks.size(); ++i) dealloc(blocks[i]);  // 2 of 256 live: sparse
+      g_punch_feedback.punched.store(0);
+      g_punch_feedback.refilled.store(0);
+      size_t got;
+      if (growth) {
+        got = heap_punch_sparse(t_heap, os::clock_ms(), 4096);
+        CHECK(page->punched_for_growth == 1);
+        CHECK(g_punch_feedback.punched.load() == got);
+      } else {
+        got = page_punch(page);
+        CHECK(page->punched_for_growth == 0);
+      }
+      REQUIRE(got >= 60 * 1024);  // every OS page but the first holds free blocks only
+      CHECK(g_punch_feedback.refilled.load() == 0);
+      dealloc(blocks[0]);
+      dealloc(blocks[1]);  // the page empties and goes (it has holes: never a spare)
+      CHECK((page_flags(page) & kPageNotInUse) != 0);
+      CHECK(g_punch_feedback.refilled.load() == (growth ? got : 0));
+      dealloc(extra);
+      CHECK(check_heap_invariants(t_heap) == 0);
+    }
+    g_punch_feedback.punched.store(0);
+    g_punch_feedback.refilled.store(0);
+  });
+}
