@@ -22,6 +22,8 @@
  *   shrink          200,000 blocks of 1-4 KiB, each shrunk by realloc to 16-64 bytes, all kept
  *   mid-replace     500,000 replacements in a working set of 4,096 blocks of 4-8 KiB (a cache
  *                   of I/O buffers: pages of 8-16 blocks, most allocations find theirs empty)
+ *   buf-replace     500,000 replacements in a working set of 1,024 blocks of 8-32 KiB (request
+ *                   and compression buffers: medium pages of 2-8 blocks)
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
  */
@@ -256,6 +258,8 @@ static void run(const char *name) {
     replace_random(256, 20000, 65536, 1 << 20, 1);
   } else if (!strcmp(name, "mid-replace")) {
     replace_random(4096, 500000, 4096, 4096, 0);
+  } else if (!strcmp(name, "buf-replace")) {
+    replace_random(1024, 500000, 8193, 24576, 0);
   } else if (!strcmp(name, "task-big")) {
     one_after_another(big_task, 1000);
   } else if (!strcmp(name, "many-threads")) {

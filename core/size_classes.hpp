@@ -97,9 +97,12 @@ inline constexpr std::array<uint32_t, kClassCount> kClassSize = [] {
 }();
 
 // Classes whose owner's frees into full pages go to the heap's cache of the class rather than to
-// their page: the small classes from 4 KiB, whose pages hold 8 to 16 blocks (free_generic; see
-// "Class caches" in docs/design.md).
-constexpr bool class_caches_frees(unsigned c) { return kClassSize[c] >= 4096 && kClassSize[c] <= kSmallMax; }
+// their page: from 4 KiB to 32 KiB, whose pages hold 2 to 16 blocks, so that a page runs out
+// after a few allocations and a free into a full page makes it a page of one free block
+// (free_generic; see "Class caches" in docs/design.md). Above 32 KiB a page changes every few
+// blocks too, but beside the program's own use of blocks that big it costs little.
+inline constexpr size_t kClassCacheMax = 32768;
+constexpr bool class_caches_frees(unsigned c) { return kClassSize[c] >= 4096 && kClassSize[c] <= kClassCacheMax; }
 
 // Class of a request of n <= kDirectMax bytes, indexed by (n + 15) / 16.
 inline constexpr std::array<uint8_t, kDirectCount> kDirectClass = [] {

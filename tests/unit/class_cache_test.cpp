@@ -1,4 +1,4 @@
-// Class caches: the owner's frees of blocks from 4 to 8 KiB (class_caches_frees) into pages
+// Class caches: the owner's frees of blocks from 4 to 32 KiB (class_caches_frees) into pages
 // that are full wait in the heap's cache of the class (the foreign cache's lists), and malloc
 // takes them back, the last freed first. See "Class caches" in docs/design.md.
 #include <doctest/doctest.h>
@@ -70,9 +70,59 @@ TEST_CASE("class caches: blocks under 4 KiB go to their full page, and the cache
   });
   CHECK(class_caches_frees(size_to_class(4096)));
   CHECK(class_caches_frees(size_to_class(8192)));
-  CHECK_FALSE(class_caches_frees(size_to_class(8193)));
+  CHECK(class_caches_frees(size_to_class(32768)));
+  CHECK_FALSE(class_caches_frees(size_to_class(32769)));
   CHECK(fcache_limit(size_to_class(4096)) == 16);
   CHECK(fcache_limit(size_to_class(8192)) == 8);
+  CHECK(fcache_limit(size_to_class(16384)) == 4);
+  CHECK(fcache_limit(size_to_class(32768)) == 4);  // at least 4 blocks, beyond 64 KiB
+}
+
+// A medium class (pages of a few blocks) caches the owner's frees into its full pages too, and
+// malloc pops them on the fast path once the cache holds half its limit (2 of 4 blocks of
+// 20 KiB): random replacement of such blocks took the slow path on nearly every allocation.
+TEST_CASE("class caches: a medium class of 20 KiB caches the owner's frees into its full pages") {
+  Worker w;
+  w.run([] {
+    const size_t n = 20000;
+    const unsigned cls = size_to_class(n);
+    REQUIRE(class_caches_frees(cls));
+    REQUIRE(kClassSize[cls] > kSmallMax);
+    std::vector<void*> blocks;
+    blocks.push_back(alloc(n));
+    Page* p = page_of_ptr(blocks[0]);
+    REQUIRE(p->kind == PageKind::kMedium);
+    while (blocks.size() < p->reserved) blocks.push_back(alloc(n));
+    void* other = alloc(n);  // the page is full: this one comes from the next page
+    REQUIRE(page_of_ptr(other) != p);
+    Heap* h = t_heap;
+    REQUIRE(page_flags(p) == kPageInFull);
+    const uint32_t used0 = p->used;
+    REQUIRE(fcache_direct_min(cls) == 2);
+    REQUIRE(p->reserved > 2);
+    dealloc(blocks[0]);
+    dealloc(blocks[1]);
+    CHECK(fcache_held(h, cls) == 2);
+    CHECK(p->used == used0);  // still handed out, as far as the page knows
+    CHECK(page_flags(p) == kPageInFull);
+    const size_t slot = (n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift;
+    CHECK(h->direct2[slot] == &h->fc->page[cls]);
+    CHECK(check_heap_invariants(h) == 0);
+    const uint64_t g0 = h->stats.generic_calls;
+    void* a = alloc(n);
+    void* b = alloc(n);
+    CHECK(a == blocks[1]);
+    CHECK(b == blocks[0]);
+    CHECK(h->stats.generic_calls == g0);  // on the fast path
+    blocks[0] = a;  // (what is live now, whatever the checks found)
+    blocks[1] = b;
+    CHECK(fcache_held(h, cls) == 0);
+    for (void* b : blocks) dealloc(b);
+    dealloc(other);
+    trim(0);
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(check_heap_invariants(h) == 0);
+  });
 }
 
 TEST_CASE("class caches: the owner's frees into full pages wait in the cache, and malloc takes them back last freed first") {
