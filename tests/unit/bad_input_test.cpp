@@ -223,31 +223,36 @@ TEST_CASE("bad input (default mode): a second free or a realloc of a block of a 
 // (class caches): the block's page still counts it as handed out, so a second free or a
 // realloc of it is caught by the cache's mark, even on a page whose every block is out (where
 // realloc otherwise trusts the page's count without reading the block).
+// A small class (5000 bytes, 12 blocks to a page) and a medium one (20,000 bytes, 3 to a page).
 TEST_CASE("bad input (default mode): a second free or a realloc of a block in its owner's class cache aborts") {
   settle();
   ensure_heap();
-  const size_t n = 5000;
-  const unsigned cls = size_to_class(n);
-  REQUIRE(class_caches_frees(cls));
-  std::vector<void*> v;
-  for (size_t i = 0; i < 3 * (kSliceSize / kClassSize[cls]); ++i) v.push_back(nebula_malloc(n));
-  void* victim = v[3];
-  Page* p = page_of_ptr(victim);
-  REQUIRE(page_flags(p) == kPageInFull);
-  REQUIRE(p->used == p->reserved);
-  ChildResult r = run_child([&] {
-    nebula_free(victim);
-    if (fcache_held(t_heap, cls) != 1) _exit(3);  // (the setup did not cache it)
-    nebula_free(victim);
-  });
-  expect_abort(r, victim, "free", "double free");
-  r = run_child([&] {
-    nebula_free(victim);
-    if (fcache_held(t_heap, cls) != 1 || p->used != p->reserved) _exit(3);
-    (void)!nebula_realloc(victim, n);  // fits: a block taken for live would be handed back
-  });
-  expect_abort(r, victim, "realloc", "freed already");
-  for (void* b : v) nebula_free(b);
+  for (size_t n : {size_t{5000}, size_t{20000}}) {
+    CAPTURE(n);
+    const unsigned cls = size_to_class(n);
+    REQUIRE(class_caches_frees(cls));
+    std::vector<void*> v;
+    v.push_back(nebula_malloc(n));
+    const size_t per_page = page_of_ptr(v[0])->reserved;
+    while (v.size() < 3 * per_page) v.push_back(nebula_malloc(n));
+    void* victim = v[per_page];  // the first block of the second page
+    Page* p = page_of_ptr(victim);
+    REQUIRE(page_flags(p) == kPageInFull);
+    REQUIRE(p->used == p->reserved);
+    ChildResult r = run_child([&] {
+      nebula_free(victim);
+      if (fcache_held(t_heap, cls) != 1) _exit(3);  // (the setup did not cache it)
+      nebula_free(victim);
+    });
+    expect_abort(r, victim, "free", "double free");
+    r = run_child([&] {
+      nebula_free(victim);
+      if (fcache_held(t_heap, cls) != 1 || p->used != p->reserved) _exit(3);
+      (void)!nebula_realloc(victim, n);  // fits: a block taken for live would be handed back
+    });
+    expect_abort(r, victim, "realloc", "freed already");
+    for (void* b : v) nebula_free(b);
+  }
 }
 
 TEST_CASE("bad input (default mode): a double free after other frees is still found") {
