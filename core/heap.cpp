@@ -588,9 +588,10 @@ constexpr std::array<uint8_t, kClassCount> kFcLimit = [] {
   for (unsigned c = 0; c < kClassCount; ++c) {
     size_t n = (class_caches_frees(c) ? 65536 : 16384) / class_size_formula(c);
     // A class cache holds 64 KiB, and at least 4 blocks (128 KiB of 32 KiB blocks): malloc pops
-    // it once it holds half its limit, and with 2 blocks every other allocation took the slow
-    // path again (`medrep`, random replacement of 8-32 KiB blocks: 203 M instructions with
-    // 2, 174 M with 4, 141 M with 8; `glibc-thread` peak RSS +0.8% with 4, +2.3% with 8).
+    // it once it holds half its limit, and with the 2 blocks of 24-32 KiB that 64 KiB holds,
+    // every other allocation took the slow path again (`medrep`, random replacement of 8-32 KiB
+    // blocks: 203 M instructions with 64 KiB alone, 174 M with at least 4 blocks, 141 M with 8;
+    // `glibc-thread` peak RSS +0.8% with 4, +2.3% with 8).
     if (class_caches_frees(c) && n < 4) n = 4;
     t[c] = static_cast<uint8_t>(n < 1 ? 1 : n > 64 ? 64 : n);
   }
