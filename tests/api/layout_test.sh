@@ -12,7 +12,7 @@ if [ "$(uname -m)" != x86_64 ]; then
   exit 0
 fi
 sections=$(readelf -SW "$lib")
-field() {  # field SECTION COLUMN: address (1) or size (3) of a section, in hex
+field() {  # field SECTION COLUMN: type (0), address (1) or size (3, hex) of a section
   awk -v s="$1" -v c="$2" '{ for (i = 1; i <= NF; i++) if ($i == s) { print $(i + 1 + c); exit } }' <<<"$sections"
 }
 for s in .bss .lbss; do
