@@ -92,20 +92,23 @@ void heap_to_pool(Heap* h) {
 
 // Every page of every segment of the heap, including large pages. fn returns true when it
 // freed the segment (its last page), which ends the walk of that segment.
+// Only the slices in spans are read (the free-slice bitmap, taken before the walk: fn may free
+// the page it is given, never one ahead of it). Reading all 64 descriptors read 16 KiB of
+// header per segment, a cache miss per descriptor, and in a new process three read faults on
+// header pages that only the descriptors of slices never used live on.
 template <class Fn>
 void for_each_page(Heap* heap, Fn fn) {
   Segment* s = heap->segments;
   while (s != nullptr) {
     Segment* next_s = s->next;
-    for (unsigned i = 1; i < kSlicesPerSegment;) {
+    uint64_t in_spans = ~s->free_slices & ~uint64_t{1};
+    while (in_spans != 0) {
+      const unsigned i = ctz64(in_spans);
       Page* p = &s->pages[i];
-      if (p->kind == PageKind::kNone) {
-        ++i;
-        continue;
-      }
-      unsigned next = i + (p->slice_count != 0 ? p->slice_count : 1u);  // never stuck, even on a torn descriptor
-      if (fn(s, p)) break;
-      i = next;
+      // never stuck, even on a torn descriptor
+      const unsigned n = p->kind == PageKind::kNone || p->slice_count == 0 ? 1u : p->slice_count;
+      in_spans &= n >= kSlicesPerSegment - i ? 0 : ~uint64_t{0} << (i + n);
+      if (p->kind != PageKind::kNone && fn(s, p)) break;
     }
     s = next_s;
   }
