@@ -144,7 +144,7 @@ NEBULA_NOINLINE static void* realloc_slow(void* p, size_t n) noexcept {
         fatal_pointer("realloc", p, "pointer into the middle of a block, not its start");
       bool freed;
       if (g_secure) {
-        size_t i = static_cast<size_t>(static_cast<uint8_t*>(p) - page_start(w.s, page)) / page->block_size;
+        size_t i = block_index(w.s, page, p);
         freed = !((live_bits(w.s, page)[i / 64] >> (i % 64)) & 1);
       } else if (page_all_live(w.s, page)) {
         freed = false;  // without reading the block: a cache and TLB miss for a string's head

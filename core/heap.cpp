@@ -536,7 +536,7 @@ Block* block_start(Segment* s, Page* page, void* p) noexcept {
 }
 
 void free_block_local(Page* page, Block* b) noexcept {
-  link_set(b, page->local_free);
+  link_set_in(page, b, page->local_free);
   page->local_free = b;
   page->used--;
   if (page->kind == PageKind::kLarge) {
@@ -798,7 +798,7 @@ NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
     if (NEBULA_UNLIKELY(!(flags & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
     if (NEBULA_UNLIKELY(g_secure)) {
       // Exact: the block's live bit says whether it is allocated.
-      size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page)) / page->block_size;
+      size_t i = block_index(s, page, b);
       uint64_t* bits = live_bits(s, page);
       uint64_t bit = uint64_t{1} << (i % 64);
       uint64_t old = __atomic_fetch_and(&bits[i / 64], ~bit, __ATOMIC_ACQ_REL);

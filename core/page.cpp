@@ -47,7 +47,7 @@ void page_extend(Page* page) {
     Block* head = page->free;
     for (uint32_t i = 0; i < count; ++i) {
       auto* b = reinterpret_cast<Block*>(first + static_cast<size_t>(order[i]) * bsize);
-      link_set(b, head);
+      link_set_in(page, b, head);
       head = b;
     }
     page->free = head;
@@ -472,7 +472,44 @@ static Page* queue_fullest_first(Heap* heap, PageQueue* q, unsigned cls) {
   return best;
 }
 
+// Hand out the first block of the page's free list (it has one).
+static inline void* page_pop(Page* page, bool zero, size_t n) {
+  page->passed_over = 0;
+  Block* b = page->free;
+  page->free = link_get_in(page, b);
+  page->used++;
+  bool zeroed = b->key != g_free_key;  // a new block of zeroed memory (see page_extend)
+  b->key = 0;
+  if (NEBULA_UNLIKELY(g_secure)) {
+    zeroed = false;
+    Segment* s = segment_of(page);
+    size_t i = block_index(s, page, b);
+    uint64_t* bits = live_bits(s, page);
+    uint64_t bit = uint64_t{1} << (i % 64);
+    // Atomic: other threads clear bits of the same word when they free blocks of this page.
+    if (i >= page->reserved || (__atomic_fetch_or(&bits[i / 64], bit, __ATOMIC_ACQ_REL) & bit))
+      fatal_pointer("malloc", b, "free list corrupted: this block is allocated already (a write after free?)");
+  }
+  if (zero) {
+    if (zeroed) b->next = nullptr;
+    else memset(b, 0, n);
+  }
+  return b;
+}
+
+static void* queue_alloc_search(Heap* heap, unsigned cls, bool zero, size_t n) noexcept;
+
+// Secure mode sends every allocation here (its direct tables stay empty): when the class's first
+// page has a free block, it comes without the search's set-up (88 -> 64 instructions per call).
 void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
+  if (NEBULA_UNLIKELY(g_secure)) {
+    Page* page = heap->queues[cls].first;
+    if (page != nullptr && page->free != nullptr) return page_pop(page, zero, n);
+  }
+  return queue_alloc_search(heap, cls, zero, n);
+}
+
+static void* queue_alloc_search(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
   if (heap->fc_active & (uint64_t{1} << cls)) {  // the class has a foreign cache (with blocks, or empty now)
     Page* fp = &heap->fc->page[cls];
     if (Block* fb = fp->free; fb != nullptr) {
@@ -600,27 +637,7 @@ again:
     list_remove(q, page);
     queue_push_front(heap, q, page, cls);
   }
-  page->passed_over = 0;
-  Block* b = page->free;
-  page->free = link_get(b);
-  page->used++;
-  bool zeroed = b->key != g_free_key;  // a new block of zeroed memory (see page_extend)
-  b->key = 0;
-  if (NEBULA_UNLIKELY(g_secure)) {
-    zeroed = false;
-    Segment* s = segment_of(page);
-    size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page)) / page->block_size;
-    uint64_t* bits = live_bits(s, page);
-    uint64_t bit = uint64_t{1} << (i % 64);
-    // Atomic: other threads clear bits of the same word when they free blocks of this page.
-    if (i >= page->reserved || (__atomic_fetch_or(&bits[i / 64], bit, __ATOMIC_ACQ_REL) & bit))
-      fatal_pointer("malloc", b, "free list corrupted: this block is allocated already (a write after free?)");
-  }
-  if (zero) {
-    if (zeroed) b->next = nullptr;
-    else memset(b, 0, n);
-  }
-  return b;
+  return page_pop(page, zero, n);
 }
 
 }  // namespace nebula
