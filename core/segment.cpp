@@ -776,15 +776,26 @@ size_t huge_usable(Segment* s, const void* p) noexcept {
   return end - reinterpret_cast<uintptr_t>(p);
 }
 
+// Secure mode: the guard slice after a huge block moves to its new end (huge_grow, huge_shrink).
+static void huge_guard_move(Segment* s, size_t old_used, size_t new_used) {
+  char* sb = reinterpret_cast<char*>(s);
+  os::protect(sb + new_used, kSliceSize, false);  // the new guard first: never a block without one
+  os::protect(sb + old_used, kSliceSize, true);   // (in the grown block, or free memory now)
+}
+
 bool huge_grow(Segment* s, size_t n) noexcept {
-  if (g_secure || s->solo) return false;  // secure mode keeps its guard slice where it is
+  if (s->solo) return false;
+  // Secure mode: the block grows over its guard slice, and the guard moves past the new end
+  // (before, secure mode copied: `large`, whose blocks of 5-25 MiB grow by half every fourth
+  // time, spent 52% of its samples in memmove and took 2.9 x the default mode's time).
+  const size_t guard = g_secure ? kSliceSize : 0;
   uintptr_t sb = reinterpret_cast<uintptr_t>(s);
   size_t offset = s->huge_start - sb;
-  if (n > kSoloThreshold - offset) return false;
+  if (n > kSoloThreshold - offset - guard) return false;
   size_t used_len = align_up(offset + n, kSliceSize);
   size_t old_used = s->huge_used, old_len = s->huge_len, old_chunks = s->chunk_count;
   if (used_len <= old_used) return true;
-  size_t need = align_up(used_len, kSegmentSize);
+  size_t need = align_up(used_len + guard, kSegmentSize);
   size_t add = need > s->mapped_size ? (need - s->mapped_size) >> kSegmentShift : 0;
   // Charge what the block itself adds to the counted extent; the resident slices of absorbed
   // chunks are counted already and move to the block.
@@ -823,6 +834,7 @@ bool huge_grow(Segment* s, size_t n) noexcept {
     s->mapped_size = need;
     segmap_set(s, old_chunks + add);
   }
+  if (g_secure) huge_guard_move(s, old_used, used_len);
   s->huge_used = used_len;
   s->huge_len = len;
   g_counters.huge_live.fetch_add(used_len - old_used, std::memory_order_relaxed);
@@ -908,14 +920,16 @@ void* huge_move(Segment* s, size_t n) noexcept {
 // A shrinking realloc of a huge block keeps it where it is and gives the rest back at once (a
 // copy would move the part kept and hold both until the old block is freed): the OS pages past
 // its new end are purged, and the chunks past the one it ends in go back to the arena clean.
+// Secure mode: the guard slice moves to the new end first.
 bool huge_shrink(Segment* s, size_t n) noexcept {
-  if (g_secure) return false;  // its guard slice stays right after the block: copy
+  const size_t guard = g_secure ? kSliceSize : 0;
   uintptr_t sb = reinterpret_cast<uintptr_t>(s);
   size_t used_len = align_up(s->huge_start - sb + n, kSliceSize);
   size_t old_used = s->huge_used, old_len = s->huge_len;
   if (used_len >= old_used) return true;
-  size_t need = align_up(used_len, kSegmentSize);
+  size_t need = align_up(used_len + guard, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
+  if (g_secure) huge_guard_move(s, old_used, used_len);
   os::purge(reinterpret_cast<void*>(sb + used_len), old_len - used_len);
   g_counters.purged.fetch_add(old_len - used_len, std::memory_order_relaxed);
   budget_release(old_len - used_len);

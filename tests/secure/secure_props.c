@@ -5,7 +5,8 @@
  *    heap;
  *  - zero on free (NEBULA_MEM_ZERO_ON_FREE=1): a freed block reads zero past its two link words;
  *  - there is a guard after each segment: writing just past a huge block faults (checked in a
- *    child, which must die of SIGSEGV);
+ *    child, which must die of SIGSEGV); also after realloc grew a huge block in place over its
+ *    guard (the guard moves past the new end) and shrank it again;
  *  - no block lies on that guard: large blocks at the highest alignments, whose aligned span
  *    would end on the segment's last slice, are written whole (a 2 MiB block aligned to 2 MiB
  *    took slices 32-63 of a new segment, the guard among them, and its last 64 KiB faulted);
@@ -59,6 +60,34 @@ int main(void) {
   int st = 0;
   waitpid(pid, &st, 0);
   CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+  /* a huge block that realloc grows and then shrinks in place keeps a guard right after it:
+     written whole after each step, and just past its end faults (a child per step) */
+  for (int step = 0; step < 4; step++) {
+    pid = fork();
+    if (pid == 0) {
+      char* h = malloc(5 << 20);
+      memset(h, 1, nebula_usable_size(h));
+      char* g = realloc(h, 9 << 20);
+      if (g != h) _exit(3); /* grown in place: the chunks after a fresh block are free */
+      if (step >= 2) {
+        char* k = realloc(g, 6 << 20);
+        if (k != g) _exit(4); /* shrunk in place */
+      }
+      size_t usable = nebula_usable_size(g);
+      memset(g, 2, usable); /* the old guard is part of the block now */
+      if (step % 2 == 1) g[usable] = 1; /* just past the block: the moved guard */
+      _exit(0);
+    }
+    st = 0;
+    waitpid(pid, &st, 0);
+    if (step % 2 == 0) {
+      if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        fprintf(stderr, "secure_props: realloc step %d: status %d\n", step, st);
+      CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    } else {
+      CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+    }
+  }
   /* aligned large blocks written whole: none may reach the guard slice */
   static const size_t aligned_cases[][2] = {
       {2u << 20, 2u << 20}, {2u << 20, (2u << 20) - 100}, {1u << 20, 2u << 20}, {2u << 20, 1u << 20},
@@ -96,6 +125,6 @@ int main(void) {
   }
   for (int i = 0; i < N; i++)
     if (i != 10 && i != 11) free(b[i]);
-  printf("secure_props: ok (%d of %d consecutive blocks adjacent, links encoded, guard faults, aligned blocks clear of it, no pages made by a loop of temporaries)\n", sequential, N);
+  printf("secure_props: ok (%d of %d consecutive blocks adjacent, links encoded, guard faults, also after realloc in place, aligned blocks clear of it, no pages made by a loop of temporaries)\n", sequential, N);
   return 0;
 }
