@@ -45,6 +45,9 @@ struct Arena {
                                             // header of a normal segment freed whole, every
                                             // page descriptor in its reset state (segment_new
                                             // need not write them again while it is resident)
+  uint64_t guarded[kArenaChunks / 64];      // bitmap: secure mode, chunk whose last slice is
+                                            // inaccessible (the guard of a normal segment freed
+                                            // whole, kept for the next segment made there)
   uint64_t dirty_mask[kArenaChunks];        // free chunks: slices that may be resident
   uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
 };
@@ -174,13 +177,22 @@ int find_run(const Arena* a, unsigned n, bool spare_growth) {
 // Mark chunks [first, first + n) used (under the lock). Their dirty masks go to the new owner:
 // reports the bytes that may be resident (counted committed already, no longer free) and the
 // end of the last such slice, from the first chunk.
+// Secure mode: a chunk whose guard slice a segment left in place keeps it for a segment
+// (`*guarded`), and any other taker gets it accessible again (under the lock, rare: a huge block
+// on chunks that segments used).
 void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t* dirty_extent,
-                 bool* hinted = nullptr) {
+                 bool* hinted = nullptr, bool* guarded = nullptr) {
   size_t bytes = 0, extent = 0;
   for (size_t i = 0; i < n; ++i) {
     unsigned c = first + static_cast<unsigned>(i);
     chunk_set_used(a, c, true);
     a->header_reset[c / 64] &= ~(uint64_t{1} << (c % 64));
+    if ((a->guarded[c / 64] >> (c % 64)) & 1) {
+      a->guarded[c / 64] &= ~(uint64_t{1} << (c % 64));
+      if (guarded != nullptr) *guarded = true;
+      else os::protect(reinterpret_cast<char*>(a->base) + (static_cast<size_t>(c) + 1) * kSegmentSize - kSliceSize,
+                       kSliceSize, true);
+    }
     if (hinted != nullptr && ((a->hinted[c / 64] >> (c % 64)) & 1)) *hinted = true;
     uint64_t d = a->dirty_mask[c];
     if (d != 0) {
@@ -351,11 +363,13 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept {
   uint64_t dirty_first = a->dirty_mask[at];
   const bool header_reset = (a->header_reset[at / 64] >> (at % 64)) & 1;
   size_t dirty_bytes = 0, dirty_extent = 0;
-  bool hinted = false;
-  take_chunks(a, static_cast<unsigned>(at), chunks, &dirty_bytes, &dirty_extent, &hinted);
+  bool hinted = false, guarded = false;
+  // (spare_growth is asked for by segment_new only: a segment of one chunk keeps a guard there)
+  take_chunks(a, static_cast<unsigned>(at), chunks, &dirty_bytes, &dirty_extent, &hinted,
+              spare_growth && chunks == 1 ? &guarded : nullptr);
   void* base = reinterpret_cast<void*>(a->base + static_cast<uintptr_t>(at) * kSegmentSize);
   *out = ChunkGrant{base, dirty_first, dirty_bytes == 0, static_cast<uint16_t>(k), false,
-                    dirty_bytes, dirty_extent, hinted, header_reset && chunks == 1};
+                    dirty_bytes, dirty_extent, hinted, header_reset && chunks == 1, guarded};
   return true;
 }
 
@@ -387,6 +401,8 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
     a->dirty_mask[c] = d;
     a->freed_at_ms[c] = now;
     if (header_reset && i == 0) a->header_reset[c / 64] |= uint64_t{1} << (c % 64);
+    // A normal segment freed whole (header_reset) in secure mode leaves its guard slice in place.
+    if (header_reset && g_secure) a->guarded[c / 64] |= uint64_t{1} << (c % 64);
     dirty_bytes += static_cast<size_t>(popcount64(d)) << kSliceShift;
   }
   a->free_count += static_cast<uint32_t>(chunks);
@@ -490,6 +506,7 @@ void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {
     chunk_set_used(a, first + static_cast<unsigned>(i), false);
     a->dirty_mask[first + i] = 0;
   }
+  if (g.guarded) a->guarded[first / 64] |= uint64_t{1} << (first % 64);  // still inaccessible
   a->free_count += static_cast<uint32_t>(chunks);
 }
 

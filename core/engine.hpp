@@ -484,6 +484,8 @@ struct ChunkGrant {
   bool hinted = false;    // some chunk of the run was asked for transparent huge pages
   bool header_reset = false;  // one chunk whose first slice holds a normal segment's header,
                               // its descriptors all reset (valid while that slice is resident)
+  bool guarded = false;       // secure mode: one chunk for a segment whose last slice is
+                              // inaccessible already (a guard that the last segment there left)
 };
 // `spare_growth` (a segment): keep out of the free chunks behind a huge block that grows (see
 // find_run) while there is room elsewhere.

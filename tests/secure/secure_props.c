@@ -6,7 +6,9 @@
  *  - zero on free (NEBULA_MEM_ZERO_ON_FREE=1): a freed block reads zero past its two link words;
  *  - there is a guard after each segment: writing just past a huge block faults (checked in a
  *    child, which must die of SIGSEGV); also after realloc grew a huge block in place over its
- *    guard (the guard moves past the new end) and shrank it again;
+ *    guard (the guard moves past the new end) and shrank it again; and on a segment made on a
+ *    chunk whose last segment left its guard in place, while a huge block made on such chunks
+ *    is written whole;
  *  - no block lies on that guard: large blocks at the highest alignments, whose aligned span
  *    would end on the segment's last slice, are written whole (a 2 MiB block aligned to 2 MiB
  *    took slices 32-63 of a new segment, the guard among them, and its last 64 KiB faulted);
@@ -87,6 +89,47 @@ int main(void) {
     } else {
       CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
     }
+  }
+  /* segments freed whole leave their guard slice in place for the next segment on the chunk
+     (the arena notes it); a huge block made on such chunks gets them accessible again */
+  {
+    enum { SEGS = 16 };
+    void* al[SEGS];
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int round = 0; round < 2; round++) {
+      for (int k = 0; k < SEGS; k++) {
+        CHECK(posix_memalign(&al[k], 2u << 20, 100000) == 0); /* one segment each */
+        memset(al[k], 7, 100000);
+        uintptr_t seg = (uintptr_t)al[k] & ~(uintptr_t)(4 * 1024 * 1024 - 1);
+        if (seg < lo) lo = seg;
+        if (seg > hi) hi = seg;
+      }
+      if (round == 1) {
+        /* a reused segment's guard faults */
+        pid = fork();
+        if (pid == 0) {
+          uintptr_t seg = (uintptr_t)al[SEGS / 2] & ~(uintptr_t)(4 * 1024 * 1024 - 1);
+          *(volatile char*)(seg + 4 * 1024 * 1024 - 64 * 1024) = 1;
+          _exit(0);
+        }
+        st = 0;
+        waitpid(pid, &st, 0);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+      }
+      for (int k = 0; k < SEGS; k++) free(al[k]);
+    }
+    pid = fork();
+    if (pid == 0) {
+      char* h = malloc(24u << 20);
+      if (h == NULL) _exit(2);
+      if ((uintptr_t)h < lo || (uintptr_t)h >= hi + (4u << 20)) _exit(5); /* not on those chunks */
+      memset(h, 3, 24u << 20);
+      _exit(0);
+    }
+    st = 0;
+    waitpid(pid, &st, 0);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) fprintf(stderr, "secure_props: huge block on freed segments: status %d\n", st);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   }
   /* aligned large blocks written whole: none may reach the guard slice */
   static const size_t aligned_cases[][2] = {
