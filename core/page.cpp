@@ -497,7 +497,7 @@ static inline void* page_pop(Page* page, bool zero, size_t n) {
   return b;
 }
 
-static void* queue_alloc_search(Heap* heap, unsigned cls, bool zero, size_t n) noexcept;
+NEBULA_NOINLINE static void* queue_alloc_search(Heap* heap, unsigned cls, bool zero, size_t n) noexcept;
 
 // Secure mode sends every allocation here (its direct tables stay empty): when the class's first
 // page has a free block, it comes without the search's set-up (88 -> 64 instructions per call).
