@@ -86,27 +86,31 @@ inline uint8_t* page_start(Segment* s, const Page* page) { return page_start(s, 
 // In secure mode a link stored in block b is next ^ (b's page key) ^ b, so that an overwrite
 // from a neighbouring block cannot forge a pointer. The slow paths use these; the fast paths
 // (never run in secure mode) read and write links directly.
-inline uintptr_t link_key(const Block* b) {
-  Segment* s = reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(b) & ~kSegmentMask);
-  return head_of(s, slice_of(s, b))->list_key ^ reinterpret_cast<uintptr_t>(b);
+// The page's own key is read from the page at hand where the caller has it (link_get_in,
+// link_set_in: the slow paths that pop or push a page's lists); link_get and link_set find the
+// page from the block's address first.
+inline uintptr_t link_key(const Page* page, const Block* b) {
+  return page->list_key ^ reinterpret_cast<uintptr_t>(b);
 }
-// The same where the block's page is at hand (the slow paths that pop or push a page's lists):
-// its key without finding the page again from the address.
+inline const Page* link_page(const Block* b) {
+  Segment* s = reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(b) & ~kSegmentMask);
+  return head_of(s, slice_of(s, b));
+}
 inline Block* link_get_in(const Page* page, const Block* b) {
   if (NEBULA_LIKELY(!g_secure)) return b->next;
-  return reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(b->next) ^ page->list_key ^ reinterpret_cast<uintptr_t>(b));
+  return reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(b->next) ^ link_key(page, b));
 }
 inline void link_set_in(const Page* page, Block* b, Block* next) {
   if (NEBULA_LIKELY(!g_secure)) b->next = next;
-  else b->next = reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(next) ^ page->list_key ^ reinterpret_cast<uintptr_t>(b));
+  else b->next = reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(next) ^ link_key(page, b));
 }
 inline Block* link_get(const Block* b) {
   if (NEBULA_LIKELY(!g_secure)) return b->next;
-  return reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(b->next) ^ link_key(b));
+  return link_get_in(link_page(b), b);
 }
 inline void link_set(Block* b, Block* next) {
   if (NEBULA_LIKELY(!g_secure)) b->next = next;
-  else b->next = reinterpret_cast<Block*>(reinterpret_cast<uintptr_t>(next) ^ link_key(b));
+  else link_set_in(link_page(b), b, next);
 }
 // Secure mode: one bit per block of a small or medium page, set while the block is allocated.
 // The bitmaps live in the segment's header slice (512 bytes per slice).
