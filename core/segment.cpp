@@ -849,9 +849,12 @@ bool huge_grow(Segment* s, size_t n) noexcept {
 // A huge block that cannot grow in place moves to a run of chunks big enough for n bytes: its
 // pages are moved there (os::move_pages, mremap on Linux) rather than copied, so realloc costs
 // no copy and the old and the new block are never resident together (a copy holds both until
-// the old one is freed, and its chunks then stay resident for the purge delay). The whole old
-// run moves, so that the mapping splits the kernel makes stay at chunk boundaries (the moved
-// piece keeps a mapping of its own). nullptr where nothing can
+// the old one is freed, and its chunks then stay resident for the purge delay). The old run
+// moves whole chunks, so that the mapping splits the kernel makes stay at chunk boundaries (the
+// moved piece keeps a mapping of its own), and no more of them than the new run has: a block
+// aligned beyond the chunk size has slack after it (20 MiB mapped for 64 KiB aligned to 8 MiB),
+// and moving all of it overwrote the chunks after a smaller new run, live segments among them.
+// nullptr where nothing can
 // move (secure mode, which keeps a guard slice; no room; a kernel without the call): the
 // caller allocates and copies.
 void* huge_move(Segment* s, size_t n) noexcept {
@@ -879,9 +882,12 @@ void* huge_move(Segment* s, size_t n) noexcept {
   // The budget counts the old block's extent and the grant's resident slices. The new block
   // counts its extent, up to the grant's last resident slice where the budget can take it (as
   // in huge_alloc); the grant's slices under the moved run are freed by the move.
+  // What moves: the old run up to the new run's size (the block lies within both).
+  const size_t span = old_map < need ? old_map : need;
+  const size_t kept_old = old_len < span ? old_len : span;  // the old extent that moves
   size_t before = old_len + g.dirty_bytes;
-  size_t base_len = used_len > old_len ? used_len : old_len;
-  size_t len = g.dirty_extent > old_map && g.dirty_extent > base_len ? g.dirty_extent : base_len;
+  size_t base_len = used_len > kept_old ? used_len : kept_old;
+  size_t len = g.dirty_extent > span && g.dirty_extent > base_len ? g.dirty_extent : base_len;
   if (len > before && !budget_charge(len - before)) {
     len = base_len;
     if (len > before && !budget_charge(len - before)) {
@@ -889,7 +895,7 @@ void* huge_move(Segment* s, size_t n) noexcept {
       return nullptr;
     }
   }
-  size_t moved = os::move_pages(s, old_map, g.base);
+  size_t moved = os::move_pages(s, span, g.base);
   if (moved == 0) {
     if (len > before) budget_release(len - before);
     arena_free_unused(g, chunks);
@@ -915,7 +921,7 @@ void* huge_move(Segment* s, size_t n) noexcept {
   // It outgrew its room once: keep segments out of the room behind its new place (find_run).
   if (!g.solo) arena_note_growing(ns, chunks);
   // The moved part keeps the flags it had; the rest of the block asks for huge pages now.
-  if (old.hinted && !g.solo) arena_set_hinted(nb, nb + old_map, true);
+  if (old.hinted && !g.solo) arena_set_hinted(nb, nb + span, true);
   hint_huge(ns, nb + old_used, nb + offset + n, n);
   unhint_tail(g, nb + offset + n, need);
   return reinterpret_cast<void*>(nb + offset);

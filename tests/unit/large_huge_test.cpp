@@ -707,6 +707,55 @@ TEST_CASE("huge: a block moved again and again keeps its contents") {
   settle();
 }
 
+// A block aligned beyond the chunk size has slack after it in its run (64 KiB aligned to 8 MiB:
+// 20 MiB mapped). When its growth in place fails (here the commit is refused, as the fuzzer's
+// fault injection does), realloc moves it to a run sized for the new block, and only that much
+// of the old run may move: moving the whole 20 MiB put the old slack's empty pages over the
+// chunks after the new run, and zeroed the blocks of the live segments there.
+TEST_CASE("huge: a block aligned beyond the chunk size moves no more than its new run holds") {
+  settle();
+  const size_t align = size_t{8} << 20;
+  auto* p = static_cast<uint8_t*>(alloc_aligned(align, 1025));
+  REQUIRE(p != nullptr);
+  Segment* s = segment_containing(p);
+  REQUIRE(s != nullptr);
+  REQUIRE(s->kind == SegmentKind::kHuge);
+  REQUIRE(s->mapped_size == size_t{20} << 20);
+  fill(p, 1025, 91);
+  const size_t m = kSegmentSize - kSliceSize;
+  const size_t offset = static_cast<size_t>(p - reinterpret_cast<uint8_t*>(s));
+  const size_t chunks = align_up(offset + m, kSegmentSize) >> kSegmentShift;
+  REQUIRE(chunks < 5);
+  // Where the new run will be: the run arena_alloc gives now (every free chunk is clean).
+  ChunkGrant probe;
+  REQUIRE(arena_alloc(chunks, &probe, false));
+  const uintptr_t at = reinterpret_cast<uintptr_t>(probe.base);
+  arena_free_unused(probe, chunks);
+  // The chunks that the old run's remaining 20 MiB would cover there hold data.
+  std::vector<ChunkGrant> held;
+  for (size_t c = chunks; c < 5; ++c) {
+    ChunkGrant g = take_chunk_at(at + c * kSegmentSize);
+    if (g.base == nullptr) continue;  // in use already
+    fill(g.base, 4096, c);
+    held.push_back(g);
+  }
+  REQUIRE(!held.empty());
+  REQUIRE(fault_injection_set("nth:1"));  // the growth in place: its commit fails
+  auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+  REQUIRE(fault_injection_set("off"));
+  REQUIRE(r != nullptr);
+  CHECK(reinterpret_cast<uintptr_t>(segment_containing(r)) == at);  // moved where the probe said
+  CHECK(check_fill(r, 1025, 91));
+  memset(r, 1, m);
+  for (const ChunkGrant& g : held) {
+    const size_t c = (reinterpret_cast<uintptr_t>(g.base) - at) >> kSegmentShift;
+    CHECK(check_fill(g.base, 4096, c));
+    arena_free_unused(g, 1);
+  }
+  dealloc(r);
+  settle();
+}
+
 TEST_CASE("huge: blocks above the arena's share move too, into and between mappings of their own") {
   settle();
   const size_t step = size_t{256} << 10;  // one byte in every 256 KiB: little becomes resident
