@@ -43,6 +43,14 @@ if [ $rc -ne 0 ]; then
     echo "fuzz/run.sh: the process was killed outside libFuzzer; the input that ran is $keep"
     echo "fuzz/run.sh: replay it with: FUZZ_TRACE=1 $out/alloc_fuzzer $keep"
   fi
+  # An input alone often does not fail: the engine's state carries over from the inputs before
+  # it. In the first pass over the corpus (before libFuzzer's INITED line) they run in the order
+  # libFuzzer shuffled them with its seed, and the same seed over the same corpus replays it.
+  seed=$(sed -n 's/^INFO: Seed: *//p' "$log" | head -1)
+  if ! grep -q "INITED" "$log"; then
+    echo "fuzz/run.sh: it failed in the first pass over the corpus; to replay that pass, traced:" \
+         "FUZZ_TRACE=1 ASAN_OPTIONS=allocator_may_return_null=1 $out/alloc_fuzzer -seed=${seed:-?} -runs=0 -max_len=2048 $out/corpus $ROOT/fuzz/corpus"
+  fi
   echo "fuzz: FAILED (exit $rc) after ${execs:-?} executions; the input is in $out/artifacts/"
   exit $rc
 fi
