@@ -117,6 +117,10 @@ inline constexpr unsigned kFreeFloatDiv = 8;
 // The purge of that excess picks up to this many segments by age (a read of the heap's segment
 // list each), then takes the rest in one pass in list order.
 inline constexpr unsigned kPurgeExcessScan = 16;
+// The periodic passes over sparse pages (heap_punch_sparse, from maintenance and growth) read
+// this many segments each, resuming where the last one stopped: a heap of up to 128 MiB is read
+// whole by every pass, a bigger one in turns.
+inline constexpr unsigned kPunchScanSegments = 32;
 
 // Alignments up to this (half a segment) are served from a large span that starts at an aligned
 // slice of a segment, for blocks up to kLargeMax; beyond, a huge block (a run of chunks).

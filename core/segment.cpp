@@ -137,6 +137,7 @@ void note_purge_due(Heap* heap, uint64_t at) {
 }
 
 void heap_segments_remove(Heap* heap, Segment* s) {
+  if (heap->punch_next == s) heap->punch_next = s->next;
   if (s->prev != nullptr) s->prev->next = s->next;
   else heap->segments = s->next;
   if (s->next != nullptr) s->next->prev = s->prev;

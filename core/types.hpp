@@ -272,6 +272,9 @@ struct Heap {
   size_t punch_want = 0;                // bytes a span took that were not resident (span_alloc)
   uint64_t next_punch_ms = 0;           // earliest time sparse pages are punched for that again
   uint32_t punch_skip = 0;              // heap_grew calls left before it reads the clock again
+  Segment* punch_next = nullptr;        // where heap_punch_sparse's next bounded pass starts
+                                        // (nullptr: the list's head; heap_segments_remove
+                                        // moves it on when its segment leaves)
   bool live = false;                    // false for the empty heap and pooled heaps
   Heap* next_heap = nullptr;            // all heaps (live and pooled), for stats and fork
   HeapStats stats = {};

@@ -419,3 +419,88 @@ TEST_CASE("holes: memory given back for growth counts as come back when its page
     g_punch_feedback.refilled.store(0);
   });
 }
+
+// The periodic passes over sparse pages (maintenance, growth) read at most kPunchScanSegments
+// segments each, from where the last one stopped, so that a heap of gigabytes is not read whole
+// every few milliseconds; every segment is still reached, within ceil(segments / limit) passes.
+// A segment that leaves the heap moves the cursor on.
+TEST_CASE("holes: the periodic punch pass reads a big heap in turns and reaches all of it") {
+  Worker w;
+  w.run([] {
+    const size_t n = 1024;  // 64 blocks per 64 KiB page, 4 per OS page
+    Heap* h = nullptr;
+    std::vector<void*> blocks;
+    const uint32_t want_segments = kPunchScanSegments + kPunchScanSegments / 4;
+    while (h == nullptr || h->segment_count < want_segments) {
+      blocks.push_back(alloc(n));
+      REQUIRE(blocks.back() != nullptr);
+      h = t_heap;
+    }
+    void* fresh = alloc(n);  // the class's current page stays out of it (queue first)
+    // One live block in each page: every page but the class's first is sparse.
+    std::vector<void*> kept;
+    for (void* p : blocks) {
+      Page* page = page_of_ptr(p);
+      if (block_index(segment_of(p), page, p) == 0) kept.push_back(p);
+      else dealloc(p);
+    }
+    const Page* first = h->queues[size_to_class(n)].first;
+    // The segments holding sparse pages of ours (all = those the passes should reach).
+    auto segments_with = [&](bool all) {
+      std::vector<Segment*> seen;
+      for (void* p : kept) {
+        Page* page = page_of_ptr(p);
+        if (page != first && (all || page->sparse_since != 0)) seen.push_back(segment_of(p));
+      }
+      std::sort(seen.begin(), seen.end());
+      seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+      return seen.size();
+    };
+    auto segments_seen = [&] { return segments_with(false); };
+    const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+    const uint64_t t0 = os::clock_ms() + 1000;
+    const uint32_t count = h->segment_count;
+    REQUIRE(count > kPunchScanSegments);
+    heap_punch_sparse(h, t0, 0);  // first seen sparse
+    const size_t after_one = segments_seen();
+    CHECK(after_one > 0);
+    CHECK(after_one <= kPunchScanSegments);
+    CHECK(after_one < count);  // the rest waits for the next pass
+    Segment* cursor = h->punch_next;
+    REQUIRE(cursor != nullptr);
+    CHECK(heap_punch_sparse(h, t0 + 10, 0) == 0);  // (sparse for 10 ms: none given back)
+    CHECK(segments_seen() == segments_with(true));   // the second pass reached the rest
+    CHECK(segments_with(true) > kPunchScanSegments);
+    // Four purge delays later, passes give the free blocks' memory back, all within
+    // ceil(count / limit) + 1 passes.
+    size_t got = 0;
+    for (uint32_t i = 0; i <= count / kPunchScanSegments + 1; ++i)
+      got += heap_punch_sparse(h, t0 + 4 * delay + 20 + 10 * i, 0);
+    size_t punched_pages = 0;
+    for (void* p : kept) punched_pages += page_of_ptr(p) != first && page_of_ptr(p)->holes != 0;
+    size_t sparse_pages = 0;
+    for (void* p : kept) sparse_pages += page_of_ptr(p) != first;
+    CHECK(punched_pages == sparse_pages);
+    CHECK(got >= punched_pages * 60 * 1024);  // all but the first OS page of each
+    // A segment that leaves the heap (here: its pages all emptied) moves the cursor on.
+    cursor = h->punch_next;
+    REQUIRE(cursor != nullptr);
+    Segment* after = cursor->next;
+    for (auto it = kept.begin(); it != kept.end();) {
+      if (segment_of(*it) == cursor) {
+        dealloc(*it);
+        it = kept.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    bool in_list = false;
+    for (Segment* s = h->segments; s != nullptr; s = s->next) in_list |= s == cursor;
+    CHECK(!in_list);  // its last page gone, the segment went back to the arena
+    CHECK(h->punch_next == after);
+    CHECK(check_heap_invariants(h) == 0);
+    for (void* p : kept) dealloc(p);
+    dealloc(fresh);
+    CHECK(check_heap_invariants(h) == 0);
+  });
+}
