@@ -194,7 +194,15 @@ Segment* segment_new(Heap* heap) {
     os::huge_unhint(s, kSegmentSize);
     arena_set_hinted(reinterpret_cast<uintptr_t>(s), reinterpret_cast<uintptr_t>(s) + kSegmentSize, false);
   }
-  if (!os::commit(s, kSliceSize)) {  // the header slice
+  // Secure mode: a guard between segments, the chunk's last slice, never handed out and never
+  // accessible. A segment freed whole leaves it in place for the next one made on its chunk
+  // (segment_free): `memalign-2m` makes and frees 10,000 segments, and two mprotect calls each
+  // (with a split and a merge of the mapping) took 3.9 x the default mode's time. The kernel
+  // refuses a guard past its limit of mappings (vm.max_map_count): then no segment, rather
+  // than one without its guard.
+  if (!os::commit(s, kSliceSize) ||  // the header slice
+      (g_secure && !g.guarded &&
+       !os::protect(reinterpret_cast<char*>(s) + kSegmentSize - kSliceSize, kSliceSize, false))) {
     arena_free_unused(g, 1);
     budget_release(kSliceSize);
     return nullptr;
@@ -209,14 +217,7 @@ Segment* segment_new(Heap* heap) {
   s->large_slices = 0;
   s->exit_ms = 0;
   s->free_slices = ~uint64_t{1};
-  if (g_secure) {
-    // A guard between segments: the last slice is never handed out and cannot be touched. A
-    // segment freed whole leaves it in place for the next one made on its chunk (segment_free):
-    // `memalign-2m` makes and frees 10,000 segments, and two mprotect calls each (with a split
-    // and a merge of the mapping) took 3.9 x the default mode's time.
-    s->free_slices &= ~(uint64_t{1} << (kSlicesPerSegment - 1));
-    if (!g.guarded) os::protect(reinterpret_cast<char*>(s) + kSegmentSize - kSliceSize, kSliceSize, false);
-  }
+  if (g_secure) s->free_slices &= ~(uint64_t{1} << (kSlicesPerSegment - 1));  // the guard (above)
   s->dirty_slices = g.dirty_first | 1;
   if (g.dirty_first & 1) budget_release(kSliceSize);
   s->purge_at_ms = 0;
@@ -719,7 +720,10 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   uintptr_t sb = reinterpret_cast<uintptr_t>(s);
   uintptr_t start = align_up(sb + kSliceSize, align);
   size_t used_len = align_up(start - sb + n, kSliceSize);   // from the segment start
-  if (!os::commit(s, used_len)) {
+  // Secure mode: the guard slice after the block first; where the kernel refuses it (its limit
+  // of mappings) there is no block rather than one without a guard.
+  if (!os::commit(s, used_len) ||
+      (g_secure && !os::protect(reinterpret_cast<char*>(s) + used_len, kSliceSize, false))) {
     arena_free_unused(g, chunks);
     budget_release(charged);
     return nullptr;
@@ -771,7 +775,6 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
     hint_huge(s, start, start + n, n);
     unhint_tail(g, start + n, need);
   }
-  if (g_secure) os::protect(reinterpret_cast<char*>(s) + used_len, kSliceSize, false);
   segmap_set(s, chunks);
   return reinterpret_cast<void*>(start);
 }
@@ -782,10 +785,13 @@ size_t huge_usable(Segment* s, const void* p) noexcept {
 }
 
 // Secure mode: the guard slice after a huge block moves to its new end (huge_grow, huge_shrink).
-static void huge_guard_move(Segment* s, size_t old_used, size_t new_used) {
+// The new guard comes first, so that the block is never without one; false, with the old guard
+// in place, where the kernel refuses the new one (its limit of mappings).
+static bool huge_guard_move(Segment* s, size_t old_used, size_t new_used) {
   char* sb = reinterpret_cast<char*>(s);
-  os::protect(sb + new_used, kSliceSize, false);  // the new guard first: never a block without one
-  os::protect(sb + old_used, kSliceSize, true);   // (in the grown block, or free memory now)
+  if (!os::protect(sb + new_used, kSliceSize, false)) return false;
+  os::protect(sb + old_used, kSliceSize, true);  // (in the grown block, or free memory now)
+  return true;
 }
 
 bool huge_grow(Segment* s, size_t n) noexcept {
@@ -839,7 +845,12 @@ bool huge_grow(Segment* s, size_t n) noexcept {
     s->mapped_size = need;
     segmap_set(s, old_chunks + add);
   }
-  if (g_secure) huge_guard_move(s, old_used, used_len);
+  if (g_secure && !huge_guard_move(s, old_used, used_len)) {
+    // The block keeps its size and its guard; what the growth took (committed memory, chunks)
+    // stays with it as a tail counted committed, as a bigger block's would (huge_len).
+    s->huge_len = len;
+    return false;
+  }
   s->huge_used = used_len;
   s->huge_len = len;
   g_counters.huge_live.fetch_add(used_len - old_used, std::memory_order_relaxed);
@@ -940,7 +951,8 @@ bool huge_shrink(Segment* s, size_t n) noexcept {
   if (used_len >= old_used) return true;
   size_t need = align_up(used_len + guard, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
-  if (g_secure) huge_guard_move(s, old_used, used_len);
+  // Without a guard at the new end the block stays as it is (a shrink may keep the block).
+  if (g_secure && !huge_guard_move(s, old_used, used_len)) return true;
   os::purge(reinterpret_cast<void*>(sb + used_len), old_len - used_len);
   g_counters.purged.fetch_add(old_len - used_len, std::memory_order_relaxed);
   budget_release(old_len - used_len);

@@ -138,6 +138,9 @@ size_t move_pages(void* from, size_t size, void* to) noexcept {
 }
 
 bool protect(void* p, size_t size, bool accessible) noexcept {
+  // A guard splits a mapping, which the kernel refuses past vm.max_map_count (ENOMEM): fault
+  // injection refuses guards too. Taking one away joins mappings and cannot fail so.
+  if (!accessible && inject_fault()) return false;
   ErrnoGuard keep;
   return mprotect(p, size, accessible ? (PROT_READ | PROT_WRITE) : PROT_NONE) == 0;
 }

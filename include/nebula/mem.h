@@ -103,8 +103,8 @@ uint64_t nebula_mem_get_budget(void);
 int nebula_mem_pressure_level_now(void);
 
 /* ---- Test hooks ---------------------------------------------------------------------------
- * Make the allocator's requests to the OS for memory fail on purpose, as if the OS refused:
- * "nth:N" (the N-th request from now), "every:N", "random:N[:SEED]" (chance 1/N), or "off".
+ * Make the allocator's requests to the OS for memory (and, in secure mode, for guard pages)
+ * fail on purpose, as if the OS refused: "nth:N" (the N-th request from now), "every:N", "random:N[:SEED]" (chance 1/N), or "off".
  * Also settable at start with NEBULA_MEM_FAULT_INJECT. Returns 0, or -1 for a bad spec. */
 int nebula_mem_fault_inject(const char* spec);
 /* Requests failed on purpose so far. */

@@ -12,10 +12,16 @@
  *  - no block lies on that guard: large blocks at the highest alignments, whose aligned span
  *    would end on the segment's last slice, are written whole (a 2 MiB block aligned to 2 MiB
  *    took slices 32-63 of a new segment, the guard among them, and its last 64 KiB faulted);
+ *  - a guard that the kernel refuses (past vm.max_map_count a guard's split of a mapping fails
+ *    with ENOMEM; fault injection, which counts guards among the requests to the OS, stands
+ *    in for it) leaves no block without one: huge blocks, their growth in place by realloc and
+ *    new segments either fail (NULL and ENOMEM; realloc keeps the old block, still guarded) or
+ *    come with their guard;
  *  - a class whose blocks are all freed and allocated again, over and over (temporaries),
  *    makes no pages: its page, found with fewer free blocks than 1/8 of it, was passed over for
  *    a new one, and the emptied page was freed (secure pages could not be spares): the loop
  *    below made 5,215 pages, each set up anew (live bits cleared, a shuffled carve). */
+#include <errno.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +33,20 @@
 #include "nebula/mem.h"
 
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); exit(1); } } while (0)
+
+/* Does a write at `at` fault? (In a child, which must die of SIGSEGV.) */
+static int write_faults(char* at) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    *(volatile char*)at = 1;
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+}
+
+#define SEGMENT_OF(p) ((uintptr_t)(p) & ~(uintptr_t)(4 * 1024 * 1024 - 1))
 
 int main(void) {
   CHECK(nebula_mem_is_active());
@@ -166,8 +186,75 @@ int main(void) {
     if (made > 2) fprintf(stderr, "secure_props: %llu small pages made by the loop\n", (unsigned long long)made);
     CHECK(made <= 2);
   }
+  /* guards refused: every other request to the OS fails (random:2, a fixed seed) */
+  {
+    enum { H = 16, S = 40 };
+    char* huge[H];
+    void* segs[S];
+    int refused = 0, made = 0;
+    uint64_t injected = nebula_mem_faults_injected();
+    CHECK(nebula_mem_fault_inject("random:2:7") == 0);
+    for (int k = 0; k < H; k++) {
+      errno = 0;
+      huge[k] = malloc((5u + (unsigned)k % 3) << 20);
+      CHECK(huge[k] != NULL || errno == ENOMEM);
+      refused += huge[k] == NULL;
+    }
+    for (int k = 0; k < S; k++) {
+      int r = posix_memalign(&segs[k], 2u << 20, 100000); /* one segment each */
+      CHECK(r == 0 || r == ENOMEM);
+      if (r != 0) segs[k] = NULL;
+      refused += r != 0;
+    }
+    CHECK(nebula_mem_fault_inject("off") == 0);
+    /* growth in place (the chunks after the newest block are free): the guard moves past the
+       new end, or the block stays as it was, guarded, or moves to a guarded copy */
+    for (int r = 0; r < 12; r++) {
+      char* h = malloc(5u << 20);
+      CHECK(h != NULL);
+      size_t before = nebula_usable_size(h);
+      char spec[32];
+      snprintf(spec, sizeof spec, "random:2:%d", 100 + r);
+      CHECK(nebula_mem_fault_inject(spec) == 0);
+      errno = 0;
+      char* g = realloc(h, 9u << 20);
+      int e = errno;
+      CHECK(nebula_mem_fault_inject("off") == 0);
+      CHECK(g != NULL || e == ENOMEM);
+      if (g == NULL) {
+        refused++;
+        CHECK(nebula_usable_size(h) == before);
+        g = h;
+      }
+      size_t usable = nebula_usable_size(g);
+      memset(g, 5, usable);
+      if (!write_faults(g + usable)) fprintf(stderr, "secure_props: grown block %d has no guard\n", r);
+      CHECK(write_faults(g + usable));
+      free(g);
+    }
+    CHECK(nebula_mem_faults_injected() > injected);
+    CHECK(refused > 0);
+    for (int k = 0; k < H; k++) {
+      if (huge[k] == NULL) continue;
+      made++;
+      size_t usable = nebula_usable_size(huge[k]);
+      memset(huge[k], 4, usable);
+      if (!write_faults(huge[k] + usable)) fprintf(stderr, "secure_props: huge block %d has no guard\n", k);
+      CHECK(write_faults(huge[k] + usable));
+    }
+    for (int k = 0; k < S; k++) {
+      if (segs[k] == NULL) continue;
+      made++;
+      char* guard = (char*)SEGMENT_OF(segs[k]) + 4 * 1024 * 1024 - 64 * 1024;
+      if (!write_faults(guard)) fprintf(stderr, "secure_props: segment of block %d has no guard\n", k);
+      CHECK(write_faults(guard));
+    }
+    CHECK(made > 0);
+    for (int k = 0; k < H; k++) free(huge[k]);
+    for (int k = 0; k < S; k++) free(segs[k]);
+  }
   for (int i = 0; i < N; i++)
     if (i != 10 && i != 11) free(b[i]);
-  printf("secure_props: ok (%d of %d consecutive blocks adjacent, links encoded, guard faults, also after realloc in place, aligned blocks clear of it, no pages made by a loop of temporaries)\n", sequential, N);
+  printf("secure_props: ok (%d of %d consecutive blocks adjacent, links encoded, guard faults, also after realloc in place, aligned blocks clear of it, no block without its guard when guards are refused, no pages made by a loop of temporaries)\n", sequential, N);
   return 0;
 }
