@@ -919,6 +919,7 @@ void* huge_move(Segment* s, size_t n) noexcept {
     if (moved < old_used)
       memcpy(reinterpret_cast<void*>(nb + moved), reinterpret_cast<void*>(sb + moved), old_used - moved);
     os::purge(reinterpret_cast<void*>(sb + moved), old_map - moved);
+    if (old_len > moved) g_counters.purged.fetch_add(old_len - moved, std::memory_order_relaxed);
   }
   if (g.dirty_extent > len) {  // the budget could not count the grant's resident tail
     os::purge(reinterpret_cast<void*>(nb + len), g.dirty_extent - len);
