@@ -327,7 +327,8 @@ Segment* segment_containing(const void* p) noexcept {
   return reinterpret_cast<Segment*>(i << kSegmentShift);
 }
 
-bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept {
+bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
+  const bool segment = use == ChunkUse::kSegment;
   size_t bytes = chunks * kSegmentSize;
   if (bytes > kSoloThreshold) {
     void* p = os::reserve(bytes, kSegmentSize);
@@ -344,7 +345,7 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept {
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
   unsigned k = 0;
   // A segment keeps out of the room behind growing huge blocks while there is room elsewhere.
-  for (int pass = spare_growth ? 0 : 1; pass < 2 && a == nullptr; ++pass) {
+  for (int pass = segment ? 0 : 1; pass < 2 && a == nullptr; ++pass) {
     for (k = 0; k < count; ++k) {
       at = find_run(g_arenas[k], static_cast<unsigned>(chunks), pass == 0);
       if (at >= 0) {
@@ -364,9 +365,8 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept {
   const bool header_reset = (a->header_reset[at / 64] >> (at % 64)) & 1;
   size_t dirty_bytes = 0, dirty_extent = 0;
   bool hinted = false, guarded = false;
-  // (spare_growth is asked for by segment_new only: a segment of one chunk keeps a guard there)
   take_chunks(a, static_cast<unsigned>(at), chunks, &dirty_bytes, &dirty_extent, &hinted,
-              spare_growth && chunks == 1 ? &guarded : nullptr);
+              segment && chunks == 1 ? &guarded : nullptr);
   void* base = reinterpret_cast<void*>(a->base + static_cast<uintptr_t>(at) * kSegmentSize);
   *out = ChunkGrant{base, dirty_first, dirty_bytes == 0, static_cast<uint16_t>(k), false,
                     dirty_bytes, dirty_extent, hinted, header_reset && chunks == 1, guarded};

@@ -491,9 +491,12 @@ struct ChunkGrant {
   bool guarded = false;       // secure mode: one chunk for a segment whose last slice is
                               // inaccessible already (a guard that the last segment there left)
 };
-// `spare_growth` (a segment): keep out of the free chunks behind a huge block that grows (see
-// find_run) while there is room elsewhere.
-bool arena_alloc(size_t chunks, ChunkGrant* out, bool spare_growth) noexcept;
+// What chunks are for. A segment (one chunk) keeps out of the free chunks behind a huge block
+// that grows (see find_run) while there is room elsewhere, and in secure mode keeps the guard
+// slice a segment freed there left (ChunkGrant::guarded); a huge block's run has any guard in
+// it made accessible.
+enum class ChunkUse : uint8_t { kSegment, kHuge };
+bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept;
 // Give a segment's chunks back. Normal segments pass their dirty bitmap; huge segments the
 // length from the segment start that may be resident (dirty_first is then ignored).
 // `header_reset`: a normal segment freed whole (every page descriptor in its reset state).

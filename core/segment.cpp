@@ -183,7 +183,7 @@ Segment* segment_new(Heap* heap) {
   // The header slice becomes committed: charge it first (refunded if it already was).
   if (!budget_charge(kSliceSize)) return nullptr;
   ChunkGrant g;
-  if (!arena_alloc(1, &g, true)) {
+  if (!arena_alloc(1, &g, ChunkUse::kSegment)) {
     budget_release(kSliceSize);
     return nullptr;
   }
@@ -712,7 +712,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   size_t charged = align_up(head + n + slack, kSliceSize);
   if (!budget_charge(charged)) return nullptr;
   ChunkGrant g;
-  if (!arena_alloc(chunks, &g, false)) {
+  if (!arena_alloc(chunks, &g, ChunkUse::kHuge)) {
     budget_release(charged);
     return nullptr;
   }
@@ -890,7 +890,7 @@ void* huge_move(Segment* s, size_t n) noexcept {
   // blocks that grow past what is kept resident (buffers and arrays that keep growing).
   if (arena_free_resident() >= need) return nullptr;
   ChunkGrant g;
-  if (!arena_alloc(chunks, &g, false)) return nullptr;
+  if (!arena_alloc(chunks, &g, ChunkUse::kHuge)) return nullptr;
   // The budget counts the old block's extent and the grant's resident slices. The new block
   // counts its extent, up to the grant's last resident slice where the budget can take it (as
   // in huge_alloc); the grant's slices under the moved run are freed by the move.

@@ -599,7 +599,7 @@ TEST_CASE("huge: new segments leave the chunks behind a growing huge block for i
   std::vector<ChunkGrant> grants;
   for (int i = 0; i < 6; ++i) {
     ChunkGrant g;
-    REQUIRE(arena_alloc(1, &g, true));
+    REQUIRE(arena_alloc(1, &g, ChunkUse::kSegment));
     const uintptr_t b = reinterpret_cast<uintptr_t>(g.base);
     CHECK((b < behind || b >= behind + spared));
     grants.push_back(g);
@@ -623,7 +623,7 @@ ChunkGrant take_chunk_at(uintptr_t want) {
   ChunkGrant found{};
   for (int i = 0; i < 256 && found.base == nullptr; ++i) {
     ChunkGrant g;
-    if (!arena_alloc(1, &g, false)) break;
+    if (!arena_alloc(1, &g, ChunkUse::kHuge)) break;
     if (reinterpret_cast<uintptr_t>(g.base) == want) found = g;
     else others.push_back(g);
   }
@@ -728,7 +728,7 @@ TEST_CASE("huge: a block aligned beyond the chunk size moves no more than its ne
   REQUIRE(chunks < 5);
   // Where the new run will be: the run arena_alloc gives now (every free chunk is clean).
   ChunkGrant probe;
-  REQUIRE(arena_alloc(chunks, &probe, false));
+  REQUIRE(arena_alloc(chunks, &probe, ChunkUse::kHuge));
   const uintptr_t at = reinterpret_cast<uintptr_t>(probe.base);
   arena_free_unused(probe, chunks);
   // The chunks that the old run's remaining 20 MiB would cover there hold data.
