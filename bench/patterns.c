@@ -24,6 +24,8 @@
  *                   of I/O buffers: pages of 8-16 blocks, most allocations find theirs empty)
  *   buf-replace     500,000 replacements in a working set of 1,024 blocks of 8-32 KiB (request
  *                   and compression buffers: medium pages of 2-8 blocks)
+ *   huge-many       5,000 blocks of 4-8 MiB (30 GB of address space, a byte written at each
+ *                   end), then 50,000 of them replaced at random: the search for free chunks
  *   big-heap        8,000,000 blocks of 16-511 bytes built (about 2.3 GiB: a database's or a
  *                   cache's heap), then 10,000,000 of them replaced at random
  *
@@ -262,6 +264,20 @@ static void run(const char *name) {
     replace_random(4096, 500000, 4096, 4096, 0);
   } else if (!strcmp(name, "buf-replace")) {
     replace_random(1024, 500000, 8193, 24576, 0);
+  } else if (!strcmp(name, "huge-many")) {
+    enum { N = 5000, OPS = 50000 };
+    char **a = must(malloc(N * sizeof *a));
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < N + OPS; i++) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      size_t k = i < N ? (size_t)i : (size_t)(x % N), n = (4u << 20) + (x >> 20) % (4u << 20);
+      if (i >= N) free(a[k]);
+      a[k] = must(malloc(n));
+      a[k][0] = 1;
+      a[k][n - 1] = 1;
+    }
+    for (int i = 0; i < N; i++) free(a[i]);
+    free(a);
   } else if (!strcmp(name, "big-heap")) {
     enum { N = 8000000, OPS = 10000000 };
     char **a = must(malloc(N * sizeof *a));

@@ -48,6 +48,9 @@ struct Arena {
   uint64_t guarded[kArenaChunks / 64];      // bitmap: secure mode, chunk whose last slice is
                                             // inaccessible (the guard of a normal segment freed
                                             // whole, kept for the next segment made there)
+  uint32_t no_run;                          // find_run found no free run of this many chunks
+                                            // (UINT32_MAX: none known), and none has been freed
+                                            // since: longer runs need not be looked for
   uint64_t dirty_mask[kArenaChunks];        // free chunks: slices that may be resident
   uint64_t freed_at_ms[kArenaChunks];       // free chunks: when they were freed
 };
@@ -94,6 +97,7 @@ void chunk_set_used(Arena* a, unsigned i, bool v) {
   } else {
     a->used[i / 64] &= ~(uint64_t{1} << (i % 64));
     a->grows[i / 64] &= ~(uint64_t{1} << (i % 64));
+    a->no_run = UINT32_MAX;
   }
 }
 
@@ -140,8 +144,12 @@ bool any_growing(const Arena* a) {
 // stayed resident and idle while segments took new memory (`mstress`, whose blocks of 2-4 MiB
 // are never grown: peak RSS +4%). Only segments are kept out: huge blocks kept out too, `large`
 // (buffers of 5-25 MiB, some grown once by half) took new memory for them (peak RSS +15%).
-int find_run(const Arena* a, unsigned n, bool spare_growth) {
-  if (a->free_count < n || n == 0) return -1;
+// An arena where a search found no run of n chunks is not searched again for n or more until
+// chunks are freed in it (Arena::no_run): a process with 30 GiB of huge blocks (5,000 of 4-8 MiB,
+// 30 arenas) read every chunk of every full arena before reaching one with room, 31% of its
+// samples in a program that replaces them at random.
+int find_run(Arena* a, unsigned n, bool spare_growth) {
+  if (a->free_count < n || n == 0 || n >= a->no_run) return -1;
   if (n == 1 && !(spare_growth && any_growing(a))) return find_one(a);
   const unsigned full = n * 64;
   int best = -1;
@@ -171,6 +179,7 @@ int find_run(const Arena* a, unsigned n, bool spare_growth) {
       if (score == full) break;
     }
   }
+  if (best < 0 && !spare_growth) a->no_run = n;  // (n < no_run: checked above)
   return best;
 }
 
@@ -227,6 +236,7 @@ Arena* arena_create() {
   a->base = reinterpret_cast<uintptr_t>(base);
   a->chunks = static_cast<uint32_t>(size / kSegmentSize);
   a->free_count = a->chunks;
+  a->no_run = UINT32_MAX;
   g_counters.reserved.fetch_add(size, std::memory_order_relaxed);
   g_arenas[count] = a;
   g_arena_count.store(count + 1, std::memory_order_release);
@@ -552,6 +562,11 @@ bool arena_contains(uintptr_t addr) noexcept {
     if (addr >= a->base && addr < a->base + static_cast<uintptr_t>(a->chunks) * kSegmentSize) return true;
   }
   return false;
+}
+
+uint32_t arena_no_run(unsigned index) noexcept {
+  LockGuard guard(g_arena_lock);
+  return index < g_arena_count.load(std::memory_order_relaxed) ? g_arenas[index]->no_run : UINT32_MAX;
 }
 
 void arenas_fork_prepare() noexcept { g_arena_lock.lock(); }

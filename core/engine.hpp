@@ -523,6 +523,9 @@ void arena_free_tail(Segment* s, size_t keep, size_t chunks) noexcept;
 // Give back a grant that never became a segment (a commit failed).
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept;
 bool arena_contains(uintptr_t a) noexcept;
+// The length of run that the last search of arena `index` found missing, UINT32_MAX if none is
+// known (find_run's cache; for tests).
+uint32_t arena_no_run(unsigned index) noexcept;
 // Calls fn for every live segment of every arena, under the arena lock: no segment header can
 // be reused while fn runs (its owner may still change its pages). Solo huge blocks are not seen.
 void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept;

@@ -868,3 +868,59 @@ TEST_CASE("os::move_pages: moves the pages without copying them and leaves the s
   os::release(to, 4 * mib);
   os::release(to + 6 * mib, 2 * mib);
 }
+
+// A search of an arena that found no run of n chunks is not repeated for n or more until
+// chunks are freed there (a process with 30 GiB of huge blocks read every chunk of every full
+// arena for each new block): the arena remembers the length, a free forgets it, and the run the
+// free made is found again.
+TEST_CASE("huge: an arena with no run of n chunks is skipped until a chunk is freed in it") {
+  settle();
+  // Single chunks come from the first arena with a free one: take them all.
+  std::vector<ChunkGrant> mine;
+  ChunkGrant g;
+  REQUIRE(arena_alloc(1, &g, ChunkUse::kHuge));
+  const unsigned arena = g.arena_index;
+  mine.push_back(g);
+  for (;;) {
+    REQUIRE(arena_alloc(1, &g, ChunkUse::kHuge));
+    if (g.arena_index != arena) {
+      arena_free_unused(g, 1);
+      break;
+    }
+    mine.push_back(g);
+  }
+  REQUIRE(mine.size() >= 3);
+  std::sort(mine.begin(), mine.end(), [](const ChunkGrant& a, const ChunkGrant& b) { return a.base < b.base; });
+  // Every other one back: the arena's free chunks are single ones between used ones.
+  std::vector<ChunkGrant> kept;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    if (i % 2 == 0) arena_free_unused(mine[i], 1);
+    else kept.push_back(mine[i]);
+  }
+  ChunkGrant two;
+  REQUIRE(arena_alloc(2, &two, ChunkUse::kHuge));
+  CHECK(two.arena_index != arena);
+  CHECK(arena_no_run(arena) == 2);  // searched and found wanting
+  // A freed chunk between two free ones makes a run of three there.
+  size_t mid = SIZE_MAX;
+  for (size_t i = 1; i + 1 < mine.size(); i += 2) {
+    const auto at = [&](size_t k) { return reinterpret_cast<uintptr_t>(mine[k].base); };
+    if (at(i) - at(i - 1) == kSegmentSize && at(i + 1) - at(i) == kSegmentSize) {
+      mid = i;
+      break;
+    }
+  }
+  REQUIRE(mid != SIZE_MAX);
+  arena_free_unused(mine[mid], 1);
+  CHECK(arena_no_run(arena) == UINT32_MAX);
+  ChunkGrant again;
+  REQUIRE(arena_alloc(2, &again, ChunkUse::kHuge));
+  CHECK(again.arena_index == arena);
+  const uintptr_t b = reinterpret_cast<uintptr_t>(again.base);
+  CHECK((b == reinterpret_cast<uintptr_t>(mine[mid - 1].base) || b == reinterpret_cast<uintptr_t>(mine[mid].base)));
+  arena_free_unused(again, 2);
+  arena_free_unused(two, 2);
+  for (const ChunkGrant& k : kept)
+    if (k.base != mine[mid].base) arena_free_unused(k, 1);
+  settle();
+}
