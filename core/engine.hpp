@@ -526,6 +526,9 @@ bool arena_contains(uintptr_t a) noexcept;
 // The length of run that the last search of arena `index` found missing, UINT32_MAX if none is
 // known (find_run's cache; for tests).
 uint32_t arena_no_run(unsigned index) noexcept;
+// Purge the free chunk with resident slices that was freed longest ago, as a free over the
+// resident limit does; false if there is none (for tests).
+bool arena_purge_oldest() noexcept;
 // Calls fn for every live segment of every arena, under the arena lock: no segment header can
 // be reused while fn runs (its owner may still change its pages). Solo huge blocks are not seen.
 void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept;

@@ -924,3 +924,63 @@ TEST_CASE("huge: an arena with no run of n chunks is skipped until a chunk is fr
     if (k.base != mine[mid].base) arena_free_unused(k, 1);
   settle();
 }
+
+// A free that takes the resident free chunks over their limit purges the one freed longest ago,
+// whichever arena holds it. Each arena keeps only a lower bound of its oldest (exact after a
+// read), so a bound left low by a chunk taken again must not win over an older chunk elsewhere.
+TEST_CASE("huge: the free chunk freed longest ago is purged first, across arenas") {
+  settle();
+  while (arena_purge_oldest()) {  // (nothing resident is free now: every bound becomes exact)
+  }
+  std::vector<ChunkGrant> mine;
+  ChunkGrant g, other;
+  REQUIRE(arena_alloc(1, &g, ChunkUse::kHuge));
+  const unsigned first_arena = g.arena_index;
+  mine.push_back(g);
+  for (;;) {  // every free chunk of the first arena with one, then one of the next
+    REQUIRE(arena_alloc(1, &other, ChunkUse::kHuge));
+    if (other.arena_index != first_arena) break;
+    mine.push_back(other);
+  }
+  REQUIRE(mine.size() >= 2);
+  ChunkGrant x1 = mine[0], x2 = mine[1];
+  for (size_t i = 2; i < mine.size(); ++i) arena_free_unused(mine[i], 1);  // clean: no purge due
+  // Free a chunk with slices 1-3 resident, as a normal segment holding them would.
+  const uint64_t dirty = 0xe;
+  auto free_dirty = [&](const ChunkGrant& c) {
+    // Nothing resident but what is written here (the grant's resident slices go back first).
+    REQUIRE(madvise(c.base, kSegmentSize, MADV_DONTNEED) == 0);
+    budget_release(c.dirty_bytes);
+    auto* s = static_cast<Segment*>(c.base);
+    s->solo = 0;
+    s->kind = SegmentKind::kNormal;
+    s->arena_index = c.arena_index;
+    for (unsigned k = 1; k <= 3; ++k) static_cast<char*>(c.base)[k * kSliceSize] = 1;
+    REQUIRE(budget_charge(3 * kSliceSize));
+    arena_free(s, 1, dirty, 0);
+  };
+  auto resident = [](const ChunkGrant& c) {
+    return resident_bytes(reinterpret_cast<uintptr_t>(c.base) + kSliceSize, 3 * kSliceSize);
+  };
+  free_dirty(x1);  // t0: the first arena's bound
+  usleep(3000);
+  ChunkGrant again;
+  REQUIRE(arena_alloc(1, &again, ChunkUse::kHuge));  // the most resident free chunk of that arena
+  REQUIRE(again.base == x1.base);                     // taken again: the bound stays at t0
+  usleep(3000);
+  free_dirty(other);  // t1, in the other arena
+  usleep(3000);
+  free_dirty(x2);  // t2 > t1, in the first arena (bound t0)
+  // (a byte written in each slice: an OS page each, or a huge page where the chunk kept a
+  // huge-page request from a block before)
+  REQUIRE(resident(other) != 0);
+  REQUIRE(resident(x2) != 0);
+  REQUIRE(arena_purge_oldest());
+  CHECK(resident(other) == 0);  // t1 first
+  CHECK(resident(x2) != 0);
+  REQUIRE(arena_purge_oldest());
+  CHECK(resident(x2) == 0);
+  again.dirty_bytes = 0;  // (its slices were counted committed when it was freed dirty: give them back)
+  arena_free_unused(again, 1);
+  settle();
+}
