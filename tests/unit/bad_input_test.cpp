@@ -58,10 +58,16 @@ TEST_CASE("bad input: free of an interior pointer of a huge block aborts") {
   REQUIRE(h != nullptr);
   void* p1 = h + 4096;                  // in the segment's first chunk
   void* p2 = h + (size_t{6} << 20);     // in an interior chunk
+  void* p3 = h + (size_t{1} << 20);     // in the first chunk, a slice whose descriptor a header
+                                        // of clean memory leaves 0 (huge_header)
   ChildResult r1 = run_child([p1] { nebula_free(p1); });
   expect_abort(r1, p1, "free", "middle of a huge block");
   ChildResult r2 = run_child([p2] { nebula_free(p2); });
   expect_abort(r2, p2, "free", "middle of a huge block");
+  ChildResult r3 = run_child([p3] { nebula_free(p3); });
+  expect_abort(r3, p3, "free", "middle of a huge block");
+  ChildResult r4 = run_child([p3] { (void)nebula_realloc(p3, 100); });
+  expect_abort(r4, p3, "realloc", "middle of a huge block");
   nebula_free(h);
 }
 
