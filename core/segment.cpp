@@ -535,13 +535,19 @@ void heap_purge_excess(Heap* heap) noexcept {
     if (take == 0) s->purge_at_ms = 0;  // nothing free and resident is left in it
     else purge_slices(s, take);        // clears purge_at_ms once none is left
   };
-  for (unsigned picked = 0; purge != 0 && picked < kPurgeExcessScan; ++picked) {
-    Segment* oldest = nullptr;
-    for (Segment* s = heap->segments; s != nullptr; s = s->next)
-      if (s->purge_at_ms != 0 && (oldest == nullptr || s->purge_at_ms < oldest->purge_at_ms)) oldest = s;
-    if (oldest == nullptr) return;
-    purge_from(oldest);
+  // The oldest, in one read of the list (it read the list once per pick: a heap of 1,000
+  // segments read 16,000 headers in a pass). purge_from takes all of a segment's free resident
+  // slices before the next one, so the picks are distinct and in the order of their times.
+  Segment* oldest[kPurgeExcessScan];
+  unsigned picked = 0;
+  for (Segment* s = heap->segments; s != nullptr; s = s->next) {
+    if (s->purge_at_ms == 0) continue;
+    if (picked == kPurgeExcessScan && s->purge_at_ms >= oldest[picked - 1]->purge_at_ms) continue;
+    unsigned i = picked < kPurgeExcessScan ? picked++ : picked - 1;
+    for (; i > 0 && s->purge_at_ms < oldest[i - 1]->purge_at_ms; --i) oldest[i] = oldest[i - 1];
+    oldest[i] = s;
   }
+  for (unsigned i = 0; i < picked && purge != 0; ++i) purge_from(oldest[i]);
   for (Segment* s = heap->segments; s != nullptr && purge != 0; s = s->next)
     if (s->purge_at_ms != 0) purge_from(s);
 }

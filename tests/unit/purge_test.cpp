@@ -1,5 +1,7 @@
 // tests/unit/purge_test.cpp: giving memory back to the OS: free chunks of the arenas and free
 // slices of live segments are purged (madvise) and leave the committed count.
+#include <algorithm>
+#include <set>
 #include <vector>
 
 #include "core/options.hpp"
@@ -299,6 +301,63 @@ TEST_CASE("purge: a heap that let go of most of its memory purges the excess at 
     pass();  // nothing beyond the float is left
     CHECK(g_counters.purged.load() == p0);
     for (void* p : live) CHECK(static_cast<uint8_t*>(p)[777] != 0);  // live blocks untouched
+    for (void* p : live) dealloc(p);
+  });
+  REQUIRE(option_set(Option::kPurgeDelay, delay0));
+  settle();
+}
+
+// The excess goes from the segments whose free slices have waited longest (the earliest purge
+// times) first: kPurgeExcessScan of them, picked in one read of the segment list, then the rest
+// in list order. Here the times run against the list order, so a pick by list order would
+// purge the wrong ones.
+TEST_CASE("purge: an excess is taken first from the segments whose free slices waited longest") {
+  settle();
+  const int64_t delay0 = option(Option::kPurgeDelay);
+  REQUIRE(option_set(Option::kPurgeDelay, 3600000));  // no purge comes from the delay here
+  Worker w;
+  w.run([&] {
+    ensure_heap();
+    Heap* h = t_heap;
+    std::vector<void*> v, live;
+    while (h->segment_count < kPurgeExcessScan + 8) {
+      v.push_back(alloc(64 * 1024));
+      REQUIRE(v.back() != nullptr);
+      memset(v.back(), 0x77, 64 * 1024);
+    }
+    std::set<Segment*> segs;
+    for (void* p : v) {
+      if (segs.insert(segment_of(p)).second) live.push_back(p);  // one survivor per segment
+      else dealloc(p);
+    }
+    spare_flush(h);  // (spare pages go back to their segments as free slices)
+    // Purge times that grow along the list: the list's last segments waited longest.
+    std::vector<Segment*> order;
+    for (Segment* s = h->segments; s != nullptr; s = s->next) order.push_back(s);
+    const uint64_t t0 = os::clock_ms() + 3600000;
+    for (size_t i = 0; i < order.size(); ++i)
+      if (order[i]->purge_at_ms != 0) order[i]->purge_at_ms = t0 + (order.size() - i);
+    std::vector<Segment*> by_age;
+    for (Segment* s : order)
+      if (s->purge_at_ms != 0 && (s->free_slices & s->dirty_slices & ~uint64_t{1}) != 0) by_age.push_back(s);
+    std::sort(by_age.begin(), by_age.end(), [](Segment* a, Segment* b) { return a->purge_at_ms < b->purge_at_ms; });
+    REQUIRE(by_age.size() > kPurgeExcessScan);
+    // The excess covers what the oldest kPurgeExcessScan hold: they give all of it, and the
+    // float stays in the youngest that the list pass reaches last (here the list's first).
+    auto held = [](Segment* s) { return static_cast<unsigned>(popcount64(s->free_slices & s->dirty_slices & ~uint64_t{1})); };
+    unsigned oldest_hold = 0;
+    for (unsigned i = 0; i < kPurgeExcessScan; ++i) oldest_hold += held(by_age[i]);
+    unsigned in_spans = 0;
+    for (Segment* s = h->segments; s != nullptr; s = s->next)
+      in_spans += kSlicesPerSegment - 1 - static_cast<unsigned>(popcount64(s->free_slices & ~uint64_t{1}));
+    const uint32_t allow = kFreeFloatFloor + in_spans / kFreeFloatDiv + h->large_slices / kUnfitSlackDiv;
+    REQUIRE(h->resident_free_slices > allow + oldest_hold);
+    heap_purge_excess(h);
+    unsigned left = 0;
+    for (unsigned i = 0; i < kPurgeExcessScan; ++i) left += held(by_age[i]);
+    CHECK(left == 0);
+    CHECK(h->resident_free_slices == allow);
+    CHECK(check_heap_invariants(h) == 0);
     for (void* p : live) dealloc(p);
   });
   REQUIRE(option_set(Option::kPurgeDelay, delay0));
