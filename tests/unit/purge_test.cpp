@@ -13,6 +13,29 @@ using namespace unit;
 namespace {
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr size_t kBlocks = 1024;  // 64 MiB of 64 KiB blocks
+
+// fn(heap) on a new thread, with a purge delay so long that no purge comes from it.
+template <class Fn>
+void with_heap_no_delay(Fn fn) {
+  settle();
+  const int64_t delay0 = option(Option::kPurgeDelay);
+  REQUIRE(option_set(Option::kPurgeDelay, 3600000));
+  Worker w;
+  w.run([&] {
+    ensure_heap();
+    fn(t_heap);
+  });
+  REQUIRE(option_set(Option::kPurgeDelay, delay0));
+  settle();
+}
+
+// The slices of the heap's segments that are in spans.
+unsigned slices_in_spans(const Heap* h) {
+  unsigned n = 0;
+  for (Segment* s = h->segments; s != nullptr; s = s->next)
+    n += kSlicesPerSegment - 1 - static_cast<unsigned>(popcount64(s->free_slices & ~uint64_t{1}));
+  return n;
+}
 }  // namespace
 
 TEST_CASE("purge: 64 MiB freed then trimmed leaves the committed count and the RSS") {
@@ -231,19 +254,8 @@ TEST_CASE("purge: a segment made on a resident chunk purges the free slices it c
 // waiting for their purge delay; the float stays for the next phase to reuse. A heap whose free
 // slices stay within the float (one that churns) keeps them all until their delay.
 TEST_CASE("purge: a heap that let go of most of its memory purges the excess at its next pass") {
-  settle();
-  const int64_t delay0 = option(Option::kPurgeDelay);
-  REQUIRE(option_set(Option::kPurgeDelay, 3600000));  // no purge comes from the delay here
-  Worker w;
-  w.run([&] {
-    ensure_heap();
-    Heap* h = t_heap;
-    auto in_spans = [&] {
-      unsigned n = 0;
-      for (Segment* s = h->segments; s != nullptr; s = s->next)
-        n += kSlicesPerSegment - 1 - static_cast<unsigned>(popcount64(s->free_slices & ~uint64_t{1}));
-      return n;
-    };
+  with_heap_no_delay([](Heap* h) {
+    auto in_spans = [h] { return slices_in_spans(h); };
     auto pass = [&] {
       h->next_maintenance_ms = 0;
       heap_maintenance(h, false);
@@ -303,8 +315,6 @@ TEST_CASE("purge: a heap that let go of most of its memory purges the excess at 
     for (void* p : live) CHECK(static_cast<uint8_t*>(p)[777] != 0);  // live blocks untouched
     for (void* p : live) dealloc(p);
   });
-  REQUIRE(option_set(Option::kPurgeDelay, delay0));
-  settle();
 }
 
 // The excess goes from the segments whose free slices have waited longest (the earliest purge
@@ -312,13 +322,7 @@ TEST_CASE("purge: a heap that let go of most of its memory purges the excess at 
 // in list order. Here the times run against the list order, so a pick by list order would
 // purge the wrong ones.
 TEST_CASE("purge: an excess is taken first from the segments whose free slices waited longest") {
-  settle();
-  const int64_t delay0 = option(Option::kPurgeDelay);
-  REQUIRE(option_set(Option::kPurgeDelay, 3600000));  // no purge comes from the delay here
-  Worker w;
-  w.run([&] {
-    ensure_heap();
-    Heap* h = t_heap;
+  with_heap_no_delay([](Heap* h) {
     std::vector<void*> v, live;
     while (h->segment_count < kPurgeExcessScan + 8) {
       v.push_back(alloc(64 * 1024));
@@ -347,10 +351,7 @@ TEST_CASE("purge: an excess is taken first from the segments whose free slices w
     auto held = [](Segment* s) { return static_cast<unsigned>(popcount64(s->free_slices & s->dirty_slices & ~uint64_t{1})); };
     unsigned oldest_hold = 0;
     for (unsigned i = 0; i < kPurgeExcessScan; ++i) oldest_hold += held(by_age[i]);
-    unsigned in_spans = 0;
-    for (Segment* s = h->segments; s != nullptr; s = s->next)
-      in_spans += kSlicesPerSegment - 1 - static_cast<unsigned>(popcount64(s->free_slices & ~uint64_t{1}));
-    const uint32_t allow = kFreeFloatFloor + in_spans / kFreeFloatDiv + h->large_slices / kUnfitSlackDiv;
+    const uint32_t allow = kFreeFloatFloor + slices_in_spans(h) / kFreeFloatDiv + h->large_slices / kUnfitSlackDiv;
     REQUIRE(h->resident_free_slices > allow + oldest_hold);
     heap_purge_excess(h);
     unsigned left = 0;
@@ -360,6 +361,4 @@ TEST_CASE("purge: an excess is taken first from the segments whose free slices w
     CHECK(check_heap_invariants(h) == 0);
     for (void* p : live) dealloc(p);
   });
-  REQUIRE(option_set(Option::kPurgeDelay, delay0));
-  settle();
 }
