@@ -45,6 +45,43 @@ void free_all(Pages& st) {
     for (void* b : v) dealloc(b);
 }
 
+// The owner frees the first `count` blocks (of n bytes) of its full page p: they wait in the
+// heap's cache of the class, marked, the page still counting them handed out; the direct table
+// points at the cache once it holds count blocks (fcache_direct_min), and malloc takes them
+// back on its fast path, the last freed first. blocks[0..count) hold the blocks taken back.
+void cache_round_trip(Page* p, std::vector<void*>& blocks, size_t n, uint32_t count) {
+  Heap* h = t_heap;
+  const unsigned cls = size_to_class(n);
+  REQUIRE(page_flags(p) == kPageInFull);
+  CHECK(p->fast_magic == 0);  // every free of a full page takes the generic path
+  REQUIRE(count == fcache_direct_min(cls));
+  REQUIRE(count > 1);
+  REQUIRE(count < blocks.size());
+  const uint32_t used0 = p->used;
+  const uint64_t live0 = stats().live_bytes;
+  for (uint32_t i = 0; i < count; ++i) {
+    dealloc(blocks[i]);
+    CHECK(fcache_held(h, cls) == i + 1);
+    CHECK(in_foreign_cache(p, static_cast<Block*>(blocks[i])));  // the cache's mark
+  }
+  CHECK(p->used == used0);  // still handed out, as far as the page knows
+  CHECK(page_flags(p) == kPageInFull);
+  CHECK(p->free == nullptr);
+  CHECK(p->local_free == nullptr);
+  CHECK(stats().live_bytes + count * kClassSize[cls] == live0);  // a cached block is not live
+  const size_t slot = (n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift;
+  CHECK(h->direct2[slot] == &h->fc->page[cls]);
+  CHECK(check_heap_invariants(h) == 0);
+  const uint64_t g0 = h->stats.generic_calls;
+  std::vector<void*> back;
+  for (uint32_t i = 0; i < count; ++i) back.push_back(alloc(n));
+  for (uint32_t i = 0; i < count; ++i) CHECK(back[i] == blocks[count - 1 - i]);
+  CHECK(h->stats.generic_calls == g0);  // all on the fast path
+  CHECK(fcache_held(h, cls) == 0);
+  CHECK(p->used == used0);
+  for (uint32_t i = 0; i < count; ++i) blocks[i] = back[i];  // (what is live now)
+}
+
 }  // namespace
 
 // Smaller classes keep the page's own lists: a 3000-byte block freed into a full page goes to
@@ -96,27 +133,8 @@ TEST_CASE("class caches: a medium class of 20 KiB caches the owner's frees into 
     void* other = alloc(n);  // the page is full: this one comes from the next page
     REQUIRE(page_of_ptr(other) != p);
     Heap* h = t_heap;
-    REQUIRE(page_flags(p) == kPageInFull);
-    const uint32_t used0 = p->used;
     REQUIRE(fcache_direct_min(cls) == 2);
-    REQUIRE(p->reserved > 2);
-    dealloc(blocks[0]);
-    dealloc(blocks[1]);
-    CHECK(fcache_held(h, cls) == 2);
-    CHECK(p->used == used0);  // still handed out, as far as the page knows
-    CHECK(page_flags(p) == kPageInFull);
-    const size_t slot = (n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift;
-    CHECK(h->direct2[slot] == &h->fc->page[cls]);
-    CHECK(check_heap_invariants(h) == 0);
-    const uint64_t g0 = h->stats.generic_calls;
-    void* a = alloc(n);
-    void* b = alloc(n);
-    CHECK(a == blocks[1]);
-    CHECK(b == blocks[0]);
-    CHECK(h->stats.generic_calls == g0);  // on the fast path
-    blocks[0] = a;  // (what is live now, whatever the checks found)
-    blocks[1] = b;
-    CHECK(fcache_held(h, cls) == 0);
+    cache_round_trip(p, blocks, n, 2);
     for (void* b : blocks) dealloc(b);
     dealloc(other);
     trim(0);
@@ -132,30 +150,8 @@ TEST_CASE("class caches: the owner's frees into full pages wait in the cache, an
     Pages st = fill_three_pages(kSize);
     Heap* h = t_heap;  // (the thread's heap exists from its first malloc)
     Page* p = st.page[0];
-    REQUIRE(page_flags(p) == kPageInFull);
-    CHECK(p->fast_magic == 0);  // every free of a full page takes the generic path
-    const uint32_t used0 = p->used;
-    const uint64_t live0 = stats().live_bytes;
-    const uint32_t want = fcache_direct_min(cls);
-    REQUIRE(want > 1);
-    REQUIRE(want < st.blocks[0].size());
-    for (uint32_t i = 0; i < want; ++i) {
-      dealloc(st.blocks[0][i]);
-      CHECK(fcache_held(h, cls) == i + 1);
-      CHECK(in_foreign_cache(p, static_cast<Block*>(st.blocks[0][i])));  // the cache's mark
-    }
-    CHECK(p->used == used0);  // still handed out, as far as the page knows
-    CHECK(p->free == nullptr);
-    CHECK(p->local_free == nullptr);
-    CHECK(stats().live_bytes + want * kClassSize[cls] == live0);  // a cached block is not live
+    cache_round_trip(p, st.blocks[0], kSize, fcache_direct_min(cls));  // half the limit
     const size_t slot = (kSize + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift;
-    CHECK(h->direct2[slot] == &h->fc->page[cls]);  // half the limit: malloc pops the cache
-    CHECK(check_heap_invariants(h) == 0);
-    const uint64_t g0 = h->stats.generic_calls;
-    for (uint32_t i = want; i-- > 0;) CHECK(alloc(kSize) == st.blocks[0][i]);
-    CHECK(h->stats.generic_calls == g0);  // all on the fast path
-    CHECK(fcache_held(h, cls) == 0);
-    CHECK(p->used == used0);
     // The cache ran dry: the next block comes from the pages again, and the table follows.
     void* q = alloc(kSize);
     CHECK(page_of_ptr(q) != p);
