@@ -1010,7 +1010,7 @@ TEST_CASE("huge: a block on clean chunks leaves its header's other descriptor pa
 }
 
 // A huge block made on chunks where an earlier block asked for huge pages: the flag comes off
-// its whole run before its header is written, so the header slice is not faulted in as part of
+// the 2 MiB that hold its header before the header is written, so the header slice is not faulted in as part of
 // a 2 MiB page (it was: 64 KiB of header resident instead of one OS page, with the rest of the
 // huge page). Where the kernel has no huge page to give, both codes pass.
 TEST_CASE("huge: a block on chunks an earlier block asked huge pages for keeps its header small") {
