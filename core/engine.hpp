@@ -485,7 +485,6 @@ struct ChunkGrant {
   bool solo;
   size_t dirty_bytes;     // bytes of the run that may be resident (already counted committed)
   size_t dirty_extent;    // offset of the end of the last such slice
-  bool hinted = false;    // some chunk of the run was asked for transparent huge pages
   bool header_reset = false;  // one chunk whose first slice holds a normal segment's header,
                               // its descriptors all reset (valid while that slice is resident)
   bool guarded = false;       // secure mode: one chunk for a segment whose last slice is
@@ -510,10 +509,14 @@ uint64_t arena_next_purge_ms() noexcept;
 // bytes of them that may be resident (counted committed already) and the end of the last such
 // slice from the first added chunk.
 bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size_t* dirty_extent) noexcept;
-// Remember (on) or forget that the chunks over [lo, hi) of an arena were asked for transparent
-// huge pages: the mapping keeps that flag after the block is freed, and a segment made there
-// later takes it off (a segment's first touch would fault in 2 MiB instead of 4 KiB).
-void arena_set_hinted(uintptr_t lo, uintptr_t hi, bool on) noexcept;
+// Set (on) or take off the request for transparent huge pages on [lo, hi), 2 MiB aligned, of
+// chunks of arena `index` that the caller holds in a live segment. The arena keeps the flag's
+// state per 2 MiB: the mapping keeps the flag after the block is freed (a segment made there
+// later takes it off: its first touch of a slice would fault in 2 MiB instead of 4 KiB), and
+// only the 2 MiB pieces whose flag may differ from the one asked for are advised.
+void arena_thp(unsigned index, uintptr_t lo, uintptr_t hi, bool on) noexcept;
+// [lo, hi) may or may not carry the flag now (pages moved in with another mapping's flag).
+void arena_thp_unsure(unsigned index, uintptr_t lo, uintptr_t hi) noexcept;
 // Bytes resident in free chunks (a relaxed read: a hint).
 size_t arena_free_resident() noexcept;
 // Mark a huge segment's chunks as those of a block that grows (see find_run).
@@ -526,6 +529,9 @@ bool arena_contains(uintptr_t a) noexcept;
 // The length of run that the last search of arena `index` found missing, UINT32_MAX if none is
 // known (find_run's cache; for tests).
 uint32_t arena_no_run(unsigned index) noexcept;
+// What arena `index` knows of the huge-page flag on the 2 MiB at addr: 0 not set, 1 set, 2 either
+// (for tests).
+int arena_thp_state(unsigned index, uintptr_t addr) noexcept;
 // Purge the free chunk with resident slices that was freed longest ago, as a free over the
 // resident limit does; false if there is none (for tests).
 bool arena_purge_oldest() noexcept;
@@ -545,6 +551,7 @@ struct GlobalCounters {
   std::atomic<size_t> committed_peak{0};
   std::atomic<size_t> purged{0};          // bytes given back to the OS with purge
   std::atomic<size_t> purge_calls{0};
+  std::atomic<size_t> thp_calls{0};       // calls that set or took off the huge-page flag
   std::atomic<size_t> punched{0};         // of purged: free blocks of live pages (page_punch)
   std::atomic<size_t> refilled{0};        // of those, carved again (page_refill_holes)
   std::atomic<size_t> reserved{0};        // address space reserved from the OS

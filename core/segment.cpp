@@ -188,12 +188,9 @@ Segment* segment_new(Heap* heap) {
     return nullptr;
   }
   auto* s = static_cast<Segment*>(g.base);
-  if (g.hinted) {
-    // A huge block here asked for transparent huge pages, and the mapping kept the flag: this
-    // segment's first touch of a slice would fault in 2 MiB (`mstress`: 1-3 MiB more at its peak).
-    os::huge_unhint(s, kSegmentSize);
-    arena_set_hinted(reinterpret_cast<uintptr_t>(s), reinterpret_cast<uintptr_t>(s) + kSegmentSize, false);
-  }
+  // Where a huge block asked for transparent huge pages, the mapping kept the flag: this
+  // segment's first touch of a slice would fault in 2 MiB (`mstress`: 1-3 MiB more at its peak).
+  arena_thp(g.arena_index, reinterpret_cast<uintptr_t>(s), reinterpret_cast<uintptr_t>(s) + kSegmentSize, false);
   // Secure mode: a guard between segments, the chunk's last slice, never handed out and never
   // accessible. A segment freed whole leaves it in place for the next one made on its chunk
   // (segment_free): `memalign-2m` makes and frees 10,000 segments, and two mprotect calls each
@@ -654,24 +651,24 @@ bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept {
 
 // ---- Huge blocks: a segment of their own --------------------------------------------------
 // Ask for transparent huge pages on the whole 2 MiB pages of [from, end) of a block of n bytes;
-// the arena remembers its chunks, so that a segment made there later takes the flag off.
+// the arena keeps the flag's state, so that a segment made there later takes it off.
 static void hint_huge(const Segment* s, uintptr_t from, uintptr_t end, size_t n) {
   if (n < (size_t{2} << 20) || !option_bool(Option::kHugePages)) return;
   uintptr_t lo = align_up(from, size_t{2} << 20);
   uintptr_t hi = end & ~((uintptr_t{2} << 20) - 1);
   if (hi <= lo) return;
-  os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
-  if (!s->solo) arena_set_hinted(lo, hi, true);
+  if (s->solo) os::huge_hint(reinterpret_cast<void*>(lo), hi - lo);
+  else arena_thp(s->arena_index, lo, hi, true);
 }
 
 // A huge block made on chunks an earlier block asked huge pages for: past the 2 MiB pages it
 // asks for itself, the flag comes off, so that a write near its end does not fault in memory
-// beyond it.
+// beyond it. (A solo mapping is new: no flag.)
 static void unhint_tail(const ChunkGrant& g, uintptr_t block_end, size_t need) {
-  if (!g.hinted) return;
+  if (g.solo) return;
   uintptr_t from = block_end & ~((uintptr_t{2} << 20) - 1);
   uintptr_t end = reinterpret_cast<uintptr_t>(g.base) + need;
-  if (from < end) os::huge_unhint(reinterpret_cast<void*>(from), end - from);
+  if (from < end) arena_thp(g.arena_index, from, end, false);
 }
 
 // The header of a huge segment made on grant g: one block at `start`, `used_len` bytes from
@@ -764,7 +761,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   // chunk was faulted in as a 2 MiB page (a 5 MiB block made where a 13 MiB one had been: 64 KiB
   // of header resident instead of 4, and the rest of the huge page with it; `patterns
   // huge-many`: peak RSS 354-372 -> 316 MB).
-  if (g.hinted) os::huge_unhint(reinterpret_cast<void*>(sb), zero ? need : align_up(start, size_t{2} << 20) - sb);
+  if (!g.solo) arena_thp(g.arena_index, sb, zero ? sb + need : align_up(start, size_t{2} << 20), false);
   huge_header(s, g, chunks, need, start, used_len, dirty_len);
   g_counters.huge_live.fetch_add(used_len, std::memory_order_relaxed);
   if (zero && !g.all_clean) {
@@ -896,10 +893,8 @@ void* huge_move(Segment* s, size_t n) noexcept {
   size_t old_used = s->huge_used, old_len = s->huge_len, old_map = s->mapped_size;
   size_t old_chunks = s->chunk_count;
   if (used_len <= old_used) return nullptr;
-  // The header moves with the block: what releases the old run is read now. (Its `hinted`: the
-  // huge-page flag of the mapping, which moves with its pages.)
-  bool old_hinted = old_map >= (size_t{4} << 20) && option_bool(Option::kHugePages);
-  ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0, old_hinted};
+  // The header moves with the block: what releases the old run is read now.
+  ChunkGrant old{s, 0, true, s->arena_index, s->solo != 0, 0, 0};
   size_t need = align_up(used_len, kSegmentSize);
   size_t chunks = need >> kSegmentShift;
   // Where free chunks hold enough resident memory for the new block, copying into them costs no
@@ -951,8 +946,9 @@ void* huge_move(Segment* s, size_t n) noexcept {
   arena_free_unused(old, old_chunks);  // clean: everything resident moved or was purged
   // It outgrew its room once: keep segments out of the room behind its new place (find_run).
   if (!g.solo) arena_note_growing(ns, chunks);
-  // The moved part keeps the flags it had; the rest of the block asks for huge pages now.
-  if (old.hinted && !g.solo) arena_set_hinted(nb, nb + span, true);
+  // The moved part keeps the huge-page flag it had (with huge pages off, no block asked for it);
+  // the rest of the block asks for huge pages now.
+  if (option_bool(Option::kHugePages) && !g.solo) arena_thp_unsure(g.arena_index, nb, nb + span);
   hint_huge(ns, nb + old_used, nb + offset + n, n);
   unhint_tail(g, nb + offset + n, need);
   return reinterpret_cast<void*>(nb + offset);

@@ -147,18 +147,19 @@ bool protect(void* p, size_t size, bool accessible) noexcept {
 
 namespace {
 // Set (on) or clear a range's request for transparent huge pages.
-void thp_advise(void* p, size_t size, bool on) noexcept {
+bool thp_advise(void* p, size_t size, bool on) noexcept {
 #if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
   ErrnoGuard keep;
-  madvise(p, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  return madvise(p, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0;
 #else
   (void)p, (void)size, (void)on;
+  return false;
 #endif
 }
 }  // namespace
 
-void huge_hint(void* p, size_t size) noexcept { thp_advise(p, size, true); }
-void huge_unhint(void* p, size_t size) noexcept { thp_advise(p, size, false); }
+bool huge_hint(void* p, size_t size) noexcept { return thp_advise(p, size, true); }
+bool huge_unhint(void* p, size_t size) noexcept { return thp_advise(p, size, false); }
 
 void* reserve_huge(size_t size, size_t align) noexcept {
   if (inject_fault()) return nullptr;

@@ -60,10 +60,11 @@ size_t move_pages(void* from, size_t size, void* to) noexcept;
 // Make [p, p+size) inaccessible (a guard) or accessible again. Returns false on failure.
 bool protect(void* p, size_t size, bool accessible) noexcept;
 
-// Hint that [p, p+size) should be backed by transparent huge pages. Best effort.
-void huge_hint(void* p, size_t size) noexcept;
+// Hint that [p, p+size) should be backed by transparent huge pages. Best effort: false where
+// the system refused (its limit of mappings), and the flag may then be set on part of the range.
+bool huge_hint(void* p, size_t size) noexcept;
 // Undo huge_hint on [p, p+size): no transparent huge pages there, whatever the system default.
-void huge_unhint(void* p, size_t size) noexcept;
+bool huge_unhint(void* p, size_t size) noexcept;
 
 // Map `size` bytes of explicit huge pages (MAP_HUGETLB), aligned to `align`; nullptr when the
 // system has none available.
