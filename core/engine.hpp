@@ -156,7 +156,7 @@ NEBULA_NOINLINE void page_retire_at(Segment* s, uintptr_t off) noexcept;  // the
 // and above them the empty page, which has no free block (the slow path).
 NEBULA_HOT Page* direct_page(const Heap* heap, size_t n) noexcept {
   if (NEBULA_LIKELY(n <= kDirectMax)) return heap->direct[(n + 15) >> 4];
-  if (n <= kDirect2Max) return heap->direct2[(n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift];
+  if (n <= kDirect2Max) return heap->direct2[direct2_slot(n)];
   return &g_empty_page;
 }
 
@@ -280,21 +280,22 @@ NEBULA_HOT void* alloc_checked_zero(size_t count, size_t size) noexcept {
 
 // Aligned allocation with a power-of-two alignment. A multiple of `align` up to 4 KiB is itself
 // a size class whose blocks are all aligned to it (checked below), so small requests take the
-// ordinary fast path.
+// ordinary fast path. (Not above: 4368 bytes is a class, a multiple of 16 only.)
+inline constexpr size_t kAlignedDirectMax = 4096;
 void* alloc_aligned_slow(size_t align, size_t n) noexcept;
 NEBULA_HOT void* alloc_aligned_pow2(size_t align, size_t n) noexcept {
   if (align <= kMinAlign) return alloc(n);
   size_t want = (n + align - 1) & ~(align - 1);
-  if (NEBULA_LIKELY(want - 1 < kDirectMax)) return alloc(want);  // also rejects want == 0
+  if (NEBULA_LIKELY(want - 1 < kAlignedDirectMax)) return alloc(want);  // also rejects want == 0
   return alloc_aligned_slow(align, n);
 }
 consteval bool small_aligned_classes_hold() {
-  for (size_t a = 32; a <= kDirectMax; a *= 2)
-    for (size_t want = a; want <= kDirectMax; want += a)
+  for (size_t a = 32; a <= kAlignedDirectMax; a *= 2)
+    for (size_t want = a; want <= kAlignedDirectMax; want += a)
       if (kClassSize[size_to_class_formula(want)] % a != 0) return false;
   return true;
 }
-static_assert(small_aligned_classes_hold(), "a multiple of a power of two <= kDirectMax must round to an aligned class");
+static_assert(small_aligned_classes_hold(), "a multiple of a power of two <= 4 KiB must round to an aligned class");
 
 // posix_memalign: EINVAL for an alignment that is not a power-of-two multiple of sizeof(void*).
 NEBULA_HOT int alloc_posix_aligned(void** out, size_t align, size_t n) noexcept {

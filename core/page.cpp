@@ -230,7 +230,7 @@ void heap_update_direct(Heap* heap, unsigned cls) noexcept {
   if (heap->fc_direct & (uint64_t{1} << cls)) page = &heap->fc->page[cls];  // the foreign cache first
   if (page == nullptr) page = &g_empty_page;
   if (kClassSize[cls] > kDirectMax) {
-    for (size_t i = (kClassSize[cls - 1] >> kDirect2Shift) + 1; i <= kClassSize[cls] >> kDirect2Shift; ++i)
+    for (size_t i = direct2_slot(kClassSize[cls - 1] + 1); i <= direct2_slot(kClassSize[cls]); ++i)
       heap->direct2[i] = page;
     return;
   }

@@ -3,7 +3,7 @@
 // Sizes up to 256 bytes go in exact 16-byte steps (the minimum alignment), those up to 512 bytes
 // in 32-byte steps; above, each power of two is split in 4 classes, so rounding a request up
 // wastes at most 20% of a block and about 10% on average; the octaves of 4 and 8 KiB have a
-// fifth class at 1.125 x their base (below). The table is computed at compile time from that
+// fifth class at 1.125 x their base, and the 4 KiB octave a sixth of 4368 bytes (below). The table is computed at compile time from that
 // rule and checked below; `tools/size-classes` prints it with objects per page and tail waste
 // (docs/size-classes.md).
 //
@@ -11,14 +11,14 @@
 //   class 16..23   288, 320, ... 512          step 32
 //   class 24..27   640, 768, 896, 1024        step 128
 //   ...            (4 per power of two)
-//   class 36..40   4608, 5120, 6144, 7168, 8192
-//   class 41..45   9216, 10240, 12288, 14336, 16384
+//   class 36..41   4368, 4608, 5120, 6144, 7168, 8192
+//   class 42..46   9216, 10240, 12288, 14336, 16384
 //   ...            (4 per power of two)
-//   class 54..57   81920 .. 131072            step 16384
+//   class 55..58   81920 .. 131072            step 16384
 //
 // Blocks up to kSmallMax (8 KiB) live in small pages (64 KiB), larger ones in medium pages
 // (64-512 KiB, see page_slices_for_class). size -> class is a table lookup for sizes <=
-// kDirectMax (4 KiB) and a bit-scan above.
+// kDirectMax (4.5 KiB) and a bit-scan above.
 #pragma once
 
 #include <array>
@@ -49,9 +49,19 @@ inline constexpr unsigned kEighthShift = 8;  // the octave (256, 512]: 8 classes
 inline constexpr unsigned kFineShift = 12;  // octaves (2^k, 2^(k+1)] with k in [kFineShift, kFineEnd)
 inline constexpr unsigned kFineEnd = 14;
 
+// The 4 KiB octave also has a class below that one: the largest block of which 15 fill a small
+// page (4368 bytes, 4096 + 272; the 4608-byte class fits 14). sqlite's page cache (Debian 12's
+// 3.40, 4 KiB pages) allocates its pages at exactly that size: with a 200 MB cache, 27,800 of
+// them live at its peak, 1,986 pages of 14 or 1,854 of 15 (docs/performance.md, stop 35).
+inline constexpr unsigned kDenseShift = 12;
+inline constexpr size_t kDenseClass = (kSliceSize / 15) & ~size_t{15};
+static_assert(kDenseClass == 4368 && kDenseClass * 15 <= kSliceSize);
+
 // Classes in the octave (2^k, 2^(k+1)], for k from kEighthShift up.
 constexpr unsigned octave_classes(unsigned k) {
-  return k == kEighthShift ? 8u : (k >= kFineShift && k < kFineEnd) ? 5u : 4u;
+  if (k == kEighthShift) return 8u;
+  if (k == kDenseShift) return 6u;
+  return (k >= kFineShift && k < kFineEnd) ? 5u : 4u;
 }
 // The first class of each octave (2^k, 2^(k+1)], k from kEighthShift to 17 (17: the class count).
 inline constexpr std::array<uint8_t, 18> kOctaveFirst = [] {
@@ -73,6 +83,7 @@ constexpr size_t class_size_formula(unsigned c) {
   const size_t base = size_t{1} << k;
   switch (octave_classes(k)) {
     case 8: return base + (j + 1) * (base >> 3);
+    case 6: return j == 0 ? kDenseClass : base + (j == 1 ? base >> 3 : (j - 1) * (base >> 2));
     case 5: return base + (j == 0 ? base >> 3 : j * (base >> 2));
     default: return base + (j + 1) * (base >> 2);
   }
@@ -83,6 +94,11 @@ constexpr unsigned size_to_class_formula(size_t n) {
   const unsigned k = 63 - static_cast<unsigned>(__builtin_clzll(n - 1));  // n in (2^k, 2^(k+1)]
   const size_t over = n - 1 - (size_t{1} << k);
   if (k == kEighthShift) return kOctaveFirst[k] + static_cast<unsigned>(over >> (k - 3));
+  if (k == kDenseShift) {
+    if (n <= kDenseClass) return kOctaveFirst[k];
+    if (over < (size_t{1} << (k - 3))) return kOctaveFirst[k] + 1;  // up to 1.125 x
+    return kOctaveFirst[k] + 2 + static_cast<unsigned>(over >> (k - 2));
+  }
   if (k >= kFineShift && k < kFineEnd) {
     const unsigned e = static_cast<unsigned>(over >> (k - 3));  // eighth of the octave
     return kOctaveFirst[k] + (e == 0 ? 0 : (e >> 1) + 1);

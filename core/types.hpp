@@ -236,7 +236,7 @@ struct ForeignCache {
 // first malloc of a thread misses like any empty list and the slow path creates the heap.
 struct Heap {
   Page* direct[kDirectCount] = {};      // page to allocate from for sizes (i*16-15 .. i*16]
-  Page* direct2[kDirect2Count] = {};    // for sizes (i*512-511 .. i*512], above kDirectMax
+  Page* direct2[kDirect2Count] = {};    // for sizes above kDirectMax, 512 bytes each (direct2_slot)
   PageQueue queues[kClassCount] = {};   // per size class, non-full pages first
   PageQueue full = {};                  // pages with no free block and nothing left to carve
   std::atomic<Block*> delayed_free{nullptr};  // blocks freed by other threads into full pages

@@ -548,7 +548,7 @@ TEST_CASE("alloc: sizes up to 32 KiB take the fast path (malloc and calloc) when
       h = t_heap;
       const unsigned cls = size_to_class(n);
       CHECK(page_of_ptr(p)->size_class == cls);
-      CHECK(h->direct2[(n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift] == h->queues[cls].first);
+      CHECK(h->direct2[direct2_slot(n)] == h->queues[cls].first);
       dealloc(p);  // the page keeps it (the only page of its class)
       const uint64_t g0 = h->stats.generic_calls;
       void* q = alloc(n);

@@ -69,7 +69,7 @@ void cache_round_trip(Page* p, std::vector<void*>& blocks, size_t n, uint32_t co
   CHECK(p->free == nullptr);
   CHECK(p->local_free == nullptr);
   CHECK(stats().live_bytes + count * kClassSize[cls] == live0);  // a cached block is not live
-  const size_t slot = (n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift;
+  const size_t slot = direct2_slot(n);
   CHECK(h->direct2[slot] == &h->fc->page[cls]);
   CHECK(check_heap_invariants(h) == 0);
   const uint64_t g0 = h->stats.generic_calls;
@@ -151,7 +151,7 @@ TEST_CASE("class caches: the owner's frees into full pages wait in the cache, an
     Heap* h = t_heap;  // (the thread's heap exists from its first malloc)
     Page* p = st.page[0];
     cache_round_trip(p, st.blocks[0], kSize, fcache_direct_min(cls));  // half the limit
-    const size_t slot = (kSize + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift;
+    const size_t slot = direct2_slot(kSize);
     // The cache ran dry: the next block comes from the pages again, and the table follows.
     void* q = alloc(kSize);
     CHECK(page_of_ptr(q) != p);
