@@ -530,6 +530,9 @@ bool arena_contains(uintptr_t a) noexcept;
 // The length of run that the last search of arena `index` found missing, UINT32_MAX if none is
 // known (find_run's cache; for tests).
 uint32_t arena_no_run(unsigned index) noexcept;
+// find_run on an arena of `chunks` chunks with these used bits and dirty masks, for n chunks
+// (for tests: the start of the run chosen, -1 for none).
+int arena_find_run_in(const uint64_t* used, const uint64_t* dirty, unsigned chunks, unsigned n) noexcept;
 // What arena `index` knows of the huge-page flag on the 2 MiB at addr: 0 not set, 1 set, 2 either
 // (for tests).
 int arena_thp_state(unsigned index, uintptr_t addr) noexcept;
