@@ -870,6 +870,10 @@ bool huge_grow(Segment* s, size_t n) noexcept {
   s->huge_len = len;
   g_counters.huge_live.fetch_add(used_len - old_used, std::memory_order_relaxed);
   hint_huge(s, sb + old_used, s->huge_start + n, n);
+  // Chunks taken in may carry an earlier block's huge-page flag past the new end: off, as for a
+  // new block (unhint_tail).
+  if (add != 0 && option_bool(Option::kHugePages))
+    arena_thp(s->arena_index, (s->huge_start + n) & ~((uintptr_t{2} << 20) - 1), sb + need, false);
   return true;
 }
 

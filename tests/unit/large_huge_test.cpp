@@ -1194,3 +1194,33 @@ TEST_CASE("huge: the run search finds the free run with the most resident slices
     CHECK(arena_find_run_in(used.data(), dirty.data(), chunks, n) == want);
   }
 }
+
+// A block that grows in place takes in chunks where an earlier block asked for huge pages: past
+// its new end the flag comes off, as for a block made there (a write near its end would fault in
+// 2 MiB beyond it).
+TEST_CASE("huge: a block grown into chunks an earlier block asked huge pages for clears the flag past its end") {
+  settle();  // no free chunk resident: the block below lands where the first one was
+  if (!option_bool(Option::kHugePages)) return;
+  const size_t mib = size_t{1} << 20;
+  void* first = alloc(13 * mib);  // 4 chunks, huge pages asked for on 2-12 MiB
+  REQUIRE(first != nullptr);
+  Segment* s = segment_of(first);
+  const uintptr_t run = reinterpret_cast<uintptr_t>(s);
+  const unsigned index = s->arena_index;
+  REQUIRE(arena_thp_state(index, run + 10 * mib) == 1);
+  dealloc(first);
+  void* p = alloc(3 * mib);  // one chunk: the most resident free one, the first of that run
+  REQUIRE(p != nullptr);
+  REQUIRE(reinterpret_cast<uintptr_t>(segment_of(p)) == run);
+  void* r = realloc_block(p, 9 * mib);  // 3 chunks: grows in place over the next two
+  REQUIRE(r == p);
+  REQUIRE(segment_of(r)->chunk_count == 3);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(r) + 9 * mib;
+  for (uintptr_t u = end & ~((uintptr_t{2} << 20) - 1); u < run + 12 * mib; u += 2 * mib) {
+    CAPTURE(u - run);
+    CHECK(arena_thp_state(index, u) == 0);
+  }
+  CHECK(thp_mismatches({{index, run + 8 * mib}, {index, run + 10 * mib}}) == 0);
+  dealloc(r);
+  settle();
+}
