@@ -661,14 +661,13 @@ static void hint_huge(const Segment* s, uintptr_t from, uintptr_t end, size_t n)
   else arena_thp(s->arena_index, lo, hi, true);
 }
 
-// A huge block made on chunks an earlier block asked huge pages for: past the 2 MiB pages it
-// asks for itself, the flag comes off, so that a write near its end does not fault in memory
-// beyond it. (A solo mapping is new: no flag.)
-static void unhint_tail(const ChunkGrant& g, uintptr_t block_end, size_t need) {
-  if (g.solo) return;
+// A huge block on chunks an earlier block asked huge pages for (made there, or grown over them):
+// past the 2 MiB pages it asks for itself, up to its run's end, the flag comes off, so that a
+// write near its end does not fault in memory beyond it. (A solo mapping is new: no flag.)
+static void unhint_tail(unsigned arena_index, bool solo, uintptr_t block_end, uintptr_t run_end) {
+  if (solo) return;
   uintptr_t from = block_end & ~((uintptr_t{2} << 20) - 1);
-  uintptr_t end = reinterpret_cast<uintptr_t>(g.base) + need;
-  if (from < end) arena_thp(g.arena_index, from, end, false);
+  if (from < run_end) arena_thp(arena_index, from, run_end, false);
 }
 
 // The header of a huge segment made on grant g: one block at `start`, `used_len` bytes from
@@ -788,7 +787,7 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   // 101 MiB with huge pages, 3.5 MiB without; glibc 2.6).
   if (!zero) {
     hint_huge(s, start, start + n, n);
-    unhint_tail(g, start + n, need);
+    unhint_tail(g.arena_index, g.solo, start + n, sb + need);
   }
   segmap_set(s, chunks);
   return reinterpret_cast<void*>(start);
@@ -870,10 +869,8 @@ bool huge_grow(Segment* s, size_t n) noexcept {
   s->huge_len = len;
   g_counters.huge_live.fetch_add(used_len - old_used, std::memory_order_relaxed);
   hint_huge(s, sb + old_used, s->huge_start + n, n);
-  // Chunks taken in may carry an earlier block's huge-page flag past the new end: off, as for a
-  // new block (unhint_tail).
-  if (add != 0 && option_bool(Option::kHugePages))
-    arena_thp(s->arena_index, (s->huge_start + n) & ~((uintptr_t{2} << 20) - 1), sb + need, false);
+  // Chunks taken in may carry an earlier block's huge-page flag past the new end.
+  if (add != 0) unhint_tail(s->arena_index, false, s->huge_start + n, sb + need);
   return true;
 }
 
@@ -954,7 +951,7 @@ void* huge_move(Segment* s, size_t n) noexcept {
   // the rest of the block asks for huge pages now.
   if (option_bool(Option::kHugePages) && !g.solo) arena_thp_unsure(g.arena_index, nb, nb + span);
   hint_huge(ns, nb + old_used, nb + offset + n, n);
-  unhint_tail(g, nb + offset + n, need);
+  unhint_tail(g.arena_index, g.solo, nb + offset + n, nb + need);
   return reinterpret_cast<void*>(nb + offset);
 }
 
