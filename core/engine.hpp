@@ -58,6 +58,16 @@ inline void set_page_flags(Page* p, uint8_t f) {
   p->fast_magic = f == 0 ? p->div_magic : 0;
 }
 
+// Heap::class_blocks: a page joins (join) or leaves the heap's queue and full list.
+inline void class_blocks_note(Heap* heap, const Page* page, bool join) {
+  const unsigned i = page->size_class - kCachedFirst;
+  if (i >= kCachedCount) return;
+  const uint32_t n = join ? heap->class_blocks[i] + page->reserved : heap->class_blocks[i] - page->reserved;
+  heap->class_blocks[i] = n;
+  const uint32_t share = n / 8 < kFcLimitMax ? n / 8 : kFcLimitMax;
+  heap->fc_limit[page->size_class] = static_cast<uint8_t>(share > kFcLimit[page->size_class] ? share : kFcLimit[page->size_class]);
+}
+
 inline Segment* segment_of(const void* p) {
   return reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(p) & ~kSegmentMask);
 }
@@ -381,7 +391,8 @@ bool in_foreign_cache(const Page* page, const Block* b) noexcept;
 uint32_t fcache_held(const Heap* heap, unsigned cls) noexcept;
 // Blocks a class's cache holds before the direct table points at it (half its limit).
 uint32_t fcache_direct_min(unsigned cls) noexcept;
-uint32_t fcache_limit(unsigned cls) noexcept;  // blocks a heap's cache of the class holds at most
+uint32_t fcache_limit(unsigned cls) noexcept;  // blocks a heap's cache of the class holds at least
+uint32_t fcache_limit_of(const Heap* heap, unsigned cls) noexcept;  // ... and at most, now
 // Map the heap's foreign-cache descriptors if they are not yet (false: the OS refused).
 bool fcache_ready(Heap* heap) noexcept;
 void fcache_flush(Heap* heap, unsigned cls, uint32_t keep) noexcept;

@@ -60,6 +60,7 @@ void heap_reset(Heap* h) {
   h->next_heap = keep_next;
   for (auto& d : h->direct) d = &g_empty_page;
   for (auto& d : h->direct2) d = &g_empty_page;
+  for (unsigned c = 0; c < kClassCount; ++c) h->fc_limit[c] = kFcLimit[c];
 }
 
 size_t fcache_map_size() { return align_up(sizeof(ForeignCache), os::page_size()); }
@@ -613,21 +614,9 @@ void free_block_remote(Page* page, Block* b) noexcept {
 // the class take it back, from its own cache. Blocks of 16 bytes are not cached: a cached block
 // carries a mark in its third word (see in_foreign_cache).
 namespace {
-constexpr std::array<uint8_t, kClassCount> kFcLimit = [] {
-  std::array<uint8_t, kClassCount> t{};
-  for (unsigned c = 0; c < kClassCount; ++c) {
-    size_t n = (class_caches_frees(c) ? 65536 : 16384) / class_size_formula(c);
-    // A class cache holds 64 KiB, and at least 4 blocks (128 KiB of 32 KiB blocks): malloc pops
-    // it once it holds half its limit, and with the 2 blocks of 24-32 KiB that 64 KiB holds,
-    // every other allocation took the slow path again (`medrep`, random replacement of 8-32 KiB
-    // blocks: 203 M instructions with 64 KiB alone, 174 M with at least 4 blocks, 141 M with 8;
-    // `glibc-thread` peak RSS +0.8% with 4, +2.3% with 8).
-    if (class_caches_frees(c) && n < 4) n = 4;
-    t[c] = static_cast<uint8_t>(n < 1 ? 1 : n > 64 ? 64 : n);
-  }
-  return t;
-}();
 inline uint32_t fc_limit(unsigned cls) { return kFcLimit[cls]; }
+// The limit of heap's cache of class cls (Heap::fc_limit).
+inline uint32_t fc_limit(const Heap* heap, unsigned cls) { return heap->fc_limit[cls]; }
 }  // namespace
 
 // A free block in some thread's foreign cache carries the free key and, in its third word, the
@@ -655,6 +644,8 @@ bool fcache_ready(Heap* heap) noexcept {
 }
 
 uint32_t fcache_limit(unsigned cls) noexcept { return fc_limit(cls); }
+
+uint32_t fcache_limit_of(const Heap* heap, unsigned cls) noexcept { return fc_limit(heap, cls); }
 
 uint32_t fcache_direct_min(unsigned cls) noexcept { return fc_limit(cls) / 2 > 1 ? fc_limit(cls) / 2 : 1; }
 
@@ -739,7 +730,7 @@ inline void cache_put(Heap* me, unsigned cls, Block* b) {
   ForeignCache* fc = me->fc;
   Page* fp = &fc->page[cls];
   uint32_t held = fc->pushed[cls] - fp->used;
-  if (NEBULA_UNLIKELY(held >= fc_limit(cls))) return cache_put_full(me, cls, b);
+  if (NEBULA_UNLIKELY(held >= fc_limit(me, cls))) return cache_put_full(me, cls, b);
   reinterpret_cast<uintptr_t*>(b)[2] = ~g_free_key;
   b->next = fp->free;
   fp->free = b;
@@ -754,7 +745,7 @@ inline void cache_put(Heap* me, unsigned cls, Block* b) {
 }
 
 void cache_put_full(Heap* me, unsigned cls, Block* b) {
-  fcache_flush(me, cls, fc_limit(cls) / 2);
+  fcache_flush(me, cls, fc_limit(me, cls) / 2);
   cache_put(me, cls, b);
 }
 
@@ -866,7 +857,7 @@ void free_generic(Segment* s, uintptr_t off, void* p) noexcept {
     const uint64_t bit = uint64_t{1} << cls;
     if (s->thread_id.load(std::memory_order_relaxed) == os::thread_id() && is_block_start(page, p) &&
         b->key != g_free_key && !(me->cache_bulk & bit) && (me->fc != nullptr || (me->live && fcache_map(me)))) {
-      if (fcache_held(me, cls) < fc_limit(cls)) {
+      if (fcache_held(me, cls) < fc_limit(me, cls)) {
         b->key = g_free_key;
         cache_put(me, cls, b);
         return;
@@ -970,6 +961,8 @@ void heap_before_wait() noexcept {
   }
   for (auto& q : heap->queues) q = PageQueue{};
   heap->full = PageQueue{};
+  for (auto& n : heap->class_blocks) n = 0;
+  for (unsigned c = 0; c < kClassCount; ++c) heap->fc_limit[c] = kFcLimit[c];
   for (unsigned cls = 0; cls < kClassCount; ++cls) heap_update_direct(heap, cls);
   arena_purge(false);
 }

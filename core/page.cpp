@@ -132,7 +132,7 @@ void page_init(Heap* heap, Page* page, unsigned cls) {
   page->free = nullptr;
   page->local_free = nullptr;
   page->thread_free.store(kDelayNone, std::memory_order_release);
-  (void)heap;
+  class_blocks_note(heap, page, true);
 }
 
 // A spare page (page_retire) for a page of one slice of class cls. Its own class's takes it as it
@@ -147,6 +147,7 @@ Page* spare_take(Heap* heap, unsigned cls, PageKind kind) {
   page->kind = kind;
   set_page_flags(page, g_secure ? kPageSecure : 0);
   if (page->size_class == cls) {
+    class_blocks_note(heap, page, true);
     page_collect(page);  // blocks the generic path freed wait on local_free
     page->sparse_since = 0;
     page->passed_over = 0;
@@ -387,6 +388,7 @@ void page_unfull(Heap* heap, Page* page) noexcept {
 // Give an empty page's span back to its segment.
 bool page_free(Heap* heap, Page* page) noexcept {
   if (page->kind == PageKind::kSmall || page->kind == PageKind::kMedium) {
+    class_blocks_note(heap, page, false);
     if (page_flags(page) & kPageInFull) list_remove(&heap->full, page);
     else queue_remove(heap, &heap->queues[page->size_class], page);
   }
@@ -429,6 +431,7 @@ void page_retire(Page* page) noexcept {
   if (page->slice_count == 1 && page_flags(page) == secure && (page->punched[0] | page->punched[1]) == 0 &&
       heap->spare_count < kSpareMax && segment_of(page)->used_spans > 1) {
     queue_remove(heap, q, page);
+    class_blocks_note(heap, page, false);
     set_page_flags(page, static_cast<uint8_t>(kPageSpare | secure));
     page->next = heap->spare;
     heap->spare = page;

@@ -1112,6 +1112,7 @@ bool segment_reclaim_one(Heap* heap, bool for_room) noexcept {
     } else {
       set_page_flags(p, static_cast<uint8_t>(page_flags(p) & ~kPageInFull));
       page_collect(p);
+      class_blocks_note(heap, p, true);
       queue_push_back(heap, &heap->queues[p->size_class], p, p->size_class);
     }
     i = next;

@@ -304,6 +304,12 @@ struct Heap {
   uint32_t spare_count = 0;
   uint32_t spare_taken = 0;             // spare pages taken so far
   uint32_t spare_taken_mark = 0;        // spare_taken at the last maintenance pass
+  // For each class whose cache takes the owner's frees (class_caches_frees, index cls -
+  // kCachedFirst): the blocks its pages hold (reserved, in the class's queue or on the full
+  // list). Its cache's limit (fc_limit) is an eighth of them where that is above its base.
+  uint32_t class_blocks[kCachedCount] = {};
+  uint8_t fc_limit[kClassCount] = {};   // blocks the cache of each class holds at most: kFcLimit,
+                                        // or more (above); set by heap_reset
 
   // The empty heap: every direct entry points at the page with no free block.
   constexpr explicit Heap(Page* empty) {

@@ -321,3 +321,60 @@ TEST_CASE("class caches: a cache that handed out nothing since the last maintena
     CHECK(check_heap_invariants(h) == 0);
   });
 }
+
+// A class the heap holds many pages of caches up to an eighth of their blocks (up to 64), not
+// only its base limit: random replacement among 1,024 buffers of 8-32 KiB (`patterns
+// buf-replace`, a hundred pages per class) emptied and overflowed a cache of 4 blocks on most
+// calls. The heap counts each class's pages (Heap::class_pages; check_heap_invariants compares
+// the count with its pages), and the limit falls back as they go.
+TEST_CASE("class caches: the limit grows with the pages the heap holds of the class") {
+  Worker w;
+  w.run([] {
+    const size_t n = 16000;  // the 16 KiB class: 4 blocks to a page, a base limit of 4
+    const unsigned cls = size_to_class(n);
+    REQUIRE(class_caches_frees(cls));
+    const uint32_t base = fcache_limit(cls);
+    REQUIRE(base == 4);
+    std::vector<void*> blocks;
+    for (int i = 0; i < 400; ++i) blocks.push_back(alloc(n));
+    Heap* h = t_heap;  // (made by the first allocation)
+    std::vector<Page*> pages;
+    for (void* b : blocks)
+      if (std::find(pages.begin(), pages.end(), page_of_ptr(b)) == pages.end()) pages.push_back(page_of_ptr(b));
+    REQUIRE(pages.size() >= 100);
+    uint32_t reserved = 0;
+    for (Page* p : pages) reserved += p->reserved;
+    CHECK(h->class_blocks[cls - kCachedFirst] == reserved);
+    const uint32_t limit = fcache_limit_of(h, cls);
+    CHECK(limit == std::min<uint32_t>(64, reserved / 8));
+    CHECK(limit >= 40);
+    // One block from each of 40 full pages: all 40 wait in the cache, their pages still full.
+    std::vector<void*> freed;
+    for (Page* p : pages) {
+      if (freed.size() == 40) break;
+      if (page_flags(p) != kPageInFull) continue;
+      auto it = std::find_if(blocks.begin(), blocks.end(), [&](void* b) { return b != nullptr && page_of_ptr(b) == p; });
+      REQUIRE(it != blocks.end());
+      freed.push_back(*it);
+      dealloc(*it);
+      *it = nullptr;
+      CHECK(page_flags(p) == kPageInFull);
+    }
+    REQUIRE(freed.size() == 40);
+    CHECK(fcache_held(h, cls) == 40);
+    // They come back to the next allocations of the class, the last freed first.
+    for (size_t i = 0; i < freed.size(); ++i) {
+      void* b = alloc(n);
+      CHECK(b == freed[freed.size() - 1 - i]);
+      blocks.push_back(b);
+    }
+    CHECK(fcache_held(h, cls) == 0);
+    CHECK(check_heap_invariants(h) == 0);
+    for (void* b : blocks)
+      if (b != nullptr) dealloc(b);
+    trim(0);
+    CHECK(check_heap_invariants(h) == 0);
+    CHECK(h->class_blocks[cls - kCachedFirst] <= 4);  // the class's last page, kept
+    CHECK(fcache_limit_of(h, cls) == base);
+  });
+}

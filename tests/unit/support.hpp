@@ -266,6 +266,7 @@ inline int check_heap_invariants(Heap* h) {
     }
   unsigned segs = 0;
   uint32_t resident_free_slices = 0, large_slices = 0;
+  uint32_t class_blocks[kClassCount] = {};
   for (Segment* s = h->segments; s != nullptr; s = s->next) {
     ++segs;
     resident_free_slices += static_cast<uint32_t>(popcount64(s->free_slices & s->dirty_slices));
@@ -316,6 +317,7 @@ inline int check_heap_invariants(Heap* h) {
         if (spare_flag != (in_spare.count(p) != 0)) fail("kPageSpare disagrees with the spare list", p);
         if (spare_flag && (full_flag || in_queue.count(p) != 0)) fail("spare page in a queue or the full list", p);
         if (!full_flag && !spare_flag && in_queue.count(p) == 0) fail("page in neither its queue nor the full list", p);
+        if (!spare_flag) class_blocks[p->size_class] += p->reserved;
         if (delay_state(p) == kDelayUse && !full_flag) fail("delay state 'use' on a page not in the full list", p);
       }
       i += p->slice_count;
@@ -351,6 +353,14 @@ inline int check_heap_invariants(Heap* h) {
   if (large_slices != h->large_slices) fail("the heap's count of large-block slices differs from its segments'", h);
   if (resident_free_slices != h->resident_free_slices) fail("the heap's count of resident free slices differs from its segments'", h);
   if (direct_table_errors(h) != 0) fail("direct table out of date", h);
+  for (unsigned c = 0; c < kClassCount; ++c)
+    if (!class_caches_frees(c) && h->fc_limit[c] != kFcLimit[c]) fail("fc_limit of a class without a cache of the owner's frees", h);
+  for (unsigned i = 0; i < kCachedCount; ++i) {
+    const uint32_t n = class_blocks[kCachedFirst + i];
+    const uint32_t lim = std::max<uint32_t>(kFcLimit[kCachedFirst + i], std::min<uint32_t>(n / 8, kFcLimitMax));
+    if (h->class_blocks[i] != n || h->fc_limit[kCachedFirst + i] != lim)
+      fail("class_blocks or fc_limit differs from the class's pages", h);
+  }
   return errors;
 }
 
