@@ -726,11 +726,9 @@ NEBULA_NOINLINE void cache_direct_on(Heap* me, unsigned cls) {
   heap_update_direct(me, cls);
 }
 
-inline void cache_put(Heap* me, unsigned cls, Block* b) {
-  ForeignCache* fc = me->fc;
+// Push b on the cache, which holds `held` blocks, fewer than its limit.
+inline void cache_push(Heap* me, ForeignCache* fc, unsigned cls, Block* b, uint32_t held) {
   Page* fp = &fc->page[cls];
-  uint32_t held = fc->pushed[cls] - fp->used;
-  if (NEBULA_UNLIKELY(held >= fc_limit(me, cls))) return cache_put_full(me, cls, b);
   reinterpret_cast<uintptr_t*>(b)[2] = ~g_free_key;
   b->next = fp->free;
   fp->free = b;
@@ -742,6 +740,13 @@ inline void cache_put(Heap* me, unsigned cls, Block* b) {
   // whose cache emptied after every block or two paid two direct-table updates and a slow-path
   // call per cached block (`larson`: 1.6 M slow-path calls per 12 M allocations, now 0.4 M).
   if (!(me->fc_direct & bit) && held + 1 >= fcache_direct_min(cls)) cache_direct_on(me, cls);
+}
+
+inline void cache_put(Heap* me, unsigned cls, Block* b) {
+  ForeignCache* fc = me->fc;
+  uint32_t held = fc->pushed[cls] - fc->page[cls].used;
+  if (NEBULA_UNLIKELY(held >= fc_limit(me, cls))) return cache_put_full(me, cls, b);
+  cache_push(me, fc, cls, b, held);
 }
 
 void cache_put_full(Heap* me, unsigned cls, Block* b) {
@@ -843,14 +848,45 @@ NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
 
 }  // namespace
 
+namespace {
+NEBULA_NOINLINE void free_generic_rest(Segment* s, Page* page, void* p) noexcept;
+
+// A block of a class whose cache takes the owner's frees, into a full page (see below).
+inline bool cacheable_free(Segment* s, Page* page) {
+  return page_flags(page) == kPageInFull && (page->kind == PageKind::kSmall || page->kind == PageKind::kMedium) &&
+         class_caches_frees(page->size_class) && s->kind != SegmentKind::kHuge;
+}
+}  // namespace
+
+// The owner's free of a block of 4-32 KiB whose page is full (a page with no free block: the
+// block would make it a page of one free block, requeued for one allocation) goes to the heap's
+// cache of the class instead (see "Class caches" in docs/design.md). The common case, a cache
+// that has room, is done here: with the rest of the work inline (a call on each of its paths)
+// the function saved six registers on entry. 87 -> 76 instructions per such free (callgrind of
+// `patterns mid-replace`); everything else goes on in free_generic_rest.
 void free_generic(Segment* s, uintptr_t off, void* p) noexcept {
   Page* page = page_at(s, off);
-  // The owner's free of a block of 4-32 KiB whose page is full (a page with no free block: the
-  // block would make it a page of one free block, requeued for one allocation) goes to the
-  // heap's cache of the class instead (see "Class caches" in docs/design.md).
-  if (page_flags(page) == kPageInFull && (page->kind == PageKind::kSmall || page->kind == PageKind::kMedium) &&
-      class_caches_frees(page->size_class) &&
-      s->kind != SegmentKind::kHuge) {
+  if (cacheable_free(s, page)) {
+    Heap* me = t_heap;
+    ForeignCache* fc = me->fc;
+    Block* b = static_cast<Block*>(p);
+    const unsigned cls = page->size_class;
+    if (fc != nullptr && s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
+        is_block_start(page, p) && b->key != g_free_key && !(me->cache_bulk & (uint64_t{1} << cls))) {
+      const uint32_t held = fc->pushed[cls] - fc->page[cls].used;
+      if (held < fc_limit(me, cls)) {
+        b->key = g_free_key;
+        cache_push(me, fc, cls, b, held);
+        return;
+      }
+    }
+  }
+  free_generic_rest(s, page, p);
+}
+
+namespace {
+void free_generic_rest(Segment* s, Page* page, void* p) noexcept {
+  if (cacheable_free(s, page)) {
     Heap* me = t_heap;
     Block* b = static_cast<Block*>(p);
     const unsigned cls = page->size_class;
@@ -872,6 +908,7 @@ void free_generic(Segment* s, uintptr_t off, void* p) noexcept {
   }
   free_checked(s, page, p);
 }
+}  // namespace
 
 void free_not_fast(void* p) noexcept {
   if (p == nullptr) return;
