@@ -68,6 +68,13 @@ inline void class_blocks_note(Heap* heap, const Page* page, bool join) {
   heap->fc_limit[page->size_class] = static_cast<uint8_t>(share > kFcLimit[page->size_class] ? share : kFcLimit[page->size_class]);
 }
 
+// ... and a heap whose pages all left (a new heap, one that gave its segments up): no blocks,
+// the base limits.
+inline void class_blocks_reset(Heap* heap) {
+  for (auto& n : heap->class_blocks) n = 0;
+  for (unsigned c = 0; c < kClassCount; ++c) heap->fc_limit[c] = kFcLimit[c];
+}
+
 inline Segment* segment_of(const void* p) {
   return reinterpret_cast<Segment*>(reinterpret_cast<uintptr_t>(p) & ~kSegmentMask);
 }

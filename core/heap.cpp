@@ -60,7 +60,7 @@ void heap_reset(Heap* h) {
   h->next_heap = keep_next;
   for (auto& d : h->direct) d = &g_empty_page;
   for (auto& d : h->direct2) d = &g_empty_page;
-  for (unsigned c = 0; c < kClassCount; ++c) h->fc_limit[c] = kFcLimit[c];
+  class_blocks_reset(h);
 }
 
 size_t fcache_map_size() { return align_up(sizeof(ForeignCache), os::page_size()); }
@@ -856,6 +856,11 @@ inline bool cacheable_free(Segment* s, Page* page) {
   return page_flags(page) == kPageInFull && (page->kind == PageKind::kSmall || page->kind == PageKind::kMedium) &&
          class_caches_frees(page->size_class) && s->kind != SegmentKind::kHuge;
 }
+// ... freed by its owner, at a block start, not free already, and not in a run of frees.
+inline bool owner_may_cache(Segment* s, Page* page, void* p, const Heap* me) {
+  return s->thread_id.load(std::memory_order_relaxed) == os::thread_id() && is_block_start(page, p) &&
+         static_cast<Block*>(p)->key != g_free_key && !(me->cache_bulk & (uint64_t{1} << page->size_class));
+}
 }  // namespace
 
 // The owner's free of a block of 4-32 KiB whose page is full (a page with no free block: the
@@ -871,8 +876,7 @@ void free_generic(Segment* s, uintptr_t off, void* p) noexcept {
     ForeignCache* fc = me->fc;
     Block* b = static_cast<Block*>(p);
     const unsigned cls = page->size_class;
-    if (fc != nullptr && s->thread_id.load(std::memory_order_relaxed) == os::thread_id() &&
-        is_block_start(page, p) && b->key != g_free_key && !(me->cache_bulk & (uint64_t{1} << cls))) {
+    if (fc != nullptr && owner_may_cache(s, page, p, me)) {
       const uint32_t held = fc->pushed[cls] - fc->page[cls].used;
       if (held < fc_limit(me, cls)) {
         b->key = g_free_key;
@@ -891,8 +895,7 @@ void free_generic_rest(Segment* s, Page* page, void* p) noexcept {
     Block* b = static_cast<Block*>(p);
     const unsigned cls = page->size_class;
     const uint64_t bit = uint64_t{1} << cls;
-    if (s->thread_id.load(std::memory_order_relaxed) == os::thread_id() && is_block_start(page, p) &&
-        b->key != g_free_key && !(me->cache_bulk & bit) && (me->fc != nullptr || (me->live && fcache_map(me)))) {
+    if (owner_may_cache(s, page, p, me) && (me->fc != nullptr || (me->live && fcache_map(me)))) {
       if (fcache_held(me, cls) < fc_limit(me, cls)) {
         b->key = g_free_key;
         cache_put(me, cls, b);
@@ -998,8 +1001,7 @@ void heap_before_wait() noexcept {
   }
   for (auto& q : heap->queues) q = PageQueue{};
   heap->full = PageQueue{};
-  for (auto& n : heap->class_blocks) n = 0;
-  for (unsigned c = 0; c < kClassCount; ++c) heap->fc_limit[c] = kFcLimit[c];
+  class_blocks_reset(heap);
   for (unsigned cls = 0; cls < kClassCount; ++cls) heap_update_direct(heap, cls);
   arena_purge(false);
 }

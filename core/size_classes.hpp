@@ -3,8 +3,8 @@
 // Sizes up to 256 bytes go in exact 16-byte steps (the minimum alignment), those up to 512 bytes
 // in 32-byte steps; above, each power of two is split in 4 classes, so rounding a request up
 // wastes at most 20% of a block and about 10% on average; the octaves of 4 and 8 KiB have a
-// fifth class at 1.125 x their base, and the 4 KiB octave a sixth of 4368 bytes (below). The table is computed at compile time from that
-// rule and checked below; `tools/size-classes` prints it with objects per page and tail waste
+// fifth class at 1.125 x their base, and the 4 KiB octave a sixth of 4368 bytes (below). The
+// table is computed at compile time from that rule and checked below; `tools/size-classes` prints it with objects per page and tail waste
 // (docs/size-classes.md).
 //
 //   class  0..15   16, 32, ... 256            step 16
@@ -127,16 +127,16 @@ constexpr bool class_caches_frees(unsigned c) { return kClassSize[c] >= 4096 && 
 // with 64 KiB alone, 174 M with at least 4 blocks, 141 M with 8; `glibc-thread` peak RSS +0.8%
 // with 4, +2.3% with 8). A class whose cache takes the owner's frees may hold more, an eighth of
 // the blocks of the heap's pages of the class (Heap::fc_limit).
+inline constexpr uint32_t kFcLimitMax = 64;  // (either way)
 inline constexpr std::array<uint8_t, kClassCount> kFcLimit = [] {
   std::array<uint8_t, kClassCount> t{};
   for (unsigned c = 0; c < kClassCount; ++c) {
     size_t n = (class_caches_frees(c) ? 65536 : 16384) / class_size_formula(c);
     if (class_caches_frees(c) && n < 4) n = 4;
-    t[c] = static_cast<uint8_t>(n < 1 ? 1 : n > 64 ? 64 : n);
+    t[c] = static_cast<uint8_t>(n < 1 ? 1 : n > kFcLimitMax ? kFcLimitMax : n);
   }
   return t;
 }();
-inline constexpr uint32_t kFcLimitMax = 64;
 
 // Those classes are consecutive: kCachedFirst and the kCachedCount after it.
 inline constexpr unsigned kCachedFirst = [] {
@@ -149,6 +149,11 @@ inline constexpr unsigned kCachedCount = [] {
   while (kCachedFirst + n < kClassCount && class_caches_frees(kCachedFirst + n)) ++n;
   return n;
 }();
+static_assert([] {
+  for (unsigned c = 0; c < kClassCount; ++c)
+    if (class_caches_frees(c) != (c >= kCachedFirst && c < kCachedFirst + kCachedCount)) return false;
+  return true;
+}(), "the classes whose caches take the owner's frees are consecutive");
 
 // Class of a request of n <= kDirectMax bytes, indexed by (n + 15) / 16.
 inline constexpr std::array<uint8_t, kDirectCount> kDirectClass = [] {

@@ -286,7 +286,7 @@ struct Heap {
   // the direct table points at it, so the malloc fast path pops them as from any page (and counts
   // them in `used`); below that they wait for the class's next slow-path allocation.
   // The descriptors (13 KiB) are mapped when the thread first turns its cache on, so that a
-  // thread that never does (most) keeps a heap of 3.5 KiB.
+  // thread that never does (most) keeps a heap of 5.1 KiB.
   uint64_t fc_active = 0;
   uint64_t fc_direct = 0;               // classes whose direct entries point at their cache
   uint64_t cache_bulk = 0;              // class caches of the owner's frees (class_caches_frees)

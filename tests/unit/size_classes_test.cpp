@@ -1,4 +1,6 @@
 // tests/unit/size_classes_test.cpp: the size-class table (core/size_classes.hpp).
+#include <utility>
+
 #include "support.hpp"
 
 using namespace nebula;
@@ -79,19 +81,10 @@ TEST_CASE("size classes: the table is strictly increasing and each class is reac
   }
   // 16-byte steps to 256 bytes, 32-byte steps to 512, then four classes per power of two,
   // six in the octave of 4 KiB and five in that of 8 KiB.
-  CHECK(kClassSize[8] == 144);
-  CHECK(kClassSize[15] == 256);
-  CHECK(kClassSize[16] == 288);
-  CHECK(kClassSize[23] == 512);
-  CHECK(kClassSize[24] == 640);
-  CHECK(kClassSize[35] == 4096);
-  CHECK(kClassSize[36] == 4368);
-  CHECK(kClassSize[37] == 4608);
-  CHECK(kClassSize[38] == 5120);
-  CHECK(kClassSize[42] == 9216);
-  CHECK(kClassSize[46] == 16384);
-  CHECK(kClassSize[47] == 20480);
-  CHECK(kClassSize[55] == 81920);
+  const std::pair<unsigned, uint32_t> expect[] = {{8, 144},    {15, 256},   {16, 288},   {23, 512},   {24, 640},
+                                                   {35, 4096},  {36, 4368},  {37, 4608},  {38, 5120},  {42, 9216},
+                                                   {46, 16384}, {47, 20480}, {55, 81920}};
+  for (const auto& e : expect) CHECK_MESSAGE(kClassSize[e.first] == e.second, "class " << e.first);
   CHECK(kClassCount == 59);
 }
 
