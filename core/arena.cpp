@@ -475,27 +475,21 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
   return true;
 }
 
-void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len, bool header_reset) noexcept {
-  if (s->solo) {
-    size_t bytes = s->mapped_size;
-    segmap_clear(s, chunks);
-    os::release(s, bytes);
-    g_counters.reserved.fetch_sub(bytes, std::memory_order_relaxed);
-    budget_release(dirty_len);
-    return;
-  }
-  unsigned k = s->arena_index;
-  segmap_clear(s, chunks);
+namespace {
+// The chunks of a segment or a huge block's run go back to arena k: a huge run passes the length
+// from its start that may be resident, a normal segment its first chunk's dirty slices.
+void free_chunks(unsigned k, uintptr_t start, size_t chunks, bool huge, uint64_t dirty_first, size_t dirty_len,
+                 bool header_reset) {
   uint64_t now = os::clock_ms();
   LockGuard guard(g_arena_lock);
   Arena* a = g_arenas[k];
-  unsigned first = static_cast<unsigned>((reinterpret_cast<uintptr_t>(s) - a->base) >> kSegmentShift);
+  unsigned first = static_cast<unsigned>((start - a->base) >> kSegmentShift);
   size_t dirty_bytes = 0;
   for (size_t i = 0; i < chunks; ++i) {
     unsigned c = first + static_cast<unsigned>(i);
     chunk_set_used(a, c, false);
     uint64_t d = dirty_first;
-    if (s->kind == SegmentKind::kHuge) {
+    if (huge) {
       size_t lo = i * kSegmentSize;
       size_t slices = dirty_len <= lo ? 0 : (dirty_len - lo) >> kSliceShift;
       d = slices >= 64 ? kAllSlices : ((uint64_t{1} << slices) - 1);
@@ -529,6 +523,31 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
     }
   }
   if (now >= g_next_purge_ms) purge_expired(now, false);
+}
+}  // namespace
+
+void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_len, bool header_reset) noexcept {
+  if (s->solo) {
+    size_t bytes = s->mapped_size;
+    segmap_clear(s, chunks);
+    os::release(s, bytes);
+    g_counters.reserved.fetch_sub(bytes, std::memory_order_relaxed);
+    budget_release(dirty_len);
+    return;
+  }
+  const bool huge = s->kind == SegmentKind::kHuge;
+  segmap_clear(s, chunks);
+  free_chunks(s->arena_index, reinterpret_cast<uintptr_t>(s), chunks, huge, dirty_first, dirty_len, header_reset);
+}
+
+void arena_free_run(const ChunkGrant& run, size_t chunks, size_t dirty_len) noexcept {
+  if (run.solo) {
+    os::release(run.base, chunks * kSegmentSize);
+    g_counters.reserved.fetch_sub(chunks * kSegmentSize, std::memory_order_relaxed);
+    budget_release(dirty_len);
+    return;
+  }
+  free_chunks(run.arena_index, reinterpret_cast<uintptr_t>(run.base), chunks, true, 0, dirty_len, false);
 }
 
 bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size_t* dirty_extent) noexcept {

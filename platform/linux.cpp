@@ -137,6 +137,28 @@ size_t move_pages(void* from, size_t size, void* to) noexcept {
   return done;
 }
 
+size_t swap_pages(void* a, void* b, size_t size, void* scratch) noexcept {
+  ErrnoGuard keep;
+  constexpr int kFlags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+  constexpr size_t kStep = size_t{2} << 20;
+  auto move = [](void* from, size_t n, void* to) { return mremap(from, n, n, kFlags, to) == to; };
+  size_t done = 0;
+  while (done < size) {
+    size_t n = size - done < kStep ? size - done : kStep;
+    char* pa = static_cast<char*>(a) + done;
+    char* pb = static_cast<char*>(b) + done;
+    if (!move(pb, n, scratch)) break;  // b's pages aside: nothing has changed where this fails
+    if (inject_fault() || !move(pa, n, pb)) {
+      // a's pages stay where they are (a piece moves whole or not at all); b's go back.
+      if (!move(scratch, n, pb)) madvise(scratch, n, MADV_DONTNEED);
+      break;
+    }
+    if (inject_fault() || !move(scratch, n, pa)) madvise(scratch, n, MADV_DONTNEED);
+    done += n;
+  }
+  return done;
+}
+
 bool protect(void* p, size_t size, bool accessible) noexcept {
   // A guard splits a mapping, which the kernel refuses past vm.max_map_count (ENOMEM): fault
   // injection refuses guards too. Taking one away joins mappings and cannot fail so.

@@ -57,6 +57,15 @@ bool purge(void* p, size_t size) noexcept;
 // 0 where the platform cannot (the caller copies the rest). Linux: mremap(MREMAP_FIXED |
 // MREMAP_DONTUNMAP) per 2 MiB, kernel 5.7 and later.
 size_t move_pages(void* from, size_t size, void* to) noexcept;
+// Exchange the pages of [a, a+size) and [b, b+size) without copying them, 2 MiB at a time
+// through `scratch` (a 2 MiB-aligned range from reserve() of 2 MiB that no other thread uses
+// meanwhile): afterwards that part of `b` holds a's contents and of `a` b's former pages. The
+// ranges meet move_pages' conditions (both of them, as both are moved from). Returns how many
+// bytes from the start moved to `b`, a multiple of 2 MiB or all of it; 0 where the platform
+// cannot (the caller copies the rest). b's former pages are free memory to the caller: where
+// the kernel refuses to put them back at `a` (or at `b`, when a's pages did not move) they are
+// given back to the OS, and that part reads as zero.
+size_t swap_pages(void* a, void* b, size_t size, void* scratch) noexcept;
 // Make [p, p+size) inaccessible (a guard) or accessible again. Returns false on failure.
 bool protect(void* p, size_t size, bool accessible) noexcept;
 

@@ -641,19 +641,31 @@ size_t resident_bytes(uintptr_t from, size_t len) {
 }
 
 
-}  // namespace
-
-TEST_CASE("huge: a block that cannot grow in place moves its pages instead of copying them") {
-  settle();  // every free chunk clean, so the accounting below is exact
-  const size_t n = size_t{7} << 20;  // 2 chunks with the header slice
+// A huge block of n bytes (2 chunks with the header slice), a byte written in each OS page,
+// and the chunk right behind its run taken, so that it cannot grow in place.
+struct BlockedBlock {
+  uint8_t* p;
+  Segment* s;
+  ChunkGrant blocker;
+};
+BlockedBlock blocked_block(size_t n) {
   auto* p = static_cast<uint8_t*>(alloc(n));
   REQUIRE(p != nullptr);
   for (size_t i = 0; i < n; i += 4096) p[i] = static_cast<uint8_t>(i >> 12);
   Segment* s = segment_of(p);
   REQUIRE(s->chunk_count == 2);
+  ChunkGrant blocker = take_chunk_at(reinterpret_cast<uintptr_t>(s) + 2 * kSegmentSize);
+  REQUIRE(blocker.base != nullptr);
+  return {p, s, blocker};
+}
+
+}  // namespace
+
+TEST_CASE("huge: a block that cannot grow in place moves its pages instead of copying them") {
+  settle();  // every free chunk clean, so the accounting below is exact
+  const size_t n = size_t{7} << 20;
+  auto [p, s, blocker] = blocked_block(n);
   const uintptr_t old_base = reinterpret_cast<uintptr_t>(s);
-  ChunkGrant blocker = take_chunk_at(old_base + 2 * kSegmentSize);
-  REQUIRE(blocker.base != nullptr);  // the chunk behind the block is taken: it cannot grow there
   const size_t committed0 = committed_now(), live0 = huge_live_now();
   const size_t old_used = s->huge_used;
   const size_t m = size_t{19} << 20;
@@ -676,6 +688,44 @@ TEST_CASE("huge: a block that cannot grow in place moves its pages instead of co
   arena_free_unused(blocker, 1);
   dealloc(r);
   CHECK(huge_live_now() == live0 - old_used);
+  settle();
+}
+
+// A move over resident free memory (a block just freed: the run the arena prefers) exchanges
+// the pages instead of dropping that memory: the block's pages go to the new run, the new run's
+// to the old one, which goes back to the arena resident; nothing is copied or faulted in.
+TEST_CASE("huge: a block that moves over resident free memory exchanges its pages with it") {
+  settle();
+  const size_t n = size_t{7} << 20;
+  auto [p, s, blocker] = blocked_block(n);
+  const uintptr_t old_base = reinterpret_cast<uintptr_t>(s);
+  const size_t m = size_t{19} << 20;  // 5 chunks
+  auto* q = static_cast<uint8_t*>(alloc(m));
+  REQUIRE(q != nullptr);
+  const uintptr_t q_base = reinterpret_cast<uintptr_t>(segment_of(q));
+  for (size_t i = kSliceSize; i < 5 * kSegmentSize; i += 4096)  // every page after its header's
+    reinterpret_cast<uint8_t*>(q_base)[i + 8] = static_cast<uint8_t>(0x80 | (i >> 12));
+  dealloc(q);  // its 5 chunks are free and resident
+  const size_t committed0 = committed_now(), free0 = arena_free_resident(), live0 = huge_live_now();
+  const size_t old_used = s->huge_used, old_len = s->huge_len;
+  auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+  REQUIRE(r != nullptr);
+  Segment* t = segment_of(r);
+  REQUIRE(reinterpret_cast<uintptr_t>(t) == q_base);  // the most resident run that fits
+  CHECK(r - reinterpret_cast<uint8_t*>(t) == p - reinterpret_cast<uint8_t*>(s));
+  for (size_t i = 0; i < n; i += 4096) REQUIRE(r[i] == static_cast<uint8_t>(i >> 12));
+  // The old run holds the freed block's first two chunks, every page resident, and is free.
+  CHECK(resident_bytes(old_base + kSliceSize, 2 * kSegmentSize - kSliceSize) == 2 * kSegmentSize - kSliceSize);
+  for (size_t i = kSliceSize; i < 2 * kSegmentSize; i += 4096)
+    REQUIRE(reinterpret_cast<const uint8_t*>(old_base)[i + 8] == static_cast<uint8_t>(0x80 | (i >> 12)));
+  CHECK(segment_containing(p) == nullptr);
+  // Counted: the block's extent, and the old run's pages as free resident memory.
+  CHECK(committed_now() - committed0 == (t->huge_len - old_len) + (arena_free_resident() - free0));
+  CHECK(arena_free_resident() + 3 * kSegmentSize >= free0);  // 2 of the 5 chunks came back
+  CHECK(huge_live_now() - live0 == t->huge_used - old_used);
+  memset(r + n, 7, m - n);  // the new part is usable
+  dealloc(r);
+  arena_free_unused(blocker, 1);
   settle();
 }
 
@@ -868,6 +918,38 @@ TEST_CASE("os::move_pages: moves the pages without copying them and leaves the s
   os::release(from, 8 * mib);
   os::release(to, 4 * mib);
   os::release(to + 6 * mib, 2 * mib);
+}
+
+TEST_CASE("os::swap_pages: exchanges the pages of two ranges without copying them") {
+  const size_t mib = size_t{1} << 20;
+  auto* a = static_cast<uint8_t*>(os::reserve(8 * mib, 2 * mib));
+  auto* b = static_cast<uint8_t*>(os::reserve(8 * mib, 2 * mib));
+  auto* scratch = os::reserve(2 * mib, 2 * mib);
+  REQUIRE(a != nullptr);
+  REQUIRE(b != nullptr);
+  REQUIRE(scratch != nullptr);
+  for (size_t i = 0; i < 8 * mib; i += 4096) a[i] = static_cast<uint8_t>(1 + (i >> 12));
+  for (size_t i = 0; i < 6 * mib; i += 4096) b[i] = static_cast<uint8_t>(0x80 | (i >> 12));
+  os::huge_hint(a + 2 * mib, 2 * mib);  // mapping boundaries inside the range, as huge blocks have
+  REQUIRE(os::swap_pages(a, b, 8 * mib, scratch) == 8 * mib);  // kernels before 5.7 return 0 here
+  for (size_t i = 0; i < 8 * mib; i += 4096) REQUIRE(b[i] == static_cast<uint8_t>(1 + (i >> 12)));
+  for (size_t i = 0; i < 6 * mib; i += 4096) REQUIRE(a[i] == static_cast<uint8_t>(0x80 | (i >> 12)));
+  CHECK(resident_bytes(reinterpret_cast<uintptr_t>(a), 8 * mib) == 6 * mib);  // what b held, no more
+  CHECK(resident_bytes(reinterpret_cast<uintptr_t>(scratch), 2 * mib) == 0);
+  // A piece whose source cannot move (here, unmapped) stops it after the pieces before it; the
+  // other range's pages of that piece are put back where they were.
+  os::release(a + 4 * mib, 2 * mib);
+  REQUIRE(os::swap_pages(a, b, 8 * mib, scratch) == 4 * mib);
+  for (size_t i = 0; i < 4 * mib; i += 4096) REQUIRE(a[i] == static_cast<uint8_t>(1 + (i >> 12)));
+  for (size_t i = 0; i < 4 * mib; i += 4096) REQUIRE(b[i] == static_cast<uint8_t>(0x80 | (i >> 12)));
+  for (size_t i = 4 * mib; i < 8 * mib; i += 4096) REQUIRE(b[i] == static_cast<uint8_t>(1 + (i >> 12)));
+  // And one whose destination cannot (unmapped): nothing of that piece changes.
+  REQUIRE(os::swap_pages(b + 4 * mib, a + 4 * mib, 4 * mib, scratch) == 0);
+  for (size_t i = 4 * mib; i < 8 * mib; i += 4096) REQUIRE(b[i] == static_cast<uint8_t>(1 + (i >> 12)));
+  os::release(a, 4 * mib);
+  os::release(a + 6 * mib, 2 * mib);
+  os::release(b, 8 * mib);
+  os::release(scratch, 2 * mib);
 }
 
 // A search of an arena that found no run of n chunks is not repeated for n or more until
