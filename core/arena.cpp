@@ -541,12 +541,6 @@ void arena_free(Segment* s, size_t chunks, uint64_t dirty_first, size_t dirty_le
 }
 
 void arena_free_run(const ChunkGrant& run, size_t chunks, size_t dirty_len) noexcept {
-  if (run.solo) {
-    os::release(run.base, chunks * kSegmentSize);
-    g_counters.reserved.fetch_sub(chunks * kSegmentSize, std::memory_order_relaxed);
-    budget_release(dirty_len);
-    return;
-  }
   free_chunks(run.arena_index, reinterpret_cast<uintptr_t>(run.base), chunks, true, 0, dirty_len, false);
 }
 

@@ -544,8 +544,9 @@ void arena_note_growing(Segment* s, size_t chunks) noexcept;
 void arena_free_tail(Segment* s, size_t keep, size_t chunks) noexcept;
 // Give back a grant that never became a segment (a commit failed).
 void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept;
-// A huge block's former run, whose header moved away with the block, goes back to the arena
-// with the first dirty_len bytes possibly resident (pages another run's free memory left there).
+// A huge block's former run in an arena (not a mapping of its own), whose header moved away with
+// the block, goes back with its first dirty_len bytes possibly resident (counted committed: pages
+// that another run's free memory left there).
 void arena_free_run(const ChunkGrant& run, size_t chunks, size_t dirty_len) noexcept;
 bool arena_contains(uintptr_t a) noexcept;
 // The length of run that the last search of arena `index` found missing, UINT32_MAX if none is
