@@ -758,6 +758,50 @@ TEST_CASE("huge: a block moved again and again keeps its contents") {
   settle();
 }
 
+namespace {
+// Chunks [from, to) after `at` taken and written (the ones free), as live segments there would.
+std::vector<ChunkGrant> hold_chunks(uintptr_t at, size_t from, size_t to) {
+  std::vector<ChunkGrant> held;
+  for (size_t c = from; c < to; ++c) {
+    ChunkGrant g = take_chunk_at(at + c * kSegmentSize);
+    if (g.base == nullptr) continue;  // in use already
+    fill(g.base, 4096, c);
+    held.push_back(g);
+  }
+  REQUIRE(!held.empty());
+  return held;
+}
+// The held chunks still hold what hold_chunks wrote; they go back.
+void release_held(const std::vector<ChunkGrant>& held, uintptr_t at) {
+  for (const ChunkGrant& g : held) {
+    const size_t c = (reinterpret_cast<uintptr_t>(g.base) - at) >> kSegmentShift;
+    CHECK(check_fill(g.base, 4096, c));
+    arena_free_unused(g, 1);
+  }
+}
+// 1025 bytes aligned to 8 MiB, filled with v: a huge block with slack after it in its run (20 MiB
+// mapped).
+std::pair<uint8_t*, Segment*> aligned_with_slack(int v) {
+  auto* p = static_cast<uint8_t*>(alloc_aligned(size_t{8} << 20, 1025));
+  REQUIRE(p != nullptr);
+  Segment* s = segment_containing(p);
+  REQUIRE(s != nullptr);
+  REQUIRE(s->kind == SegmentKind::kHuge);
+  REQUIRE(s->mapped_size == size_t{20} << 20);
+  fill(p, 1025, v);
+  return {p, s};
+}
+// realloc to m where the growth in place fails (its commit is refused, as the fuzzer's fault
+// injection does): the block moves.
+uint8_t* realloc_not_in_place(uint8_t* p, size_t m) {
+  REQUIRE(fault_injection_set("nth:1"));
+  auto* r = static_cast<uint8_t*>(realloc_block(p, m));
+  REQUIRE(fault_injection_set("off"));
+  REQUIRE(r != nullptr);
+  return r;
+}
+}  // namespace
+
 // A block aligned beyond the chunk size has slack after it in its run (64 KiB aligned to 8 MiB:
 // 20 MiB mapped). When its growth in place fails (here the commit is refused, as the fuzzer's
 // fault injection does), realloc moves it to a run sized for the new block, and only that much
@@ -765,14 +809,7 @@ TEST_CASE("huge: a block moved again and again keeps its contents") {
 // chunks after the new run, and zeroed the blocks of the live segments there.
 TEST_CASE("huge: a block aligned beyond the chunk size moves no more than its new run holds") {
   settle();
-  const size_t align = size_t{8} << 20;
-  auto* p = static_cast<uint8_t*>(alloc_aligned(align, 1025));
-  REQUIRE(p != nullptr);
-  Segment* s = segment_containing(p);
-  REQUIRE(s != nullptr);
-  REQUIRE(s->kind == SegmentKind::kHuge);
-  REQUIRE(s->mapped_size == size_t{20} << 20);
-  fill(p, 1025, 91);
+  auto [p, s] = aligned_with_slack(91);
   const size_t m = kSegmentSize - kSliceSize;
   const size_t offset = static_cast<size_t>(p - reinterpret_cast<uint8_t*>(s));
   const size_t chunks = align_up(offset + m, kSegmentSize) >> kSegmentShift;
@@ -783,26 +820,44 @@ TEST_CASE("huge: a block aligned beyond the chunk size moves no more than its ne
   const uintptr_t at = reinterpret_cast<uintptr_t>(probe.base);
   arena_free_unused(probe, chunks);
   // The chunks that the old run's remaining 20 MiB would cover there hold data.
-  std::vector<ChunkGrant> held;
-  for (size_t c = chunks; c < 5; ++c) {
-    ChunkGrant g = take_chunk_at(at + c * kSegmentSize);
-    if (g.base == nullptr) continue;  // in use already
-    fill(g.base, 4096, c);
-    held.push_back(g);
-  }
-  REQUIRE(!held.empty());
-  REQUIRE(fault_injection_set("nth:1"));  // the growth in place: its commit fails
-  auto* r = static_cast<uint8_t*>(realloc_block(p, m));
-  REQUIRE(fault_injection_set("off"));
-  REQUIRE(r != nullptr);
+  std::vector<ChunkGrant> held = hold_chunks(at, chunks, 5);
+  auto* r = realloc_not_in_place(p, m);
   CHECK(reinterpret_cast<uintptr_t>(segment_containing(r)) == at);  // moved where the probe said
   CHECK(check_fill(r, 1025, 91));
   memset(r, 1, m);
-  for (const ChunkGrant& g : held) {
-    const size_t c = (reinterpret_cast<uintptr_t>(g.base) - at) >> kSegmentShift;
-    CHECK(check_fill(g.base, 4096, c));
-    arena_free_unused(g, 1);
-  }
+  release_held(held, at);
+  dealloc(r);
+  settle();
+}
+
+// The same move over resident free memory: the pages are exchanged, and no more of the old run
+// than the new run holds (the old run's slack past that is purged where it is).
+TEST_CASE("huge: a block aligned beyond the chunk size exchanges no more than its new run holds") {
+  settle();
+  auto [p, s] = aligned_with_slack(92);
+  const uintptr_t old_base = reinterpret_cast<uintptr_t>(s);
+  const size_t m = kSegmentSize - kSliceSize;
+  const size_t offset = static_cast<size_t>(p - reinterpret_cast<uint8_t*>(s));
+  const size_t chunks = align_up(offset + m, kSegmentSize) >> kSegmentShift;
+  REQUIRE(chunks < 5);  // (2 or 3: the offset depends on the run's address)
+  // A block of that many chunks, freed resident, where the chunks after it hold data.
+  auto* q = static_cast<uint8_t*>(alloc(chunks * kSegmentSize - 2 * kSliceSize));
+  REQUIRE(q != nullptr);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(segment_of(q));
+  REQUIRE(segment_of(q)->chunk_count == chunks);
+  std::vector<ChunkGrant> held = hold_chunks(at, chunks, 5);
+  for (size_t i = kSliceSize; i < chunks * kSegmentSize; i += 4096)
+    reinterpret_cast<uint8_t*>(at)[i + 8] = static_cast<uint8_t>(0x80 | (i >> 12));
+  dealloc(q);
+  auto* r = realloc_not_in_place(p, m);
+  CHECK(reinterpret_cast<uintptr_t>(segment_containing(r)) == at);  // the most resident run
+  CHECK(check_fill(r, 1025, 92));
+  memset(r, 1, m);
+  release_held(held, at);
+  // The old run's first 3 chunks hold the freed block's pages; its slack after them is empty.
+  for (size_t i = kSliceSize; i < chunks * kSegmentSize; i += 4096)
+    REQUIRE(reinterpret_cast<const uint8_t*>(old_base)[i + 8] == static_cast<uint8_t>(0x80 | (i >> 12)));
+  CHECK(resident_bytes(old_base + chunks * kSegmentSize, (size_t{20} << 20) - chunks * kSegmentSize) == 0);
   dealloc(r);
   settle();
 }
