@@ -65,7 +65,8 @@ inline void class_blocks_note(Heap* heap, const Page* page, bool join) {
   const uint32_t n = join ? heap->class_blocks[i] + page->reserved : heap->class_blocks[i] - page->reserved;
   heap->class_blocks[i] = n;
   const uint32_t share = n / 8 < kFcLimitMax ? n / 8 : kFcLimitMax;
-  heap->fc_limit[page->size_class] = static_cast<uint8_t>(share > kFcLimit[page->size_class] ? share : kFcLimit[page->size_class]);
+  const uint32_t base = kFcLimit[page->size_class];
+  heap->fc_limit[page->size_class] = static_cast<uint8_t>(share > base ? share : base);
 }
 
 // ... and a heap whose pages all left (a new heap, one that gave its segments up): no blocks,

@@ -948,7 +948,8 @@ void* huge_move(Segment* s, size_t n) noexcept {
   uintptr_t nb = reinterpret_cast<uintptr_t>(g.base);
   size_t moved = swap_len != 0 ? swap_runs(s, g.base, swap_len) : 0;
   if (moved == swap_len && span > swap_len)
-    moved += os::move_pages(reinterpret_cast<void*>(sb + swap_len), span - swap_len, reinterpret_cast<void*>(nb + swap_len));
+    moved += os::move_pages(reinterpret_cast<void*>(sb + swap_len), span - swap_len,
+                            reinterpret_cast<void*>(nb + swap_len));
   const size_t swapped = moved < swap_len ? moved : swap_len;
   const size_t kept_dirty = old_dirty < swapped ? old_dirty : swapped;  // what the old run holds
   if (moved == 0) {

@@ -4,8 +4,8 @@
 // in 32-byte steps; above, each power of two is split in 4 classes, so rounding a request up
 // wastes at most 20% of a block and about 10% on average; the octaves of 4 and 8 KiB have a
 // fifth class at 1.125 x their base, and the 4 KiB octave a sixth of 4368 bytes (below). The
-// table is computed at compile time from that rule and checked below; `tools/size-classes` prints it with objects per page and tail waste
-// (docs/size-classes.md).
+// table is computed at compile time from that rule and checked below; `tools/size-classes`
+// prints it with objects per page and tail waste (docs/size-classes.md).
 //
 //   class  0..15   16, 32, ... 256            step 16
 //   class 16..23   288, 320, ... 512          step 32

@@ -114,24 +114,29 @@ bool purge(void* p, size_t size) noexcept {
   return madvise(p, size, MADV_DONTNEED) == 0;
 }
 
-size_t move_pages(void* from, size_t size, void* to) noexcept {
-  ErrnoGuard keep;
-  // MREMAP_DONTUNMAP keeps the source mapped, so no hole opens in our reservation for another
-  // mmap to take. Kernels before 5.7 refuse it (EINVAL): nothing moves, the caller copies.
+// MREMAP_DONTUNMAP keeps the source mapped, so no hole opens in our reservation for another mmap
+// to take. Kernels before 5.7 refuse it (EINVAL): nothing moves, the caller copies.
 #ifndef MREMAP_DONTUNMAP
 #define MREMAP_DONTUNMAP 4
 #endif
-  // 2 MiB at a time: the engine splits its mappings only at 2 MiB boundaries (huge_hint's
-  // madvise, earlier moves), so each piece lies in one mapping, which a move needs before 6.17;
-  // and a piece either moves whole or not at all, so what `done` reports is exact on any kernel
-  // (a single call across mappings, which 6.17 allows, could stop halfway without saying where).
-  constexpr int kFlags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
-  constexpr size_t kStep = size_t{2} << 20;
+namespace {
+// move_pages and swap_pages go 2 MiB at a time: the engine splits its mappings only at 2 MiB
+// boundaries (huge_hint's madvise, earlier moves), so each piece lies in one mapping, which a
+// move needs before 6.17; and a piece either moves whole or not at all, so what they report is
+// exact on any kernel (a single call across mappings, which 6.17 allows, could stop halfway
+// without saying where).
+constexpr size_t kMoveStep = size_t{2} << 20;
+bool move_piece(void* from, size_t n, void* to) {
+  return mremap(from, n, n, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, to) == to;
+}
+}  // namespace
+
+size_t move_pages(void* from, size_t size, void* to) noexcept {
+  ErrnoGuard keep;
   size_t done = 0;
   while (done < size) {
-    size_t n = size - done < kStep ? size - done : kStep;
-    void* dst = static_cast<char*>(to) + done;
-    if (mremap(static_cast<char*>(from) + done, n, n, kFlags, dst) != dst) break;
+    size_t n = size - done < kMoveStep ? size - done : kMoveStep;
+    if (!move_piece(static_cast<char*>(from) + done, n, static_cast<char*>(to) + done)) break;
     done += n;
   }
   return done;
@@ -139,21 +144,18 @@ size_t move_pages(void* from, size_t size, void* to) noexcept {
 
 size_t swap_pages(void* a, void* b, size_t size, void* scratch) noexcept {
   ErrnoGuard keep;
-  constexpr int kFlags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
-  constexpr size_t kStep = size_t{2} << 20;
-  auto move = [](void* from, size_t n, void* to) { return mremap(from, n, n, kFlags, to) == to; };
   size_t done = 0;
   while (done < size) {
-    size_t n = size - done < kStep ? size - done : kStep;
+    size_t n = size - done < kMoveStep ? size - done : kMoveStep;
     char* pa = static_cast<char*>(a) + done;
     char* pb = static_cast<char*>(b) + done;
-    if (!move(pb, n, scratch)) break;  // b's pages aside: nothing has changed where this fails
-    if (inject_fault() || !move(pa, n, pb)) {
+    if (!move_piece(pb, n, scratch)) break;  // b's pages aside: nothing has changed where this fails
+    if (inject_fault() || !move_piece(pa, n, pb)) {
       // a's pages stay where they are (a piece moves whole or not at all); b's go back.
-      if (!move(scratch, n, pb)) madvise(scratch, n, MADV_DONTNEED);
+      if (!move_piece(scratch, n, pb)) madvise(scratch, n, MADV_DONTNEED);
       break;
     }
-    if (inject_fault() || !move(scratch, n, pa)) madvise(scratch, n, MADV_DONTNEED);
+    if (inject_fault() || !move_piece(scratch, n, pa)) madvise(scratch, n, MADV_DONTNEED);
     done += n;
   }
   return done;
