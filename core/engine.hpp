@@ -364,6 +364,9 @@ extern std::atomic<uint32_t> g_purge_epoch;
 // other heap's at once (malloc_trim). Called from a heap's maintenance; `me` is skipped.
 // With `try_lock`, nothing is done if the heaps lock is taken.
 void heaps_purge_idle(Heap* me, uint64_t now, bool force, bool try_lock = false) noexcept;
+// The earliest time of heaps_purge_idle's next pass (ms) but with `force`: one pass per purge
+// delay in the whole process.
+extern std::atomic<uint64_t> g_purge_idle_next_ms;
 
 // The owner's hold on its heap's segment lock (Heap::seg_lock), re-entrant: span_alloc may
 // reclaim an abandoned segment and free spans of it, a purge may run inside an allocation.

@@ -399,11 +399,13 @@ static void heap_purge_segments(Heap* heap, uint64_t now, bool force) {
 // would have acted on. It takes the heap's segment lock only if it is free (an owner at work
 // holds it), at most once per purge delay in the whole process, and under the heaps lock, so
 // that no heap is recycled or abandoned meanwhile.
+std::atomic<uint64_t> g_purge_idle_next_ms{0};
+
 void heaps_purge_idle(Heap* me, uint64_t now, bool force, bool try_lock) noexcept {
-  static std::atomic<uint64_t> next_ms{0};
   const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
-  uint64_t t = next_ms.load(std::memory_order_relaxed);
-  if (!force && (now < t || !next_ms.compare_exchange_strong(t, now + delay, std::memory_order_relaxed))) return;
+  uint64_t t = g_purge_idle_next_ms.load(std::memory_order_relaxed);
+  if (!force && (now < t || !g_purge_idle_next_ms.compare_exchange_strong(t, now + delay, std::memory_order_relaxed)))
+    return;
   if (try_lock) {
     if (!g_heaps_lock.try_lock()) return;
   } else {

@@ -10,6 +10,7 @@
 
 #include "core/budget.hpp"
 #include "core/engine.hpp"
+#include "support.hpp"
 
 using namespace nebula;
 
@@ -93,9 +94,11 @@ TEST_CASE("budget: charges never pass the limit; releases give it back") {
   budget_release(10u << 20);
   CHECK(g_counters.committed.load() == base);
   // An allocation over the budget fails with ENOMEM; under it, it succeeds.
-  errno = 0;
-  CHECK(nebula_malloc(64u << 20) == nullptr);
-  CHECK(errno == ENOMEM);
+  {
+    const unit::CallResult r = unit::call_errno([] { return nebula_malloc(64u << 20); });
+    CHECK(r.p == nullptr);
+    CHECK(r.err == ENOMEM);
+  }
   void* p = nebula_malloc(1u << 20);
   CHECK(p != nullptr);
   nebula_free(p);

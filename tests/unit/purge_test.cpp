@@ -183,16 +183,21 @@ TEST_CASE("purge: a quiet thread's free slices are purged by another thread once
   REQUIRE(due != 0);
   const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   ensure_heap();
+  // The passes are paced process-wide (one per purge delay), and an earlier test's maintenance
+  // may have set the pace by a clock of its own: each call below starts from no pace.
   // Due, but not overdue: the owner may still come back and reuse them.
+  g_purge_idle_next_ms.store(0);
   heaps_purge_idle(t_heap, due, false);
   CHECK(resident_free() >= 32 * kMiB);
   // Overdue while the owner is at work on its segments: left alone.
   wh->seg_lock.lock();
+  g_purge_idle_next_ms.store(0);
   heaps_purge_idle(t_heap, due + delay + 1, false);
   wh->seg_lock.unlock();
   CHECK(resident_free() >= 32 * kMiB);
   // Overdue and the owner quiet: purged by this thread.
   const size_t p0 = g_counters.purged.load();
+  g_purge_idle_next_ms.store(0);
   heaps_purge_idle(t_heap, due + 2 * delay + 2, false);
   CHECK(resident_free() == 0);
   CHECK(g_counters.purged.load() >= p0 + 32 * kMiB);

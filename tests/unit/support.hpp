@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -97,6 +98,19 @@ inline void dealloc_from_bare_thread(void* p) {
 inline void settle() {
   ensure_heap();
   trim(0);
+}
+
+// What an allocating call returned and the errno it left, read before a doctest report can
+// change errno (with -s, the report of each passing CHECK writes to the terminal).
+struct CallResult {
+  void* p;
+  int err;
+};
+template <class F>
+CallResult call_errno(F&& f) {
+  errno = 0;
+  void* p = f();
+  return {p, errno};
 }
 
 inline size_t segments_now() { return g_counters.segments.load(); }
