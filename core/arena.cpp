@@ -3,10 +3,12 @@
 //
 // Owns: g_arenas, g_segmap, the committed-bytes accounting of free chunks.
 // Invariants (under g_arena_lock):
-//   a chunk is in a live segment <=> its bit in Arena::used is set
+//   a chunk is in a live segment or being purged <=> its bit in Arena::used is set; being
+//   purged <=> its bit in Arena::purging is set too
 //   g_segmap[chunk] != 0 <=> the chunk is in a live segment (set before the segment is handed
 //   out, cleared before its chunks go back to the arena)
-//   g_free_dirty == sum over free chunks of popcount(dirty_mask) * kSliceSize
+//   g_free_dirty == sum over free chunks (not those being purged) of popcount(dirty_mask) *
+//   kSliceSize
 #include <cstring>
 
 #include "core/engine.hpp"
@@ -54,6 +56,9 @@ struct Arena {
   uint64_t guarded[kArenaChunks / 64];      // bitmap: secure mode, chunk whose last slice is
                                             // inaccessible (the guard of a normal segment freed
                                             // whole, kept for the next segment made there)
+  uint64_t purging[kArenaChunks / 64];      // bitmap: free chunk whose resident slices a thread
+                                            // is giving back with the lock released (marked
+                                            // used meanwhile; dirty_mask still says which)
   uint32_t no_run;                          // find_run found no free run of this many chunks
                                             // (UINT32_MAX: none known), and none has been freed
                                             // since: longer runs need not be looked for
@@ -70,6 +75,7 @@ NEBULA_SPARSE_BSS_END
 std::atomic<unsigned> g_arena_count{0};
 SpinLock g_arena_lock;
 size_t g_free_dirty = 0;          // bytes resident in free chunks (under the lock)
+size_t g_purging = 0;             // bytes resident in chunks being purged (under the lock)
 uint64_t g_next_purge_ms = 0;     // earliest freed_at + delay among free dirty chunks
 
 // The recent peak of the bytes in use (committed, less free resident chunks), over two windows
@@ -82,7 +88,8 @@ uint64_t g_peak_window_start = 0;
 
 size_t note_in_use(uint64_t now) {
   size_t in_use = g_counters.committed.load(std::memory_order_relaxed);
-  in_use = in_use > g_free_dirty ? in_use - g_free_dirty : 0;
+  const size_t free_bytes = g_free_dirty + g_purging;
+  in_use = in_use > free_bytes ? in_use - free_bytes : 0;
   if (now - g_peak_window_start >= kPeakWindowMs) {
     g_peak_prev = now - g_peak_window_start >= 2 * kPeakWindowMs ? 0 : g_peak_now;
     g_peak_now = 0;
@@ -95,6 +102,7 @@ size_t note_in_use(uint64_t now) {
 constexpr uint64_t kAllSlices = ~uint64_t{0};
 
 bool chunk_used(const Arena* a, unsigned i) { return (a->used[i / 64] >> (i % 64)) & 1; }
+bool chunk_purging(const Arena* a, unsigned i) { return (a->purging[i / 64] >> (i % 64)) & 1; }
 bool chunk_grows(const Arena* a, unsigned i) { return (a->grows[i / 64] >> (i % 64)) & 1; }
 // Chunks [first, first + n) hold a huge block that realloc grew (under the lock).
 void mark_growing(Arena* a, unsigned first, size_t n) {
@@ -319,31 +327,99 @@ Arena* arena_create() {
   return a;
 }
 
-// Purge the resident slices of free chunk i (under the lock).
-void purge_chunk(Arena* a, unsigned i) {
-  uint64_t mask = a->dirty_mask[i];
-  if (mask == 0) return;
+// The madvise calls that give back chunk i's resident slices `mask`, a call per run of them.
+void purge_slices_of(const Arena* a, unsigned i, uint64_t mask) {
   char* chunk = reinterpret_cast<char*>(a->base + static_cast<uintptr_t>(i) * kSegmentSize);
   if (mask == kAllSlices) {
     os::purge(chunk, kSegmentSize);
-  } else {
-    // purge each run of dirty slices with one call
-    uint64_t m = mask;
-    while (m != 0) {
-      unsigned lo = ctz64(m);
-      uint64_t shifted = ~(m >> lo);
-      unsigned len = shifted == 0 ? 64 - lo : ctz64(shifted);
-      os::purge(chunk + (static_cast<size_t>(lo) << kSliceShift), static_cast<size_t>(len) << kSliceShift);
-      if (lo + len >= 64) break;
-      m &= ~(((uint64_t{1} << len) - 1) << lo);
-    }
+    return;
   }
-  size_t bytes = static_cast<size_t>(popcount64(mask)) << kSliceShift;
-  a->dirty_mask[i] = 0;
-  g_free_dirty -= bytes;
+  for (uint64_t m = mask; m != 0;) {
+    unsigned lo = ctz64(m);
+    uint64_t shifted = ~(m >> lo);
+    unsigned len = shifted == 0 ? 64 - lo : ctz64(shifted);
+    os::purge(chunk + (static_cast<size_t>(lo) << kSliceShift), static_cast<size_t>(len) << kSliceShift);
+    if (lo + len >= 64) break;
+    m &= ~(((uint64_t{1} << len) - 1) << lo);
+  }
+}
+
+void count_purged(size_t bytes, size_t calls) {
   budget_release(bytes);
   g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
-  g_counters.purge_calls.fetch_add(1, std::memory_order_relaxed);
+  g_counters.purge_calls.fetch_add(calls, std::memory_order_relaxed);
+}
+
+// Free chunks whose resident slices are given back with the lock released: under it each is
+// taken out of use (marked used and purging, so that nobody takes it and the walks of live
+// segments pass it by) and no longer counted resident and free; the madvise calls follow
+// without the lock, and the chunks come back free and clean under it (purge_finish). Such a
+// call gives back up to 4 MiB of pages, with a TLB shootdown on every core that runs the
+// process (`large --threads 2` under strace: 115 calls, 22 ms). Under the lock it held every
+// thread that makes or frees a segment or a huge block: 1,108 sched_yield calls a run of
+// `large --threads 2`, 97% of them waiting on the arena lock in free_chunks while the other
+// thread purged; 46,207 with 8 threads, 195 since. A full batch purges the rest under the lock.
+constexpr unsigned kPurgeBatch = 32;
+struct PurgeBatch {
+  struct Item {
+    Arena* a;
+    unsigned i;
+  };
+  Item item[kPurgeBatch];
+  unsigned n = 0;
+};
+
+// Purge the resident slices of free chunk i (under the lock): now if `batch` is full, else with
+// the lock released (purge_finish).
+void purge_chunk(Arena* a, unsigned i, PurgeBatch& batch) {
+  uint64_t mask = a->dirty_mask[i];
+  if (mask == 0) return;
+  size_t bytes = static_cast<size_t>(popcount64(mask)) << kSliceShift;
+  g_free_dirty -= bytes;
+  if (batch.n == kPurgeBatch) {
+    purge_slices_of(a, i, mask);
+    a->dirty_mask[i] = 0;
+    count_purged(bytes, 1);
+    return;
+  }
+  a->used[i / 64] |= uint64_t{1} << (i % 64);
+  a->purging[i / 64] |= uint64_t{1} << (i % 64);
+  a->free_count--;
+  g_purging += bytes;
+  batch.item[batch.n++] = {a, i};
+}
+
+}  // namespace
+
+void (*g_purge_window_hook)(PurgeWindow) = nullptr;
+
+namespace {
+// The madvise calls of the chunks in `batch`, then their return to the free chunks (called
+// without the lock).
+void purge_finish(PurgeBatch& batch) {
+  if (batch.n == 0) return;
+  size_t bytes = 0;
+  for (unsigned k = 0; k < batch.n; ++k) {
+    const PurgeBatch::Item& it = batch.item[k];
+    const uint64_t mask = it.a->dirty_mask[it.i];  // (nobody changes it meanwhile)
+    purge_slices_of(it.a, it.i, mask);
+    bytes += static_cast<size_t>(popcount64(mask)) << kSliceShift;
+  }
+  if (g_purge_window_hook != nullptr) g_purge_window_hook(PurgeWindow::kArenaChunks);
+  {
+    LockGuard guard(g_arena_lock);
+    for (unsigned k = 0; k < batch.n; ++k) {
+      Arena* a = batch.item[k].a;
+      const unsigned i = batch.item[k].i;
+      a->dirty_mask[i] = 0;
+      a->purging[i / 64] &= ~(uint64_t{1} << (i % 64));
+      chunk_set_used(a, i, false);
+      a->free_count++;
+    }
+    g_purging -= bytes;
+  }
+  count_purged(bytes, batch.n);
+  batch.n = 0;
 }
 
 // Purge the free dirty chunk freed longest ago; false if there is none. Each arena keeps a
@@ -351,7 +427,7 @@ void purge_chunk(Arena* a, unsigned i) {
 // which makes its bound exact, until the lowest bound is an exact one. Reading every chunk of
 // every arena for each chunk purged cost a process with 30 arenas of huge blocks 18% of its
 // samples (`patterns huge-many`: each free over the limit purges a chunk or two).
-bool purge_oldest() {
+bool purge_oldest(PurgeBatch& batch) {
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
   for (unsigned tries = 0; tries <= count; ++tries) {
     Arena* best = nullptr;
@@ -377,14 +453,14 @@ bool purge_oldest() {
     }
     best->oldest_ms = t;                   // exact now
     if (t == UINT64_MAX || t > next_t) continue;  // another arena may hold an older one
-    purge_chunk(best, best_i);             // (its bound stays a lower bound)
+    purge_chunk(best, best_i, batch);      // (its bound stays a lower bound)
     return true;
   }
   return false;
 }
 
 // Purge free chunks whose delay expired (all of them when force).
-void purge_expired(uint64_t now, bool force) {
+void purge_expired(uint64_t now, bool force, PurgeBatch& batch) {
   uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   uint64_t next = 0;
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
@@ -393,7 +469,7 @@ void purge_expired(uint64_t now, bool force) {
     for (unsigned i = 0; i < a->chunks; ++i) {
       if (chunk_used(a, i) || a->dirty_mask[i] == 0) continue;
       uint64_t due = a->freed_at_ms[i] + delay;
-      if (force || due <= now) purge_chunk(a, i);
+      if (force || due <= now) purge_chunk(a, i, batch);
       else if (next == 0 || due < next) next = due;
     }
   }
@@ -481,48 +557,53 @@ namespace {
 void free_chunks(unsigned k, uintptr_t start, size_t chunks, bool huge, uint64_t dirty_first, size_t dirty_len,
                  bool header_reset) {
   uint64_t now = os::clock_ms();
-  LockGuard guard(g_arena_lock);
-  Arena* a = g_arenas[k];
-  unsigned first = static_cast<unsigned>((start - a->base) >> kSegmentShift);
-  size_t dirty_bytes = 0;
-  for (size_t i = 0; i < chunks; ++i) {
-    unsigned c = first + static_cast<unsigned>(i);
-    chunk_set_used(a, c, false);
-    uint64_t d = dirty_first;
-    if (huge) {
-      size_t lo = i * kSegmentSize;
-      size_t slices = dirty_len <= lo ? 0 : (dirty_len - lo) >> kSliceShift;
-      d = slices >= 64 ? kAllSlices : ((uint64_t{1} << slices) - 1);
+  PurgeBatch batch;
+  {
+    LockGuard guard(g_arena_lock);
+    Arena* a = g_arenas[k];
+    unsigned first = static_cast<unsigned>((start - a->base) >> kSegmentShift);
+    size_t dirty_bytes = 0;
+    for (size_t i = 0; i < chunks; ++i) {
+      unsigned c = first + static_cast<unsigned>(i);
+      chunk_set_used(a, c, false);
+      uint64_t d = dirty_first;
+      if (huge) {
+        size_t lo = i * kSegmentSize;
+        size_t slices = dirty_len <= lo ? 0 : (dirty_len - lo) >> kSliceShift;
+        d = slices >= 64 ? kAllSlices : ((uint64_t{1} << slices) - 1);
+      }
+      a->dirty_mask[c] = d;
+      a->freed_at_ms[c] = now;
+      if (d != 0 && now < a->oldest_ms) a->oldest_ms = now;
+      if (header_reset && i == 0) a->header_reset[c / 64] |= uint64_t{1} << (c % 64);
+      // A normal segment freed whole (header_reset) in secure mode leaves its guard slice in place.
+      if (header_reset && g_secure) a->guarded[c / 64] |= uint64_t{1} << (c % 64);
+      dirty_bytes += static_cast<size_t>(popcount64(d)) << kSliceShift;
     }
-    a->dirty_mask[c] = d;
-    a->freed_at_ms[c] = now;
-    if (d != 0 && now < a->oldest_ms) a->oldest_ms = now;
-    if (header_reset && i == 0) a->header_reset[c / 64] |= uint64_t{1} << (c % 64);
-    // A normal segment freed whole (header_reset) in secure mode leaves its guard slice in place.
-    if (header_reset && g_secure) a->guarded[c / 64] |= uint64_t{1} << (c % 64);
-    dirty_bytes += static_cast<size_t>(popcount64(d)) << kSliceShift;
-  }
-  a->free_count += static_cast<uint32_t>(chunks);
-  g_free_dirty += dirty_bytes;
-  uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
-  if (g_next_purge_ms == 0 || now + delay < g_next_purge_ms) __atomic_store_n(&g_next_purge_ms, now + delay, __ATOMIC_RELAXED);
-  // Free chunks stay resident (for reuse without page faults) as long as the footprint stays
-  // within the recent peak of the bytes in use plus the retain option: a program that churns
-  // through big blocks refills them. When the use falls below 1/16 of that peak, the program has
-  // let go of nearly everything (a phase ended) and may not call the allocator again for a long
-  // time, so the limit becomes the larger of retain and the bytes in use. Beyond the limit, and
-  // when purge_delay is 0, free chunks go back now, those free longest first.
-  size_t in_use = note_in_use(now);
-  size_t peak = g_peak_now > g_peak_prev ? g_peak_now : g_peak_prev;
-  size_t retain = static_cast<size_t>(option(Option::kRetain));
-  size_t limit = in_use < peak / 16 ? (retain > in_use ? retain : in_use) : retain + (peak - in_use);
-  if (delay == 0) {
-    for (size_t i = 0; i < chunks; ++i) purge_chunk(a, first + static_cast<unsigned>(i));
-  } else {
-    while (g_free_dirty > limit && purge_oldest()) {
+    a->free_count += static_cast<uint32_t>(chunks);
+    g_free_dirty += dirty_bytes;
+    uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+    if (g_next_purge_ms == 0 || now + delay < g_next_purge_ms)
+      __atomic_store_n(&g_next_purge_ms, now + delay, __ATOMIC_RELAXED);
+    // Free chunks stay resident (for reuse without page faults) as long as the footprint stays
+    // within the recent peak of the bytes in use plus the retain option: a program that churns
+    // through big blocks refills them. When the use falls below 1/16 of that peak, the program has
+    // let go of nearly everything (a phase ended) and may not call the allocator again for a long
+    // time, so the limit becomes the larger of retain and the bytes in use. Beyond the limit, and
+    // when purge_delay is 0, free chunks go back now, those free longest first.
+    size_t in_use = note_in_use(now);
+    size_t peak = g_peak_now > g_peak_prev ? g_peak_now : g_peak_prev;
+    size_t retain = static_cast<size_t>(option(Option::kRetain));
+    size_t limit = in_use < peak / 16 ? (retain > in_use ? retain : in_use) : retain + (peak - in_use);
+    if (delay == 0) {
+      for (size_t i = 0; i < chunks; ++i) purge_chunk(a, first + static_cast<unsigned>(i), batch);
+    } else {
+      while (g_free_dirty > limit && purge_oldest(batch)) {
+      }
     }
+    if (now >= g_next_purge_ms) purge_expired(now, false, batch);
   }
-  if (now >= g_next_purge_ms) purge_expired(now, false);
+  purge_finish(batch);
 }
 }  // namespace
 
@@ -645,16 +726,22 @@ void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {
 
 void arena_purge(bool force) noexcept {
   uint64_t now = os::clock_ms();
-  LockGuard guard(g_arena_lock);
-  if (!force && (g_next_purge_ms == 0 || now < g_next_purge_ms)) return;
-  purge_expired(now, force);
+  PurgeBatch batch;
+  {
+    LockGuard guard(g_arena_lock);
+    if (!force && (g_next_purge_ms == 0 || now < g_next_purge_ms)) return;
+    purge_expired(now, force, batch);
+  }
+  purge_finish(batch);
 }
 
 bool arena_purge_try(uint64_t now) noexcept {
   const uint64_t next = __atomic_load_n(&g_next_purge_ms, __ATOMIC_RELAXED);
   if (next == 0 || now < next || !g_arena_lock.try_lock()) return false;
-  if (g_next_purge_ms != 0 && now >= g_next_purge_ms) purge_expired(now, false);
+  PurgeBatch batch;
+  if (g_next_purge_ms != 0 && now >= g_next_purge_ms) purge_expired(now, false, batch);
   g_arena_lock.unlock();
+  purge_finish(batch);
   return true;
 }
 
@@ -666,7 +753,7 @@ void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept {
   for (unsigned k = 0; k < count; ++k) {
     Arena* a = g_arenas[k];
     for (unsigned i = 0; i < a->chunks;) {
-      if (!chunk_used(a, i)) {
+      if (!chunk_used(a, i) || chunk_purging(a, i)) {
         ++i;
         continue;
       }
@@ -716,12 +803,39 @@ int arena_thp_state(unsigned index, uintptr_t addr) noexcept {
 }
 
 bool arena_purge_oldest() noexcept {
-  LockGuard guard(g_arena_lock);
-  return purge_oldest();
+  PurgeBatch batch;
+  bool done;
+  {
+    LockGuard guard(g_arena_lock);
+    done = purge_oldest(batch);
+  }
+  purge_finish(batch);
+  return done;
 }
 
 void arenas_fork_prepare() noexcept { g_arena_lock.lock(); }
 void arenas_fork_parent() noexcept { g_arena_lock.unlock(); }
-void arenas_fork_child() noexcept { g_arena_lock.reset(); }
+// In the child, a purge that another thread had under way when the process forked never
+// finishes: its chunks go back free with the slices they may still hold (the budget still counts
+// them).
+void arenas_fork_child() noexcept {
+  g_arena_lock.reset();
+  const unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  for (unsigned k = 0; k < count; ++k) {
+    Arena* a = g_arenas[k];
+    for (unsigned w = 0; w < kArenaChunks / 64; ++w) {
+      for (uint64_t bits = a->purging[w]; bits != 0; bits &= bits - 1) {
+        const unsigned i = w * 64 + ctz64(bits);
+        chunk_set_used(a, i, false);
+        a->free_count++;
+        g_free_dirty += static_cast<size_t>(popcount64(a->dirty_mask[i])) << kSliceShift;
+        if (a->freed_at_ms[i] < a->oldest_ms) a->oldest_ms = a->freed_at_ms[i];
+        if (g_next_purge_ms == 0 || a->freed_at_ms[i] < g_next_purge_ms) g_next_purge_ms = a->freed_at_ms[i];
+      }
+      a->purging[w] = 0;
+    }
+  }
+  g_purging = 0;
+}
 
 }  // namespace nebula

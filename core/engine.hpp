@@ -465,6 +465,9 @@ bool huge_grow(Segment* s, size_t n) noexcept;
 // Move a huge block that cannot grow in place to new chunks for n bytes without copying it (its
 // pages are remapped); the new address, or nullptr when that cannot be done (the caller copies).
 void* huge_move(Segment* s, size_t n) noexcept;
+// For tests: called by huge_move's exchange of pages with the scratch range it took, before it
+// uses it (the range is this thread's until the exchange ends).
+extern void (*g_swap_hook)(void* scratch);
 // Shrink a huge block in place to n bytes (more than kLargeMax): the memory past it goes back to
 // the OS now and whole chunks to the arena. False leaves it as it was (secure mode).
 bool huge_shrink(Segment* s, size_t n) noexcept;
@@ -475,10 +478,10 @@ void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept;
 // Grow a large block in place to n bytes from p (owner thread, free slices after it); false if not.
 bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept;
 void segment_abandon(Segment* s) noexcept;
-// At a thread's exit (now): abandon s keeping its free resident slices for the thread that
-// adopts it, where exited threads' segments were adopted soon after lately (g_exit_reuse_ms), as
-// many as the allowance for all abandoned segments has room for (kExitKeepBytes; the rest are
-// purged); false: nothing kept, s not abandoned.
+// At a thread's exit (now), before s is abandoned: keep its free resident slices for the thread
+// that adopts it, where exited threads' segments were adopted soon after lately
+// (g_exit_reuse_ms), as many as the allowance for all abandoned segments has room for
+// (kExitKeepBytes; the rest are purged); false: nothing kept (the caller purges them all).
 bool segment_abandon_keep(Segment* s, uint64_t now) noexcept;
 // When a thread last adopted, for room, a segment that an exiting thread had left within a purge
 // delay before (0: never): evidence that threads come and go (a thread per task).
@@ -565,6 +568,12 @@ int arena_thp_state(unsigned index, uintptr_t addr) noexcept;
 // Purge the free chunk with resident slices that was freed longest ago, as a free over the
 // resident limit does; false if there is none (for tests).
 bool arena_purge_oldest() noexcept;
+// For tests: called by a purge that runs with its lock released, after its madvise calls and
+// before it takes the lock again to return what it marked: free chunks of the arenas
+// (kArenaChunks, the arena lock) or kept slices of abandoned segments (kKeptSlices, the
+// abandoned list's lock).
+enum class PurgeWindow { kArenaChunks, kKeptSlices };
+extern void (*g_purge_window_hook)(PurgeWindow where);
 // Calls fn for every live segment of every arena, under the arena lock: no segment header can
 // be reused while fn runs (its owner may still change its pages). Solo huge blocks are not seen.
 void arena_walk_segments(void (*fn)(Segment*, void*), void* ctx) noexcept;

@@ -184,6 +184,9 @@ struct Segment {
   uint32_t push_seq;                    // its heap's count of segments taken when it took this
                                         // one: of equal fits, a span search takes the newest
   uint8_t large_slices;                 // slices in its large blocks' spans
+  uint8_t kept_purging;                 // abandoned: its kept slices are being purged with the
+                                        // list's lock released (abandoned_purge_kept): no
+                                        // thread adopts it meanwhile
   // Huge segments belong to no heap and normal ones have no huge block: the two share the
   // rest of the second line (the descriptors start at 128, so that the last one's
   // thread_free line begins an OS page: see reset_descriptors).

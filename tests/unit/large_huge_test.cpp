@@ -5,8 +5,10 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "core/budget.hpp"
@@ -729,6 +731,79 @@ TEST_CASE("huge: a block that moves over resident free memory exchanges its page
   settle();
 }
 
+// Moves on two threads at once exchange their pages each through a scratch range of its own:
+// the second does not wait for the first one's exchange to end (with one range for the process,
+// the second thread spun until the first was done).
+namespace swap_window {
+std::atomic<int> calls{0};
+void* first_scratch = nullptr;
+void* second_scratch = nullptr;
+std::thread second;
+std::atomic<bool> second_done{false};
+bool done_in_window = false;
+uint8_t* second_block = nullptr;
+uint8_t* second_moved = nullptr;
+size_t second_size = 0;
+}  // namespace swap_window
+
+TEST_CASE("huge: moves on two threads at once each exchange pages through a scratch range of their own") {
+  using namespace swap_window;
+  settle();
+  const size_t n = size_t{7} << 20, m = size_t{19} << 20;
+  auto [p1, s1, blocker1] = blocked_block(n);
+  auto [p2, s2, blocker2] = blocked_block(n);
+  // Two runs of 5 free resident chunks for them to move over.
+  auto* q1 = static_cast<uint8_t*>(alloc(m));
+  auto* q2 = static_cast<uint8_t*>(alloc(m));
+  REQUIRE(q1 != nullptr);
+  REQUIRE(q2 != nullptr);
+  memset(q1, 0x5a, m);
+  memset(q2, 0x5a, m);
+  dealloc(q1);
+  dealloc(q2);
+  calls = 0;
+  first_scratch = second_scratch = nullptr;
+  second_done = false;
+  done_in_window = false;
+  second_block = p2;
+  second_moved = nullptr;
+  second_size = m;
+  g_swap_hook = [](void* scratch) {
+    if (calls.fetch_add(1) != 0) {  // the second thread's exchange
+      second_scratch = scratch;
+      return;
+    }
+    first_scratch = scratch;
+    // The first exchange holds its scratch range while a second thread moves its own block
+    // (joined after the first move: if it waits for this range, it goes on once the hook ends).
+    second = std::thread([] {
+      second_moved = static_cast<uint8_t*>(realloc_block(second_block, second_size));
+      second_done = true;
+    });
+    for (int i = 0; i < 5000 && !second_done; ++i) usleep(1000);
+    done_in_window = second_done;
+  };
+  auto* r1 = static_cast<uint8_t*>(realloc_block(p1, m));
+  if (second.joinable()) second.join();
+  g_swap_hook = nullptr;
+  REQUIRE(r1 != nullptr);
+  REQUIRE(second_moved != nullptr);
+  CHECK(calls == 2);  // both moved over resident memory: two exchanges
+  CHECK(done_in_window);
+  CHECK(first_scratch != nullptr);
+  CHECK(second_scratch != nullptr);
+  CHECK(first_scratch != second_scratch);
+  for (size_t i = 0; i < n; i += 4096) {
+    REQUIRE(r1[i] == static_cast<uint8_t>(i >> 12));
+    REQUIRE(second_moved[i] == static_cast<uint8_t>(i >> 12));
+  }
+  dealloc(r1);
+  dealloc(second_moved);
+  arena_free_unused(blocker1, 1);
+  arena_free_unused(blocker2, 1);
+  settle();
+}
+
 TEST_CASE("huge: a block moved again and again keeps its contents") {
   settle();
   size_t n = size_t{5} << 20;
@@ -1066,6 +1141,24 @@ TEST_CASE("huge: an arena with no run of n chunks is skipped until a chunk is fr
   settle();
 }
 
+// Free a chunk of one's own with slices 1-3 resident, as a normal segment holding them would.
+void free_chunk_dirty(const ChunkGrant& c) {
+  // Nothing resident but what is written here (the grant's resident slices go back first).
+  REQUIRE(madvise(c.base, kSegmentSize, MADV_DONTNEED) == 0);
+  budget_release(c.dirty_bytes);
+  auto* s = static_cast<Segment*>(c.base);
+  s->solo = 0;
+  s->kind = SegmentKind::kNormal;
+  s->arena_index = c.arena_index;
+  for (unsigned k = 1; k <= 3; ++k) static_cast<char*>(c.base)[k * kSliceSize] = 1;
+  REQUIRE(budget_charge(3 * kSliceSize));
+  arena_free(s, 1, 0xe, 0);
+}
+// What of those slices is resident.
+size_t dirty_resident(const ChunkGrant& c) {
+  return resident_bytes(reinterpret_cast<uintptr_t>(c.base) + kSliceSize, 3 * kSliceSize);
+}
+
 // A free that takes the resident free chunks over their limit purges the one freed longest ago,
 // whichever arena holds it. Each arena keeps only a lower bound of its oldest (exact after a
 // read), so a bound left low by a chunk taken again must not win over an older chunk elsewhere.
@@ -1086,23 +1179,8 @@ TEST_CASE("huge: the free chunk freed longest ago is purged first, across arenas
   REQUIRE(mine.size() >= 2);
   ChunkGrant x1 = mine[0], x2 = mine[1];
   for (size_t i = 2; i < mine.size(); ++i) arena_free_unused(mine[i], 1);  // clean: no purge due
-  // Free a chunk with slices 1-3 resident, as a normal segment holding them would.
-  const uint64_t dirty = 0xe;
-  auto free_dirty = [&](const ChunkGrant& c) {
-    // Nothing resident but what is written here (the grant's resident slices go back first).
-    REQUIRE(madvise(c.base, kSegmentSize, MADV_DONTNEED) == 0);
-    budget_release(c.dirty_bytes);
-    auto* s = static_cast<Segment*>(c.base);
-    s->solo = 0;
-    s->kind = SegmentKind::kNormal;
-    s->arena_index = c.arena_index;
-    for (unsigned k = 1; k <= 3; ++k) static_cast<char*>(c.base)[k * kSliceSize] = 1;
-    REQUIRE(budget_charge(3 * kSliceSize));
-    arena_free(s, 1, dirty, 0);
-  };
-  auto resident = [](const ChunkGrant& c) {
-    return resident_bytes(reinterpret_cast<uintptr_t>(c.base) + kSliceSize, 3 * kSliceSize);
-  };
+  auto free_dirty = free_chunk_dirty;
+  auto resident = dirty_resident;
   free_dirty(x1);  // t0: the first arena's bound
   usleep(3000);
   ChunkGrant again;
@@ -1123,6 +1201,82 @@ TEST_CASE("huge: the free chunk freed longest ago is purged first, across arenas
   CHECK(resident(x2) == 0);
   again.dirty_bytes = 0;  // (its slices were counted committed when it was freed dirty: give them back)
   arena_free_unused(again, 1);
+  settle();
+}
+
+// A purge of free chunks makes its madvise calls with the arena lock released (each takes up to
+// a millisecond, and every thread that makes or frees a segment or a huge block waited behind
+// it): the chunks are out of use meanwhile, so that no grant takes them and the walk of live
+// segments passes them by, and come back free and clean after. A fork in that window gives the
+// child the chunks back free, with the slices they may still hold counted resident.
+namespace purge_window {
+ChunkGrant target;
+int calls, locks_held, taken_again, walked_over, child_status;
+size_t free_resident;
+}  // namespace purge_window
+
+TEST_CASE("arena: a purge of free chunks gives their pages back with the arena lock released") {
+  using namespace purge_window;
+  settle();
+  while (arena_purge_oldest()) {  // nothing resident is free now
+  }
+  REQUIRE(arena_alloc(1, &target, ChunkUse::kHuge));
+  free_chunk_dirty(target);
+  REQUIRE(dirty_resident(target) != 0);
+  calls = locks_held = taken_again = walked_over = 0;
+  child_status = -1;
+  free_resident = arena_free_resident();
+  REQUIRE(free_resident >= 3 * kSliceSize);
+  g_purge_window_hook = [](PurgeWindow where) {
+    if (where != PurgeWindow::kArenaChunks) return;
+    ++calls;
+    locks_held = static_cast<int>(t_locks_held);
+    if (locks_held != 0) return;  // (the calls below would wait for this thread's own lock)
+    // Out of use: grants of one chunk take the free chunks of the arenas in order, every one of
+    // the chunk's arena before one of the next; the chunk being purged is never among them.
+    std::vector<ChunkGrant> grants;
+    ChunkGrant g;
+    while (grants.size() < 4096 && arena_alloc(1, &g, ChunkUse::kHuge)) {
+      grants.push_back(g);
+      if (g.base == target.base) ++taken_again;
+      if (g.arena_index > target.arena_index) break;
+    }
+    for (const ChunkGrant& x : grants) arena_free_unused(x, 1);
+    arena_walk_segments([](Segment* s, void*) { walked_over += s == target.base ? 1 : 0; }, nullptr);
+    // Purged, and counted resident no more.
+    const size_t now_free = arena_free_resident();
+    pid_t pid = fork();
+    if (pid == 0) {
+      // The child: the purge never finishes here; its chunk is free again, counted resident.
+      const bool ok = arena_free_resident() == now_free + 3 * kSliceSize;
+      _exit(ok ? 0 : 1);
+    }
+    int st = 0;
+    if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st)) child_status = WEXITSTATUS(st);
+  };
+  arena_purge(true);
+  g_purge_window_hook = nullptr;
+  CHECK(calls >= 1);
+  CHECK(locks_held == 0);
+  CHECK(taken_again == 0);
+  CHECK(walked_over == 0);
+  CHECK(child_status == 0);
+  CHECK(dirty_resident(target) == 0);
+  CHECK(arena_free_resident() == free_resident - 3 * kSliceSize);
+  // Free and clean again: the next grant of that arena can take it.
+  ChunkGrant again;
+  bool found = false;
+  std::vector<ChunkGrant> grants;
+  while (!found && grants.size() < 4096 && arena_alloc(1, &again, ChunkUse::kHuge)) {
+    grants.push_back(again);
+    if (again.base == target.base) {
+      found = true;
+      CHECK(again.dirty_bytes == 0);
+    }
+    if (again.arena_index > target.arena_index) break;
+  }
+  CHECK(found);
+  for (const ChunkGrant& x : grants) arena_free_unused(x, 1);
   settle();
 }
 

@@ -151,20 +151,7 @@ TEST_CASE("purge: a quiet thread's free slices are purged by another thread once
   Heap* wh = nullptr;
   std::vector<void*> kept;
   w.run([&] {
-    std::vector<void*> v;
-    for (size_t i = 0; i < 48 * kMiB / (64 * 1024); ++i) {
-      void* p = alloc(64 * 1024);
-      REQUIRE(p != nullptr);
-      memset(p, 0x22, 64 * 1024);
-      v.push_back(p);
-    }
-    // Keep the first block of each segment, so that every segment stays with the heap, its
-    // freed spans as free resident slices.
-    std::set<Segment*> segs;
-    for (void* p : v) {
-      if (segs.insert(segment_of(p)).second) kept.push_back(p);
-      else dealloc(p);
-    }
+    kept = segments_with_free_slices(48 * kMiB, 0x22);
     wh = t_heap;  // made by the first allocation
   });
   REQUIRE(wh != nullptr);

@@ -113,6 +113,25 @@ CallResult call_errno(F&& f) {
   return {p, errno};
 }
 
+// Blocks of 64 KiB for `bytes` in all, each filled with `fill`; the first block of each segment
+// stays live (returned), so that every segment stays with the heap, and the rest are freed:
+// their spans become free resident slices.
+inline std::vector<void*> segments_with_free_slices(size_t bytes, uint8_t fill) {
+  std::vector<void*> v, kept;
+  for (size_t i = 0; i < bytes / (64 * 1024); ++i) {
+    void* p = alloc(64 * 1024);
+    REQUIRE(p != nullptr);
+    memset(p, fill, 64 * 1024);
+    v.push_back(p);
+  }
+  std::set<Segment*> segs;
+  for (void* p : v) {
+    if (segs.insert(segment_of(p)).second) kept.push_back(p);
+    else dealloc(p);
+  }
+  return kept;
+}
+
 inline size_t segments_now() { return g_counters.segments.load(); }
 inline size_t committed_now() { return g_counters.committed.load(); }
 inline size_t huge_live_now() { return g_counters.huge_live.load(); }

@@ -3,6 +3,8 @@
 // multi-threaded exchange of blocks.
 #include <algorithm>
 #include <atomic>
+#include <set>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -537,6 +539,58 @@ TEST_CASE("thread exit: segments are abandoned, reclaimed by another thread, and
   CHECK(g_counters.reclaimed.load() - rc0 >= t_segments.size());
 }
 
+// An exiting thread collects its pages and purges its free slices before it takes the heaps
+// lock, which it holds only to hand its segments over: threads that exit together do not wait
+// for each other's madvise calls. Here the test holds the heaps lock (the stats walk takes it)
+// while a thread exits: the thread's purge comes through meanwhile, and its hand-over waits.
+namespace exit_window {
+constexpr size_t kMiB = size_t{1} << 20;
+std::atomic<bool> go{false};
+bool purged_in_window = false;
+size_t purged0 = 0;
+}  // namespace exit_window
+
+TEST_CASE("thread exit: the free slices are purged before the heaps lock is taken") {
+  using exit_window::go, exit_window::purged_in_window, exit_window::purged0, exit_window::kMiB;
+  settle();
+  g_exit_reuse_ms.store(0);  // nothing is kept for a next thread: every free slice is purged
+  go = false;
+  purged_in_window = false;
+  std::atomic<bool> ready{false};
+  std::atomic<size_t> resident{0};
+  std::vector<void*> kept;
+  std::thread t([&] {
+    kept = segments_with_free_slices(48 * kMiB, 0x33);
+    size_t n = 0;
+    for (void* p : kept) {
+      Segment* s = segment_of(p);
+      n += static_cast<size_t>(popcount64(s->free_slices & s->dirty_slices & ~uint64_t{1}));
+    }
+    resident = n * kSliceSize;
+    ready = true;
+    while (!go) usleep(100);
+  });  // exits when `go` is set
+  while (!ready) usleep(100);
+  REQUIRE(resident >= 8 * kMiB);
+  purged0 = g_counters.purged.load();
+  for_each_live_heap(
+      [](Heap*, void*) {
+        if (go) return;  // (once)
+        go = true;
+        for (int i = 0; i < 5000 && g_counters.purged.load() < purged0 + 8 * kMiB; ++i) usleep(1000);
+        purged_in_window = g_counters.purged.load() >= purged0 + 8 * kMiB;
+      },
+      nullptr, nullptr);
+  t.join();
+  CHECK(go);
+  CHECK(purged_in_window);
+  for (void* p : kept) {
+    CHECK(static_cast<uint8_t*>(p)[100] == 0x33);
+    dealloc(p);
+  }
+  settle();
+}
+
 TEST_CASE("thread exit: free slices stay resident for the next thread, within an allowance, until due") {
   settle();
   REQUIRE(abandoned_count() == 0);
@@ -603,7 +657,29 @@ TEST_CASE("thread exit: free slices stay resident for the next thread, within an
   abandoned_purge_kept(left_at + kExitKeepMs - 1, false);
   CHECK(resident_free(seg) == before);
   CHECK(abandoned_kept_bytes() != 0);
+  // The purge marks the segment and releases the list's lock for its madvise calls: meanwhile
+  // no lock is held and no heap adopts the segment.
+  REQUIRE(abandoned_count() == 1);
+  static Segment* purging;
+  static int window_calls, window_locks, window_adopted, window_marked;
+  purging = seg;
+  window_calls = window_locks = window_adopted = window_marked = 0;
+  g_purge_window_hook = [](PurgeWindow where) {
+    if (where != PurgeWindow::kKeptSlices) return;
+    ++window_calls;
+    window_locks = static_cast<int>(t_locks_held);
+    window_marked = purging->kept_purging;
+    if (window_locks == 0 && t_heap->live) window_adopted = segment_reclaim_one(t_heap, false) ? 1 : 0;
+  };
+  REQUIRE(t_heap->live);  // (settle made it)
   abandoned_purge_kept(left_at + kExitKeepMs, false);
+  g_purge_window_hook = nullptr;
+  CHECK(window_calls == 1);
+  CHECK(window_locks == 0);
+  CHECK(window_marked == 1);
+  CHECK(window_adopted == 0);
+  CHECK(seg->kept_purging == 0);
+  CHECK(abandoned_count() == 1);
   CHECK(resident_free(seg) == 0);
   CHECK(seg->kept_slices == 0);
   CHECK(abandoned_kept_bytes() == 0);
