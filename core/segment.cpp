@@ -892,17 +892,16 @@ void (*g_swap_hook)(void* scratch) = nullptr;
 // Exchange the first `size` bytes of the runs at a and b (see os::swap_pages); 0 where no
 // scratch range could be reserved.
 static size_t swap_runs(void* a, void* b, size_t size) {
-  SwapScratch* sc = &g_swap[0];
-  for (unsigned i = 0;; ++i) {
-    if (i == kSwapScratches) {
-      sc = &g_swap[0];
-      sc->lock.lock();
+  SwapScratch* sc = nullptr;
+  for (SwapScratch& c : g_swap) {
+    if (c.lock.try_lock()) {
+      sc = &c;
       break;
     }
-    if (g_swap[i].lock.try_lock()) {
-      sc = &g_swap[i];
-      break;
-    }
+  }
+  if (sc == nullptr) {
+    sc = &g_swap[0];
+    sc->lock.lock();
   }
   if (sc->range == nullptr) sc->range = os::reserve(kSwapPiece, kSwapPiece);
   if (g_swap_hook != nullptr) g_swap_hook(sc->range);
