@@ -28,8 +28,12 @@ void fork_prepare() noexcept;
 void fork_parent() noexcept;
 void fork_child() noexcept;
 
-Heap* heap_from_pool() {
-  LockGuard guard(g_heaps_lock);
+// A heap for the calling thread, from the pool or new, made ready and live under the heaps lock:
+// the other threads read every heap's fields under it (heaps_purge_idle, the stats walk), and
+// one set up outside it raced with them (ThreadSanitizer: heaps_purge_idle's read of `live`
+// against heap_init_thread's write).
+void heap_reset(Heap* h);
+Heap* heap_take_from_pool() {
   if (g_pool != nullptr) {
     Heap* h = g_pool;
     g_pool = h->full.first ? reinterpret_cast<Heap*>(h->full.first) : nullptr;
@@ -54,6 +58,19 @@ Heap* heap_from_pool() {
   return h;
 }
 
+Heap* heap_from_pool() {
+  LockGuard guard(g_heaps_lock);
+  Heap* h = heap_take_from_pool();
+  if (h == nullptr) return nullptr;
+  heap_reset(h);
+  h->thread_id = os::thread_id();
+  // A new heap has nothing to purge for the budget events before it: without this, every
+  // thread started after the first one would force a purge of every free chunk and heap.
+  h->purge_epoch = g_purge_epoch.load(std::memory_order_relaxed);
+  h->live = true;
+  return h;
+}
+
 void heap_reset(Heap* h) {
   Heap* keep_next = h->next_heap;
   memset(static_cast<void*>(h), 0, sizeof(Heap));
@@ -66,8 +83,8 @@ void heap_reset(Heap* h) {
 size_t fcache_map_size() { return align_up(sizeof(ForeignCache), os::page_size()); }
 
 void heap_to_pool(Heap* h) {
-  h->live = false;
   LockGuard guard(g_heaps_lock);
+  h->live = false;
   if (h->fc != nullptr) {  // empty by now (fcache_flush_all); stats walk heaps under this lock
     os::release(h->fc, fcache_map_size());
     h->fc = nullptr;
@@ -203,12 +220,6 @@ Heap* heap_init_thread() noexcept {
   engine_init();
   Heap* h = heap_from_pool();
   if (h == nullptr) return nullptr;
-  heap_reset(h);
-  h->thread_id = os::thread_id();
-  // A new heap has nothing to purge for the budget events before it: without this, every
-  // thread started after the first one would force a purge of every free chunk and heap.
-  h->purge_epoch = g_purge_epoch.load(std::memory_order_relaxed);
-  h->live = true;
   t_heap = h;
   os::arm_thread_exit_hook(h);
   return h;
