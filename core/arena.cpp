@@ -73,7 +73,7 @@ NEBULA_SPARSE_BSS_BEGIN
 NEBULA_SPARSE_BSS Arena* g_arenas[kMaxArenas];
 NEBULA_SPARSE_BSS_END
 std::atomic<unsigned> g_arena_count{0};
-SpinLock g_arena_lock;
+Lock g_arena_lock;
 size_t g_free_dirty = 0;          // bytes resident in free chunks (under the lock)
 size_t g_purging = 0;             // bytes resident in chunks being purged (under the lock)
 uint64_t g_next_purge_ms = 0;     // earliest freed_at + delay among free dirty chunks

@@ -23,65 +23,84 @@ inline unsigned popcount64(uint64_t x) {
   return static_cast<unsigned>((x * 0x0101010101010101ull) >> 56);
 }
 
-// A test-and-test-and-set lock for the engine's few global structures (arenas, abandoned
-// segments, the heap pool). Held only for short, non-allocating sections; a thread that
-// waits spins briefly then yields. Constant-initialised, so usable before any constructor.
+// The lock of the engine's few global structures (arenas, abandoned segments, the heap pool)
+// and of each heap's segments. Held only for short, non-allocating sections. A thread that finds
+// it taken spins briefly (the holder, on another core, is about to let go), then sleeps on the
+// lock's word (a futex on Linux) until the holder wakes it: with more threads than cores the
+// waiters give their cores to the holder and the threads with work, and wait without spinning
+// or yielding in a loop, however many they are. The word: 0 free, 1 taken, 2 taken and
+// perhaps slept on (the holder's unlock then wakes one sleeper). Constant-initialised, so usable
+// before any constructor.
 // Engine locks the calling thread holds (slow paths only): the fatal path loads its unwinder
 // with dlopen, which allocates, and skips the backtrace while any engine lock is held.
 extern __thread unsigned t_locks_held __attribute__((tls_model("initial-exec")));
 
-class SpinLock {
+class Lock {
  public:
-  constexpr SpinLock() = default;
+  constexpr Lock() = default;
   void lock() noexcept {
     ++t_locks_held;
-    for (;;) {
-      if (!locked_.exchange(true, std::memory_order_acquire)) return;
-      unsigned spins = 0;
-      while (locked_.load(std::memory_order_relaxed)) {
-        if (++spins < 64) __builtin_ia32_pause_or_nothing();
-        else os::yield();
-      }
-    }
+    uint32_t free = 0;
+    if (NEBULA_UNLIKELY(!word_.compare_exchange_strong(free, 1, std::memory_order_acquire,
+                                                        std::memory_order_relaxed)))
+      lock_contended();
   }
   bool try_lock() noexcept {
-    bool got = !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
+    uint32_t free = 0;
+    bool got = word_.load(std::memory_order_relaxed) == 0 &&
+               word_.compare_exchange_strong(free, 1, std::memory_order_acquire, std::memory_order_relaxed);
     if (got) ++t_locks_held;
     return got;
   }
   void unlock() noexcept {
-    locked_.store(false, std::memory_order_release);
+    if (NEBULA_UNLIKELY(word_.exchange(0, std::memory_order_release) == 2)) os::wake_one(&word_);
     --t_locks_held;
   }
   // After fork() in the child: the lock was taken by the forking thread (the fork handlers'
-  // prepare step), which is the child's only thread.
+  // prepare step), which is the child's only thread. Its sleepers, if any, are not in the child.
   void reset() noexcept {
-    locked_.store(false, std::memory_order_relaxed);
+    word_.store(0, std::memory_order_relaxed);
     if (t_locks_held > 0) --t_locks_held;
   }
   // After fork() in the child: a lock that another thread, gone in the child, may have held.
-  void reset_orphan() noexcept { locked_.store(false, std::memory_order_relaxed); }
+  void reset_orphan() noexcept { word_.store(0, std::memory_order_relaxed); }
+
+  // Spins before a waiter sleeps: about a microsecond, the length of the sections it guards.
+  static constexpr unsigned kSpins = 64;
 
  private:
-  static void __builtin_ia32_pause_or_nothing() noexcept {
+  // Out of line and named, so that a profile's call chains show the waits (bench/lockwaits.sh).
+  NEBULA_NOINLINE NEBULA_COLD void lock_contended() noexcept {
+    for (unsigned i = 0; i < kSpins; ++i) {
+      cpu_relax();
+      uint32_t free = 0;
+      if (word_.load(std::memory_order_relaxed) == 0 &&
+          word_.compare_exchange_weak(free, 1, std::memory_order_acquire, std::memory_order_relaxed))
+        return;
+    }
+    // Mark the lock slept on, then sleep while it stays so. Taking it here leaves the mark: the
+    // unlock after it makes one wake call that may find nobody, which is cheaper than losing one.
+    while (word_.exchange(2, std::memory_order_acquire) != 0) os::wait_on(&word_, 2);
+  }
+  static void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ volatile("yield");
 #endif
   }
-  std::atomic<bool> locked_{false};
+  std::atomic<uint32_t> word_{0};
 };
 
 class LockGuard {
  public:
-  explicit LockGuard(SpinLock& l) noexcept : l_(l) { l_.lock(); }
+  explicit LockGuard(Lock& l) noexcept : l_(l) { l_.lock(); }
   ~LockGuard() { l_.unlock(); }
   LockGuard(const LockGuard&) = delete;
   LockGuard& operator=(const LockGuard&) = delete;
 
  private:
-  SpinLock& l_;
+  Lock& l_;
 };
 
 // ---- Messages ------------------------------------------------------------------------------

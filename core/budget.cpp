@@ -23,7 +23,7 @@ struct Callback {
 NEBULA_SPARSE_BSS_BEGIN
 NEBULA_SPARSE_BSS Callback g_callbacks[kMaxCallbacks];  // 2 KiB, read when a pressure event fires
 NEBULA_SPARSE_BSS_END
-SpinLock g_callback_lock;
+Lock g_callback_lock;
 uint64_t g_generation = 0;            // under g_callback_lock
 std::atomic<int> g_init{0};           // 0 not yet, 1 in progress, 2 done
 __thread int t_in_callback = 0;

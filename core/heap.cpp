@@ -17,7 +17,7 @@ __thread bool t_shrink_copy __attribute__((tls_model("initial-exec"))) = false;
 
 namespace {
 
-SpinLock g_heaps_lock;
+Lock g_heaps_lock;
 HeapStats g_retired_stats;       // counters of heaps whose threads exited (under the lock)
 Heap* g_all_heaps = nullptr;     // every heap ever made, through next_heap (under the lock)
 Heap* g_pool = nullptr;          // heaps of exited threads, ready for reuse (through full.first)

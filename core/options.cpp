@@ -18,7 +18,7 @@ NEBULA_SPARSE_BSS char g_texts[kCount][256];
 NEBULA_SPARSE_BSS_END
 OptionSource g_sources[kCount];
 std::atomic<int> g_state{0};  // 0 not read, 1 reading, 2 ready
-SpinLock g_lock;
+Lock g_lock;
 
 char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 

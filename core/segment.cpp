@@ -14,7 +14,7 @@
 namespace nebula {
 namespace {
 
-SpinLock g_abandoned_lock;
+Lock g_abandoned_lock;
 Segment* g_abandoned = nullptr;          // singly linked through Segment::next (under the lock)
 std::atomic<size_t> g_abandoned_count{0};
 std::atomic<size_t> g_abandoned_kept{0};  // bytes of free slices kept resident by abandoned segments
@@ -883,7 +883,7 @@ bool huge_grow(Segment* s, size_t n) noexcept {
 constexpr unsigned kSwapScratches = 8;
 constexpr size_t kSwapPiece = size_t{2} << 20;
 struct alignas(64) SwapScratch {
-  SpinLock lock;
+  Lock lock;
   void* range = nullptr;
 };
 SwapScratch g_swap[kSwapScratches];

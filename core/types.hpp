@@ -257,7 +257,7 @@ struct Heap {
   // Held while the heap's segment list or its segments' slice bitmaps and purge times change
   // (HeapSegGuard: the owner, re-entrantly) and while another thread purges the free slices of
   // a heap whose owner has gone quiet (heaps_purge_idle, which only ever tries it).
-  SpinLock seg_lock;
+  Lock seg_lock;
   uint32_t seg_depth = 0;               // the owner's nesting of HeapSegGuard
   std::atomic<uint64_t> purge_due_ms{0};  // earliest purge_at_ms among its segments; 0: none
   uint32_t segment_count = 0;

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/futex.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -396,6 +397,41 @@ void yield() noexcept {
   sched_yield();
 #endif
 }
+
+// futex(word, op, val, nullptr), made directly for the reason above and so that errno stays as
+// it was (a wait interrupted by a signal, or on a word that changed, fails with EINTR/EAGAIN).
+namespace {
+long futex_call(std::atomic<uint32_t>* word, int op, uint32_t val) noexcept {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  auto* addr = reinterpret_cast<uint32_t*>(word);
+#if defined(__x86_64__)
+  long ret;
+  register long timeout __asm__("r10") = 0;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "0"(long{SYS_futex}), "D"(addr), "S"(long{op}), "d"(long{val}), "r"(timeout)
+                   : "rcx", "r11", "memory");
+  return ret;
+#elif defined(__aarch64__)
+  register long x8 __asm__("x8") = SYS_futex;
+  register long x0 __asm__("x0") = reinterpret_cast<long>(addr);
+  register long x1 __asm__("x1") = op;
+  register long x2 __asm__("x2") = val;
+  register long x3 __asm__("x3") = 0;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
+  return x0;
+#else
+  ErrnoGuard keep;
+  return syscall(SYS_futex, addr, op, val, nullptr);
+#endif
+}
+}  // namespace
+
+void wait_on(std::atomic<uint32_t>* word, uint32_t expected) noexcept {
+  futex_call(word, FUTEX_WAIT_PRIVATE, expected);
+}
+
+void wake_one(std::atomic<uint32_t>* word) noexcept { futex_call(word, FUTEX_WAKE_PRIVATE, 1); }
 
 void set_fault_injection(FaultMode mode, uint64_t n, uint64_t seed) noexcept {
   g_fault_mode.store(0, std::memory_order_relaxed);

@@ -165,8 +165,18 @@ enum class FaultMode { kOff, kNth, kEvery, kRandom };
 void set_fault_injection(FaultMode mode, uint64_t n, uint64_t seed) noexcept;
 uint64_t faults_injected() noexcept;   // requests failed on purpose so far
 
-// A short spin-then-yield pause for lock and state waits.
+// A short spin-then-yield pause for state waits (a flag another thread clears in a few
+// instructions).
 void yield() noexcept;
+
+// The engine's locks sleep on a 32-bit word instead of spinning (core/base.hpp, Lock).
+// wait_on: blocks while *word holds `expected`; returns at once where it holds something else,
+// and may return without a wake (a signal): the caller checks the word again. wake_one: wakes
+// one thread blocked in wait_on(word), if any. Both are process-private, leave errno as it was,
+// and never allocate. Linux: futex(FUTEX_WAIT_PRIVATE / FUTEX_WAKE_PRIVATE); a platform without
+// such a call may make wait_on a yield() and wake_one nothing (the lock then spins and yields).
+void wait_on(std::atomic<uint32_t>* word, uint32_t expected) noexcept;
+void wake_one(std::atomic<uint32_t>* word) noexcept;
 
 }  // namespace nebula::os
 
