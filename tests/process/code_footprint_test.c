@@ -32,15 +32,21 @@ enum { WINDOW = 64 << 10, PAGE = 4096, HANDOFF = 4096 };
 
 static void *handed[HANDOFF];
 
+/* n blocks of 16, 16 + step, 16 + 2 * step, ... bytes, allocated, then freed. */
+static void alloc_then_free(int n, size_t step) {
+  void *mine[256];
+  CHECK(n <= 256);
+  for (int i = 0; i < n; ++i) {
+    mine[i] = malloc(16 + (size_t)i * step);
+    CHECK(mine[i] != NULL);
+  }
+  for (int i = 0; i < n; ++i) free(mine[i]);
+}
+
 static void *freer(void *arg) {
   (void)arg;
   for (int i = 0; i < HANDOFF; ++i) free(handed[i]);  // blocks of another thread's pages
-  void *mine[256];
-  for (int i = 0; i < 256; ++i) {
-    mine[i] = malloc((size_t)(16 + i * 24));
-    CHECK(mine[i] != NULL);
-  }
-  for (int i = 0; i < 256; ++i) free(mine[i]);
+  alloc_then_free(256, 24);
   return NULL;
 }
 
@@ -54,12 +60,7 @@ static pthread_barrier_t start_line;
 static void *together(void *arg) {
   (void)arg;
   pthread_barrier_wait(&start_line);
-  void *p[32];
-  for (int i = 0; i < 32; ++i) {
-    p[i] = malloc((size_t)(16 + i * 40));
-    CHECK(p[i] != NULL);
-  }
-  for (int i = 0; i < 32; ++i) free(p[i]);
+  alloc_then_free(32, 40);
   return NULL;
 }
 
