@@ -380,52 +380,48 @@ AddressKind classify(uintptr_t addr) noexcept {
   return result;
 }
 
-// The system call made directly: glibc 2.36's sched_yield sits in a 64 KiB stretch of libc's
-// code (between the regex and getaddrinfo code) that a program rarely runs, and the kernel maps
-// a fault's neighbours in 64 KiB windows, so one call from a lock's back-off put 16 more pages
-// of libc in the resident set of every program whose threads ever contended (`cache-thrash`:
-// 64 KiB more than under glibc's malloc). No errno to keep: sched_yield cannot fail on Linux.
-void yield() noexcept {
-#if defined(__x86_64__)
-  long ret;
-  __asm__ volatile("syscall" : "=a"(ret) : "0"(long{SYS_sched_yield}) : "rcx", "r11", "memory");
-#elif defined(__aarch64__)
-  register long nr __asm__("x8") = SYS_sched_yield;
-  register long ret __asm__("x0");
-  __asm__ volatile("svc 0" : "=r"(ret) : "r"(nr) : "memory");
-#else
-  sched_yield();
-#endif
-}
-
-// futex(word, op, val, nullptr), made directly for the reason above and so that errno stays as
-// it was (a wait interrupted by a signal, or on a word that changed, fails with EINTR/EAGAIN).
+// System calls made directly, without libc's wrappers: the return value is the result or
+// -errno, and errno stays as it was (the engine's OS calls must not change it). Why not libc's:
+// glibc 2.36's sched_yield sits in a 64 KiB stretch of libc's code (between the regex and
+// getaddrinfo code) that a program rarely runs, and the kernel maps a fault's neighbours in
+// 64 KiB windows, so one call from a lock's back-off put 16 more pages of libc in the resident
+// set of every program whose threads ever contended (`cache-thrash`: 64 KiB more than under
+// glibc's malloc).
 namespace {
-long futex_call(std::atomic<uint32_t>* word, int op, uint32_t val) noexcept {
-  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
-  auto* addr = reinterpret_cast<uint32_t*>(word);
+long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0) noexcept {
 #if defined(__x86_64__)
   long ret;
-  register long timeout __asm__("r10") = 0;
+  register long r10 __asm__("r10") = d;
   __asm__ volatile("syscall"
                    : "=a"(ret)
-                   : "0"(long{SYS_futex}), "D"(addr), "S"(long{op}), "d"(long{val}), "r"(timeout)
+                   : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
                    : "rcx", "r11", "memory");
   return ret;
 #elif defined(__aarch64__)
-  register long x8 __asm__("x8") = SYS_futex;
-  register long x0 __asm__("x0") = reinterpret_cast<long>(addr);
-  register long x1 __asm__("x1") = op;
-  register long x2 __asm__("x2") = val;
-  register long x3 __asm__("x3") = 0;
+  register long x8 __asm__("x8") = nr;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
   __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
   return x0;
 #else
   ErrnoGuard keep;
-  return syscall(SYS_futex, addr, op, val, nullptr);
+  long r = syscall(nr, a, b, c, d);
+  return r == -1 ? -errno : r;
 #endif
 }
+
+// futex(word, op, val, no timeout). A wait interrupted by a signal, or on a word that changed
+// already, returns at once (-EINTR, -EAGAIN): the lock checks its word again.
+void futex_call(std::atomic<uint32_t>* word, int op, uint32_t val) noexcept {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  raw_syscall(SYS_futex, reinterpret_cast<long>(word), op, static_cast<long>(val), 0);
+}
 }  // namespace
+
+// sched_yield cannot fail on Linux.
+void yield() noexcept { raw_syscall(SYS_sched_yield); }
 
 void wait_on(std::atomic<uint32_t>* word, uint32_t expected) noexcept {
   futex_call(word, FUTEX_WAIT_PRIVATE, expected);
