@@ -497,6 +497,16 @@ void segment_purge(Segment* s, uint64_t now, bool force) noexcept;
 // Purge the heap's resident free slices beyond its float (kFreeFloatFloor); the caller holds the
 // heap's segment lock.
 void heap_purge_excess(Heap* heap) noexcept;
+// More resident free slices than the rest of its segments' slices (so than its spans can hold)
+// and beyond its float: the heap let go of more than half of its memory at once, a phase of the
+// program ended. Read from counters only (no walk of the segments), at every slow-path tick.
+inline bool heap_let_go_of_most(const Heap* heap) noexcept {
+  const uint32_t free = heap->resident_free_slices;
+  const uint32_t total = heap->segment_count * (kSlicesPerSegment - 1);
+  const uint32_t in_spans_at_most = total > free ? total - free : 0;
+  return free > in_spans_at_most &&
+         free > kFreeFloatFloor + in_spans_at_most / kFreeFloatDiv + heap->large_slices / kUnfitSlackDiv;
+}
 size_t abandoned_count() noexcept;
 void segments_fork_prepare() noexcept;
 void segments_fork_parent() noexcept;

@@ -462,7 +462,16 @@ static void heap_purge_due(Heap* heap, uint64_t now) noexcept {
 void heap_maintenance(Heap* heap, bool force) noexcept {
   uint64_t now = os::clock_ms();
   if (now >= heap->next_punch_ms) heap->punch_skip = 0;  // a later growth is punched at once
-  if (!force && now < heap->next_maintenance_ms) return;
+  if (!force && now < heap->next_maintenance_ms) {
+    // A heap that let go of most of its memory gives the excess back now rather than at the
+    // pass, up to a quarter of the purge delay away: the program's next phase grows meanwhile
+    // (clang++ freed 77 MiB of its 120 at once and reached its peak 40 ms later, 1 MiB higher).
+    if (heap_let_go_of_most(heap)) {
+      HeapSegGuard guard(heap);
+      heap_purge_excess(heap);
+    }
+    return;
+  }
   // Spare pages that no page took since the last pass go back to their segments (their slices
   // are purged after the delay, like any): a phase that ended does not keep them.
   if (heap->spare != nullptr && heap->spare_taken == heap->spare_taken_mark) spare_flush(heap);
