@@ -118,9 +118,9 @@ inline constexpr unsigned kUnfitSlackFloor = 32;
 // 6-7 MiB of spans). `mstress`, whose bursts of frees the next burst refills, pays 5% more page
 // faults for 4% less peak RSS; purging only an excess that the next pass finds again left it
 // level but kept most of clang++'s peak (203.4 MiB against 204.6). A heap whose resident free
-// slices outnumber the slices its spans can hold (heap_let_go_of_most) purges that excess at its
-// next slow-path tick instead of its next pass (stop 40); the same at every excess cost `mstress`
-// 16% more time and 75% more page faults for 24% less peak RSS, a trade its refills lose.
+// slices outnumber the slices its spans can hold (heap_let_go_of_most) runs that pass at its
+// next slow-path tick, at most once per interval (stop 40); purging every excess at the tick
+// cost `mstress` 16% more time and 75% more page faults for 24% less peak RSS.
 inline constexpr unsigned kFreeFloatFloor = 32;
 inline constexpr unsigned kFreeFloatDiv = 8;
 // The purge of that excess picks up to this many segments by age (a read of the heap's segment

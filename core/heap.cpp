@@ -462,15 +462,16 @@ static void heap_purge_due(Heap* heap, uint64_t now) noexcept {
 void heap_maintenance(Heap* heap, bool force) noexcept {
   uint64_t now = os::clock_ms();
   if (now >= heap->next_punch_ms) heap->punch_skip = 0;  // a later growth is punched at once
+  // A heap that let go of most of its memory runs its pass now rather than up to a quarter of
+  // the purge delay later: the program's next phase grows meanwhile (clang++ freed 77 MiB of its
+  // 120 at once and reached its peak 40 ms later, 1 MiB higher). At most one such early pass per
+  // interval: a loop that frees all it built and builds it again (`glibc-simple`) lets go of
+  // most at every round, and a purge at each one cost it 40 times the page faults.
+  const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+  const uint64_t interval = delay / 4 > 0 ? delay / 4 : 1;
   if (!force && now < heap->next_maintenance_ms) {
-    // A heap that let go of most of its memory gives the excess back now rather than at the
-    // pass, up to a quarter of the purge delay away: the program's next phase grows meanwhile
-    // (clang++ freed 77 MiB of its 120 at once and reached its peak 40 ms later, 1 MiB higher).
-    if (heap_let_go_of_most(heap)) {
-      HeapSegGuard guard(heap);
-      heap_purge_excess(heap);
-    }
-    return;
+    if (now < heap->early_pass_ms + interval || !heap_let_go_of_most(heap)) return;
+    heap->early_pass_ms = now;
   }
   // Spare pages that no page took since the last pass go back to their segments (their slices
   // are purged after the delay, like any): a phase that ended does not keep them.
@@ -487,8 +488,7 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
   abandoned_purge_kept(now, force);
   arena_purge(force);
   heap_punch_sparse(heap, now, force ? SIZE_MAX : 0);
-  uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
-  heap->next_maintenance_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
+  heap->next_maintenance_ms = now + interval;
 }
 
 NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero);

@@ -263,6 +263,7 @@ struct Heap {
   uint32_t segment_count = 0;
   uint32_t ticks = 0;                   // slow-path calls since the last maintenance
   uint64_t next_maintenance_ms = 0;     // earliest time of the next purge pass
+  uint64_t early_pass_ms = 0;           // when a pass last ran early (heap_let_go_of_most)
   uint64_t last_wait_ms = 0;            // when the thread last entered pthread_join
   uint64_t last_wait_abandon_ms = 0;    // when it last gave its segments up there
   uint64_t next_cond_wait_ms = 0;       // heap_before_cond_wait does its work again from then
