@@ -127,6 +127,7 @@ NEBULA_NOINLINE static void* realloc_slow(void* p, size_t n) noexcept {
   if (w.s->kind == SegmentKind::kHuge) {
     if (reinterpret_cast<uintptr_t>(p) != w.s->huge_start) fatal_pointer("realloc", p, "pointer into the middle of a huge block, not its start");
     have = huge_usable(w.s, p);
+    heap_maintain_huge();
     if (n > have) {
       if (huge_grow(w.s, n)) return p;
       if (void* q = huge_move(w.s, n)) return q;

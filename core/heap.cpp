@@ -442,7 +442,7 @@ void heaps_purge_idle(Heap* me, uint64_t now, bool force, bool try_lock) noexcep
 // calls come thousands of times a second in a busy server, and each check reads shared lines.
 static __thread uint64_t t_due_check_ms __attribute__((tls_model("initial-exec")));
 
-static void heap_purge_due(Heap* heap, uint64_t now) noexcept {
+void heap_purge_due(Heap* heap, uint64_t now) noexcept {
   if (now < t_due_check_ms) return;
   const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
   t_due_check_ms = now + (delay / 4 > 0 ? delay / 4 : 1);
@@ -529,6 +529,7 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
     p = large_alloc(heap, n, 0, zero);
   } else if (n <= kMaxRequest) {
     heap->stats.huge_allocs++;
+    heap_maintain_huge();
     p = huge_alloc(n, 0, zero);
   } else {
     errno = ENOMEM;
@@ -831,6 +832,7 @@ NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
     if (reinterpret_cast<uintptr_t>(p) != s->huge_start)
       fatal_pointer("free", p, "pointer into the middle of a huge block, not its start");
     huge_free(s, hp);
+    heap_maintain_huge();
     budget_poll_if_needed();
     return;
   }
@@ -942,6 +944,7 @@ void free_not_fast(void* p) noexcept {
     if (reinterpret_cast<uintptr_t>(p) != s->huge_start)
       fatal_pointer("free", p, "pointer into the middle of a huge block, not its start");
     huge_free(s, &s->pages[1]);
+    heap_maintain_huge();
     return;
   }
   if (s != nullptr) invalid_pointer("free", p);

@@ -1,8 +1,10 @@
 // tests/unit/purge_test.cpp: giving memory back to the OS: free chunks of the arenas and free
 // slices of live segments are purged (madvise) and leave the committed count.
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "core/options.hpp"
@@ -376,6 +378,43 @@ TEST_CASE("purge: a heap that let go of more than half of its slices runs its pa
     for (void* p : live) CHECK(static_cast<uint8_t*>(p)[777] != 0);
     for (void* p : live) dealloc(p);
   });
+}
+
+// A thread whose only calls besides the fast paths make, grow and free huge blocks (a program
+// that grows its arrays by realloc to megabytes) still runs its maintenance when it is due: the
+// free slices its heap holds go back once their delay has run out. Before, only every 64th
+// slow-path allocation ran it, and such a thread kept them resident to the end.
+TEST_CASE("purge: huge blocks grown and freed run the thread's maintenance when due") {
+  settle();
+  const int64_t delay0 = option(Option::kPurgeDelay);
+  REQUIRE(option_set(Option::kPurgeDelay, 20));
+  Worker w;
+  w.run([&] {
+    ensure_heap();
+    Heap* h = t_heap;
+    void* big = alloc(5 * kMiB);
+    REQUIRE(big != nullptr);
+    memset(big, 0x31, 5 * kMiB);
+    std::vector<void*> live;
+    // Free slices whose delay runs out before the huge calls, and a pass that is due.
+    auto let_slices_wait = [&] {
+      alloc_then_free_most(live);
+      REQUIRE(h->resident_free_slices > kFreeFloatFloor);
+      std::this_thread::sleep_for(std::chrono::milliseconds(40));
+      h->next_maintenance_ms = 0;
+    };
+    let_slices_wait();
+    big = realloc_block(big, 9 * kMiB);  // grown (in place or moved)
+    REQUIRE(big != nullptr);
+    CHECK(h->resident_free_slices == 0);
+    CHECK(static_cast<uint8_t*>(big)[5 * kMiB - 1] == 0x31);
+    let_slices_wait();
+    dealloc(big);
+    CHECK(h->resident_free_slices == 0);
+    for (void* p : live) dealloc(p);
+  });
+  REQUIRE(option_set(Option::kPurgeDelay, delay0));
+  settle();
 }
 
 // The excess goes from the segments whose free slices have waited longest (the earliest purge
