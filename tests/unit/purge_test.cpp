@@ -17,12 +17,12 @@ namespace {
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr size_t kBlocks = 1024;  // 64 MiB of 64 KiB blocks
 
-// fn(heap) on a new thread, with a purge delay so long that no purge comes from it.
+// fn(heap) on a new thread, with the purge delay set to delay_ms.
 template <class Fn>
-void with_heap_no_delay(Fn fn) {
+void with_heap_delay(int64_t delay_ms, Fn fn) {
   settle();
   const int64_t delay0 = option(Option::kPurgeDelay);
-  REQUIRE(option_set(Option::kPurgeDelay, 3600000));
+  REQUIRE(option_set(Option::kPurgeDelay, delay_ms));
   Worker w;
   w.run([&] {
     ensure_heap();
@@ -30,6 +30,12 @@ void with_heap_no_delay(Fn fn) {
   });
   REQUIRE(option_set(Option::kPurgeDelay, delay0));
   settle();
+}
+
+// ... with a purge delay so long that no purge comes from it.
+template <class Fn>
+void with_heap_no_delay(Fn fn) {
+  with_heap_delay(3600000, fn);
 }
 
 // The slices of the heap's segments that are in spans.
@@ -385,13 +391,7 @@ TEST_CASE("purge: a heap that let go of more than half of its slices runs its pa
 // free slices its heap holds go back once their delay has run out. Before, only every 64th
 // slow-path allocation ran it, and such a thread kept them resident to the end.
 TEST_CASE("purge: huge blocks grown and freed run the thread's maintenance when due") {
-  settle();
-  const int64_t delay0 = option(Option::kPurgeDelay);
-  REQUIRE(option_set(Option::kPurgeDelay, 20));
-  Worker w;
-  w.run([&] {
-    ensure_heap();
-    Heap* h = t_heap;
+  with_heap_delay(20, [](Heap* h) {
     void* big = alloc(5 * kMiB);
     REQUIRE(big != nullptr);
     memset(big, 0x31, 5 * kMiB);
@@ -413,8 +413,6 @@ TEST_CASE("purge: huge blocks grown and freed run the thread's maintenance when 
     CHECK(h->resident_free_slices == 0);
     for (void* p : live) dealloc(p);
   });
-  REQUIRE(option_set(Option::kPurgeDelay, delay0));
-  settle();
 }
 
 // The excess goes from the segments whose free slices have waited longest (the earliest purge
