@@ -363,7 +363,11 @@ void heap_purge_due(Heap* heap, uint64_t now) noexcept;
 // come goes back there too. A program whose other allocations all take the fast paths (arrays
 // grown by realloc to megabytes) reached that purge only at every 64th slow-path allocation, and
 // kept the slices its heap had freed resident to the end (python3-grow: 2.3 MiB, stop 40).
-inline void heap_maintain_huge() noexcept { heap_purge_due(t_heap, os::clock_ms_coarse()); }
+// Not with an engine lock held (a pressure callback that frees a huge block), as in the
+// blocking calls' hook: purge_finish takes the arena lock to hand its chunks back.
+inline void heap_maintain_huge() noexcept {
+  if (t_locks_held == 0) heap_purge_due(t_heap, os::clock_ms_coarse());
+}
 // Raised when an allocation hits the budget or the OS refuses memory (oom_retry): every heap
 // purges its free slices at its next slow path (memory freed by other threads' heaps is
 // otherwise purged only after the delay). A heap made later starts at the current value.
