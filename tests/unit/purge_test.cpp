@@ -387,10 +387,10 @@ TEST_CASE("purge: a heap that let go of more than half of its slices runs its pa
 }
 
 // A thread whose only calls besides the fast paths make, grow and free huge blocks (a program
-// that grows its arrays by realloc to megabytes) still runs its maintenance when it is due: the
-// free slices its heap holds go back once their delay has run out. Before, only every 64th
-// slow-path allocation ran it, and such a thread kept them resident to the end.
-TEST_CASE("purge: huge blocks grown and freed run the thread's maintenance when due") {
+// that grows its arrays by realloc to megabytes) still gives back the free slices its heap holds
+// once their delay has run out (heap_purge_due). Before, only its maintenance, at every 64th
+// slow-path allocation, did, and such a thread kept them resident to the end.
+TEST_CASE("purge: huge blocks grown and freed give back the free slices whose delay ran out") {
   with_heap_delay(20, [](Heap* h) {
     void* big = alloc(5 * kMiB);
     REQUIRE(big != nullptr);
