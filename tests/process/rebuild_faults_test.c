@@ -10,7 +10,9 @@
  * loop's run (the pass purges what is beyond the heap's float). Page faults are counted by the
  * kernel (getrusage), not timed; the run's length only sets how many passes may fall in it.
  * Runs with the default options (the suite's environment); NEBULA_MEM_PURGE_DELAY is read if
- * set. */
+ * set. glibc's malloc does not pass it: it trims its heap's top at every round (1,574,002 page
+ * faults, tests/glibc_baseline.sh), so against glibc the test prints its count and asserts only
+ * the blocks' contents. */
 #include "../check.h"
 
 #include <stdlib.h>
@@ -49,6 +51,10 @@ int main(void) {
   for (unsigned r = 3; r < 3 + ROUNDS; ++r) one_round(r);
   const double ms = (nt_now_s() - t0) * 1000;
   const long faults = minor_faults() - f0;
+#ifdef NEBULA_TEST_AGAINST_GLIBC
+  printf("rebuild_faults_test: glibc: %ld page faults in %d rounds (%.0f ms), not asserted\n", faults, ROUNDS, ms);
+  return 0;
+#endif
   const double passes = ms / interval_ms + 1;
   const long allowed = (long)(N * (4 + passes));
   CHECKF(faults <= allowed,
