@@ -82,6 +82,12 @@ constexpr size_t direct2_slot(size_t n) {
   return ((n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift) - (kDirectMax >> kDirect2Shift) - 1;
 }
 
+// realloc that moves a growing block to a medium or large one gives back the OS pages of the new
+// block past the bytes asked for, when they are at least this much: a block that another block
+// filled before is resident whole, and the program writes its tail only as it grows further
+// (docs/performance.md, log, stop 41).
+inline constexpr size_t kTailTrimMin = 8 * 1024;
+
 // A zeroed huge block (calloc) whose reused memory may hold old data from this size up is zeroed
 // by purging that memory (the OS maps zero pages on first touch) rather than by memset.
 inline constexpr size_t kZeroByPurgeMin = size_t{1} << 20;

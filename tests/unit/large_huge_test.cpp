@@ -345,6 +345,58 @@ TEST_CASE("realloc: a large or huge block stays in place while it holds the new 
   CHECK(check_heap_invariants(t_heap) == 0);
 }
 
+// The OS pages of [from, from + len) that are resident.
+static size_t resident_count(uintptr_t from, size_t len) {
+  std::vector<unsigned char> v(len / 4096);
+  REQUIRE(mincore(reinterpret_cast<void*>(from), len, v.data()) == 0);
+  size_t n = 0;
+  for (unsigned char c : v) n += c & 1;
+  return n;
+}
+
+TEST_CASE("realloc: a block grown into a reused medium or large block gives back the pages past its bytes") {
+  settle();
+  // {size of the blocks written whole and freed, size of the growing block, size it grows to}:
+  // a medium class of 80 KiB (64 KiB + 100 bytes leave 3 OS pages behind) and a large block of
+  // 5 slices (300 KiB + 100 bytes leave 4).
+  struct Case { size_t filled, from, to; };
+  for (Case c : {Case{80 << 10, 60 << 10, (64 << 10) + 100}, Case{1 << 20, 100 << 10, (300 << 10) + 100}}) {
+    CAPTURE(c.to);
+    std::vector<uint8_t*> freed;
+    for (int i = 0; i < 24; ++i) {  // whole pages of the class (or 24 MiB of slices), written
+      auto* b = static_cast<uint8_t*>(nebula_malloc(c.filled));
+      REQUIRE(b != nullptr);
+      memset(b, 0x5A, c.filled);
+      freed.push_back(b);
+    }
+    auto* q = static_cast<uint8_t*>(nebula_malloc(c.from));
+    REQUIRE(q != nullptr);
+    fill(q, c.from, 41);
+    void* keep = freed.back();  // keeps the medium page alive
+    freed.pop_back();
+    for (uint8_t* b : freed) nebula_free(b);
+    auto* r = static_cast<uint8_t*>(nebula_realloc(q, c.to));
+    REQUIRE(r != nullptr);
+    REQUIRE(r != q);
+    // The new block lies in memory the freed blocks wrote (the test's premise).
+    const bool reused = std::any_of(freed.begin(), freed.end(), [&](uint8_t* b) { return r >= b && r < b + c.filled; });
+    REQUIRE(reused);
+    CHECK(check_fill(r, c.from, 41));
+    const size_t have = nebula_usable_size(r);
+    const uintptr_t tail = (reinterpret_cast<uintptr_t>(r) + c.to + 4095) & ~uintptr_t{4095};
+    const size_t tail_len = (reinterpret_cast<uintptr_t>(r) + have - tail) & ~size_t{4095};
+    REQUIRE(tail_len >= kTailTrimMin);
+    CHECK(resident_count(tail, tail_len) == 0);
+    // Past the n bytes the block is still the caller's, to its usable size.
+    memset(r + c.from, 0x77, have - c.from);
+    CHECK(check_fill(r, c.from, 41));
+    CHECK(r[have - 1] == 0x77);
+    nebula_free(r);
+    nebula_free(keep);
+  }
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
 TEST_CASE("realloc: contents survive moves across small, medium, large and huge tiers") {
   settle();
   const size_t steps[] = {10,      100,     1000,          10000,  100000, 500000, 1500000, 3u << 20,
