@@ -333,6 +333,11 @@ size_t heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
       // page goes, and its slices are purged after the delay unless a page takes them first.
       // (Wrong about a class that empties and refills between the passes, this costs a page
       // made again once per purge delay.) `strbuild`: 40 such pages, 1.5 MiB, stayed to the end.
+      // A heap that grew into memory that was not resident lets it go at once: its slices,
+      // resident, serve the next pages of the growing class instead of fresh memory.
+      // `glibc-simple` (a class at a time, 1,600 blocks, all freed): the pages of the four
+      // classes before its blocks of 4 KiB held 220 KiB at its peak.
+      if (growth) return page_free(heap, p);
       if (p->sparse_since == 0) {
         p->sparse_since = now32;
         return false;

@@ -382,6 +382,47 @@ TEST_CASE("holes: a class's last page, empty for a purge delay, goes back") {
   });
 }
 
+// A heap that grows into memory that was not resident (heap_grew) lets its classes' empty last
+// pages go at once, without the wait above: their resident slices serve the growing class. A
+// last page with a live block stays.
+TEST_CASE("holes: a class's last page kept empty goes back at once when the heap grows") {
+  Worker w;
+  w.run([] {
+    const size_t n = 3000;
+    const unsigned cls = size_to_class(n);
+    void* keep = alloc(64);  // the heap, and a page of another class that stays
+    Heap* h = t_heap;
+    g_punch_feedback.punched.store(0);  // no growth punch came back: the rule that stops them is off
+    g_punch_feedback.refilled.store(0);
+    auto grow = [h] {
+      h->next_punch_ms = 0;
+      h->punch_skip = 0;
+      h->punch_want = 4096;
+      heap_grew(h);
+    };
+    void* p = alloc(n);
+    Page* page = page_of_ptr(p);
+    Segment* s = segment_of(p);
+    const unsigned idx = static_cast<unsigned>(page - s->pages);
+    grow();
+    CHECK(h->queues[cls].first == page);  // a live block: kept
+    dealloc(p);
+    REQUIRE(h->queues[cls].first == page);  // kept empty (page_retire)
+    grow();
+    CHECK(h->queues[cls].first == nullptr);
+    CHECK(((s->free_slices >> idx) & 1) == 1);
+    CHECK(h->queues[size_to_class(64)].first == page_of_ptr(keep));  // the class in use stays
+    CHECK(direct_table_errors(h) == 0);
+    CHECK(check_heap_invariants(h) == 0);
+    p = alloc(n);  // the class works as before: a new page
+    REQUIRE(p != nullptr);
+    fill(p, n, 9);
+    CHECK(check_fill(p, n, 9));
+    dealloc(p);
+    dealloc(keep);
+  });
+}
+
 // A page punched because the heap grew and then emptied returns its punched memory as free
 // slices, which the next span of a growing heap takes (page faults again): its bytes count as
 // come back in the feedback that stops growth punches, as holes carved again do. A page punched
