@@ -345,13 +345,13 @@ TEST_CASE("realloc: a large or huge block stays in place while it holds the new 
   CHECK(check_heap_invariants(t_heap) == 0);
 }
 
-// The OS pages of [from, from + len) that are resident.
-static size_t resident_count(uintptr_t from, size_t len) {
+// The bytes of [from, from + len) in resident OS pages.
+static size_t resident_bytes(uintptr_t from, size_t len) {
   std::vector<unsigned char> v(len / 4096);
   REQUIRE(mincore(reinterpret_cast<void*>(from), len, v.data()) == 0);
   size_t n = 0;
   for (unsigned char c : v) n += c & 1;
-  return n;
+  return n * 4096;
 }
 
 TEST_CASE("realloc: a block grown into a reused medium or large block gives back the pages past its bytes") {
@@ -386,7 +386,7 @@ TEST_CASE("realloc: a block grown into a reused medium or large block gives back
     const uintptr_t tail = (reinterpret_cast<uintptr_t>(r) + c.to + 4095) & ~uintptr_t{4095};
     const size_t tail_len = (reinterpret_cast<uintptr_t>(r) + have - tail) & ~size_t{4095};
     REQUIRE(tail_len >= kTailTrimMin);
-    CHECK(resident_count(tail, tail_len) == 0);
+    CHECK(resident_bytes(tail, tail_len) == 0);
     // Past the n bytes the block is still the caller's, to its usable size.
     memset(r + c.from, 0x77, have - c.from);
     CHECK(check_fill(r, c.from, 41));
@@ -685,15 +685,6 @@ ChunkGrant take_chunk_at(uintptr_t want) {
   for (const ChunkGrant& g : others) arena_free_unused(g, 1);
   return found;
 }
-
-size_t resident_bytes(uintptr_t from, size_t len) {
-  std::vector<unsigned char> v(len / 4096);
-  REQUIRE(mincore(reinterpret_cast<void*>(from), len, v.data()) == 0);
-  size_t n = 0;
-  for (unsigned char c : v) n += c & 1;
-  return n * 4096;
-}
-
 
 // A huge block of n bytes (2 chunks with the header slice), a byte written in each OS page,
 // and the chunk right behind its run taken, so that it cannot grow in place.
