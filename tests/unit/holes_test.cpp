@@ -330,6 +330,19 @@ TEST_CASE("holes: growth within the punch interval reads the clock once per 32 c
   });
 }
 
+// The tests of a class's last page: the thread's heap with a page of another class that stays
+// (`keep`), and a block `p` of `n` bytes on its class's only page.
+struct LastPage {
+  const size_t n = 3000;
+  const unsigned cls = size_to_class(n);
+  void* keep = alloc(64);
+  void* p = alloc(n);
+  Heap* h = t_heap;
+  Page* page = page_of_ptr(p);
+  Segment* s = segment_of(p);
+  const unsigned idx = static_cast<unsigned>(page - s->pages);
+};
+
 // A class's last page is kept when it empties (page_retire: a loop allocating and freeing one
 // block must not make a page each time); found empty by two maintenance passes a purge delay
 // apart, it goes back. A page found in use in between starts the wait again, and a page with a
@@ -337,48 +350,41 @@ TEST_CASE("holes: growth within the punch interval reads the clock once per 32 c
 TEST_CASE("holes: a class's last page, empty for a purge delay, goes back") {
   Worker w;
   w.run([] {
-    const size_t n = 3000;
-    const unsigned cls = size_to_class(n);
-    void* keep = alloc(64);  // the heap, and a page of another class that stays
-    void* p = alloc(n);
-    Heap* h = t_heap;
-    Page* page = page_of_ptr(p);
-    Segment* s = segment_of(p);
-    const unsigned idx = static_cast<unsigned>(page - s->pages);
-    REQUIRE(h->queues[cls].first == page);
-    REQUIRE(page->next == nullptr);
-    dealloc(p);
-    REQUIRE(page->used == 0);
-    REQUIRE(h->queues[cls].first == page);  // kept empty
+    LastPage l;
+    REQUIRE(l.h->queues[l.cls].first == l.page);
+    REQUIRE(l.page->next == nullptr);
+    dealloc(l.p);
+    REQUIRE(l.page->used == 0);
+    REQUIRE(l.h->queues[l.cls].first == l.page);  // kept empty
     const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
     const uint64_t t0 = os::clock_ms() + 1000;
-    heap_punch_sparse(h, t0, 0);  // first seen empty
-    CHECK(h->queues[cls].first == page);
-    heap_punch_sparse(h, t0 + delay / 2, 0);
-    CHECK(h->queues[cls].first == page);
+    heap_punch_sparse(l.h, t0, 0);  // first seen empty
+    CHECK(l.h->queues[l.cls].first == l.page);
+    heap_punch_sparse(l.h, t0 + delay / 2, 0);
+    CHECK(l.h->queues[l.cls].first == l.page);
     // In use at the next pass: the wait starts again.
-    p = alloc(n);
-    CHECK(page_of_ptr(p) == page);
+    l.p = alloc(l.n);
+    CHECK(page_of_ptr(l.p) == l.page);
     // (The pass rounds times up to odd milliseconds: steps of at least 10.)
-    heap_punch_sparse(h, t0 + delay + 10, 0);
-    CHECK(h->queues[cls].first == page);  // a live block: kept
-    dealloc(p);
-    heap_punch_sparse(h, t0 + delay + 20, 0);  // empty again, seen now
-    heap_punch_sparse(h, t0 + 2 * delay + 10, 0);
-    CHECK(h->queues[cls].first == page);
-    heap_punch_sparse(h, t0 + 2 * delay + 30, 0);  // a delay later: gone
-    CHECK(h->queues[cls].first == nullptr);
-    CHECK(((s->free_slices >> idx) & 1) == 1);  // its slice is free (purged after the delay)
-    CHECK(direct_table_errors(h) == 0);
-    CHECK(check_heap_invariants(h) == 0);
+    heap_punch_sparse(l.h, t0 + delay + 10, 0);
+    CHECK(l.h->queues[l.cls].first == l.page);  // a live block: kept
+    dealloc(l.p);
+    heap_punch_sparse(l.h, t0 + delay + 20, 0);  // empty again, seen now
+    heap_punch_sparse(l.h, t0 + 2 * delay + 10, 0);
+    CHECK(l.h->queues[l.cls].first == l.page);
+    heap_punch_sparse(l.h, t0 + 2 * delay + 30, 0);  // a delay later: gone
+    CHECK(l.h->queues[l.cls].first == nullptr);
+    CHECK(((l.s->free_slices >> l.idx) & 1) == 1);  // its slice is free (purged after the delay)
+    CHECK(direct_table_errors(l.h) == 0);
+    CHECK(check_heap_invariants(l.h) == 0);
     // The class works as before: a new page.
-    p = alloc(n);
-    REQUIRE(p != nullptr);
-    CHECK(h->queues[cls].first == page_of_ptr(p));
-    fill(p, n, 7);
-    CHECK(check_fill(p, n, 7));
-    dealloc(p);
-    dealloc(keep);
+    l.p = alloc(l.n);
+    REQUIRE(l.p != nullptr);
+    CHECK(l.h->queues[l.cls].first == page_of_ptr(l.p));
+    fill(l.p, l.n, 7);
+    CHECK(check_fill(l.p, l.n, 7));
+    dealloc(l.p);
+    dealloc(l.keep);
   });
 }
 
@@ -388,38 +394,31 @@ TEST_CASE("holes: a class's last page, empty for a purge delay, goes back") {
 TEST_CASE("holes: a class's last page kept empty goes back at once when the heap grows") {
   Worker w;
   w.run([] {
-    const size_t n = 3000;
-    const unsigned cls = size_to_class(n);
-    void* keep = alloc(64);  // the heap, and a page of another class that stays
-    Heap* h = t_heap;
+    LastPage l;
     g_punch_feedback.punched.store(0);  // no growth punch came back: the rule that stops them is off
     g_punch_feedback.refilled.store(0);
-    auto grow = [h] {
+    auto grow = [h = l.h] {
       h->next_punch_ms = 0;
       h->punch_skip = 0;
       h->punch_want = 4096;
       heap_grew(h);
     };
-    void* p = alloc(n);
-    Page* page = page_of_ptr(p);
-    Segment* s = segment_of(p);
-    const unsigned idx = static_cast<unsigned>(page - s->pages);
     grow();
-    CHECK(h->queues[cls].first == page);  // a live block: kept
-    dealloc(p);
-    REQUIRE(h->queues[cls].first == page);  // kept empty (page_retire)
+    CHECK(l.h->queues[l.cls].first == l.page);  // a live block: kept
+    dealloc(l.p);
+    REQUIRE(l.h->queues[l.cls].first == l.page);  // kept empty (page_retire)
     grow();
-    CHECK(h->queues[cls].first == nullptr);
-    CHECK(((s->free_slices >> idx) & 1) == 1);
-    CHECK(h->queues[size_to_class(64)].first == page_of_ptr(keep));  // the class in use stays
-    CHECK(direct_table_errors(h) == 0);
-    CHECK(check_heap_invariants(h) == 0);
-    p = alloc(n);  // the class works as before: a new page
-    REQUIRE(p != nullptr);
-    fill(p, n, 9);
-    CHECK(check_fill(p, n, 9));
-    dealloc(p);
-    dealloc(keep);
+    CHECK(l.h->queues[l.cls].first == nullptr);
+    CHECK(((l.s->free_slices >> l.idx) & 1) == 1);
+    CHECK(l.h->queues[size_to_class(64)].first == page_of_ptr(l.keep));  // the class in use stays
+    CHECK(direct_table_errors(l.h) == 0);
+    CHECK(check_heap_invariants(l.h) == 0);
+    l.p = alloc(l.n);  // the class works as before: a new page
+    REQUIRE(l.p != nullptr);
+    fill(l.p, l.n, 9);
+    CHECK(check_fill(l.p, l.n, 9));
+    dealloc(l.p);
+    dealloc(l.keep);
   });
 }
 
