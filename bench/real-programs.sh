@@ -9,6 +9,10 @@
 #   python3-grow: bench/real/grow.py (two lists and a bytearray grown together to 48 MB each)
 #   jq:      a 25 MB JSON array of 200,000 records mapped to new objects (values of 272 and 392 bytes)
 #   lua:     bench/real/tables.lua (tables and strings; Lua allocates, grows and frees through realloc)
+#   xz:      xz -T2 -2 of 12 MB of generated text lines (two threads compress a block each; every
+#            block's encoder allocates and frees its match finder's tables of several MiB)
+#   sort:    sort --parallel=2 -S 200M of 60 MB of generated lines (a 200 MB buffer written once,
+#            two threads merge)
 # Usage: bench/real-programs.sh [BUILD_DIR] [REPS]     (run on an otherwise idle machine)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,7 +25,7 @@ if [ ! -e "$mimalloc" ]; then  # LD_PRELOAD of a missing file only warns: the co
   echo "real-programs.sh: $mimalloc is missing; install libmimalloc2.0 (./nebulamem bench installs it)" >&2
   exit 1
 fi
-for tool in jq lua5.4; do
+for tool in jq lua5.4 xz; do
   if ! command -v $tool >/dev/null; then
     echo "real-programs.sh: $tool is missing; install it (./nebulamem bench installs it)" >&2
     exit 1
@@ -46,6 +50,14 @@ json.dump([{"id": i, "name": "user%d" % i, "tags": ["t%d" % random.randrange(100
           open(sys.argv[1], "w"))
 PY
 echo '[.[] | {a: .id, b: (.score | tostring), t: (.tags | length)}] | length' >"$tmp/map.jq"
+python3 - "$tmp/lines.txt" <<'PY'
+import random, sys
+random.seed(1)
+with open(sys.argv[1], "w") as f:
+    for i in range(1500000):
+        f.write("%d %s %f\n" % (random.randrange(10**9), "x" * random.randrange(1, 40), random.random()))
+PY
+head -c 12000000 "$tmp/lines.txt" >"$tmp/lines12.txt"
 declare -A cmd
 cmd[python3]="/usr/bin/python3 $root/tests/programs/py_workload.py"
 cmd[gcc]="gcc -O2 -c $tmp/gen.c -o $tmp/gen.o"
@@ -55,9 +67,11 @@ cmd[perl]="perl $root/bench/real/hashes.pl"
 cmd[python3-grow]="/usr/bin/python3 $root/bench/real/grow.py"
 cmd[jq]="jq -c -f $tmp/map.jq $tmp/records.json"
 cmd[lua]="lua5.4 $root/bench/real/tables.lua"
+cmd[xz]="xz -T2 -2 -c $tmp/lines12.txt"
+cmd[sort]="sort --parallel=2 -S 200M $tmp/lines.txt"
 declare -A input
 input[sqlite3]="$root/bench/real/sqlite.sql"
-progs=(python3 gcc clang sqlite3 perl python3-grow jq lua)
+progs=(python3 gcc clang sqlite3 perl python3-grow jq lua xz sort)
 allocs=(glibc mimalloc nebula)
 preload() {
   case $1 in glibc) echo "" ;; mimalloc) echo "$mimalloc" ;; nebula) echo "$build/libnebulamem.so" ;; esac
