@@ -28,6 +28,11 @@
  *                   end), then 50,000 of them replaced at random: the search for free chunks
  *   big-heap        8,000,000 blocks of 16-511 bytes built (about 2.3 GiB: a database's or a
  *                   cache's heap), then 10,000,000 of them replaced at random
+ *   size-drift      2 threads, each keeping 48 MiB live in blocks whose sizes drift from 16 B
+ *                   to 128 KiB and back over 6 s of wall time (a server whose requests change;
+ *                   the time printed is the 6 s, the peak RSS is the figure), every OS page of
+ *                   each block written; a quarter of the blocks die on the other thread
+ *                   (mailboxes of 256 slots)
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
  */
@@ -175,6 +180,71 @@ static void one_after_another(void *(*fn)(void *), int count) {
 
 /* `ops` replacements at random in a working set of `live` blocks of 64 KiB-1.1 MiB; each new
  * block has its first and last byte written, or all of it with `whole`. */
+/* size-drift: the live bytes stay at DRIFT_LIVE per thread while the sizes move. */
+#define DRIFT_LIVE (48u << 20)
+#define DRIFT_SLOTS (4u << 20)
+#define DRIFT_SECONDS 6.0
+static double drift_start;
+static void *drift_box[2][256];
+static pthread_mutex_t drift_m = PTHREAD_MUTEX_INITIALIZER;
+static void *drift_thread(void *arg) {
+  long id = (long)arg;
+  unsigned s = 7919u * (unsigned)id + 1;
+  void **slot = must(malloc(DRIFT_SLOTS * sizeof(void *)));
+  size_t *size = must(malloc(DRIFT_SLOTS * sizeof(size_t)));
+  size_t count = 0, live = 0;
+  for (;;) {
+    double phase = (now_s() - drift_start) / DRIFT_SECONDS, tri = phase < 0.5 ? 2 * phase : 2 - 2 * phase;
+    if (phase >= 1) break;
+    for (int k = 0; k < 1000; k++) {
+      s = s * 1103515245 + 12345;
+      /* log2 of the size: 4-7 at first, 14-17 at the top (16 B-128 KiB) */
+      unsigned lg = 4 + (unsigned)(tri * 13.0 * 256) / 256 + ((s >> 8) & 3);
+      size_t n = ((size_t)1 << lg) - 1 + ((s >> 12) % ((size_t)1 << lg));
+      char *p = must(malloc(n));
+      memset(p, k, n < 64 ? n : 64);  /* every OS page of the block written */
+      for (size_t o = 4096 - ((uintptr_t)p & 4095); o < n; o += 4096) p[o] = (char)k;
+      p[n - 1] = (char)k;
+      if (count < DRIFT_SLOTS) {
+        slot[count] = p;
+        size[count++] = n;
+        live += n;
+      } else {
+        free(p);
+      }
+      while (live > DRIFT_LIVE && count > 0) {
+        s = s * 1103515245 + 12345;
+        size_t i = (s >> 4) % count;
+        void *q = slot[i];
+        live -= size[i];
+        slot[i] = slot[--count];
+        size[i] = size[count];
+        s = s * 1103515245 + 12345;
+        if (((s >> 8) & 3) == 0) {  /* to the other thread */
+          unsigned j = (s >> 12) % 256;
+          pthread_mutex_lock(&drift_m);
+          void *old = drift_box[1 - id][j];
+          drift_box[1 - id][j] = q;
+          pthread_mutex_unlock(&drift_m);
+          free(old);
+        } else {
+          free(q);
+        }
+      }
+    }
+    pthread_mutex_lock(&drift_m);  /* take what the other thread sent */
+    void *mine[256];
+    memcpy(mine, drift_box[id], sizeof mine);
+    memset(drift_box[id], 0, sizeof mine);
+    pthread_mutex_unlock(&drift_m);
+    for (int j = 0; j < 256; j++) free(mine[j]);
+  }
+  for (size_t i = 0; i < count; i++) free(slot[i]);
+  free(slot);
+  free(size);
+  return NULL;
+}
+
 static void replace_random(int live, int ops, size_t min, size_t range, int whole) {
   void **a = must(calloc((size_t)live, sizeof *a));
   unsigned s = 1;
@@ -338,6 +408,13 @@ static void run(const char *name) {
       }
       free(p);
     }
+  } else if (!strcmp(name, "size-drift")) {
+    pthread_t t[2];
+    drift_start = now_s();
+    for (long i = 0; i < 2; i++) pthread_create(&t[i], NULL, drift_thread, (void *)i);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 2; i++)
+      for (int j = 0; j < 256; j++) free(drift_box[i][j]);
   } else if (!strcmp(name, "shrink")) {
     enum { N = 200000 };
     static void *a[N];

@@ -167,6 +167,7 @@ NEBULA_NOINLINE void* alloc_zero_generic(size_t n, Heap* heap) noexcept;
 NEBULA_NOINLINE void free_generic(Segment* s, uintptr_t off, void* p) noexcept;
 NEBULA_NOINLINE void free_not_fast(void* p) noexcept;
 NEBULA_NOINLINE void page_retire(Page* page) noexcept;
+bool page_release(Heap* heap, Page* page) noexcept;  // an empty page leaves its queue (a spare, or freed)
 NEBULA_NOINLINE void page_retire_at(Segment* s, uintptr_t off) noexcept;  // the same, by head_off
 
 // ---- The fast paths ----------------------------------------------------------------------

@@ -416,6 +416,13 @@ void page_retire(Page* page) noexcept {
     Segment* s = segment_of(page);
     if (s->used_spans != 1 || !heap_has_room_elsewhere(heap, s, page->slice_count)) return;
   }
+  page_release(heap, page);
+}
+
+// An empty page leaves its class's queue: see page_retire. True when its segment went back to
+// the arena with it.
+bool page_release(Heap* heap, Page* page) noexcept {
+  PageQueue* q = &heap->queues[page->size_class];
   // A page of one slice with nothing special about it (no holes, no aligned blocks)
   // becomes a spare rather than free slices, unless it is its segment's last span (the segment
   // goes back to the arena, as before). `glibc-simple` fills a batch of pages with blocks of
@@ -436,9 +443,9 @@ void page_retire(Page* page) noexcept {
     page->next = heap->spare;
     heap->spare = page;
     heap->spare_count++;
-    return;
+    return false;
   }
-  page_free(heap, page);
+  return page_free(heap, page);
 }
 
 void spare_flush(Heap* heap) noexcept {
@@ -513,6 +520,7 @@ void* queue_alloc(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
 }
 
 static void* queue_alloc_search(Heap* heap, unsigned cls, bool zero, size_t n) noexcept {
+  heap->class_ticks[cls]++;
   if (heap->fc_active & (uint64_t{1} << cls)) {  // the class has a foreign cache (with blocks, or empty now)
     Page* fp = &heap->fc->page[cls];
     if (Block* fb = fp->free; fb != nullptr) {

@@ -139,8 +139,13 @@ struct alignas(64) Page {
   uint8_t remote_seen;                  // other threads have freed blocks into it (page_collect)
   // Third line: what other threads write. The owner reads it when it collects their frees.
   alignas(64) std::atomic<uintptr_t> thread_free;  // count << 48 | Block* | DelayState
-  // Fourth line: unused, so that descriptors are 256 bytes and free() finds one with a shift.
-  alignas(64) uint8_t pad_[64];
+  // Fourth line: the owner's maintenance only; the rest pads descriptors to 256 bytes, so that
+  // free() finds one with a shift.
+  alignas(64) const Block* idle_head;   // when the page was found holding only other threads'
+                                        // frees (heap_punch_sparse): the next block its class's
+                                        // first page had to hand out,
+  uint16_t idle_tick;                   // ... and its class's Heap::class_ticks
+  uint8_t pad_[54];
 };
 static_assert(sizeof(Page) == 256, "page descriptors are 256 bytes: free() indexes by shift");
 static_assert(offsetof(Page, free) == 64 && offsetof(Page, used) == 72, "the owner's hot fields are in the second line");
@@ -314,6 +319,8 @@ struct Heap {
   uint32_t class_blocks[kCachedCount] = {};
   uint8_t fc_limit[kClassCount] = {};   // blocks the cache of each class holds at most: kFcLimit,
                                         // or more (above); set by heap_reset
+  uint16_t class_ticks[kClassCount] = {};  // slow-path allocations per class, wrapping: a class
+                                        // whose count stays put has gone quiet (heap_punch_sparse)
 
   // The empty heap: every direct entry points at the page with no free block.
   constexpr explicit Heap(Page* empty) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <thread>
 #include <vector>
 
 #include "core/options.hpp"
@@ -420,6 +421,83 @@ TEST_CASE("holes: a class's last page kept empty goes back at once when the heap
     dealloc(l.p);
     dealloc(l.keep);
   });
+}
+
+// A page whose live blocks another thread freed, all of them, holds nothing but frees its owner
+// never collects unless it allocates from that page again (a program whose sizes moved on). Seen
+// so at two passes a purge delay apart with its class quiet, it takes them and gives their
+// memory back; a slow-path allocation of the class in between starts the wait again, and a page
+// that still has one live block is left to its owner.
+TEST_CASE("holes: a page whose blocks other threads all freed gives its memory back at its owner's passes") {
+  Worker w;
+  for (const bool keep_one : {false, true}) {
+    CAPTURE(keep_one);
+    const size_t n = keep_one ? 2048 : 1024;
+    std::vector<void*> blocks;
+    void* extra = nullptr;
+    void* kept = nullptr;
+    Page* page = nullptr;
+    w.run([&] {
+      blocks = fill_one_page(n, &extra);  // full: on the heap's full list
+      page = page_of_ptr(blocks[0]);
+      dealloc(blocks.back());  // the owner's free brings it back to its class's queue
+      blocks.pop_back();
+      REQUIRE((page_flags(page) & kPageInFull) == 0);
+      if (keep_one) {
+        kept = blocks.back();
+        blocks.pop_back();
+      }
+    });
+    std::thread t([&] {  // no heap: every free goes to the page's thread_free
+      for (void* p : blocks) dealloc(p);
+    });
+    t.join();
+    REQUIRE(tf_count(page->thread_free.load()) == page->used - (keep_one ? 1 : 0));
+    w.run([&] {
+      Heap* h = t_heap;
+      const unsigned cls = page->size_class;
+      auto queued = [&] {
+        for (Page* q = h->queues[cls].first; q != nullptr; q = q->next)
+          if (q == page) return true;
+        return false;
+      };
+      const uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
+      const uint64_t t0 = os::clock_ms() + 1000;
+      const uint32_t pending = tf_count(page->thread_free.load());
+      heap_punch_sparse(h, t0, 0);  // first seen so
+      heap_punch_sparse(h, t0 + delay / 2, 0);
+      h->class_ticks[cls]++;        // the class allocated on its slow path: wait again
+      heap_punch_sparse(h, t0 + delay + 10, 0);
+      CHECK(tf_count(page->thread_free.load()) == pending);
+      CHECK(page->holes == 0);
+      heap_punch_sparse(h, t0 + 2 * delay + 20, 0);  // quiet for a delay
+      CHECK(queued());
+      if (keep_one) {
+        CHECK(tf_count(page->thread_free.load()) == pending);  // left to its owner
+        CHECK(page->holes == 0);
+      } else {
+        CHECK(tf_count(page->thread_free.load()) == 0);
+        CHECK(page->used == 0);
+        CHECK(page->holes == page->capacity);  // every block's memory went back
+        CHECK((page_flags(page) & kPageHoles) != 0);
+        const uint8_t* start = page_start(segment_of(page), page);
+        bool any = false;
+        for (size_t off = 0; off < size_t{page->capacity} * page->block_size; off += 4096) any |= resident(start + off);
+        CHECK(!any);
+      }
+      CHECK(h->queues[cls].first == page_of_ptr(extra));  // the page allocation happens in stays
+      CHECK(direct_table_errors(h) == 0);
+      CHECK(check_heap_invariants(h) == 0);
+      // The class works as before.
+      void* p = alloc(n);
+      REQUIRE(p != nullptr);
+      fill(p, n, 5);
+      CHECK(check_fill(p, n, 5));
+      dealloc(p);
+      if (kept != nullptr) dealloc(kept);
+      dealloc(extra);
+    });
+  }
 }
 
 // A page punched because the heap grew and then emptied returns its punched memory as free
