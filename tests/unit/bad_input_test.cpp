@@ -340,6 +340,12 @@ TEST_CASE("bad input (default mode): realloc of a block another thread freed abo
     ChildResult r = run_child([&] {
       // As in a process where no thread has cached others' blocks yet (earlier tests in this
       // process may have turned a cache on): the shortcut is live, and each case must get past it.
+      // Nor may this thread's heap (the parent's) turn its cache on meanwhile, as it does at a
+      // 64th slow-path allocation that follows many remote frees (those the earlier tests made:
+      // since stop 42 the maintenance flushes idle caches, which moved where that tick lands).
+      nebula_free(nebula_malloc(size_t{64}));  // the heap is live
+      t_heap->ticks = 0;
+      t_heap->fc_remote_mark = t_heap->stats.remote_frees;
       g_fcache_ever.store(false);
       blocks.push_back(nebula_malloc(kSize));
       page = page_of_ptr(blocks[0]);
