@@ -28,10 +28,10 @@
  *                   end), then 50,000 of them replaced at random: the search for free chunks
  *   big-heap        8,000,000 blocks of 16-511 bytes built (about 2.3 GiB: a database's or a
  *                   cache's heap), then 10,000,000 of them replaced at random
- *   size-drift      2 threads, each keeping 48 MiB live in blocks whose sizes drift from 16 B
- *                   to 128 KiB and back over 6 s of wall time (a server whose requests change;
- *                   the time printed is the 6 s, the peak RSS is the figure), every OS page of
- *                   each block written; a quarter of the blocks die on the other thread
+ *   size-drift      2 threads, each keeping 48 MiB live in blocks whose sizes drift from 16-255
+ *                   B to 128 KiB-2 MiB and back over 6 s of wall time (a server whose requests
+ *                   change; the time printed is the 6 s, the peak RSS is the figure), every OS
+ *                   page of each block written; a quarter of the blocks die on the other thread
  *                   (mailboxes of 256 slots)
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
@@ -178,8 +178,6 @@ static void one_after_another(void *(*fn)(void *), int count) {
   }
 }
 
-/* `ops` replacements at random in a working set of `live` blocks of 64 KiB-1.1 MiB; each new
- * block has its first and last byte written, or all of it with `whole`. */
 /* size-drift: the live bytes stay at DRIFT_LIVE per thread while the sizes move. */
 #define DRIFT_LIVE (48u << 20)
 #define DRIFT_SLOTS (4u << 20)
@@ -198,7 +196,7 @@ static void *drift_thread(void *arg) {
     if (phase >= 1) break;
     for (int k = 0; k < 1000; k++) {
       s = s * 1103515245 + 12345;
-      /* log2 of the size: 4-7 at first, 14-17 at the top (16 B-128 KiB) */
+      /* sizes of 2^lg to 2^(lg+1) - 1 bytes, lg 4-7 at first and 17-20 at the top */
       unsigned lg = 4 + (unsigned)(tri * 13.0 * 256) / 256 + ((s >> 8) & 3);
       size_t n = ((size_t)1 << lg) - 1 + ((s >> 12) % ((size_t)1 << lg));
       char *p = must(malloc(n));
@@ -245,6 +243,8 @@ static void *drift_thread(void *arg) {
   return NULL;
 }
 
+/* `ops` replacements at random in a working set of `live` blocks of 64 KiB-1.1 MiB; each new
+ * block has its first and last byte written, or all of it with `whole`. */
 static void replace_random(int live, int ops, size_t min, size_t range, int whole) {
   void **a = must(calloc((size_t)live, sizeof *a));
   unsigned s = 1;

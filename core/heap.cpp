@@ -328,7 +328,7 @@ size_t heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
     // Every block the page still counts as used was freed by other threads (thread_free holds
     // them all): the owner collects a page's remote frees only when it allocates from it, which
     // it may never do again once the program's sizes have moved on. A server whose requests grew
-    // from 16 B to 100 KiB over 6 s, a quarter of its blocks freed by another thread, kept 3,700
+    // from about 16 B to 128 KiB in 6 s, a quarter of its blocks freed by another thread, kept 3,700
     // such pages of 64 KiB holding 339 KiB of live blocks and 23 MiB of uncollected frees, and
     // reached 797 MiB where glibc held 268 and mimalloc 392. Found so at two passes a purge
     // delay apart with its class quiet in between (no slow-path allocation, its first page's
