@@ -17,9 +17,8 @@ enum { BLOCK = 256, NBLOCKS = (16 << 20) / BLOCK };
 static void *blocks[NBLOCKS];
 static size_t rss_full;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-static int done;
-static atomic_int freed;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;  /* never signalled: the waits time out */
+static atomic_int freed, watched;
 
 static void *consumer(void *arg) {
   (void)arg;
@@ -39,10 +38,7 @@ static void *watcher(void *arg) {
            "RSS %zu MiB with the main thread waiting on a condition variable after another thread "
            "freed its 16 MiB of blocks, %zu MiB before (bound: 8 MiB less within 2 s)",
            rss >> 20, rss_full >> 20);
-  pthread_mutex_lock(&mu);
-  done = 1;
-  pthread_cond_signal(&cv);
-  pthread_mutex_unlock(&mu);
+  atomic_store(&watched, 1);
   return NULL;
 }
 
@@ -65,12 +61,16 @@ int main(void) {
   while (!atomic_load(&freed)) nanosleep(&tick, NULL);
   rss_full = nt_rss_bytes();
   CHECKF(rss_full > NT_MIB(16), "RSS only %zu MiB after filling 16 MiB", rss_full >> 20);
-  pthread_mutex_lock(&mu);
   CHECK(pthread_create(&t, NULL, watcher, NULL) == 0);
-  while (!done) {
+  pthread_mutex_lock(&mu);
+  while (!atomic_load(&watched)) {  /* waits of 50 ms: the first gives the memory back */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
+    until.tv_nsec += 50 * 1000 * 1000;
+    if (until.tv_nsec >= 1000 * 1000 * 1000) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000 * 1000 * 1000;
+    }
     pthread_cond_timedwait(&cv, &mu, &until);
   }
   pthread_mutex_unlock(&mu);
