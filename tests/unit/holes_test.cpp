@@ -344,6 +344,19 @@ struct LastPage {
   const unsigned idx = static_cast<unsigned>(page - s->pages);
 };
 
+// After a page went or gave its memory back: the heap's direct table and lists still hold, and
+// the class serves a block of n bytes that keeps what is written to it (returned for the
+// caller's checks; the caller frees it).
+static void* class_still_serves(Heap* h, size_t n, uint64_t seed) {
+  CHECK(direct_table_errors(h) == 0);
+  CHECK(check_heap_invariants(h) == 0);
+  void* p = alloc(n);
+  REQUIRE(p != nullptr);
+  fill(p, n, seed);
+  CHECK(check_fill(p, n, seed));
+  return p;
+}
+
 // A class's last page is kept when it empties (page_retire: a loop allocating and freeing one
 // block must not make a page each time); found empty by two maintenance passes a purge delay
 // apart, it goes back. A page found in use in between starts the wait again, and a page with a
@@ -376,14 +389,8 @@ TEST_CASE("holes: a class's last page, empty for a purge delay, goes back") {
     heap_punch_sparse(l.h, t0 + 2 * delay + 30, 0);  // a delay later: gone
     CHECK(l.h->queues[l.cls].first == nullptr);
     CHECK(((l.s->free_slices >> l.idx) & 1) == 1);  // its slice is free (purged after the delay)
-    CHECK(direct_table_errors(l.h) == 0);
-    CHECK(check_heap_invariants(l.h) == 0);
-    // The class works as before: a new page.
-    l.p = alloc(l.n);
-    REQUIRE(l.p != nullptr);
-    CHECK(l.h->queues[l.cls].first == page_of_ptr(l.p));
-    fill(l.p, l.n, 7);
-    CHECK(check_fill(l.p, l.n, 7));
+    l.p = class_still_serves(l.h, l.n, 7);
+    CHECK(l.h->queues[l.cls].first == page_of_ptr(l.p));  // from a new page
     dealloc(l.p);
     dealloc(l.keep);
   });
@@ -412,13 +419,7 @@ TEST_CASE("holes: a class's last page kept empty goes back at once when the heap
     CHECK(l.h->queues[l.cls].first == nullptr);
     CHECK(((l.s->free_slices >> l.idx) & 1) == 1);
     CHECK(l.h->queues[size_to_class(64)].first == page_of_ptr(l.keep));  // the class in use stays
-    CHECK(direct_table_errors(l.h) == 0);
-    CHECK(check_heap_invariants(l.h) == 0);
-    l.p = alloc(l.n);  // the class works as before: a new page
-    REQUIRE(l.p != nullptr);
-    fill(l.p, l.n, 9);
-    CHECK(check_fill(l.p, l.n, 9));
-    dealloc(l.p);
+    dealloc(class_still_serves(l.h, l.n, 9));
     dealloc(l.keep);
   });
 }
@@ -486,14 +487,7 @@ TEST_CASE("holes: a page whose blocks other threads all freed gives its memory b
         CHECK(!any);
       }
       CHECK(h->queues[cls].first == page_of_ptr(extra));  // the page allocation happens in stays
-      CHECK(direct_table_errors(h) == 0);
-      CHECK(check_heap_invariants(h) == 0);
-      // The class works as before.
-      void* p = alloc(n);
-      REQUIRE(p != nullptr);
-      fill(p, n, 5);
-      CHECK(check_fill(p, n, 5));
-      dealloc(p);
+      dealloc(class_still_serves(h, n, 5));
       if (kept != nullptr) dealloc(kept);
       dealloc(extra);
     });
