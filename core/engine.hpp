@@ -491,6 +491,9 @@ void for_each_live_heap(void (*fn)(Heap*, void*), void* ctx, HeapStats* retired)
 void* large_alloc(Heap* heap, size_t n, size_t align, bool zero) noexcept;
 // Grow a large block in place to n bytes from p (owner thread, free slices after it); false if not.
 bool large_grow(Segment* s, Page* page, const void* p, size_t n) noexcept;
+// Free the owner's large block whose contents realloc has copied into a huge block, its span's
+// memory given back now (see realloc_move).
+void large_free_purged(Segment* s, Page* page) noexcept;
 void segment_abandon(Segment* s) noexcept;
 // At a thread's exit (now), before s is abandoned: keep its free resident slices for the thread
 // that adopts it, where exited threads' segments were adopted soon after lately

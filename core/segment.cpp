@@ -504,6 +504,22 @@ static void purge_slices(Segment* s, uint64_t m) {
   segment_changed(s, -static_cast<int>(count));
 }
 
+void large_free_purged(Segment* s, Page* page) noexcept {
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
+  const unsigned idx = static_cast<unsigned>(page - s->pages), slices = page->slice_count;
+  const size_t bytes = static_cast<size_t>(slices) << kSliceShift;
+  HeapSegGuard guard(heap);
+  // Purged while still in use, so that the span is freed as clean slices, also where its
+  // segment goes back to the arena with it.
+  os::purge(reinterpret_cast<char*>(s) + (static_cast<size_t>(idx) << kSliceShift), bytes);
+  g_counters.purge_calls.fetch_add(1, std::memory_order_relaxed);
+  g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
+  budget_release(bytes);
+  s->dirty_slices &= ~run_mask(idx, slices);
+  span_free_internal(s, page);
+  heap->resident_free_slices -= slices;  // which span_free_internal counted as resident
+}
+
 void segment_purge(Segment* s, uint64_t now, bool force) noexcept {
   if (s->purge_at_ms == 0 || (!force && now < s->purge_at_ms)) return;
   purge_slices(s, s->free_slices & s->dirty_slices & ~uint64_t{1});

@@ -273,6 +273,8 @@ struct Heap {
   uint64_t last_wait_abandon_ms = 0;    // when it last gave its segments up there
   uint64_t next_cond_wait_ms = 0;       // heap_before_cond_wait does its work again from then
   uint64_t refilled_bytes = 0;          // memory of punched blocks carved again (page_refill_holes)
+  uint64_t grow_move_ms = 0;            // when realloc last moved a large block of it into a
+                                        // huge one (realloc_move)
   uint64_t wait_punched = 0;            // bytes the last punch before a wait gave back (0: none)
   uint64_t wait_punch_ms = 0;           // when
   uint64_t wait_refill_mark = 0;        // refilled_bytes then

@@ -397,6 +397,38 @@ TEST_CASE("realloc: a block grown into a reused medium or large block gives back
   CHECK(check_heap_invariants(t_heap) == 0);
 }
 
+TEST_CASE("realloc: a large block grown into a huge one gives its pages back, unless its heap did so within a purge delay") {
+  settle();
+  t_heap->grow_move_ms = 0;
+  const size_t from = 1536 << 10, to = 3 << 20;
+  // Grows a large block written whole into a huge one; true when the old block's pages went back.
+  auto grow = [&](int seed, void** out) {
+    auto* p = static_cast<uint8_t*>(nebula_malloc(from));
+    REQUIRE(p != nullptr);
+    REQUIRE(page_of_ptr(p)->kind == PageKind::kLarge);
+    fill(p, from, seed);
+    const size_t purged = g_counters.purged.load();
+    auto* q = static_cast<uint8_t*>(nebula_realloc(p, to));
+    REQUIRE(q != nullptr);
+    REQUIRE(segment_of(q)->kind == SegmentKind::kHuge);
+    CHECK(check_fill(q, from, seed));
+    CHECK(check_heap_invariants(t_heap) == 0);
+    *out = q;
+    const bool back = resident_bytes(reinterpret_cast<uintptr_t>(p), from) == 0;
+    CHECK(back == (g_counters.purged.load() >= purged + from));
+    return back;
+  };
+  void *a, *b;
+  CHECK(grow(11, &a));
+  // Within a purge delay of the first, the old block stays resident for the heap's next one (a
+  // program that grows such buffers one after another).
+  CHECK(grow(12, &b) == (option(Option::kPurgeDelay) == 0));
+  CHECK(check_fill(static_cast<uint8_t*>(a), from, 11));
+  nebula_free(a);
+  nebula_free(b);
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
 TEST_CASE("realloc: contents survive moves across small, medium, large and huge tiers") {
   settle();
   const size_t steps[] = {10,      100,     1000,          10000,  100000, 500000, 1500000, 3u << 20,
