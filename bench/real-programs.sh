@@ -13,6 +13,8 @@
 #            block's encoder allocates and frees its match finder's tables of several MiB)
 #   sort:    sort --parallel=2 -S 200M of 60 MB of generated lines (a 200 MB buffer written once,
 #            two threads merge)
+#   rg:      ripgrep -j2 over 1,000 files of 12 KB, the 12 MB and 60 MB line files and the 25 MB
+#            JSON array (one line: the buffer it is read into doubles to 32 MiB)
 # Usage: bench/real-programs.sh [BUILD_DIR] [REPS]     (run on an otherwise idle machine)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,7 +27,7 @@ if [ ! -e "$mimalloc" ]; then  # LD_PRELOAD of a missing file only warns: the co
   echo "real-programs.sh: $mimalloc is missing; install libmimalloc2.0 (./nebulamem bench installs it)" >&2
   exit 1
 fi
-for tool in jq lua5.4 xz; do
+for tool in jq lua5.4 xz rg; do
   if ! command -v $tool >/dev/null; then
     echo "real-programs.sh: $tool is missing; install it (./nebulamem bench installs it)" >&2
     exit 1
@@ -58,6 +60,9 @@ with open(sys.argv[1], "w") as f:
         f.write("%d %s %f\n" % (random.randrange(10**9), "x" * random.randrange(1, 40), random.random()))
 PY
 head -c 12000000 "$tmp/lines.txt" >"$tmp/lines12.txt"
+mkdir "$tmp/rg"
+split -n 1000 -d -a 4 "$tmp/lines12.txt" "$tmp/rg/part"
+ln -s "$tmp/lines.txt" "$tmp/lines12.txt" "$tmp/records.json" "$tmp/rg/"
 declare -A cmd
 cmd[python3]="/usr/bin/python3 $root/tests/programs/py_workload.py"
 cmd[gcc]="gcc -O2 -c $tmp/gen.c -o $tmp/gen.o"
@@ -69,9 +74,10 @@ cmd[jq]="jq -c -f $tmp/map.jq $tmp/records.json"
 cmd[lua]="lua5.4 $root/bench/real/tables.lua"
 cmd[xz]="xz -T2 -2 -c $tmp/lines12.txt"
 cmd[sort]="sort --parallel=2 -S 200M $tmp/lines.txt"
+cmd[rg]="rg -j2 -L -c 12345|user19 $tmp/rg"
 declare -A input
 input[sqlite3]="$root/bench/real/sqlite.sql"
-progs=(python3 gcc clang sqlite3 perl python3-grow jq lua xz sort)
+progs=(python3 gcc clang sqlite3 perl python3-grow jq lua xz sort rg)
 allocs=(glibc mimalloc nebula)
 preload() {
   case $1 in glibc) echo "" ;; mimalloc) echo "$mimalloc" ;; nebula) echo "$build/libnebulamem.so" ;; esac
