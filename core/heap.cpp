@@ -291,7 +291,10 @@ void heap_grew(Heap* heap) noexcept {
 // see below.
 size_t heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
   const bool force = want != 0;
-  if (g_secure && force) return 0;  // secure mode never punches (its empty pages go below)
+  // Secure mode makes no holes: a pass for growth has nothing to do there. A pass that wants
+  // everything (a wait, malloc_trim, a thread's exit) still frees the pages that only other
+  // threads freed into (below).
+  if (g_secure && force && want != SIZE_MAX) return 0;
   size_t got = 0;
   const uint32_t delay = static_cast<uint32_t>(option(Option::kPurgeDelay));
   const uint32_t now32 = static_cast<uint32_t>(now) | 1u;

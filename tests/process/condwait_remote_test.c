@@ -6,7 +6,9 @@
  * allocates frees them all, and the main thread waits in pthread_cond_timedwait while a second
  * such thread watches RSS: it must fall by at least 8 MiB within 2 s. (It waits for the freeing
  * thread with nanosleep, not pthread_join, whose own hook hands the heap's segments over.) Then
- * the main thread fills 16 MiB again, carved from the holes, and checks what it wrote. */
+ * the main thread fills 16 MiB again, carved from the holes, and checks what it wrote.
+ * tests/meson.build runs it in secure mode too (condwait_remote_secure_test), where the pages
+ * are freed instead of punched. */
 #include "../check.h"
 
 #include <pthread.h>
