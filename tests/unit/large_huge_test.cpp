@@ -429,6 +429,34 @@ TEST_CASE("realloc: a large block grown into a huge one gives its pages back, un
   CHECK(check_heap_invariants(t_heap) == 0);
 }
 
+TEST_CASE("realloc: a large block alone in its segment, grown into a huge one, leaves the segment's chunk clean") {
+  settle();
+  t_heap->grow_move_ms = 0;
+  // Blocks of 31 slices: two fill a segment, so the third starts one of its own.
+  const size_t big = 31 * kSliceSize - 4096;
+  std::vector<void*> keep;
+  uint8_t* p = nullptr;
+  for (int i = 0; i < 8 && p == nullptr; ++i) {
+    auto* b = static_cast<uint8_t*>(nebula_malloc(big));
+    REQUIRE(b != nullptr);
+    if (segment_of(b)->used_spans == 1 && page_of_ptr(b)->kind == PageKind::kLarge) p = b;
+    else keep.push_back(b);
+  }
+  REQUIRE(p != nullptr);
+  fill(p, big, 21);
+  Segment* s = segment_of(p);
+  const size_t segments = g_counters.segments.load();
+  auto* q = static_cast<uint8_t*>(nebula_realloc(p, 3 << 20));
+  REQUIRE(q != nullptr);
+  CHECK(check_fill(q, big, 21));
+  CHECK(g_counters.segments.load() == segments - 1);  // the segment went back with the block
+  CHECK(resident_bytes(reinterpret_cast<uintptr_t>(s) + kSliceSize, 31 * kSliceSize) == 0);
+  CHECK(check_heap_invariants(t_heap) == 0);
+  nebula_free(q);
+  for (void* b : keep) nebula_free(b);
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
 TEST_CASE("realloc: contents survive moves across small, medium, large and huge tiers") {
   settle();
   const size_t steps[] = {10,      100,     1000,          10000,  100000, 500000, 1500000, 3u << 20,
