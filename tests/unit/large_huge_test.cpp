@@ -397,23 +397,29 @@ TEST_CASE("realloc: a block grown into a reused medium or large block gives back
   CHECK(check_heap_invariants(t_heap) == 0);
 }
 
+// Writes the large block p (n bytes) whole, grows it by realloc into a huge block of 3 MiB and
+// checks that the contents moved along; the huge block.
+static void* grow_into_huge(uint8_t* p, size_t n, int seed) {
+  REQUIRE(page_of_ptr(p)->kind == PageKind::kLarge);
+  fill(p, n, seed);
+  auto* q = static_cast<uint8_t*>(nebula_realloc(p, 3 << 20));
+  REQUIRE(q != nullptr);
+  REQUIRE(segment_of(q)->kind == SegmentKind::kHuge);
+  CHECK(check_fill(q, n, seed));
+  CHECK(check_heap_invariants(t_heap) == 0);
+  return q;
+}
+
 TEST_CASE("realloc: a large block grown into a huge one gives its pages back, unless its heap did so within a purge delay") {
   settle();
   t_heap->grow_move_ms = 0;
-  const size_t from = 1536 << 10, to = 3 << 20;
-  // Grows a large block written whole into a huge one; true when the old block's pages went back.
+  const size_t from = 1536 << 10;
+  // True when the old block's pages went back.
   auto grow = [&](int seed, void** out) {
     auto* p = static_cast<uint8_t*>(nebula_malloc(from));
     REQUIRE(p != nullptr);
-    REQUIRE(page_of_ptr(p)->kind == PageKind::kLarge);
-    fill(p, from, seed);
     const size_t purged = g_counters.purged.load();
-    auto* q = static_cast<uint8_t*>(nebula_realloc(p, to));
-    REQUIRE(q != nullptr);
-    REQUIRE(segment_of(q)->kind == SegmentKind::kHuge);
-    CHECK(check_fill(q, from, seed));
-    CHECK(check_heap_invariants(t_heap) == 0);
-    *out = q;
+    *out = grow_into_huge(p, from, seed);
     const bool back = resident_bytes(reinterpret_cast<uintptr_t>(p), from) == 0;
     CHECK(back == (g_counters.purged.load() >= purged + from));
     return back;
@@ -439,19 +445,15 @@ TEST_CASE("realloc: a large block alone in its segment, grown into a huge one, l
   for (int i = 0; i < 8 && p == nullptr; ++i) {
     auto* b = static_cast<uint8_t*>(nebula_malloc(big));
     REQUIRE(b != nullptr);
-    if (segment_of(b)->used_spans == 1 && page_of_ptr(b)->kind == PageKind::kLarge) p = b;
+    if (segment_of(b)->used_spans == 1) p = b;
     else keep.push_back(b);
   }
   REQUIRE(p != nullptr);
-  fill(p, big, 21);
   Segment* s = segment_of(p);
   const size_t segments = g_counters.segments.load();
-  auto* q = static_cast<uint8_t*>(nebula_realloc(p, 3 << 20));
-  REQUIRE(q != nullptr);
-  CHECK(check_fill(q, big, 21));
+  void* q = grow_into_huge(p, big, 21);
   CHECK(g_counters.segments.load() == segments - 1);  // the segment went back with the block
   CHECK(resident_bytes(reinterpret_cast<uintptr_t>(s) + kSliceSize, 31 * kSliceSize) == 0);
-  CHECK(check_heap_invariants(t_heap) == 0);
   nebula_free(q);
   for (void* b : keep) nebula_free(b);
   CHECK(check_heap_invariants(t_heap) == 0);
