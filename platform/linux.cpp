@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,9 +27,96 @@ struct ErrnoGuard {
   ~ErrnoGuard() { errno = saved; }
 };
 
+// System calls made directly, without libc's wrappers: the return value is the result or
+// -errno, and errno stays as it was (the engine's OS calls must not change it). Why not libc's:
+// the kernel maps a fault's neighbours in 64 KiB windows, and a wrapper in a stretch of libc's
+// code that the program itself never runs puts that whole window in its resident set. glibc
+// 2.36's sched_yield sits between the regex and getaddrinfo code: one call from a lock's
+// back-off cost every program whose threads ever contended 64 KiB (`cache-thrash`). mmap,
+// munmap, madvise and mremap sit beside getauxval, whose window a small program maps for
+// nothing else (docs/performance.md, log, stop 44).
+// Sanitizer builds call libc's wrappers, which the sanitizers intercept to track mappings.
+#if (defined(__x86_64__) || defined(__aarch64__)) && !defined(__SANITIZE_THREAD__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define NEBULA_RAW_SYSCALLS 1
+long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0,
+                 long f = 0) noexcept {
+#if defined(__x86_64__)
+  long ret;
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  register long r9 __asm__("r9") = f;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  return ret;
+#else
+  register long x8 __asm__("x8") = nr;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
+  register long x4 __asm__("x4") = e;
+  register long x5 __asm__("x5") = f;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5)
+                   : "memory");
+  return x0;
+#endif
+}
+#else
+long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0,
+                 long f = 0) noexcept {
+  ErrnoGuard keep;
+  long r = syscall(nr, a, b, c, d, e, f);
+  return r == -1 ? -errno : r;
+}
+#endif
+
+// The memory calls, each true (or the address) on success.
+void* sys_mmap(void* addr, size_t size, int prot, int flags) noexcept {
+#ifdef NEBULA_RAW_SYSCALLS
+  long r = raw_syscall(SYS_mmap, reinterpret_cast<long>(addr), static_cast<long>(size), prot,
+                       flags, -1, 0);
+  return r < 0 && r > -4096 ? MAP_FAILED : reinterpret_cast<void*>(r);
+#else
+  ErrnoGuard keep;
+  return mmap(addr, size, prot, flags, -1, 0);
+#endif
+}
+// munmap(p, size), madvise(p, size, arg), mprotect(p, size, arg) == 0.
+bool range_call(long nr, void* p, size_t size, int arg = 0) noexcept {
+#ifdef NEBULA_RAW_SYSCALLS
+  return raw_syscall(nr, reinterpret_cast<long>(p), static_cast<long>(size), arg) == 0;
+#else
+  ErrnoGuard keep;
+  if (nr == SYS_munmap) return munmap(p, size) == 0;
+  if (nr == SYS_madvise) return madvise(p, size, arg) == 0;
+  return mprotect(p, size, arg) == 0;
+#endif
+}
+bool sys_munmap(void* p, size_t size) noexcept { return range_call(SYS_munmap, p, size); }
+bool sys_madvise(void* p, size_t size, int advice) noexcept {
+  return range_call(SYS_madvise, p, size, advice);
+}
+bool sys_mprotect(void* p, size_t size, int prot) noexcept {
+  return range_call(SYS_mprotect, p, size, prot);
+}
+// mremap(from, n, n, flags, to) == to.
+bool sys_mremap_to(void* from, size_t n, int flags, void* to) noexcept {
+#ifdef NEBULA_RAW_SYSCALLS
+  return raw_syscall(SYS_mremap, reinterpret_cast<long>(from), static_cast<long>(n),
+                     static_cast<long>(n), flags, reinterpret_cast<long>(to)) ==
+         reinterpret_cast<long>(to);
+#else
+  ErrnoGuard keep;
+  return mremap(from, n, n, flags, to) == to;
+#endif
+}
+
 void* map_anonymous(size_t size, int extra_flags) noexcept {
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags, -1, 0);
+  void* p = sys_mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags);
   return p == MAP_FAILED ? nullptr : p;
 }
 
@@ -40,7 +128,7 @@ void* map_aligned(size_t size, size_t align, int extra_flags) noexcept {
   void* p = map_anonymous(size, extra_flags);
   if (p == nullptr) return nullptr;
   if ((reinterpret_cast<uintptr_t>(p) & (align - 1)) == 0) return p;
-  munmap(p, size);
+  sys_munmap(p, size);
   size_t over = size + align;
   if (over < size) return nullptr;
   char* raw = static_cast<char*>(map_anonymous(over, extra_flags));
@@ -48,8 +136,8 @@ void* map_aligned(size_t size, size_t align, int extra_flags) noexcept {
   uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(uintptr_t)(align - 1);
   size_t head = start - reinterpret_cast<uintptr_t>(raw);
   size_t tail = over - head - size;
-  if (head != 0) munmap(raw, head);
-  if (tail != 0) munmap(reinterpret_cast<char*>(start) + size, tail);
+  if (head != 0) sys_munmap(raw, head);
+  if (tail != 0) sys_munmap(reinterpret_cast<char*>(start) + size, tail);
   return reinterpret_cast<void*>(start);
 }
 
@@ -85,12 +173,16 @@ bool g_exit_key_ok = false;
 }  // namespace
 
 size_t page_size() noexcept {
+#if defined(__x86_64__)
+  return 4096;  // x86-64 has no other base page size (and sysconf's code is a window of libc)
+#else
   static size_t cached = 0;  // benign race: every thread computes the same value
   if (cached == 0) {
     long v = sysconf(_SC_PAGESIZE);
     cached = v > 0 ? static_cast<size_t>(v) : 4096;
   }
   return cached;
+#endif
 }
 
 unsigned features() noexcept {
@@ -103,17 +195,11 @@ void* reserve(size_t size, size_t align) noexcept {
   return map_aligned(size, align, 0);
 }
 
-void release(void* p, size_t size) noexcept {
-  ErrnoGuard keep;
-  munmap(p, size);
-}
+void release(void* p, size_t size) noexcept { sys_munmap(p, size); }
 
 bool commit(void*, size_t) noexcept { return !inject_fault(); }
 
-bool purge(void* p, size_t size) noexcept {
-  ErrnoGuard keep;
-  return madvise(p, size, MADV_DONTNEED) == 0;
-}
+bool purge(void* p, size_t size) noexcept { return sys_madvise(p, size, MADV_DONTNEED); }
 
 // MREMAP_DONTUNMAP keeps the source mapped, so no hole opens in our reservation for another mmap
 // to take. Kernels before 5.7 refuse it (EINVAL): nothing moves, the caller copies.
@@ -128,7 +214,7 @@ namespace {
 // without saying where).
 constexpr size_t kMoveStep = size_t{2} << 20;
 bool move_piece(void* from, size_t n, void* to) {
-  return mremap(from, n, n, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, to) == to;
+  return sys_mremap_to(from, n, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, to);
 }
 }  // namespace
 
@@ -153,10 +239,10 @@ size_t swap_pages(void* a, void* b, size_t size, void* scratch) noexcept {
     if (!move_piece(pb, n, scratch)) break;  // b's pages aside: nothing has changed where this fails
     if (inject_fault() || !move_piece(pa, n, pb)) {
       // a's pages stay where they are (a piece moves whole or not at all); b's go back.
-      if (!move_piece(scratch, n, pb)) madvise(scratch, n, MADV_DONTNEED);
+      if (!move_piece(scratch, n, pb)) sys_madvise(scratch, n, MADV_DONTNEED);
       break;
     }
-    if (inject_fault() || !move_piece(scratch, n, pa)) madvise(scratch, n, MADV_DONTNEED);
+    if (inject_fault() || !move_piece(scratch, n, pa)) sys_madvise(scratch, n, MADV_DONTNEED);
     done += n;
   }
   return done;
@@ -166,16 +252,14 @@ bool protect(void* p, size_t size, bool accessible) noexcept {
   // A guard splits a mapping, which the kernel refuses past vm.max_map_count (ENOMEM): fault
   // injection refuses guards too. Taking one away joins mappings and cannot fail so.
   if (!accessible && inject_fault()) return false;
-  ErrnoGuard keep;
-  return mprotect(p, size, accessible ? (PROT_READ | PROT_WRITE) : PROT_NONE) == 0;
+  return sys_mprotect(p, size, accessible ? (PROT_READ | PROT_WRITE) : PROT_NONE);
 }
 
 namespace {
 // Set (on) or clear a range's request for transparent huge pages.
 bool thp_advise(void* p, size_t size, bool on) noexcept {
 #if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
-  ErrnoGuard keep;
-  return madvise(p, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0;
+  return sys_madvise(p, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 #else
   (void)p, (void)size, (void)on;
   return false;
@@ -211,32 +295,76 @@ void arm_thread_exit_hook(void* arg) noexcept {
 }
 
 uint64_t random_u64() noexcept {
-  // AT_RANDOM: 16 random bytes the kernel gives every process; mix in the clock and the stack
-  // address so that two calls differ.
-  uint64_t v = 0;
-  if (auto* r = reinterpret_cast<const unsigned char*>(getauxval(AT_RANDOM))) {
-    for (int i = 0; i < 8; ++i) v = (v << 8) | r[i];
-  }
+  // A secret from the kernel once per process (getrandom, which does not block once the kernel's
+  // pool is ready, as it is after boot; AT_RANDOM's 16 bytes where the call fails), then a
+  // counter, the stack address and the seed mixed, so that two calls differ.
+  static std::atomic<uint64_t> seed{0};
   static std::atomic<uint64_t> counter{0};
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  uint64_t x = v ^ (static_cast<uint64_t>(ts.tv_nsec) << 20) ^ reinterpret_cast<uintptr_t>(&v) ^
+  uint64_t s = seed.load(std::memory_order_relaxed);
+  if (s == 0) {
+    uint64_t got = 0;
+    if (raw_syscall(SYS_getrandom, reinterpret_cast<long>(&got), sizeof got, GRND_NONBLOCK) !=
+        static_cast<long>(sizeof got)) {
+      if (auto* r = reinterpret_cast<const unsigned char*>(getauxval(AT_RANDOM))) {
+        for (int i = 0; i < 8; ++i) got = (got << 8) | r[i];
+      }
+    }
+    s = got | 1;
+    seed.store(s, std::memory_order_relaxed);  // benign race: a thread keeps the seed it read
+  }
+  uint64_t x = s ^ reinterpret_cast<uintptr_t>(&s) ^
                (counter.fetch_add(1, std::memory_order_relaxed) * 0x9e3779b97f4a7c15ull);
   x ^= x >> 31;
   x *= 0xbf58476d1ce4e5b9ull;
   x ^= x >> 29;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 32;
   return x;
 }
 
+namespace {
+// The clock, read through the kernel's vDSO directly rather than libc's clock_gettime: that
+// wrapper sits in a stretch of libc's code that a small program runs nothing else of, and the
+// kernel maps a fault's neighbours in 64 KiB windows (docs/performance.md, log, stop 44). The
+// library's constructor finds the vDSO's function through the dynamic loader, whose lookup code
+// every program maps already; until then, and where there is no vDSO (valgrind hides it; a
+// kernel booted with vdso=0), the clock is a system call.
+using ClockFn = int (*)(clockid_t, timespec*);
+std::atomic<ClockFn> g_vdso_clock{nullptr};
+
+#if defined(__x86_64__) && defined(NEBULA_RAW_SYSCALLS)
+__attribute__((constructor)) void find_vdso_clock() noexcept {
+  ErrnoGuard keep;
+  void* vdso = dlopen("linux-vdso.so.1", RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+  if (vdso == nullptr) return;
+  if (void* f = dlvsym(vdso, "__vdso_clock_gettime", "LINUX_2.6")) {
+    g_vdso_clock.store(reinterpret_cast<ClockFn>(f), std::memory_order_release);
+  }
+}
+
+void clock_read(clockid_t id, timespec* ts) noexcept {
+  ClockFn f = g_vdso_clock.load(std::memory_order_acquire);
+  if (__builtin_expect(f != nullptr && f(id, ts) == 0, 1)) return;
+  if (raw_syscall(SYS_clock_gettime, id, reinterpret_cast<long>(ts)) != 0) *ts = timespec{};
+}
+#else
+void clock_read(clockid_t id, timespec* ts) noexcept {
+  if (clock_gettime(id, ts) != 0) *ts = timespec{};
+}
+#endif
+}  // namespace
+
+bool clock_from_vdso() noexcept { return g_vdso_clock.load(std::memory_order_acquire) != nullptr; }
+
 uint64_t clock_ms() noexcept {
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_read(CLOCK_MONOTONIC, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000u + static_cast<uint64_t>(ts.tv_nsec) / 1000000u;
 }
 
 uint64_t clock_ms_coarse() noexcept {
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  clock_read(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000u + static_cast<uint64_t>(ts.tv_nsec) / 1000000u;
 }
 
@@ -380,38 +508,7 @@ AddressKind classify(uintptr_t addr) noexcept {
   return result;
 }
 
-// System calls made directly, without libc's wrappers: the return value is the result or
-// -errno, and errno stays as it was (the engine's OS calls must not change it). Why not libc's:
-// glibc 2.36's sched_yield sits in a 64 KiB stretch of libc's code (between the regex and
-// getaddrinfo code) that a program rarely runs, and the kernel maps a fault's neighbours in
-// 64 KiB windows, so one call from a lock's back-off put 16 more pages of libc in the resident
-// set of every program whose threads ever contended (`cache-thrash`: 64 KiB more than under
-// glibc's malloc).
 namespace {
-long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0) noexcept {
-#if defined(__x86_64__)
-  long ret;
-  register long r10 __asm__("r10") = d;
-  __asm__ volatile("syscall"
-                   : "=a"(ret)
-                   : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
-                   : "rcx", "r11", "memory");
-  return ret;
-#elif defined(__aarch64__)
-  register long x8 __asm__("x8") = nr;
-  register long x0 __asm__("x0") = a;
-  register long x1 __asm__("x1") = b;
-  register long x2 __asm__("x2") = c;
-  register long x3 __asm__("x3") = d;
-  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
-  return x0;
-#else
-  ErrnoGuard keep;
-  long r = syscall(nr, a, b, c, d);
-  return r == -1 ? -errno : r;
-#endif
-}
-
 // futex(word, op, val, no timeout). A wait interrupted by a signal, or on a word that changed
 // already, returns at once (-EINTR, -EAGAIN): the lock checks its word again.
 void futex_call(std::atomic<uint32_t>* word, int op, uint32_t val) noexcept {

@@ -101,7 +101,8 @@ inline uintptr_t thread_id() noexcept {
 bool install_thread_exit_hook(void (*fn)(void*)) noexcept;
 void arm_thread_exit_hook(void* arg) noexcept;
 
-// 64 random bits from the kernel (no system call where the platform can avoid one).
+// 64 random bits: a secret from the kernel (one system call per process at most) mixed with a
+// counter, so that no two calls return the same bits.
 uint64_t random_u64() noexcept;
 
 // Milliseconds of a monotonic clock.
@@ -109,6 +110,9 @@ uint64_t clock_ms() noexcept;
 // The same clock read cheaply (the kernel's last tick: a few ms behind at most, 5 ns instead of
 // 23 here), for the checks made before every blocking call.
 uint64_t clock_ms_coarse() noexcept;
+// Whether the clock is read through the kernel's vDSO directly (x86-64 Linux, once the library's
+// constructor has found it), rather than through libc or a system call.
+bool clock_from_vdso() noexcept;
 
 // Write bytes to the standard error stream (fd 2) without allocating.
 void write_stderr(const char* s, size_t n) noexcept;
