@@ -570,6 +570,11 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
 void arena_thp(unsigned index, uintptr_t lo, uintptr_t hi, bool on) noexcept;
 // [lo, hi) may or may not carry the flag now (pages moved in with another mapping's flag).
 void arena_thp_unsure(unsigned index, uintptr_t lo, uintptr_t hi) noexcept;
+// The flag changes between neighbouring 2 MiB units that our calls made (each a mapping of the
+// process's vm.max_map_count), and the count beyond which blocks ask for no huge pages (a
+// quarter of vm.max_map_count; 0: read it again). For tests and statistics.
+long arena_thp_edges() noexcept;
+void arena_set_thp_edge_limit(long limit) noexcept;
 // Bytes resident in free chunks (a relaxed read: a hint).
 size_t arena_free_resident() noexcept;
 // Mark a huge segment's chunks as those of a block that grows (see find_run).
@@ -618,6 +623,7 @@ struct GlobalCounters {
   std::atomic<size_t> purged{0};          // bytes given back to the OS with purge
   std::atomic<size_t> purge_calls{0};
   std::atomic<size_t> thp_calls{0};       // calls that set or took off the huge-page flag
+  std::atomic<size_t> thp_capped{0};      // huge-page requests not made: the mapping count's cap
   std::atomic<size_t> punched{0};         // of purged: free blocks of live pages (page_punch)
   std::atomic<size_t> refilled{0};        // of those, carved again (page_refill_holes)
   std::atomic<size_t> reserved{0};        // address space reserved from the OS

@@ -1560,6 +1560,43 @@ TEST_CASE("huge: a block made where a like one was leaves the mapping's flags as
   settle();
 }
 
+// Each 2 MiB whose huge-page flag differs from its neighbour's is a mapping of its own, and the
+// process may have vm.max_map_count of them in all: 33,000 live blocks of 4-8 MiB used them all
+// up and pthread_create failed. Past the cap (a quarter of the limit; here the count so far plus
+// six), no more huge pages are asked for and the mappings stop multiplying.
+TEST_CASE("huge: blocks stop asking for huge pages where their flags would split the mapping past a cap") {
+  settle();
+  if (!option_bool(Option::kHugePages)) return;  // nothing asks for the flag
+  const size_t mib2 = size_t{2} << 20;
+  void* p = alloc(size_t{64} << 20);
+  REQUIRE(p != nullptr);
+  const unsigned index = segment_of(p)->arena_index;
+  const uintptr_t inside = align_up(reinterpret_cast<uintptr_t>(p), mib2);
+  arena_thp(index, inside, inside + 22 * mib2, false);  // the flag off on 44 MiB of its inside
+  const size_t maps0 = mapping_flags().size();
+  const long limit = arena_thp_edges() + 6;
+  arena_set_thp_edge_limit(limit);
+  const size_t capped0 = g_counters.thp_capped.load();
+  // Every other 2 MiB asks for the flag: each alone would be a mapping, two flag changes.
+  for (int k = 0; k < 10; ++k) {
+    const uintptr_t u = inside + (2 * k + 1) * mib2;
+    arena_thp(index, u, u + mib2, true);
+  }
+  for (int k = 0; k < 10; ++k) {
+    const uintptr_t u = inside + (2 * k + 1) * mib2;
+    CHECK(arena_thp_state(index, u) == (k < 3 ? 1 : 0));  // three within the cap, none after
+  }
+  CHECK(g_counters.thp_capped.load() == capped0 + 7);
+  CHECK(arena_thp_edges() == limit);
+  CHECK(mapping_flags().size() <= maps0 + 6);  // ten would have made 20 more
+  // Taking the flag off is never refused (a segment's or block's memory needs it).
+  arena_thp(index, inside, inside + 22 * mib2, false);
+  CHECK(arena_thp_state(index, inside + mib2) == 0);
+  arena_set_thp_edge_limit(0);  // read vm.max_map_count again
+  dealloc(p);
+  settle();
+}
+
 // The search for a run of n free chunks reads the used bitmap a word at a time (the starts of
 // n free chunks in a row, from shifts in doubling steps) and scores only those starts. Against
 // a chunk-by-chunk reference on random arenas: full and sparse ones, runs across the words'
