@@ -35,9 +35,17 @@ struct ErrnoGuard {
 // back-off cost every program whose threads ever contended 64 KiB (`cache-thrash`). mmap,
 // munmap, madvise and mremap sit beside getauxval, whose window a small program maps for
 // nothing else (docs/performance.md, log, stop 44).
-// Sanitizer builds call libc's wrappers, which the sanitizers intercept to track mappings.
-#if (defined(__x86_64__) || defined(__aarch64__)) && !defined(__SANITIZE_THREAD__) && \
-    !defined(__SANITIZE_ADDRESS__)
+// Sanitizer builds call libc's wrappers, which the sanitizers intercept to track mappings (g++
+// says so with __SANITIZE_*__, clang with __has_feature).
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define NEBULA_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer) || \
+    __has_feature(memory_sanitizer)
+#define NEBULA_SANITIZED 1
+#endif
+#endif
+#if (defined(__x86_64__) || defined(__aarch64__)) && !defined(NEBULA_SANITIZED)
 #define NEBULA_RAW_SYSCALLS 1
 long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0,
                  long f = 0) noexcept {
