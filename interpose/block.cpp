@@ -96,7 +96,7 @@ constexpr time_t kMaxSplitSec = 366 * 86400;  // longer timeouts go to the real 
 
 int64_t mono_ns() noexcept {
   timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
+  os::clock_read(CLOCK_MONOTONIC, &t);
   return static_cast<int64_t>(t.tv_sec) * kNs + t.tv_nsec;
 }
 
@@ -341,7 +341,7 @@ NEBULA_API int clock_nanosleep(clockid_t clock, int flags, const timespec* req, 
   int64_t total = ts_ns(req);
   if ((flags & TIMER_ABSTIME) != 0) {
     timespec now;
-    if (clock_gettime(clock, &now) != 0) return fn(clock, flags, req, rem);
+    if (!os::clock_read(clock, &now)) return fn(clock, flags, req, rem);
     total -= static_cast<int64_t>(now.tv_sec) * kNs + now.tv_nsec;
   }
   if (total <= 0) return fn(clock, flags, req, rem);

@@ -12,6 +12,7 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -350,17 +351,25 @@ __attribute__((constructor)) void find_vdso_clock() noexcept {
   }
 }
 
-void clock_read(clockid_t id, timespec* ts) noexcept {
+}  // namespace
+
+bool clock_read(int id, timespec* ts) noexcept {
   ClockFn f = g_vdso_clock.load(std::memory_order_acquire);
-  if (__builtin_expect(f != nullptr && f(id, ts) == 0, 1)) return;
-  if (raw_syscall(SYS_clock_gettime, id, reinterpret_cast<long>(ts)) != 0) *ts = timespec{};
+  if (__builtin_expect(f != nullptr && f(id, ts) == 0, 1)) return true;
+  if (raw_syscall(SYS_clock_gettime, id, reinterpret_cast<long>(ts)) == 0) return true;
+  *ts = timespec{};
+  return false;
 }
 #else
-void clock_read(clockid_t id, timespec* ts) noexcept {
-  if (clock_gettime(id, ts) != 0) *ts = timespec{};
+}  // namespace
+
+bool clock_read(int id, timespec* ts) noexcept {
+  ErrnoGuard keep;
+  if (clock_gettime(id, ts) == 0) return true;
+  *ts = timespec{};
+  return false;
 }
 #endif
-}  // namespace
 
 bool clock_from_vdso() noexcept { return g_vdso_clock.load(std::memory_order_acquire) != nullptr; }
 
@@ -429,8 +438,9 @@ long read_file(const char* path, char* buf, size_t cap) noexcept {
 }
 
 uint64_t physical_memory() noexcept {
-  long pages = sysconf(_SC_PHYS_PAGES);
-  return pages > 0 ? static_cast<uint64_t>(pages) * page_size() : 0;
+  struct sysinfo info {};
+  if (raw_syscall(SYS_sysinfo, reinterpret_cast<long>(&info)) != 0) return 0;
+  return static_cast<uint64_t>(info.totalram) * (info.mem_unit != 0 ? info.mem_unit : 1);
 }
 
 uint64_t resident_bytes() noexcept {

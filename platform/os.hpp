@@ -16,6 +16,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <time.h>
 
 namespace nebula::os {
 
@@ -110,6 +111,9 @@ uint64_t clock_ms() noexcept;
 // The same clock read cheaply (the kernel's last tick: a few ms behind at most, 5 ns instead of
 // 23 here), for the checks made before every blocking call.
 uint64_t clock_ms_coarse() noexcept;
+// The clock `id` (CLOCK_MONOTONIC, CLOCK_REALTIME...) as clock_gettime reads it; false if the
+// kernel refuses it. Through the vDSO where clock_ms goes through it.
+bool clock_read(int id, timespec* ts) noexcept;
 // Whether the clock is read through the kernel's vDSO directly (x86-64 Linux, once the library's
 // constructor has found it), rather than through libc or a system call.
 bool clock_from_vdso() noexcept;

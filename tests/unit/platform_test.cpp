@@ -41,8 +41,26 @@ TEST_CASE("os: the clock reads the kernel's vDSO where the process has one, and 
   }
 }
 
-TEST_CASE("os: the page size is the system's, random bits differ from call to call") {
+TEST_CASE("os: clock_read reads the clocks libc's clock_gettime reads, and refuses a bad one") {
+  for (clockid_t id : {CLOCK_MONOTONIC, CLOCK_REALTIME, CLOCK_BOOTTIME}) {
+    timespec a, b, ours;
+    clock_gettime(id, &a);
+    REQUIRE(os::clock_read(id, &ours));
+    clock_gettime(id, &b);
+    const auto ns = [](const timespec& t) { return t.tv_sec * 1000000000LL + t.tv_nsec; };
+    CHECK(ns(ours) >= ns(a));
+    CHECK(ns(ours) <= ns(b));
+  }
+  timespec bad;
+  errno = 777;
+  CHECK_FALSE(os::clock_read(12345, &bad));
+  CHECK(errno == 777);
+}
+
+TEST_CASE("os: the page size and the physical memory are the system's, random bits differ from call to call") {
   CHECK(os::page_size() == static_cast<size_t>(sysconf(_SC_PAGESIZE)));
+  CHECK(os::physical_memory() ==
+        static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
   std::set<uint64_t> seen;
   for (int i = 0; i < 10000; ++i) seen.insert(os::random_u64());
   CHECK(seen.size() == 10000);
