@@ -200,7 +200,6 @@ unsigned features() noexcept {
 
 void* reserve(size_t size, size_t align) noexcept {
   if (inject_fault()) return nullptr;
-  ErrnoGuard keep;
   return map_aligned(size, align, 0);
 }
 
@@ -228,7 +227,6 @@ bool move_piece(void* from, size_t n, void* to) {
 }  // namespace
 
 size_t move_pages(void* from, size_t size, void* to) noexcept {
-  ErrnoGuard keep;
   size_t done = 0;
   while (done < size) {
     size_t n = size - done < kMoveStep ? size - done : kMoveStep;
@@ -239,7 +237,6 @@ size_t move_pages(void* from, size_t size, void* to) noexcept {
 }
 
 size_t swap_pages(void* a, void* b, size_t size, void* scratch) noexcept {
-  ErrnoGuard keep;
   size_t done = 0;
   while (done < size) {
     size_t n = size - done < kMoveStep ? size - done : kMoveStep;
@@ -281,7 +278,6 @@ bool huge_unhint(void* p, size_t size) noexcept { return thp_advise(p, size, fal
 
 void* reserve_huge(size_t size, size_t align) noexcept {
   if (inject_fault()) return nullptr;
-  ErrnoGuard keep;
 #ifdef MAP_HUGETLB
   return map_aligned(size, align, MAP_HUGETLB);
 #else
