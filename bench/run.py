@@ -170,8 +170,13 @@ SMOKE_MICRO = ("^BM_(malloc_free/64|batch_random/n:64/size:128|calloc/4096|reall
                "|cross_thread_free/64/real_time/threads:2)$")
 
 ALLOCATORS = ["glibc", "jemalloc", "mimalloc", "tcmalloc", "nebula"]
+# Not in the default set: `ceiling` (BUILD/bench/libceiling.so, bench/ceiling/ceiling.c), a
+# measuring stick for --scaling: thread-local free lists and memory, no lock, no atomic, nothing
+# shared between threads, nothing given back. Its speed-ups are what each workload reaches on
+# this machine when the allocator never makes threads meet.
+OPTIONAL_ALLOCATORS = ["ceiling"]
 ALLOCATOR_TITLES = {"glibc": "glibc", "jemalloc": "jemalloc", "mimalloc": "mimalloc",
-                    "tcmalloc": "tcmalloc", "nebula": "**nebula**"}
+                    "tcmalloc": "tcmalloc", "nebula": "**nebula**", "ceiling": "ceiling (stick)"}
 PEER_SONAMES = {
     "jemalloc": ("libjemalloc.so.2", "libjemalloc2"),
     "mimalloc": ("libmimalloc.so.2", "libmimalloc2.0"),
@@ -912,7 +917,8 @@ def main():
                          "speed-up over the lowest count")
     ap.add_argument("--scaling-threads", default="1,2", metavar="LIST",
                     help="comma-separated thread counts for --scaling (default 1,2)")
-    ap.add_argument("--allocators", help="comma-separated subset of " + ",".join(ALLOCATORS))
+    ap.add_argument("--allocators", help="comma-separated subset of " + ",".join(ALLOCATORS)
+                    + ", or ceiling (the measuring stick for --scaling, bench/ceiling/ceiling.c)")
     ap.add_argument("--nebula-lib", help="library to preload as nebula (default BUILD/libnebulamem.so)")
     ap.add_argument("--out", help="results directory (default BUILD/bench-results/<time>)")
     ap.add_argument("--timeout", type=float, help="seconds before a run is killed (120; smoke 20)")
@@ -954,9 +960,10 @@ def main():
     build_dir = os.path.abspath(args.build_dir)
     if args.allocators:
         allocs = [a.strip() for a in args.allocators.split(",") if a.strip()]
-        bad = [a for a in allocs if a not in ALLOCATORS]
+        bad = [a for a in allocs if a not in ALLOCATORS + OPTIONAL_ALLOCATORS]
         if bad:
-            ap.error(f"unknown allocator(s) {', '.join(bad)}; known: {', '.join(ALLOCATORS)}")
+            ap.error(f"unknown allocator(s) {', '.join(bad)}; known: "
+                     f"{', '.join(ALLOCATORS + OPTIONAL_ALLOCATORS)}")
     else:
         allocs = ["glibc", "nebula"] if args.smoke else list(ALLOCATORS)
 
@@ -968,6 +975,11 @@ def main():
             preloads[a] = nebula if os.path.exists(nebula) else None
             if not preloads[a]:
                 missing.append(f"nebula ({nebula} not built)")
+        elif a == "ceiling":
+            stick = os.path.join(build_dir, "bench", "libceiling.so")
+            preloads[a] = stick if os.path.exists(stick) else None
+            if not preloads[a]:
+                missing.append(f"ceiling ({stick} not built)")
         elif a in PEER_SONAMES:
             preloads[a] = find_peer(PEER_SONAMES[a][0])
             if not preloads[a]:

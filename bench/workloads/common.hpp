@@ -230,7 +230,7 @@ inline const char* allocator_name() {
   struct { const char* needle; const char* name; } known[] = {
       {"libnebulamem", "nebula"}, {"libjemalloc", "jemalloc"}, {"libmimalloc", "mimalloc"},
       {"libtcmalloc", "tcmalloc"}, {"libhoard", "hoard"}, {"librpmalloc", "rpmalloc"},
-      {"libsnmallocshim", "snmalloc"}};
+      {"libsnmallocshim", "snmalloc"}, {"libceiling", "ceiling"}};
   for (auto& k : known) if (strstr(buf, k.needle)) return k.name;
   return "glibc";
 }
