@@ -29,7 +29,9 @@ chart; exits non-zero unless every workload ran and verified under both (the mes
 
 --scaling: thread scaling instead. Only the workloads that take --threads (larson, cache-thrash,
 cache-scratch, xmalloc, mstress, rptest, glibc-thread, large) run, at each thread count of
---scaling-threads (default 1,2), under each allocator, with the same rotation and medians. Each
+--scaling-threads (default 1,2), under each allocator (and, where built, the measuring stick
+`ceiling`, bench/ceiling/ceiling.c: how far the program itself scales here), with the same
+rotation and medians. Each
 run's work is known (printed by the program or derived from its parameters: see SCALING_WORK),
 so throughput = work / median wall time is comparable across thread counts, whether a workload
 splits a fixed total among its threads or gives each thread the same amount. The table gives
@@ -966,6 +968,10 @@ def main():
                      f"{', '.join(ALLOCATORS + OPTIONAL_ALLOCATORS)}")
     else:
         allocs = ["glibc", "nebula"] if args.smoke else list(ALLOCATORS)
+        # A scaling run carries the measuring stick where it is built: each row then shows how far
+        # the program itself scales on the machine next to what the allocators reach.
+        if args.scaling and not args.smoke and os.path.exists(os.path.join(build_dir, "bench", "libceiling.so")):
+            allocs.append("ceiling")
 
     preloads = {"glibc": None}
     nebula = os.path.abspath(args.nebula_lib) if args.nebula_lib else os.path.join(build_dir, "libnebulamem.so")
