@@ -31,10 +31,10 @@ chart; exits non-zero unless every workload ran and verified under both (the mes
 cache-scratch, xmalloc, mstress, rptest, glibc-thread, large) run, at each thread count of
 --scaling-threads (default 1,2), under each allocator (and, where built, the measuring stick
 `ceiling`, bench/ceiling/ceiling.c: how far the program itself scales here), with the same
-rotation and medians. Each
-run's work is known (printed by the program or derived from its parameters: see SCALING_WORK),
-so throughput = work / median wall time is comparable across thread counts, whether a workload
-splits a fixed total among its threads or gives each thread the same amount. The table gives
+rotation and medians. Each run's work is known (printed by the program or derived from its
+parameters: see SCALING_WORK), so throughput = work / median wall time is comparable across
+thread counts, whether a workload splits a fixed total among its threads or gives each thread
+the same amount. The table gives
 per workload and allocator the median wall time at each count and the speed-up (throughput at N
 threads / throughput at the lowest count, normally 1), then the geometric mean of the speed-ups
 per allocator. Results go to BUILD/bench-results/<time>-scaling/ (runs.csv, summary.csv,
@@ -172,10 +172,11 @@ SMOKE_MICRO = ("^BM_(malloc_free/64|batch_random/n:64/size:128|calloc/4096|reall
                "|cross_thread_free/64/real_time/threads:2)$")
 
 ALLOCATORS = ["glibc", "jemalloc", "mimalloc", "tcmalloc", "nebula"]
-# Not in the default set: `ceiling` (BUILD/bench/libceiling.so, bench/ceiling/ceiling.c), a
-# measuring stick for --scaling: thread-local free lists and memory, no lock, no atomic, nothing
-# shared between threads, nothing given back. Its speed-ups are what each workload reaches on
-# this machine when the allocator never makes threads meet.
+# `ceiling` (BUILD/bench/libceiling.so, bench/ceiling/ceiling.c), a measuring stick for --scaling,
+# which runs it where it is built (the main table only when --allocators names it): thread-local
+# free lists and memory, no lock, no atomic, nothing shared between threads, nothing given back.
+# Its speed-ups are what each workload reaches on this machine when the allocator never makes
+# threads meet.
 OPTIONAL_ALLOCATORS = ["ceiling"]
 ALLOCATOR_TITLES = {"glibc": "glibc", "jemalloc": "jemalloc", "mimalloc": "mimalloc",
                     "tcmalloc": "tcmalloc", "nebula": "**nebula**", "ceiling": "ceiling (stick)"}
