@@ -961,6 +961,10 @@ def main():
         return 0
 
     build_dir = os.path.abspath(args.build_dir)
+    # The libraries this build makes: ours (or --nebula-lib) and the measuring stick.
+    built = {"nebula": os.path.abspath(args.nebula_lib) if args.nebula_lib
+             else os.path.join(build_dir, "libnebulamem.so"),
+             "ceiling": os.path.join(build_dir, "bench", "libceiling.so")}
     if args.allocators:
         allocs = [a.strip() for a in args.allocators.split(",") if a.strip()]
         bad = [a for a in allocs if a not in ALLOCATORS + OPTIONAL_ALLOCATORS]
@@ -971,22 +975,16 @@ def main():
         allocs = ["glibc", "nebula"] if args.smoke else list(ALLOCATORS)
         # A scaling run carries the measuring stick where it is built: each row then shows how far
         # the program itself scales on the machine next to what the allocators reach.
-        if args.scaling and not args.smoke and os.path.exists(os.path.join(build_dir, "bench", "libceiling.so")):
+        if args.scaling and not args.smoke and os.path.exists(built["ceiling"]):
             allocs.append("ceiling")
 
     preloads = {"glibc": None}
-    nebula = os.path.abspath(args.nebula_lib) if args.nebula_lib else os.path.join(build_dir, "libnebulamem.so")
     missing = []
     for a in allocs:
-        if a == "nebula":
-            preloads[a] = nebula if os.path.exists(nebula) else None
+        if a in built:
+            preloads[a] = built[a] if os.path.exists(built[a]) else None
             if not preloads[a]:
-                missing.append(f"nebula ({nebula} not built)")
-        elif a == "ceiling":
-            stick = os.path.join(build_dir, "bench", "libceiling.so")
-            preloads[a] = stick if os.path.exists(stick) else None
-            if not preloads[a]:
-                missing.append(f"ceiling ({stick} not built)")
+                missing.append(f"{a} ({built[a]} not built)")
         elif a in PEER_SONAMES:
             preloads[a] = find_peer(PEER_SONAMES[a][0])
             if not preloads[a]:
