@@ -28,6 +28,10 @@ void* aligned_body(size_t align, size_t n, bool zero) {
     if (want <= kMediumMax) {
       for (unsigned c = size_to_class(want); c < kClassCount; ++c) {
         if ((kClassSize[c] & (align - 1)) == 0) {
+          // (A class of the runs range: its own pages, whose blocks are aligned to it; a runs
+          // block is aligned to kRunsUnit only.)
+          if (g_runs && kClassSize[c] > kRunsMin && kClassSize[c] <= kRunsMax && align > kRunsUnit)
+            return alloc_in_class(kClassSize[c], zero);
           void* p = zero ? alloc_zero(kClassSize[c]) : alloc(kClassSize[c]);
           return p;
         }
@@ -72,6 +76,7 @@ size_t usable_size(const void* p) noexcept {
   if (w.s->kind == SegmentKind::kHuge) return huge_usable(w.s, p);
   Page* page = w.page;
   if (page_flags(page) & kPageNotInUse) return 0;
+  if (page->kind == PageKind::kRuns) return runs_usable(w.s, page, p);
   Block* b = block_start(w.s, page, const_cast<void*>(p));
   uint8_t* end = reinterpret_cast<uint8_t*>(b) + page->block_size;
   if (page->kind == PageKind::kLarge) end = page_start(w.s, page) + page->block_size;
@@ -132,10 +137,10 @@ static bool large_moved_out(void* p) {
 
 // realloc's move: a new block, the bytes copied, the old block freed. Out of line, so that the
 // paths that keep the block (most calls when a string grows by a few bytes) need no frame.
-NEBULA_NOINLINE static void* realloc_move(void* p, size_t n, size_t have) noexcept {
+NEBULA_NOINLINE static void* realloc_move(void* p, size_t n, size_t have, size_t ask = 0) noexcept {
   const int saved_errno = errno;
   t_shrink_copy = n < have;
-  void* q = alloc(n);
+  void* q = alloc(ask > n ? ask : n);
   t_shrink_copy = false;
   if (q == nullptr) {
     // A shrink that finds no memory for its copy keeps the block where it is, which holds the n
@@ -180,7 +185,14 @@ NEBULA_NOINLINE static void* realloc_slow(void* p, size_t n) noexcept {
     const uint8_t flags = page_flags(page);
     if (flags & kPageNotInUse) invalid_pointer("realloc", p);
     if (flags & kPageSpare) fatal_pointer("realloc", p, "the block was freed already");
-    if (page->kind == PageKind::kLarge) {
+    if (page->kind == PageKind::kRuns) {
+      have = runs_block_size(w.s, page, p, "realloc");
+      // In place where it grows into free units or shrinks by half or more (its tail freed).
+      if ((n > have || n < have / 2) && runs_resize(w.s, page, p, n)) return p;
+      // A growing block moves to one with room for more, as a size class would give it: a string
+      // grown by appends moves once per class rather than at every unit.
+      if (n > have && n <= kRunsMax) return realloc_move(p, n, have, kClassSize[size_to_class(n)]);
+    } else if (page->kind == PageKind::kLarge) {
       have = static_cast<size_t>(page_start(w.s, page) + page->block_size - static_cast<uint8_t*>(p));
       if (n > have && n <= kLargeMax && large_grow(w.s, page, p, n)) return p;
     } else {

@@ -82,6 +82,28 @@ constexpr size_t direct2_slot(size_t n) {
   return ((n + (size_t{1} << kDirect2Shift) - 1) >> kDirect2Shift) - (kDirectMax >> kDirect2Shift) - 1;
 }
 
+// Medium runs (stop 46): plain requests above kDirectMax up to kRunsMax are served from pages
+// shared by every size in that range ("runs pages"), cut in units of kRunsUnit bytes: a block is a
+// run of units, and the free units of a page serve any request that fits (docs/design.md,
+// "Medium runs"). One pool for the range instead of a page queue per class: `glibc-thread`
+// (sizes of 4 B-32 KiB) held a page more than its live blocks needed in each of the range's 13
+// classes (docs/performance.md).
+inline constexpr unsigned kRunsUnitShift = 9;
+inline constexpr size_t kRunsUnit = size_t{1} << kRunsUnitShift;
+inline constexpr size_t kRunsMin = kDirectMax;   // requests above this ...
+inline constexpr size_t kRunsMax = kDirect2Max;  // ... up to this
+inline constexpr unsigned kRunsPageSlices = kMediumPageSlices;  // 512 KiB
+inline constexpr unsigned kRunsUnits = kRunsPageSlices * kSliceSize / kRunsUnit;  // 1024
+inline constexpr unsigned kRunsWords = kRunsUnits / 64;
+static_assert(kRunsMax / kRunsUnit < kRunsUnits, "a page holds the largest run");
+// The fewest units a request of the range takes: free runs shorter than this serve nothing until
+// they merge, and are in no bin.
+inline constexpr unsigned kRunsMinUnits = (kRunsMin + kRunsUnit) / kRunsUnit;
+inline constexpr unsigned kRunsMaxUnits = kRunsMax / kRunsUnit;
+// A heap's bins of free runs: one per length from kRunsMinUnits to kRunsMaxUnits, one for longer.
+inline constexpr unsigned kRunsBins = kRunsMaxUnits - kRunsMinUnits + 2;
+static_assert(kRunsBins <= 64, "a heap's run bins have a bit each in one word");
+
 // realloc that moves a growing block to a medium or large one gives back the OS pages of the new
 // block past the bytes asked for, when they are at least this much: a block that another block
 // filled before is resident whole, and the program writes its tail only as it grows further

@@ -41,6 +41,9 @@ extern Page g_empty_page;  // no free block: what an empty direct entry points a
 // the generic paths, which check and encode.
 extern bool g_secure __attribute__((visibility("hidden")));
 extern bool g_zero_on_free __attribute__((visibility("hidden")));
+// Medium runs (core/runs.cpp) serve plain requests of (kRunsMin, kRunsMax]; fixed at start, off in
+// secure mode.
+extern bool g_runs __attribute__((visibility("hidden")));
 // Stored in the second word of every free block (random per process, never 0).
 extern uintptr_t g_free_key __attribute__((visibility("hidden")));
 // One byte per 4 MiB chunk of the address space: 0 not ours, 1 first chunk of a segment,
@@ -163,6 +166,9 @@ inline bool block_is_hole(Segment* s, Page* page, const void* b) {
 // ---- Slow paths (out of line) ------------------------------------------------------------
 NEBULA_NOINLINE void* alloc_generic(size_t n, Heap* heap) noexcept;
 NEBULA_NOINLINE void* alloc_zero_generic(size_t n, Heap* heap) noexcept;
+// A block of n (at most kMediumMax) from its size class's pages, never a runs page: an aligned
+// request served by a class of the runs range (alloc_aligned), whose blocks are aligned to it.
+NEBULA_NOINLINE void* alloc_in_class(size_t n, bool zero) noexcept;
 // The free of a block whose head descriptor is at byte offset `off` from s->pages (head_off).
 NEBULA_NOINLINE void free_generic(Segment* s, uintptr_t off, void* p) noexcept;
 NEBULA_NOINLINE void free_not_fast(void* p) noexcept;
@@ -455,6 +461,32 @@ extern PunchFeedback g_punch_feedback;
 // Return the OS pages of `page` that hold only free blocks; the blocks become holes. Returns
 // the bytes given back.
 size_t page_punch(Page* page) noexcept;
+
+// runs.cpp: medium runs (see the file's head).
+void* runs_alloc(Heap* heap, size_t n, bool zero) noexcept;
+// free() of p in a runs page: checked against the page's bitmaps (aborts naming p on a pointer
+// that is not a live block's start), then the owner's units go free, another thread's block onto
+// the page's thread_free list.
+void runs_free(Segment* s, Page* page, void* p, bool owner) noexcept;
+void runs_collect(Page* page) noexcept;      // the owner takes its other threads' frees
+// The bytes of the live block that starts at p (checked as free() checks it, for `op`).
+size_t runs_block_size(Segment* s, Page* page, const void* p, const char* op) noexcept;
+size_t runs_usable(Segment* s, Page* page, const void* p) noexcept;  // malloc_usable_size; 0: none
+// realloc in place: the owner's block at p grows into the free units after it or gives its
+// tail back, to hold n bytes; false where it cannot (not the owner, n out of the range, no room).
+bool runs_resize(Segment* s, Page* page, void* p, size_t n) noexcept;
+// Maintenance of one runs page: other threads' frees taken, and the page freed when empty (the
+// heap's last one only once empty for a purge delay, or at once with `all`). True: its segment
+// went with it.
+bool runs_maintain(Heap* heap, Page* page, uint32_t now32, uint32_t delay, bool all) noexcept;
+// A heap adopts an abandoned segment's runs page; true: the page is empty (the caller frees it).
+bool runs_reclaim(Heap* heap, Page* page) noexcept;
+void runs_list_insert(Heap* heap, Page* page) noexcept;
+void runs_list_remove(Heap* heap, Page* page) noexcept;
+// A runs page leaves its heap (page_free, segment_abandon): out of its list, its free runs out of
+// the heap's bins.
+void runs_page_leaves(Heap* heap, Page* page) noexcept;
+size_t runs_live_bytes(const Page* page) noexcept;
 
 // segment.cpp
 // A span of `slices` slices for a page or a large block. A page may be made of a shorter run,

@@ -44,7 +44,7 @@ Heap* heap_take_from_pool() {
   constexpr size_t kBatch = 64 * 1024;
   static uint8_t* batch_next = nullptr;
   static uint8_t* batch_end = nullptr;
-  const size_t stride = align_up(sizeof(Heap), 64);
+  const size_t stride = align_up(sizeof(Heap) + sizeof(RunBins), 64);  // (runs_bins)
   if (batch_next == nullptr || static_cast<size_t>(batch_end - batch_next) < stride) {
     auto* mem = static_cast<uint8_t*>(os::reserve(kBatch, os::page_size()));
     if (mem == nullptr) return nullptr;
@@ -73,7 +73,7 @@ Heap* heap_from_pool() {
 
 void heap_reset(Heap* h) {
   Heap* keep_next = h->next_heap;
-  memset(static_cast<void*>(h), 0, sizeof(Heap));
+  memset(static_cast<void*>(h), 0, sizeof(Heap) + sizeof(RunBins));
   h->next_heap = keep_next;
   for (auto& d : h->direct) d = &g_empty_page;
   for (auto& d : h->direct2) d = &g_empty_page;
@@ -102,7 +102,7 @@ void heap_to_pool(Heap* h) {
   r.remote_frees += h->stats.remote_frees;
   r.segments_reclaimed += h->stats.segments_reclaimed;
   Heap* keep_next = h->next_heap;
-  memset(static_cast<void*>(h), 0, sizeof(Heap));
+  memset(static_cast<void*>(h), 0, sizeof(Heap) + sizeof(RunBins));
   h->next_heap = keep_next;
   h->full.first = reinterpret_cast<Page*>(g_pool);
   g_pool = h;
@@ -146,6 +146,7 @@ void for_each_page(Heap* heap, Fn fn) {
 constinit Heap g_empty_heap{&g_empty_page};
 uintptr_t g_free_key = 0x9e3779b97f4a7c15u;  // replaced by a random value at engine_init
 bool g_secure = false;
+bool g_runs = false;
 bool g_zero_on_free = false;
 
 bool fault_injection_set(const char* spec) noexcept {
@@ -195,6 +196,7 @@ void engine_init() noexcept {
   if (key != 0) g_free_key = key;
   options_init();
   g_secure = option_bool(Option::kSecure);
+  g_runs = !g_secure && option_bool(Option::kMediumRuns);
   g_zero_on_free = g_secure && option_bool(Option::kZeroOnFree);
   if (option_bool(Option::kStats)) os::keep_stderr();  // the summary is printed at exit
   budget_init();
@@ -248,6 +250,11 @@ void heap_collect(Heap* heap, bool force) noexcept {
   spare_flush(heap);  // (after the delayed frees, which may empty pages into spares)
   for_each_page(heap, [&](Segment*, Page* p) {
     if (p->kind == PageKind::kLarge) return false;
+    if (p->kind == PageKind::kRuns) {
+      runs_collect(p);
+      if (p->used == 0 && (force || !(heap->runs.first == p && p->next == nullptr))) return page_free(heap, p);
+      return false;
+    }
     page_collect(p);
     if (p->used == 0) {
       PageQueue* q = &heap->queues[p->size_class];
@@ -324,6 +331,7 @@ size_t heap_punch_sparse(Heap* heap, uint64_t now, size_t want) noexcept {
       done = true;
       return true;
     }
+    if (p->kind == PageKind::kRuns) return runs_maintain(heap, p, now32, delay, want == SIZE_MAX);
     if ((p->kind != PageKind::kSmall && p->kind != PageKind::kMedium) ||
         (page_flags(p) & (kPageInFull | kPageSpare)) || p->capacity == 0)
       return false;
@@ -538,10 +546,11 @@ void heap_maintenance(Heap* heap, bool force) noexcept {
 }
 
 NEBULA_COLD void* alloc_failed(Heap* heap, size_t n, bool zero);
+NEBULA_COLD void* alloc_failed_in_class(Heap* heap, size_t n, bool zero);
 
 namespace {
 // Shared body of the generic allocation paths.
-NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
+NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero, bool runs = true) {
   if (NEBULA_UNLIKELY(!heap->live)) {
     heap = heap_init_thread();
     if (heap == nullptr) {
@@ -569,7 +578,9 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
     heap_maintenance(heap, true);
   }
   void* p;
-  if (n <= kMediumMax) {
+  if (n > kRunsMin && n <= kRunsMax && g_runs && runs) {
+    p = runs_alloc(heap, n, zero);
+  } else if (n <= kMediumMax) {
     p = queue_alloc(heap, size_to_class(n), zero, n);
   } else if (n <= kLargeMax) {
     p = large_alloc(heap, n, 0, zero);
@@ -581,7 +592,7 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
     errno = ENOMEM;
     return nullptr;
   }
-  if (NEBULA_UNLIKELY(p == nullptr)) return alloc_failed(heap, n, zero);
+  if (NEBULA_UNLIKELY(p == nullptr)) return runs ? alloc_failed(heap, n, zero) : alloc_failed_in_class(heap, n, zero);
   if (NEBULA_UNLIKELY(heap->punch_want != 0)) heap_grew(heap);
   budget_poll_if_needed();
   return p;
@@ -591,6 +602,7 @@ NEBULA_HOT void* generic_body(Heap* heap, size_t n, bool zero) {
 // (n, heap): the fast path's argument stays in its register on the way here.
 void* alloc_generic(size_t n, Heap* heap) noexcept { return generic_body(heap, n, false); }
 void* alloc_zero_generic(size_t n, Heap* heap) noexcept { return generic_body(heap, n, true); }
+void* alloc_in_class(size_t n, bool zero) noexcept { return generic_body(t_heap, n, zero, false); }
 
 // The OS or the budget refused memory: purge what we cache (and ask the other heaps to), tell
 // the pressure callbacks (level critical; they may free), retry; only then fail with ENOMEM, or
@@ -614,7 +626,9 @@ void* oom_retry(Heap* heap, size_t n, void* (*attempt)(Heap*, size_t, size_t, bo
 }
 
 namespace {
+void* attempt_in_class(Heap* heap, size_t n, size_t, bool zero) { return queue_alloc(heap, size_to_class(n), zero, n); }
 void* attempt_plain(Heap* heap, size_t n, size_t, bool zero) {
+  if (n > kRunsMin && n <= kRunsMax && g_runs) return runs_alloc(heap, n, zero);
   if (n <= kMediumMax) return queue_alloc(heap, size_to_class(n), zero, n);
   if (n <= kLargeMax) return large_alloc(heap, n, 0, zero);
   return huge_alloc(n, 0, zero);
@@ -622,6 +636,7 @@ void* attempt_plain(Heap* heap, size_t n, size_t, bool zero) {
 }  // namespace
 
 void* alloc_failed(Heap* heap, size_t n, bool zero) { return oom_retry(heap, n, attempt_plain, 0, zero); }
+void* alloc_failed_in_class(Heap* heap, size_t n, bool zero) { return oom_retry(heap, n, attempt_in_class, 0, zero); }
 
 // ---- Free ---------------------------------------------------------------------------------
 Block* block_start(Segment* s, Page* page, void* p) noexcept {
@@ -880,6 +895,11 @@ NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
   if (NEBULA_UNLIKELY(flags & kPageNotInUse)) invalid_pointer("free", p);
   if (NEBULA_UNLIKELY(flags & kPageSpare)) fatal_pointer("free", p, "double free (the block is free already)");
   bool owner = s->thread_id.load(std::memory_order_relaxed) == os::thread_id();
+  if (page->kind == PageKind::kRuns) {
+    runs_free(s, page, p, owner);
+    budget_poll_if_needed();
+    return;
+  }
   Block* b = block_start(s, page, p);
   if (page->kind != PageKind::kLarge) {
     if (NEBULA_UNLIKELY(!(flags & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);
@@ -1206,6 +1226,8 @@ void fork_child() noexcept {
     // Its spare pages stay empty spans: a heap that adopts their segments frees them.
     h->spare = nullptr;
     h->spare_count = 0;
+    h->runs = PageQueue{};  // (its pages' links are cleared as their segments are abandoned)
+    memset(static_cast<void*>(runs_bins(h)), 0, sizeof(RunBins));
     Segment* s = h->segments;
     h->segments = nullptr;
     h->punch_next = nullptr;

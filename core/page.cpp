@@ -230,6 +230,10 @@ void heap_update_direct(Heap* heap, unsigned cls) noexcept {
   Page* page = heap->queues[cls].first;
   if (heap->fc_direct & (uint64_t{1} << cls)) page = &heap->fc->page[cls];  // the foreign cache first
   if (page == nullptr) page = &g_empty_page;
+  // Plain requests of that range go to the runs pages (runs_alloc): their classes' pages serve
+  // aligned requests only, from the generic path. (Set, not left: an entry made while g_runs was
+  // not yet set, by a thread that started during engine_init, must not outlive its page.)
+  if (kClassSize[cls] > kRunsMin && g_runs) page = &g_empty_page;
   if (kClassSize[cls] > kDirectMax) {
     for (size_t i = direct2_slot(kClassSize[cls - 1] + 1); i <= direct2_slot(kClassSize[cls]); ++i)
       heap->direct2[i] = page;
@@ -387,6 +391,7 @@ void page_unfull(Heap* heap, Page* page) noexcept {
 
 // Give an empty page's span back to its segment.
 bool page_free(Heap* heap, Page* page) noexcept {
+  if (page->kind == PageKind::kRuns) runs_page_leaves(heap, page);
   if (page->kind == PageKind::kSmall || page->kind == PageKind::kMedium) {
     class_blocks_note(heap, page, false);
     if (page_flags(page) & kPageInFull) list_remove(&heap->full, page);

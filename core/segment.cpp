@@ -1074,6 +1074,7 @@ void segment_abandon(Segment* s) noexcept {
   for (unsigned i = 1; i < kSlicesPerSegment;) {
     Page* p = &s->pages[i];
     if (p->kind == PageKind::kNone) { ++i; continue; }
+    if (p->kind == PageKind::kRuns && heap != nullptr) runs_page_leaves(heap, p);
     p->next = p->prev = nullptr;
     i += p->slice_count != 0 ? p->slice_count : 1u;
   }
@@ -1190,6 +1191,11 @@ bool segment_reclaim_one(Heap* heap, bool for_room) noexcept {
     Page* p = &s->pages[i];
     if (p->kind == PageKind::kNone) { ++i; continue; }
     unsigned next = i + (p->slice_count != 0 ? p->slice_count : 1u);
+    if (p->kind == PageKind::kRuns) {
+      if (runs_reclaim(heap, p) && span_free_internal(s, p)) return true;  // empty, and the segment with it
+      i = next;
+      continue;
+    }
     bool large = p->kind == PageKind::kLarge;
     // Take every block freed by other threads while nobody owned the page.
     uintptr_t tf = p->thread_free.exchange(large ? kDelayUse : kDelayNone, std::memory_order_acq_rel);

@@ -73,12 +73,15 @@ enum PageFlags : uint8_t {
                         // checks that the block is not one of them
   kPageSpare = 32,      // empty, kept whole in its heap's spare list (page_retire): every
                         // block is free, and a free of one is a double free
+  kPageRuns = 64,       // a runs page (PageKind::kRuns): every free takes the generic path,
+                        // which finds the block in the page's bitmaps (core/runs.cpp)
 };
 
 // kNone is 0, so that a descriptor of fresh memory, every byte 0, reads as one not in use.
-enum class PageKind : uint8_t { kNone, kSmall, kMedium, kLarge, kHuge };
+// kRuns: a page of medium runs (core/runs.cpp), counted with the medium pages in the statistics.
+enum class PageKind : uint8_t { kNone, kSmall, kMedium, kLarge, kHuge, kRuns };
 // Index of a kind in the statistics' per-kind arrays (small, medium, large, huge).
-inline unsigned kind_index(PageKind k) { return static_cast<unsigned>(k) - 1; }
+inline unsigned kind_index(PageKind k) { return k == PageKind::kRuns ? 1u : static_cast<unsigned>(k) - 1; }
 
 // Page descriptor. One per slice in the segment header; only the first slice of a span (its
 // head) is live, the others lead to it with `head_off`.
@@ -152,6 +155,13 @@ static_assert(offsetof(Page, free) == 64 && offsetof(Page, used) == 72, "the own
 static_assert(offsetof(Page, punch_used) < 64, "the first line holds what other threads read");
 static_assert(kSliceSize / kMinAlign <= 65535, "capacity and reserved are 16-bit");
 static_assert(kMediumPageSlices * kSliceSize / 4096 <= 128, "Page::punched has a bit per 4 KiB of a page");
+
+// A free run of a runs page (core/runs.cpp) in its heap's bin: its node, in its first unit.
+struct RunNode {
+  RunNode* next;
+  RunNode* prev;
+  uint64_t units;                       // its length in units (checked against the bitmap)
+};
 
 // A queue of pages of one size class; `first` is where allocation happens.
 struct PageQueue {
@@ -247,6 +257,8 @@ struct Heap {
   Page* direct2[kDirect2Count] = {};    // for sizes above kDirectMax, 512 bytes each (direct2_slot)
   PageQueue queues[kClassCount] = {};   // per size class, non-full pages first
   PageQueue full = {};                  // pages with no free block and nothing left to carve
+  PageQueue runs = {};                  // its runs pages (core/runs.cpp); their free runs are
+                                        // in the RunBins after a live heap (runs_bins)
   std::atomic<Block*> delayed_free{nullptr};  // blocks freed by other threads into full pages
   uintptr_t thread_id = 0;              // owning thread
   Segment* segments = nullptr;          // segments owned by this heap
@@ -330,5 +342,18 @@ struct Heap {
     for (auto& d : direct2) d = empty;
   }
 };
+
+// The free runs of a heap's runs pages that a request can use (at least kRunsMinUnits long), by
+// length (core/runs.cpp), and a bit per bin that is not empty. A live heap has them right after
+// it (heaps are carved with room for them); the constant empty heap has none, and nothing reads
+// them before a thread's heap is live (runs_alloc comes after the generic path's check). Kept out
+// of Heap so that the empty heap, which every new thread's first malloc reads, stays as it was:
+// the library's writable data of a small program stays within its four OS pages.
+struct RunBins {
+  RunNode* bin[kRunsBins];
+  uint64_t mask;
+};
+inline RunBins* runs_bins(Heap* h) { return reinterpret_cast<RunBins*>(h + 1); }
+static_assert(sizeof(Heap) % alignof(RunBins) == 0, "a heap's run bins follow it aligned");
 
 }  // namespace nebula

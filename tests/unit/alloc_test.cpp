@@ -32,7 +32,7 @@ TEST_CASE("alloc: alignment and usable size follow the size class") {
     REQUIRE(p != nullptr);
     size_t u = usable_size(p);
     bool ok = reinterpret_cast<uintptr_t>(p) % kMinAlign == 0 && u >= n;
-    if (n <= kMediumMax) ok = ok && u == kClassSize[size_to_class(n)];
+    if (n <= kMediumMax) ok = ok && u == expected_usable(n);
     else if (n <= kLargeMax) ok = ok && u % kSliceSize == 0 && u - n < kSliceSize;
     else ok = ok && u - n < kSegmentSize + kSliceSize;
     if (ok && n > 0) {
@@ -91,7 +91,9 @@ TEST_CASE("alloc: live blocks never overlap and keep their contents") {
       Page* pg = page_of(s, b.p);
       ok = ok && is_segment_start_chunk(b.p) && s->kind == SegmentKind::kNormal;
       ok = ok && (reinterpret_cast<uintptr_t>(b.p) & kSegmentMask) >= kSliceSize;  // not in the header
-      if (b.n <= kMediumMax) {
+      if (g_runs && b.n > kRunsMin && b.n <= kRunsMax) {
+        ok = ok && pg->kind == PageKind::kRuns && (b.p - page_start(s, pg)) % kRunsUnit == 0 && b.usable == expected_usable(b.n);
+      } else if (b.n <= kMediumMax) {
         ok = ok && pg->kind == (kClassSize[size_to_class(b.n)] <= kSmallMax ? PageKind::kSmall : PageKind::kMedium);
         ok = ok && (b.p - page_start(s, pg)) % pg->block_size == 0 && pg->block_size == b.usable;
       } else {
@@ -519,6 +521,7 @@ TEST_CASE("page retire: the last page of a segment goes when the heap has room e
 }
 
 TEST_CASE("page carving: a fresh page's first carve touches one OS page at most") {
+  RunsOff classes;  // (10 KiB is a runs size otherwise)
   settle();
   Heap* h = t_heap;
   REQUIRE(h->live);
@@ -547,6 +550,7 @@ TEST_CASE("page carving: a fresh page's first carve touches one OS page at most"
 // direct table (one entry per 512 bytes): with a free block there, malloc takes the fast path (no
 // slow-path call counted) and hands out the block freed last.
 TEST_CASE("alloc: sizes up to 32 KiB take the fast path (malloc and calloc) when their class's page has a free block") {
+  RunsOff classes;  // the classes' pages (requests of this range go to runs pages otherwise)
   Worker w;
   w.run([] {
     Heap* h = nullptr;
@@ -614,6 +618,7 @@ TEST_CASE("alloc: calloc of fewer than 16 bytes on a reused block clears its fre
 // A medium class whose current page runs out takes its next block from the fullest of the pages
 // with room, so that the emptier ones drain and go back (queue_fullest_first).
 TEST_CASE("alloc: a medium class takes the next block from its fullest page, and the emptier one drains") {
+  RunsOff classes;
   // No segment left behind by an earlier test's thread for the worker's heap to adopt: its pages
   // of this class would take the blocks first.
   settle();

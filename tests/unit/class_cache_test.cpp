@@ -87,6 +87,7 @@ void cache_round_trip(Page* p, std::vector<void*>& blocks, size_t n, uint32_t co
 // Smaller classes keep the page's own lists: a 3000-byte block freed into a full page goes to
 // its page. The cache holds 64 KiB of blocks: 16 of 4 KiB, 8 of 8 KiB.
 TEST_CASE("class caches: blocks under 4 KiB go to their full page, and the caches hold 64 KiB") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const size_t n = 3000;
@@ -119,6 +120,7 @@ TEST_CASE("class caches: blocks under 4 KiB go to their full page, and the cache
 // malloc pops them on the fast path once the cache holds half its limit (2 of 4 blocks of
 // 20 KiB): random replacement of such blocks took the slow path on nearly every allocation.
 TEST_CASE("class caches: a medium class of 20 KiB caches the owner's frees into its full pages") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const size_t n = 20000;
@@ -144,6 +146,7 @@ TEST_CASE("class caches: a medium class of 20 KiB caches the owner's frees into 
 }
 
 TEST_CASE("class caches: the owner's frees into full pages wait in the cache, and malloc takes them back last freed first") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
@@ -166,6 +169,7 @@ TEST_CASE("class caches: the owner's frees into full pages wait in the cache, an
 }
 
 TEST_CASE("class caches: a free into a page that is not full takes the fast path to that page") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
@@ -193,6 +197,7 @@ TEST_CASE("class caches: a free into a page that is not full takes the fast path
 // Not malloc's current page either: a page that a trim took out of the full list (its cached
 // block went home) has a free block, and the next free into it goes to it, not to the cache.
 TEST_CASE("class caches: a free into a page with free blocks that is not malloc's goes to that page") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
@@ -218,6 +223,7 @@ TEST_CASE("class caches: a free into a page with free blocks that is not malloc'
 }
 
 TEST_CASE("class caches: a run of frees longer than the cache sends it home, until the class's next slow-path allocation") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
@@ -265,6 +271,7 @@ TEST_CASE("class caches: a run of frees longer than the cache sends it home, unt
 // must be freed as a large block, never into a class cache (it would never be freed). (A first
 // version kept a per-page flag that such a large span inherited; the fuzzer found it.)
 TEST_CASE("class caches: a large block on the slices of a page of a caching class is freed as a large block") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     void* keeper = alloc(64);  // the segment stays when the pages go
@@ -296,6 +303,7 @@ TEST_CASE("class caches: a large block on the slices of a page of a caching clas
 // The maintenance pass sends home a class cache that handed out no block since the pass before:
 // its blocks pin their pages, and a program whose blocks outgrew the class would keep them.
 TEST_CASE("class caches: a cache that handed out nothing since the last maintenance pass goes home") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const unsigned cls = size_to_class(kSize);
@@ -328,6 +336,7 @@ TEST_CASE("class caches: a cache that handed out nothing since the last maintena
 // calls. The heap counts each class's pages (Heap::class_pages; check_heap_invariants compares
 // the count with its pages), and the limit falls back as they go.
 TEST_CASE("class caches: the limit grows with the pages the heap holds of the class") {
+  RunsOff classes;  // the class pages of 4-32 KiB (plain requests there go to runs pages otherwise)
   Worker w;
   w.run([] {
     const size_t n = 16000;  // the 16 KiB class: 4 blocks to a page, a base limit of 4

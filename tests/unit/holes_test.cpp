@@ -131,6 +131,7 @@ TEST_CASE("holes: a page that empties with holes goes back whole, counted commit
 }
 
 TEST_CASE("holes: blocks that straddle OS pages, random frees, punch and refill keep every live block") {
+  RunsOff classes;  // (5120 bytes: a class page)
   Worker w;
   w.run([] {
     std::mt19937_64 rng(7);

@@ -65,7 +65,12 @@ TEST_CASE("segment map: small, medium and large blocks lead to their segment and
     Page* page = page_of(s, p);
     uint8_t* start = page_start(s, page);
     auto* u = static_cast<uint8_t*>(p);
-    if (n <= kMediumMax) {
+    if (g_runs && n > kRunsMin && n <= kRunsMax) {
+      CHECK(page->kind == PageKind::kRuns);
+      CHECK((u - start) % kRunsUnit == 0);
+      CHECK(page->slice_count == kRunsPageSlices);
+      CHECK(usable_size(p) == expected_usable(n));
+    } else if (n <= kMediumMax) {
       CHECK(start <= u);
       CHECK(u < start + static_cast<size_t>(page->reserved) * page->block_size);
       CHECK(page->block_size == kClassSize[size_to_class(n)]);

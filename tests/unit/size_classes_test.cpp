@@ -186,6 +186,7 @@ TEST_CASE("size classes: the direct table agrees with the formula") {
 // offset a page can hold (medium pages are at most 512 KiB), checked here against the division
 // for every class, and on blocks of a real page of each class.
 TEST_CASE("size classes: block_index equals the division for every offset of every class") {
+  unit::RunsOff classes;  // every class's own pages
   Failures f;
   for (unsigned c = 0; c < kClassCount; ++c) {
     const uint64_t d = kClassSize[c];

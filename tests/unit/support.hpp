@@ -83,6 +83,22 @@ inline int direct_table_errors(const Heap* heap) {
   return bad;
 }
 
+// Medium runs off for a scope: tests of the size classes of (kRunsMin, kRunsMax], which plain
+// requests of that range otherwise do not reach (core/runs.cpp).
+struct RunsOff {
+  bool was = g_runs;
+  RunsOff() { g_runs = false; }
+  ~RunsOff() { g_runs = was; }
+  RunsOff(const RunsOff&) = delete;
+  RunsOff& operator=(const RunsOff&) = delete;
+};
+
+// The bytes a request of n gets: its size class, or whole units in a runs page.
+inline size_t expected_usable(size_t n) {
+  if (g_runs && n > kRunsMin && n <= kRunsMax) return (n + kRunsUnit - 1) & ~(kRunsUnit - 1);
+  return kClassSize[size_to_class(n)];
+}
+
 // Make the calling (main) thread's heap live: the stats count remote frees only for threads
 // that have a heap.
 inline void ensure_heap() { nebula_free(nebula_malloc(1)); }
@@ -297,6 +313,25 @@ inline int check_heap_invariants(Heap* h) {
       in_queue.insert(p);
       if (p->size_class != c) fail("page in the queue of another class", p);
     }
+  std::set<const Page*> in_runs;
+  for (const Page* p = h->runs.first; p != nullptr && in_runs.size() <= 4096; p = p->next) {
+    if (p->next != nullptr && p->next->prev != p) fail("runs list back link broken", p);
+    in_runs.insert(p);
+  }
+  // The heap's bins of free runs: every node where the bitmap has a free run of that length.
+  std::set<const void*> binned_runs;
+  for (unsigned b = 0; b < kRunsBins; ++b) {
+    if (((runs_bins(h)->mask >> b) & 1) != (runs_bins(h)->bin[b] != nullptr)) fail("run mask differs from the run bins", h);
+    const RunNode* prev = nullptr;
+    for (const RunNode* n = runs_bins(h)->bin[b]; n != nullptr && binned_runs.size() <= 100000; n = n->next) {
+      if (n->prev != prev) fail("run bin back link broken", n);
+      const size_t want = b == kRunsBins - 1 ? 0 : b + kRunsMinUnits;
+      if (want != 0 ? n->units != want : n->units <= kRunsMaxUnits) fail("free run in the bin of another length", n);
+      binned_runs.insert(n);
+      prev = n;
+    }
+  }
+  size_t runs_seen = 0, runs_pages = 0;
   unsigned segs = 0;
   uint32_t resident_free_slices = 0, large_slices = 0;
   uint32_t class_blocks[kClassCount] = {};
@@ -335,6 +370,42 @@ inline int check_heap_invariants(Heap* h) {
         if (!((s->dirty_slices >> j) & 1)) fail("slice of a live span not dirty", &s->pages[j]);
         if (j > i && page_of(s, reinterpret_cast<char*>(s) + (size_t{j} << kSliceShift)) != p)
           fail("interior slice does not lead back to its span head", &s->pages[j]);
+      }
+      if (p->kind == PageKind::kRuns) {
+        ++runs_pages;
+        if (!in_runs.count(p)) fail("runs page missing from the heap's list", p);
+        if (p->flags != kPageRuns || p->fast_magic != 0 || p->slice_count != kRunsPageSlices) fail("runs page flags or length", p);
+        const uint64_t* used = live_bits(s, p);
+        const uint8_t* len = reinterpret_cast<const uint8_t*>(used + kRunsWords);
+        uint32_t blocks = 0, units = 0;
+        for (size_t u = 0; u < kRunsUnits;) {
+          const bool on = (used[u / 64] >> (u % 64)) & 1;
+          if (on) {
+            const size_t n = len[u];
+            if (n == 0 || n > kRunsMaxUnits || u + n > kRunsUnits) {
+              fail("unit in use outside a block", p);
+              break;
+            }
+            for (size_t v = u; v < u + n; ++v)
+              if (!((used[v / 64] >> (v % 64)) & 1) || (v > u && len[v] != 0)) fail("block's units not in use, or a start inside it", p);
+            ++blocks;
+            units += static_cast<uint32_t>(n);
+            u += n;
+            continue;
+          }
+          if (len[u] != 0) fail("a free unit holds a block length", p);
+          size_t e = u;
+          while (e < kRunsUnits && !((used[e / 64] >> (e % 64)) & 1)) ++e;
+          if (e - u >= kRunsMinUnits) {
+            ++runs_seen;
+            const auto* node = reinterpret_cast<const RunNode*>(page_start(s, p) + (u << kRunsUnitShift));
+            if (!binned_runs.count(node) || node->units != e - u) fail("free run missing from its bin", node);
+          }
+          u = e;
+        }
+        if (blocks != p->used) fail("runs page: used differs from its blocks", p);
+        if (units != p->capacity) fail("runs page: capacity differs from its units in use", p);
+        if (tf_count(p->thread_free.load()) > p->used) fail("more blocks on thread_free than in use", p);
       }
       if (p->kind == PageKind::kSmall || p->kind == PageKind::kMedium) {
         PageCounts pc = page_counts(p);
@@ -383,6 +454,8 @@ inline int check_heap_invariants(Heap* h) {
     if (binned > segs) fail("more segments in the bins than in the heap", h);
   }
   if (segs != h->segment_count) fail("segment_count differs from the segment list", h);
+  if (runs_seen != binned_runs.size()) fail("the run bins hold runs that are not the heap's", h);
+  if (runs_pages != in_runs.size()) fail("the runs list holds pages that are not the heap's", h);
   if (large_slices != h->large_slices) fail("the heap's count of large-block slices differs from its segments'", h);
   if (resident_free_slices != h->resident_free_slices) fail("the heap's count of resident free slices differs from its segments'", h);
   if (direct_table_errors(h) != 0) fail("direct table out of date", h);

@@ -1,0 +1,412 @@
+// core/runs.cpp: medium runs, the pages that serve plain requests of (kRunsMin, kRunsMax].
+//
+// A runs page is a span of kRunsPageSlices slices cut in kRunsUnits units of kRunsUnit bytes. A
+// block is a run of units. The page's bookkeeping sits in the segment header's 512 bytes per slice
+// (live_bits: runs pages exist only outside secure mode, which uses those bytes for its live
+// bits, and never have holes): a bitmap of the units in use and a byte per unit, the length of the
+// block that starts there (0: none). A free clears the block's bits, which merges it with the free
+// units around it.
+//
+// The heap keeps the free runs of all its runs pages that a request can use (kRunsMinUnits or
+// more) in bins by length (runs_bins, one per length up to kRunsMaxUnits and one for longer
+// runs), each run's node in its own first unit. An allocation takes a run of the shortest length
+// that holds it (best fit over the heap's runs pages) and the rest of the run goes back to its
+// bin; a free merges the block with the free runs beside it (found in the bitmap) into one node.
+// One pool for the whole range instead of a page queue per class: the free units a request of
+// one size leaves serve a request of any other (`glibc-thread`, sizes of 4 B-32 KiB, held a page
+// more than its live blocks needed in each of the range's 13 classes; docs/performance.md).
+//
+// A free is checked against the bookkeeping: a pointer that is not a block start, or a block that
+// is free already, aborts with the pointer named. A node's links are checked before it leaves its
+// bin (each neighbour must point back at it, and its length must be the bitmap's), so that a
+// write after free into a run's first bytes aborts rather than hands out a wrong block.
+//
+// Page fields of a runs page: used = live blocks (blocks other threads freed count until the
+// owner collects them), capacity = units in use, block_size = kRunsUnit, thread_free = other
+// threads' frees (kDelayNone, or kDelayNever while its segment is abandoned: never kDelayUse, a
+// runs page has no full list), next/prev = the heap's list of runs pages. Only the owner writes
+// the bookkeeping and the nodes; other threads read the length bytes and the bitmap (relaxed
+// atomics) to check a pointer before they push it on thread_free.
+#include "core/engine.hpp"
+
+namespace nebula {
+
+static_assert(sizeof(RunNode) <= kRunsUnit, "a node fits in a unit");
+
+namespace {
+
+// The page's bookkeeping: the bitmap of units in use, then a byte per unit.
+inline uint64_t* runs_used(Segment* s, Page* page) { return live_bits(s, page); }
+inline uint8_t* runs_len(Segment* s, Page* page) { return reinterpret_cast<uint8_t*>(live_bits(s, page) + kRunsWords); }
+inline constexpr size_t kRunsMetaBytes = kRunsWords * sizeof(uint64_t) + kRunsUnits;
+static_assert(kRunsMetaBytes <= kRunsPageSlices * 512, "a runs page's bookkeeping fits in its slices' share");
+static_assert(kRunsMaxUnits < 256, "a block's length fits in its byte");
+inline size_t len_at(const uint8_t* len, size_t i) { return __atomic_load_n(&len[i], __ATOMIC_RELAXED); }
+inline void len_put(uint8_t* len, size_t i, size_t v) { __atomic_store_n(&len[i], static_cast<uint8_t>(v), __ATOMIC_RELAXED); }
+
+inline uint64_t bm_word(const uint64_t* m, size_t w) { return __atomic_load_n(&m[w], __ATOMIC_RELAXED); }
+inline bool bm_bit(const uint64_t* m, size_t i) { return (bm_word(m, i / 64) >> (i % 64)) & 1; }
+inline void bm_put(uint64_t* m, size_t w, uint64_t v) { __atomic_store_n(&m[w], v, __ATOMIC_RELAXED); }
+
+// Set (v) or clear units [i, i + n).
+void bm_set(uint64_t* m, size_t i, size_t n, bool v) {
+  while (n != 0) {
+    const size_t b = i % 64, c = 64 - b < n ? 64 - b : n;
+    const uint64_t mask = (c == 64 ? ~uint64_t{0} : ((uint64_t{1} << c) - 1)) << b;
+    const uint64_t w = bm_word(m, i / 64);
+    bm_put(m, i / 64, v ? w | mask : w & ~mask);
+    i += c;
+    n -= c;
+  }
+}
+
+// The first unit at or after i in use, or kRunsUnits.
+size_t next_used(const uint64_t* m, size_t i) {
+  if (i >= kRunsUnits) return kRunsUnits;
+  size_t w = i / 64;
+  uint64_t x = bm_word(m, w) & (~uint64_t{0} << (i % 64));
+  while (x == 0) {
+    if (++w == kRunsWords) return kRunsUnits;
+    x = bm_word(m, w);
+  }
+  return w * 64 + ctz64(x);
+}
+
+// The first unit after the last unit in use before i (0 if none): where the free run that ends
+// at i starts.
+size_t run_start_before(const uint64_t* m, size_t i) {
+  if (i == 0) return 0;
+  size_t w = (i - 1) / 64;
+  const unsigned top = static_cast<unsigned>((i - 1) % 64);
+  uint64_t x = bm_word(m, w) & (top == 63 ? ~uint64_t{0} : ((uint64_t{2} << top) - 1));
+  while (x == 0) {
+    if (w == 0) return 0;
+    x = bm_word(m, --w);
+  }
+  return w * 64 + 64 - clz64(x);
+}
+
+inline unsigned bin_of(size_t units) {
+  return units > kRunsMaxUnits ? kRunsBins - 1 : static_cast<unsigned>(units - kRunsMinUnits);
+}
+inline RunNode* node_at(Segment* s, Page* page, size_t i) {
+  return reinterpret_cast<RunNode*>(page_start(s, page) + (i << kRunsUnitShift));
+}
+
+// The free run [i, i + units) of the page goes into its heap's bin (if a request can use it).
+void bin_insert(Heap* heap, Segment* s, Page* page, size_t i, size_t units) {
+  if (units < kRunsMinUnits) return;
+  RunNode* n = node_at(s, page, i);
+  const unsigned b = bin_of(units);
+  n->units = units;
+  n->prev = nullptr;
+  n->next = runs_bins(heap)->bin[b];
+  if (n->next != nullptr) n->next->prev = n;
+  runs_bins(heap)->bin[b] = n;
+  runs_bins(heap)->mask |= uint64_t{1} << b;
+}
+
+// Could l be a node of one of the heap's runs pages? (Read before a link is followed.)
+bool node_plausible(const Heap* heap, const RunNode* l) {
+  if (l == nullptr) return true;
+  if ((reinterpret_cast<uintptr_t>(l) & (kRunsUnit - 1)) != 0 || !is_segment_start_chunk(l)) return false;
+  Segment* s = segment_of(l);
+  return s->owner_heap.load(std::memory_order_relaxed) == heap && head_of(s, slice_of(s, l))->kind == PageKind::kRuns;
+}
+
+// ... and leaves it. Its node is checked first: a write after free into the run's first bytes
+// aborts here, naming the run, rather than hands out memory that is not free.
+void bin_remove(Heap* heap, Segment* s, Page* page, size_t i, size_t units) {
+  if (units < kRunsMinUnits) return;
+  RunNode* n = node_at(s, page, i);
+  const unsigned b = bin_of(units);
+  if (NEBULA_UNLIKELY(n->units != units || !node_plausible(heap, n->next) || !node_plausible(heap, n->prev) ||
+                      (n->next != nullptr && n->next->prev != n) ||
+                      (n->prev != nullptr ? n->prev->next != n : runs_bins(heap)->bin[b] != n)))
+    fatal_pointer("malloc", n, "memory was written after it was freed (a free run's bookkeeping is corrupt)");
+  if (n->prev != nullptr) n->prev->next = n->next;
+  else runs_bins(heap)->bin[b] = n->next;
+  if (n->next != nullptr) n->next->prev = n->prev;
+  if (runs_bins(heap)->bin[b] == nullptr) runs_bins(heap)->mask &= ~(uint64_t{1} << b);
+}
+
+// The unit of p, checked: a block start of a block in use, or the call aborts naming p.
+size_t runs_checked_unit(Segment* s, Page* page, const void* p, const char* op) {
+  const size_t off = static_cast<size_t>(static_cast<const uint8_t*>(p) - page_start(s, page));
+  const size_t i = off >> kRunsUnitShift;
+  const char* freed = op[0] == 'r' ? "the block was freed already" : "double free (the block is free already)";
+  if ((off & (kRunsUnit - 1)) != 0 || len_at(runs_len(s, page), i) == 0) {
+    if (bm_bit(runs_used(s, page), i)) fatal_pointer(op, p, "pointer into the middle of a block, not its start");
+    fatal_pointer(op, p, freed);
+  }
+  // Freed by another thread and not collected yet: its bookkeeping still says live, its second and
+  // third words say free (an allocation clears the second; a live block holds both by chance once
+  // in 2^128).
+  const auto* w = static_cast<const uintptr_t*>(p);
+  if (w[1] == g_free_key && w[2] == ~g_free_key) fatal_pointer(op, p, freed);
+  return i;
+}
+
+// The owner frees units [i, i + n) of the page (a block, or a block's tail): they merge with the
+// free runs beside them into one run, which goes into its bin (an empty page's whole span too:
+// every free run a request can use is in a bin, until its page leaves the heap).
+void runs_release_units(Heap* heap, Segment* s, Page* page, size_t i, size_t n) {
+  uint64_t* used = runs_used(s, page);
+  bm_set(used, i, n, false);
+  page->capacity = static_cast<uint16_t>(page->capacity - n);
+  const size_t lo = run_start_before(used, i);
+  const size_t hi = next_used(used, i + n);
+  bin_remove(heap, s, page, lo, i - lo);
+  bin_remove(heap, s, page, i + n, hi - (i + n));
+  bin_insert(heap, s, page, lo, hi - lo);
+}
+
+// The owner frees the block at unit i.
+void runs_release(Heap* heap, Segment* s, Page* page, size_t i) {
+  const size_t n = len_at(runs_len(s, page), i);
+  len_put(runs_len(s, page), i, 0);
+  page->used--;
+  runs_release_units(heap, s, page, i, n);
+}
+
+Page* runs_page_new(Heap* heap) {
+  Page* page = span_alloc(heap, kRunsPageSlices, PageKind::kRuns);
+  if (page == nullptr) return nullptr;
+  Segment* s = segment_of(page);
+  memset(live_bits(s, page), 0, kRunsMetaBytes);
+  page->block_size = kRunsUnit;
+  page->size_class = 0;
+  page->div_magic = 0;  // is_block_start: never (every path branches on the kind first)
+  page->div_bias = 0;
+  set_page_flags(page, kPageRuns);
+  page->capacity = 0;
+  page->reserved = 0;
+  page->used = 0;
+  page->holes = 0;
+  page->punched[0] = page->punched[1] = 0;
+  page->sparse_since = 0;
+  page->free = page->local_free = nullptr;
+  page->thread_free.store(kDelayNone, std::memory_order_release);
+  runs_list_insert(heap, page);
+  bin_insert(heap, s, page, 0, kRunsUnits);
+  return page;
+}
+
+// A block of k units from the heap's bins, or nullptr when no run is that long.
+void* runs_take(Heap* heap, size_t k, bool zero, size_t n) {
+  const uint64_t m = runs_bins(heap)->mask & (~uint64_t{0} << bin_of(k));
+  if (m == 0) return nullptr;
+  const unsigned b = ctz64(m);
+  RunNode* node = runs_bins(heap)->bin[b];
+  Segment* s = segment_of(node);
+  Page* page = page_of(s, node);
+  const size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(node) - page_start(s, page)) >> kRunsUnitShift;
+  const size_t units = node->units;
+  bin_remove(heap, s, page, i, units);
+  bm_set(runs_used(s, page), i, k, true);
+  len_put(runs_len(s, page), i, k);
+  page->capacity = static_cast<uint16_t>(page->capacity + k);
+  page->used++;
+  page->sparse_since = 0;
+  bin_insert(heap, s, page, i + k, units - k);
+  void* p = node;
+  if (zero) memset(p, 0, n);
+  else static_cast<Block*>(p)->key = 0;  // a key left from an earlier block would read as freed
+  return p;
+}
+
+// Every free run of the page that a request can use, in or out of the heap's bins.
+template <class Fn>
+void for_each_run(Segment* s, Page* page, Fn fn) {
+  const uint64_t* used = runs_used(s, page);
+  for (size_t i = 0; i < kRunsUnits;) {
+    if (bm_bit(used, i)) {  // a block: skip its units (a unit in use after a free one starts one)
+      const size_t l = len_at(runs_len(s, page), i);
+      i += l != 0 ? l : 1;
+      continue;
+    }
+    const size_t e = next_used(used, i);
+    if (e - i >= kRunsMinUnits) fn(i, e - i);
+    i = e;
+  }
+}
+
+// The owner frees the blocks of a list other threads pushed, each checked again.
+void runs_release_list(Heap* heap, Page* page, Block* b) {
+  Segment* s = segment_of(page);
+  while (b != nullptr) {
+    Block* next = b->next;
+    const size_t off = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - page_start(s, page));
+    const size_t i = off >> kRunsUnitShift;
+    if ((off & (kRunsUnit - 1)) != 0 || len_at(runs_len(s, page), i) == 0)
+      fatal_pointer("free", b, "double free (the block is free already)");
+    runs_release(heap, s, page, i);
+    b = next;
+  }
+}
+
+// The page leaves the heap (freed, or its segment abandoned): its free runs leave the bins.
+void runs_unbin_page(Heap* heap, Page* page) {
+  Segment* s = segment_of(page);
+  for_each_run(s, page, [&](size_t i, size_t units) { bin_remove(heap, s, page, i, units); });
+}
+
+inline Heap* owner_of(Page* page) { return segment_of(page)->owner_heap.load(std::memory_order_relaxed); }
+
+}  // namespace
+
+void runs_list_insert(Heap* heap, Page* page) noexcept {
+  page->prev = nullptr;
+  page->next = heap->runs.first;
+  if (page->next != nullptr) page->next->prev = page;
+  else heap->runs.last = page;
+  heap->runs.first = page;
+}
+
+void runs_list_remove(Heap* heap, Page* page) noexcept {
+  if (page->prev != nullptr) page->prev->next = page->next;
+  else heap->runs.first = page->next;
+  if (page->next != nullptr) page->next->prev = page->prev;
+  else heap->runs.last = page->prev;
+  page->next = page->prev = nullptr;
+}
+
+void runs_page_leaves(Heap* heap, Page* page) noexcept {
+  runs_unbin_page(heap, page);
+  runs_list_remove(heap, page);
+}
+
+void* runs_alloc(Heap* heap, size_t n, bool zero) noexcept {
+  const size_t k = (n + kRunsUnit - 1) >> kRunsUnitShift;
+  if (void* p = runs_take(heap, k, zero, n)) return p;
+  // Other threads' frees (a third line of each page's descriptor) are taken when the bins have
+  // no room (and by maintenance).
+  bool collected = false;
+  for (Page* page = heap->runs.first; page != nullptr; page = page->next) {
+    if (tf_block(page->thread_free.load(std::memory_order_relaxed)) != nullptr) {
+      runs_collect(page);
+      collected = true;
+    }
+  }
+  if (collected) {
+    if (void* p = runs_take(heap, k, zero, n)) return p;
+  }
+  if (runs_page_new(heap) == nullptr) return nullptr;
+  return runs_take(heap, k, zero, n);
+}
+
+void runs_collect(Page* page) noexcept {
+  uintptr_t tf = page->thread_free.load(std::memory_order_relaxed);
+  if (tf_block(tf) == nullptr) return;
+  // Take the whole list, keep the state bits.
+  while (!page->thread_free.compare_exchange_weak(tf, tf & kDelayMask, std::memory_order_acquire,
+                                                  std::memory_order_relaxed)) {
+  }
+  runs_release_list(owner_of(page), page, tf_block(tf));
+}
+
+void runs_free(Segment* s, Page* page, void* p, bool owner) noexcept {
+  const size_t i = runs_checked_unit(s, page, p, "free");
+  Block* b = static_cast<Block*>(p);
+  if (!owner) {
+    b->key = g_free_key;
+    reinterpret_cast<uintptr_t*>(p)[2] = ~g_free_key;
+    Heap* me = t_heap;
+    if (me->live) me->stats.remote_frees++;
+    else g_counters.remote_frees_no_heap.fetch_add(1, std::memory_order_relaxed);
+    free_block_remote(page, b);  // (a runs page is never in kDelayUse)
+    return;
+  }
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
+  runs_release(heap, s, page, i);
+  if (page->used != 0) return;
+  // Empty: it goes back to its segment, unless it is the heap's only runs page (a loop that
+  // allocates and frees one block must not make and unmake a page each time); maintenance lets
+  // that one go once it has stayed empty for a purge delay (runs_maintain).
+  if (heap->runs.first == page && page->next == nullptr) return;
+  page_free(heap, page);
+}
+
+size_t runs_block_size(Segment* s, Page* page, const void* p, const char* op) noexcept {
+  const size_t i = runs_checked_unit(s, page, p, op);
+  return len_at(runs_len(s, page), i) << kRunsUnitShift;
+}
+
+size_t runs_usable(Segment* s, Page* page, const void* p) noexcept {
+  const size_t off = static_cast<size_t>(static_cast<const uint8_t*>(p) - page_start(s, page));
+  const size_t i = off >> kRunsUnitShift;
+  const uint8_t* len = runs_len(s, page);
+  // The block that holds p starts at most kRunsMaxUnits - 1 units before it.
+  for (size_t j = i + 1; j-- > 0 && i - j < kRunsMaxUnits;) {
+    const size_t n = len_at(len, j);
+    if (n != 0) return j + n > i ? ((j + n) << kRunsUnitShift) - off : 0;
+  }
+  return 0;
+}
+
+bool runs_resize(Segment* s, Page* page, void* p, size_t n) noexcept {
+  if (s->thread_id.load(std::memory_order_relaxed) != os::thread_id() || n > kRunsMax || n <= kRunsMin) return false;
+  Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
+  const size_t i = static_cast<size_t>(static_cast<uint8_t*>(p) - page_start(s, page)) >> kRunsUnitShift;
+  const size_t have = len_at(runs_len(s, page), i);
+  const size_t k = (n + kRunsUnit - 1) >> kRunsUnitShift;
+  uint64_t* used = runs_used(s, page);
+  if (k > have) {
+    // Into the free run after it, if that is long enough; the rest of that run stays free.
+    const size_t lo = i + have, hi = next_used(used, lo);
+    if (hi < i + k) return false;
+    bin_remove(heap, s, page, lo, hi - lo);
+    bm_set(used, lo, k - have, true);
+    page->capacity = static_cast<uint16_t>(page->capacity + (k - have));
+    len_put(runs_len(s, page), i, k);
+    bin_insert(heap, s, page, i + k, hi - (i + k));
+  } else if (k < have) {
+    len_put(runs_len(s, page), i, k);
+    runs_release_units(heap, s, page, i + k, have - k);
+  }
+  return true;
+}
+
+bool runs_maintain(Heap* heap, Page* page, uint32_t now32, uint32_t delay, bool all) noexcept {
+  runs_collect(page);
+  if (page->used != 0) {
+    page->sparse_since = 0;
+    return false;
+  }
+  const bool only = heap->runs.first == page && page->next == nullptr;
+  if (only && !all) {
+    // The heap's last runs page, empty: it goes once it has been so at two passes a purge
+    // delay apart (the range has gone quiet), as a class's last page does.
+    if (page->sparse_since == 0) {
+      page->sparse_since = now32;
+      return false;
+    }
+    if (now32 - page->sparse_since < delay) return false;
+  }
+  return page_free(heap, page);
+}
+
+bool runs_reclaim(Heap* heap, Page* page) noexcept {
+  // Every block freed by other threads while nobody owned the page; their frees go on the page's
+  // list again from now on. Its free runs join the adopting heap's bins first, so that the
+  // blocks freed now merge with them.
+  const uintptr_t tf = page->thread_free.exchange(kDelayNone, std::memory_order_acq_rel);
+  page->next = page->prev = nullptr;
+  runs_list_insert(heap, page);
+  Segment* s = segment_of(page);
+  for_each_run(s, page, [&](size_t i, size_t units) { bin_insert(heap, s, page, i, units); });
+  runs_release_list(heap, page, tf_block(tf));
+  if (page->used != 0) {
+    page->sparse_since = 0;
+    return false;
+  }
+  // Empty: the caller frees it; its one run leaves the bins with the list.
+  runs_page_leaves(heap, page);
+  return true;
+}
+
+size_t runs_live_bytes(const Page* page) noexcept {
+  return static_cast<size_t>(__atomic_load_n(&page->capacity, __ATOMIC_RELAXED)) << kRunsUnitShift;
+}
+
+}  // namespace nebula

@@ -1,0 +1,224 @@
+// tests/unit/runs_test.cpp: medium runs (core/runs.cpp), the pages that serve plain requests of
+// (kRunsMin, kRunsMax] with runs of 512-byte units that every size in the range shares.
+#include <cstring>
+#include <initializer_list>
+#include <thread>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace nebula;
+using namespace unit;
+
+namespace {
+
+size_t runs_pages(const Heap* h) {
+  size_t n = 0;
+  for (const Page* p = h->runs.first; p != nullptr; p = p->next) ++n;
+  return n;
+}
+
+bool filled(const void* p, size_t n, uint8_t v) {
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i)
+    if (b[i] != v) return false;
+  return true;
+}
+
+// The heap's bookkeeping holds before and after the blocks are freed.
+void free_checked_all(std::initializer_list<void*> blocks) {
+  CHECK(check_heap_invariants(t_heap) == 0);
+  for (void* p : blocks) dealloc(p);
+  CHECK(check_heap_invariants(t_heap) == 0);
+}
+
+}  // namespace
+
+// The units a block of one size leaves serve a block of another size, merged with the free units
+// beside them: the range is one pool, not a page queue per class.
+TEST_CASE("runs: blocks take whole units, and freed neighbours merge to serve another size") {
+  REQUIRE(g_runs);
+  Worker w;
+  w.run([] {
+    auto* a = static_cast<uint8_t*>(alloc(10000));  // 20 units
+    auto* b = static_cast<uint8_t*>(alloc(10000));
+    auto* c = static_cast<uint8_t*>(alloc(10000));
+    REQUIRE(page_of_ptr(a)->kind == PageKind::kRuns);
+    CHECK(usable_size(a) == 10240);
+    CHECK(b == a + 10240);  // carved in order from the page's one free run
+    CHECK(c == b + 10240);
+    CHECK(page_of_ptr(a)->used == 3);
+    CHECK(page_of_ptr(a)->capacity == 60);
+    dealloc(a);
+    dealloc(b);
+    // 40 free units at a: a request of 20,000 bytes (40 units) takes exactly them, where a page
+    // queue per class would have made a page for its class.
+    auto* d = static_cast<uint8_t*>(alloc(20000));
+    CHECK(d == a);
+    CHECK(usable_size(d) == 20480);
+    // The first unit of a run is where it is freed from: a pointer inside one is refused by free
+    // (bad_input_test.cpp), and usable_size counts from p to the block's end.
+    CHECK(usable_size(d + 512) == 20480 - 512);
+    free_checked_all({c, d});
+  });
+}
+
+TEST_CASE("runs: realloc grows a block into the free units after it and gives a shrunk block's tail back") {
+  Worker w;
+  w.run([] {
+    auto* p = static_cast<uint8_t*>(alloc(6000));  // 12 units, the rest of the page free after it
+    REQUIRE(page_of_ptr(p)->kind == PageKind::kRuns);
+    memset(p, 0x5a, 6000);
+    CHECK(realloc_block(p, 9000) == p);
+    CHECK(usable_size(p) == 9216);
+    CHECK(filled(p, 6000, 0x5a));
+    auto* q = static_cast<uint8_t*>(alloc(6000));  // right after it
+    CHECK(q == p + 9216);
+    // No room after it now: it moves, to a block with room for a class's worth of growth.
+    memset(p, 0x6b, 9000);
+    auto* m = static_cast<uint8_t*>(realloc_block(p, 12000));
+    CHECK(m != p);
+    CHECK(usable_size(m) == kClassSize[size_to_class(12000)]);
+    CHECK(filled(m, 9000, 0x6b));
+    // A shrink below half keeps the block and frees its tail.
+    const uint32_t cap = page_of_ptr(m)->capacity;
+    CHECK(realloc_block(m, 5000) == m);
+    CHECK(usable_size(m) == 5120);
+    CHECK(page_of_ptr(m)->capacity == cap - (kClassSize[size_to_class(12000)] - 5120) / kRunsUnit);
+    CHECK(filled(m, 5000, 0x6b));
+    free_checked_all({q, m});
+  });
+}
+
+// Other threads push their frees on the page; the owner merges them into its bins when its bins
+// have no room for a request, or at maintenance.
+TEST_CASE("runs: other threads' frees come back to the owner") {
+  Worker w;
+  std::vector<void*> blocks;
+  w.run([&] {
+    for (int i = 0; i < 20; ++i) blocks.push_back(alloc(8000 + static_cast<size_t>(i) * 700));
+  });
+  Page* page = page_of_ptr(blocks[0]);
+  REQUIRE(page->kind == PageKind::kRuns);
+  const uint32_t used = page->used;
+  for (size_t i = 0; i < blocks.size(); i += 2) dealloc_from_bare_thread(blocks[i]);
+  CHECK(page->used == used);  // not yet collected
+  CHECK(tf_count(page->thread_free.load()) == 10);
+  w.run([&] {
+    heap_collect(t_heap, false);
+    CHECK(page->used == used - 10);
+    CHECK(tf_count(page->thread_free.load()) == 0);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (size_t i = 1; i < blocks.size(); i += 2) dealloc(blocks[i]);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+// A page whose blocks are all freed goes back to its segment, but the heap's last runs page stays
+// (a loop that allocates and frees one block would otherwise make a page each time) until
+// maintenance finds it empty for a purge delay or the heap is trimmed.
+TEST_CASE("runs: emptied pages go back, the heap's last one once the range is quiet") {
+  Worker w;
+  w.run([] {
+    std::vector<void*> v;
+    for (int i = 0; i < 60; ++i) v.push_back(alloc(20000));  // 40 units each: three pages
+    CHECK(runs_pages(t_heap) == 3);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (void* p : v) dealloc(p);
+    CHECK(runs_pages(t_heap) == 1);
+    CHECK(t_heap->runs.first->used == 0);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    heap_collect(t_heap, true);
+    CHECK(runs_pages(t_heap) == 0);
+    CHECK(runs_bins(t_heap)->mask == 0);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+// A thread that exits leaves its runs pages in its abandoned segments; blocks freed meanwhile go
+// on the pages, and the heap that adopts a segment takes its pages, their free runs and those
+// frees.
+TEST_CASE("runs: the next heap adopts an exited thread's runs pages with the frees made meanwhile") {
+  settle();
+  std::vector<void*> blocks;
+  {
+    Worker w;
+    w.run([&] {
+      for (int i = 0; i < 30; ++i) {
+        void* p = alloc(5000 + static_cast<size_t>(i) * 900);
+        memset(p, i, 5000);
+        blocks.push_back(p);
+      }
+    });
+  }  // the worker exits: its segments are abandoned
+  Page* page = page_of_ptr(blocks[0]);
+  REQUIRE(segment_of(page)->owner_heap.load() == nullptr);
+  for (size_t i = 0; i < blocks.size(); i += 2) dealloc(blocks[i]);  // onto the abandoned pages
+  Worker w2;
+  w2.run([&] {
+    ensure_heap();
+    heaps_collect_abandoned(false);  // adopts them
+    CHECK(segment_of(page)->owner_heap.load() == t_heap);
+    CHECK(runs_pages(t_heap) >= 1);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (size_t i = 1; i < blocks.size(); i += 2) {
+      CHECK(filled(blocks[i], 5000, static_cast<uint8_t>(i)));
+      dealloc(blocks[i]);
+    }
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+// Random sizes of the range, random frees, reallocs and callocs: every live block keeps its bytes
+// and the bookkeeping (bitmap, lengths, bins) stays that of the blocks.
+TEST_CASE("runs: random blocks of the range keep their contents and the bookkeeping holds") {
+  Worker w;
+  w.run([] {
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    auto rnd = [&] {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      return x;
+    };
+    struct Live {
+      uint8_t* p;
+      size_t n;
+      uint8_t v;
+    };
+    std::vector<Live> live;
+    int bad = 0;
+    for (int step = 0; step < 20000; ++step) {
+      const uint64_t r = rnd();
+      if (live.size() < 300 && (r % 3 != 0 || live.empty())) {
+        const size_t n = kRunsMin + 1 + rnd() % (kRunsMax - kRunsMin);
+        const bool zero = r % 7 == 0;
+        auto* p = static_cast<uint8_t*>(zero ? alloc_zero(n) : alloc(n));
+        REQUIRE(p != nullptr);
+        if (zero && !filled(p, n, 0)) ++bad;
+        const auto v = static_cast<uint8_t>(r >> 8);
+        memset(p, v, n);
+        live.push_back({p, n, v});
+      } else {
+        const size_t k = rnd() % live.size();
+        Live& l = live[k];
+        if (!filled(l.p, l.n, l.v)) ++bad;
+        if (r % 5 == 0) {
+          const size_t n = kRunsMin + 1 + rnd() % (kRunsMax - kRunsMin);
+          auto* q = static_cast<uint8_t*>(realloc_block(l.p, n));
+          REQUIRE(q != nullptr);
+          if (!filled(q, std::min(n, l.n), l.v)) ++bad;
+          memset(q, l.v, n);
+          l.p = q;
+          l.n = n;
+        } else {
+          dealloc(l.p);
+          live[k] = live.back();
+          live.pop_back();
+        }
+      }
+      if (step % 2000 == 0) CHECK(check_heap_invariants(t_heap) == 0);
+    }
+    CHECK(bad == 0);
+    for (const Live& l : live) dealloc(l.p);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
