@@ -461,6 +461,8 @@ extern PunchFeedback g_punch_feedback;
 // Return the OS pages of `page` that hold only free blocks; the blocks become holes. Returns
 // the bytes given back.
 size_t page_punch(Page* page) noexcept;
+// `bytes` of a live page's free memory went back in `calls` purges: out of the budget, counted.
+void punched_count(size_t bytes, size_t calls) noexcept;
 
 // runs.cpp: medium runs (see the file's head).
 void* runs_alloc(Heap* heap, size_t n, bool zero) noexcept;
@@ -479,6 +481,9 @@ bool runs_resize(Segment* s, Page* page, void* p, size_t n) noexcept;
 // heap's last one only once empty for a purge delay, or at once with `all`). True: its segment
 // went with it.
 bool runs_maintain(Heap* heap, Page* page, uint32_t now32, uint32_t delay, bool all) noexcept;
+// The OS pages inside the page's free runs go back (all but each run's first, its node's);
+// returns the bytes.
+size_t runs_punch(Page* page) noexcept;
 // A heap adopts an abandoned segment's runs page; true: the page is empty (the caller frees it).
 bool runs_reclaim(Heap* heap, Page* page) noexcept;
 void runs_list_insert(Heap* heap, Page* page) noexcept;

@@ -87,9 +87,10 @@ inline constexpr OptionDesc kOptions[] = {
   {Option::kWaitHooks, "wait_hooks", OptionType::kBool, 1, 0, 1,
    "before a thread blocks (pthread_join, condition variables, semaphores, epoll_wait, poll, "
    "select, sleeps), give back its free memory; off: those calls go straight to libc"},
-  {Option::kMediumRuns, "medium_runs", OptionType::kBool, 1, 0, 1,
-   "serve requests of 4.5-32 KiB from pages shared by every size in that range; off: one page "
-   "queue per size class (as secure mode always does)"},
+  {Option::kMediumRuns, "medium_runs", OptionType::kBool, 0, 0, 1,
+   "serve requests of 4.5-32 KiB from pages shared by every size in that range: less memory where "
+   "many of those sizes are live, more time per call (not in secure mode); off: a page queue per "
+   "size class"},
 };
 static_assert(sizeof(kOptions) / sizeof(kOptions[0]) == static_cast<size_t>(Option::kCount),
               "options: one table row per Option");

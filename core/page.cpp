@@ -372,13 +372,16 @@ size_t page_punch(Page* page) noexcept {
   // Release: a thread that sees the flag (free_generic) sees the bits it guards.
   std::atomic_thread_fence(std::memory_order_release);
   if (page->holes != 0) set_page_flags(page, static_cast<uint8_t>(page_flags(page) | kPageHoles));
-  if (bytes != 0) {
-    budget_release(bytes);
-    g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
-    g_counters.punched.fetch_add(bytes, std::memory_order_relaxed);
-    g_counters.purge_calls.fetch_add(runs, std::memory_order_relaxed);
-  }
+  punched_count(bytes, runs);
   return bytes;
+}
+
+void punched_count(size_t bytes, size_t calls) noexcept {
+  if (bytes == 0) return;
+  budget_release(bytes);
+  g_counters.purged.fetch_add(bytes, std::memory_order_relaxed);
+  g_counters.punched.fetch_add(bytes, std::memory_order_relaxed);
+  g_counters.purge_calls.fetch_add(calls, std::memory_order_relaxed);
 }
 
 void page_unfull(Heap* heap, Page* page) noexcept {

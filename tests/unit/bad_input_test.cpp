@@ -418,7 +418,7 @@ TEST_CASE("bad input: a block whose second word happens to hold the key is not a
 
 // Medium runs (core/runs.cpp): the page's bookkeeping decides, with no header in user memory.
 TEST_CASE("bad input (default mode): runs blocks: a double free, a free inside a block, a realloc of a freed one") {
-  REQUIRE(g_runs);
+  RunsOn runs;
   settle();
   auto* keep = static_cast<uint8_t*>(nebula_malloc(9000));
   auto* p = static_cast<uint8_t*>(nebula_malloc(9000));
@@ -450,6 +450,7 @@ TEST_CASE("bad input (default mode): runs blocks: a double free, a free inside a
 // A write into a freed runs block's first bytes (its free run's node) is caught when the run is
 // next taken or merged, with the run named, instead of handing out memory that is not free.
 TEST_CASE("bad input (default mode): a write after free into a runs block's free run aborts") {
+  RunsOn runs;
   Worker w;
   w.run([] {
     auto* a = static_cast<uint8_t*>(nebula_malloc(10000));

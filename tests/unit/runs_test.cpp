@@ -37,7 +37,7 @@ void free_checked_all(std::initializer_list<void*> blocks) {
 // The units a block of one size leaves serve a block of another size, merged with the free units
 // beside them: the range is one pool, not a page queue per class.
 TEST_CASE("runs: blocks take whole units, and freed neighbours merge to serve another size") {
-  REQUIRE(g_runs);
+  RunsOn runs;
   Worker w;
   w.run([] {
     auto* a = static_cast<uint8_t*>(alloc(10000));  // 20 units
@@ -64,6 +64,7 @@ TEST_CASE("runs: blocks take whole units, and freed neighbours merge to serve an
 }
 
 TEST_CASE("runs: realloc grows a block into the free units after it and gives a shrunk block's tail back") {
+  RunsOn runs;
   Worker w;
   w.run([] {
     auto* p = static_cast<uint8_t*>(alloc(6000));  // 12 units, the rest of the page free after it
@@ -93,6 +94,7 @@ TEST_CASE("runs: realloc grows a block into the free units after it and gives a 
 // Other threads push their frees on the page; the owner merges them into its bins when its bins
 // have no room for a request, or at maintenance.
 TEST_CASE("runs: other threads' frees come back to the owner") {
+  RunsOn runs;
   Worker w;
   std::vector<void*> blocks;
   w.run([&] {
@@ -118,6 +120,7 @@ TEST_CASE("runs: other threads' frees come back to the owner") {
 // (a loop that allocates and frees one block would otherwise make a page each time) until
 // maintenance finds it empty for a purge delay or the heap is trimmed.
 TEST_CASE("runs: emptied pages go back, the heap's last one once the range is quiet") {
+  RunsOn runs;
   Worker w;
   w.run([] {
     std::vector<void*> v;
@@ -139,6 +142,7 @@ TEST_CASE("runs: emptied pages go back, the heap's last one once the range is qu
 // on the pages, and the heap that adopts a segment takes its pages, their free runs and those
 // frees.
 TEST_CASE("runs: the next heap adopts an exited thread's runs pages with the frees made meanwhile") {
+  RunsOn runs;
   settle();
   std::vector<void*> blocks;
   {
@@ -172,6 +176,7 @@ TEST_CASE("runs: the next heap adopts an exited thread's runs pages with the fre
 // Random sizes of the range, random frees, reallocs and callocs: every live block keeps its bytes
 // and the bookkeeping (bitmap, lengths, bins) stays that of the blocks.
 TEST_CASE("runs: random blocks of the range keep their contents and the bookkeeping holds") {
+  RunsOn runs;
   Worker w;
   w.run([] {
     uint64_t x = 0x9e3779b97f4a7c15u;
@@ -219,6 +224,55 @@ TEST_CASE("runs: random blocks of the range keep their contents and the bookkeep
     }
     CHECK(bad == 0);
     for (const Live& l : live) dealloc(l.p);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
+// A sparse runs page gives the memory of its free runs back (all but the OS page of each run's
+// node), counted out of the committed bytes, and takes it back as blocks are made there again.
+TEST_CASE("runs: a sparse page's free runs go back to the OS and come back as blocks are made") {
+  RunsOn runs;
+  Worker w;
+  w.run([] {
+    std::vector<void*> v;
+    for (int i = 0; i < 40; ++i) {
+      v.push_back(alloc(12000));  // 24 units each: 960 of the page's 1,024
+      memset(v.back(), 0x77, 12000);
+    }
+    Page* page = page_of_ptr(v[0]);
+    for (void* p : v)
+      REQUIRE(page_of_ptr(p) == page);
+    for (size_t i = 1; i + 1 < v.size(); ++i) dealloc(v[i]);  // the first and last stay
+    const uint64_t committed = stats().committed_bytes;
+    const size_t got = runs_punch(page);
+    CHECK(got >= 400 * 1024);  // 38 blocks' worth less the OS page of the run's node
+    CHECK((page->punched[0] | page->punched[1]) != 0);
+    CHECK(stats().committed_bytes == committed - got);
+    CHECK(runs_punch(page) == 0);  // nothing more to give back
+    // Blocks made over that memory find it zero (given back), and its OS pages under a live block
+    // are no longer marked given back (so they count as committed again, and as such when the
+    // page is freed).
+    std::vector<void*> again;
+    for (int i = 0; i < 38; ++i) again.push_back(alloc(12000));
+    size_t zero_blocks = 0, marked = 0;
+    uint8_t* const start = page_start(segment_of(page), page);
+    for (void* p : again) {
+      if (page_of_ptr(p) != page) continue;
+      if (static_cast<uint8_t*>(p)[4096 * 2] == 0) ++zero_blocks;
+      for (size_t off = 0; off < 12000; off += 4096) {
+        const size_t k = static_cast<size_t>(static_cast<uint8_t*>(p) + off - start) / 4096;
+        marked += (page->punched[k / 64] >> (k % 64)) & 1;
+      }
+      memset(p, 0x33, 12000);
+    }
+    CHECK(zero_blocks > 0);
+    CHECK(marked == 0);
+    CHECK(filled(v.front(), 12000, 0x77));
+    CHECK(filled(v.back(), 12000, 0x77));
+    CHECK(check_heap_invariants(t_heap) == 0);
+    for (void* p : again) dealloc(p);
+    dealloc(v.front());
+    dealloc(v.back());
     CHECK(check_heap_invariants(t_heap) == 0);
   });
 }

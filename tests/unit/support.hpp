@@ -93,6 +93,15 @@ struct RunsOff {
   RunsOff& operator=(const RunsOff&) = delete;
 };
 
+// Medium runs on for a scope (NEBULA_MEM_MEDIUM_RUNS=1; off by default).
+struct RunsOn {
+  bool was = g_runs;
+  RunsOn() { g_runs = !g_secure; }
+  ~RunsOn() { g_runs = was; }
+  RunsOn(const RunsOn&) = delete;
+  RunsOn& operator=(const RunsOn&) = delete;
+};
+
 // The bytes a request of n gets: its size class, or whole units in a runs page.
 inline size_t expected_usable(size_t n) {
   if (g_runs && n > kRunsMin && n <= kRunsMax) return (n + kRunsUnit - 1) & ~(kRunsUnit - 1);
