@@ -71,9 +71,14 @@ Heap* heap_from_pool() {
   return h;
 }
 
+// A heap's run bins (runs_bins) are cleared only where runs are on: a heap's memory is zero when
+// carved, and otherwise the bins' bytes, past the heap's second OS page for some heaps of a batch,
+// are never touched.
+inline size_t heap_bytes() { return sizeof(Heap) + (g_runs ? sizeof(RunBins) : 0); }
+
 void heap_reset(Heap* h) {
   Heap* keep_next = h->next_heap;
-  memset(static_cast<void*>(h), 0, sizeof(Heap) + sizeof(RunBins));
+  memset(static_cast<void*>(h), 0, heap_bytes());
   h->next_heap = keep_next;
   for (auto& d : h->direct) d = &g_empty_page;
   for (auto& d : h->direct2) d = &g_empty_page;
@@ -102,7 +107,7 @@ void heap_to_pool(Heap* h) {
   r.remote_frees += h->stats.remote_frees;
   r.segments_reclaimed += h->stats.segments_reclaimed;
   Heap* keep_next = h->next_heap;
-  memset(static_cast<void*>(h), 0, sizeof(Heap) + sizeof(RunBins));
+  memset(static_cast<void*>(h), 0, heap_bytes());
   h->next_heap = keep_next;
   h->full.first = reinterpret_cast<Page*>(g_pool);
   g_pool = h;
@@ -1227,7 +1232,7 @@ void fork_child() noexcept {
     h->spare = nullptr;
     h->spare_count = 0;
     h->runs = PageQueue{};  // (its pages' links are cleared as their segments are abandoned)
-    memset(static_cast<void*>(runs_bins(h)), 0, sizeof(RunBins));
+    if (g_runs) memset(static_cast<void*>(runs_bins(h)), 0, sizeof(RunBins));
     Segment* s = h->segments;
     h->segments = nullptr;
     h->punch_next = nullptr;
