@@ -897,14 +897,15 @@ NEBULA_NOINLINE void free_checked(Segment* s, Page* page, void* p) noexcept {
     return;
   }
   const uint8_t flags = page_flags(page);
-  if (NEBULA_UNLIKELY(flags & kPageNotInUse)) invalid_pointer("free", p);
-  if (NEBULA_UNLIKELY(flags & kPageSpare)) fatal_pointer("free", p, "double free (the block is free already)");
-  bool owner = s->thread_id.load(std::memory_order_relaxed) == os::thread_id();
-  if (page->kind == PageKind::kRuns) {
-    runs_free(s, page, p, owner);
+  // One test for the three flags that send a free elsewhere (the common path pays for one).
+  if (NEBULA_UNLIKELY(flags & (kPageNotInUse | kPageSpare | kPageRuns))) {
+    if (flags & kPageNotInUse) invalid_pointer("free", p);
+    if (flags & kPageSpare) fatal_pointer("free", p, "double free (the block is free already)");
+    runs_free(s, page, p, s->thread_id.load(std::memory_order_relaxed) == os::thread_id());
     budget_poll_if_needed();
     return;
   }
+  bool owner = s->thread_id.load(std::memory_order_relaxed) == os::thread_id();
   Block* b = block_start(s, page, p);
   if (page->kind != PageKind::kLarge) {
     if (NEBULA_UNLIKELY(!(flags & kPageHasAligned) && !is_block_start(page, p))) interior_pointer(s, page, p);

@@ -230,11 +230,13 @@ void heap_update_direct(Heap* heap, unsigned cls) noexcept {
   Page* page = heap->queues[cls].first;
   if (heap->fc_direct & (uint64_t{1} << cls)) page = &heap->fc->page[cls];  // the foreign cache first
   if (page == nullptr) page = &g_empty_page;
-  // Plain requests of that range go to the runs pages (runs_alloc): their classes' pages serve
-  // aligned requests only, from the generic path. (Set, not left: an entry made while g_runs was
-  // not yet set, by a thread that started during engine_init, must not outlive its page.)
-  if (kClassSize[cls] > kRunsMin && g_runs) page = &g_empty_page;
   if (kClassSize[cls] > kDirectMax) {
+    // The classes of the second table are the runs range: with runs on, plain requests there go
+    // to the runs pages (runs_alloc), and the classes' pages serve aligned requests only, from
+    // the generic path. (Set, not left: an entry made while g_runs was not yet set, by a thread
+    // that started during engine_init, must not outlive its page.)
+    static_assert(kRunsMin == kDirectMax && kRunsMax == kDirect2Max, "the second direct table is the runs range");
+    if (g_runs) page = &g_empty_page;
     for (size_t i = direct2_slot(kClassSize[cls - 1] + 1); i <= direct2_slot(kClassSize[cls]); ++i)
       heap->direct2[i] = page;
     return;
