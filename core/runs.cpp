@@ -218,7 +218,12 @@ void* runs_take(Heap* heap, size_t k, bool zero, size_t n) {
   Segment* s = segment_of(node);
   Page* page = page_of(s, node);
   const size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(node) - page_start(s, page)) >> kRunsUnitShift;
-  const size_t units = node->units;
+  // The run's length from the bitmap, not from its node (user memory): bin_remove checks the node
+  // against it, and against the bin it was found in.
+  const uint64_t* used = runs_used(s, page);
+  const size_t units = bm_bit(used, i) ? 0 : next_used(used, i) - i;
+  if (NEBULA_UNLIKELY(units < kRunsMinUnits || bin_of(units) != b || run_start_before(used, i) != i))
+    fatal_pointer("malloc", node, "memory was written after it was freed (a free run's bookkeeping is corrupt)");
   bin_remove(heap, s, page, i, units);
   // (the block, and the node of the rest of the run)
   unpunch(page, i << kRunsUnitShift, ((i + k) << kRunsUnitShift) + (units > k ? sizeof(RunNode) : 0));
@@ -226,7 +231,7 @@ void* runs_take(Heap* heap, size_t k, bool zero, size_t n) {
   len_put(runs_len(s, page), i, k);
   page->capacity = static_cast<uint16_t>(page->capacity + k);
   page->used++;
-  page->sparse_since = 0;
+  page->sparse_since = 0;  // (k <= units: bin b holds runs of at least k units)
   bin_insert(heap, s, page, i + k, units - k);
   void* p = node;
   if (zero) memset(p, 0, n);
@@ -328,16 +333,8 @@ void runs_collect(Page* page) noexcept {
 
 void runs_free(Segment* s, Page* page, void* p, bool owner) noexcept {
   Block* b = static_cast<Block*>(p);
+  const size_t i = runs_checked_unit(s, page, p, "free");
   if (!owner) {
-    // Another thread reads only the block itself, not the page's bookkeeping, which the owner
-    // writes on every call (those lines went back and forth between the cores: `rptest`, which
-    // passes one block in eight to the next thread, ran 1.19 x the time of the classes' pages):
-    // the owner checks the block against its bookkeeping when it collects it, and aborts there,
-    // naming it, for a pointer that is not a live block's start.
-    const auto* w = static_cast<const uintptr_t*>(p);
-    if ((reinterpret_cast<uintptr_t>(p) & (kRunsUnit - 1)) != 0)
-      fatal_pointer("free", p, "pointer into the middle of a block, not its start");
-    if (w[1] == g_free_key && w[2] == ~g_free_key) fatal_pointer("free", p, "double free (the block is free already)");
     b->key = g_free_key;
     reinterpret_cast<uintptr_t*>(p)[2] = ~g_free_key;
     Heap* me = t_heap;
@@ -346,7 +343,6 @@ void runs_free(Segment* s, Page* page, void* p, bool owner) noexcept {
     free_block_remote(page, b);  // (a runs page is never in kDelayUse)
     return;
   }
-  const size_t i = runs_checked_unit(s, page, p, "free");
   Heap* heap = s->owner_heap.load(std::memory_order_relaxed);
   runs_release(heap, s, page, i);
   if (page->used != 0) return;

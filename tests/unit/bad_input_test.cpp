@@ -467,5 +467,14 @@ TEST_CASE("bad input (default mode): a write after free into a runs block's free
       expect_abort(r, a, "malloc", "written after it was freed");
     }
     nebula_free(b);
+    // Now a, b and the rest of the page are one free run, in the bin of runs longer than any
+    // request: a length written there that keeps it in that bin is caught too (the length comes
+    // from the bitmap, the node's is checked against it).
+    ChildResult r = run_child([a] {
+      reinterpret_cast<uintptr_t*>(a)[2] = 500;
+      void* q = nebula_malloc(10000);
+      (void)q;
+    });
+    expect_abort(r, a, "malloc", "written after it was freed");
   });
 }
