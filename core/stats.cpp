@@ -48,14 +48,14 @@ void add_segment(Segment* s, void* ctx) {
       ++i;
       continue;
     }
-    // Blocks other threads freed and the owner has not collected yet are free too.
-    uint32_t used = __atomic_load_n(&p->used, __ATOMIC_RELAXED);
-    uint32_t waiting = tf_count(p->thread_free.load(std::memory_order_relaxed));
     if (kind == PageKind::kRuns) {  // (its blocks freed by other threads count until collected)
       out->live_bytes += runs_live_bytes(p);
       i += sc;
       continue;
     }
+    // Blocks other threads freed and the owner has not collected yet are free too.
+    uint32_t used = __atomic_load_n(&p->used, __ATOMIC_RELAXED);
+    uint32_t waiting = tf_count(p->thread_free.load(std::memory_order_relaxed));
     if (kind != PageKind::kLarge) used = used > waiting ? used - waiting : 0;
     out->live_bytes += static_cast<uint64_t>(used) * __atomic_load_n(&p->block_size, __ATOMIC_RELAXED);
     i += sc;
