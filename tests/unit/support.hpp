@@ -83,23 +83,21 @@ inline int direct_table_errors(const Heap* heap) {
   return bad;
 }
 
-// Medium runs off for a scope: tests of the size classes of (kRunsMin, kRunsMax], which plain
-// requests of that range otherwise do not reach (core/runs.cpp).
-struct RunsOff {
+// Medium runs (core/runs.cpp) on or off for a scope (NEBULA_MEM_MEDIUM_RUNS; off by default):
+// RunsOff for tests of the size classes of (kRunsMin, kRunsMax], which plain requests of that
+// range do not reach with runs on (`unit-runs`), RunsOn for the tests of runs.
+struct RunsMode {
   bool was = g_runs;
-  RunsOff() { g_runs = false; }
-  ~RunsOff() { g_runs = was; }
-  RunsOff(const RunsOff&) = delete;
-  RunsOff& operator=(const RunsOff&) = delete;
+  explicit RunsMode(bool on) { g_runs = on && !g_secure; }
+  ~RunsMode() { g_runs = was; }
+  RunsMode(const RunsMode&) = delete;
+  RunsMode& operator=(const RunsMode&) = delete;
 };
-
-// Medium runs on for a scope (NEBULA_MEM_MEDIUM_RUNS=1; off by default).
-struct RunsOn {
-  bool was = g_runs;
-  RunsOn() { g_runs = !g_secure; }
-  ~RunsOn() { g_runs = was; }
-  RunsOn(const RunsOn&) = delete;
-  RunsOn& operator=(const RunsOn&) = delete;
+struct RunsOff : RunsMode {
+  RunsOff() : RunsMode(false) {}
+};
+struct RunsOn : RunsMode {
+  RunsOn() : RunsMode(true) {}
 };
 
 // The bytes a request of n gets: its size class, or whole units in a runs page.
