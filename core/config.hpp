@@ -103,6 +103,10 @@ inline constexpr unsigned kRunsMaxUnits = kRunsMax / kRunsUnit;
 // A heap's bins of free runs: one per length from kRunsMinUnits to kRunsMaxUnits, one for longer.
 inline constexpr unsigned kRunsBins = kRunsMaxUnits - kRunsMinUnits + 2;
 static_assert(kRunsBins <= 64, "a heap's run bins have a bit each in one word");
+// A binned free run's slot is the one of unit / kRunsSlotStride: two binned runs start at least
+// kRunsMinUnits + 1 units apart (a unit in use between them), so they never share one.
+inline constexpr unsigned kRunsSlotStride = kRunsMinUnits + 1;
+inline constexpr unsigned kRunsSlots = (kRunsUnits + kRunsSlotStride - 1) / kRunsSlotStride;
 
 // realloc that moves a growing block to a medium or large one gives back the OS pages of the new
 // block past the bytes asked for, when they are at least this much: a block that another block

@@ -9,7 +9,10 @@
 //
 // The heap keeps the free runs of all its runs pages that a request can use (kRunsMinUnits or
 // more) in bins by length (runs_bins, one per length up to kRunsMaxUnits and one for longer
-// runs), each run's node in its own first unit. An allocation takes a run of the shortest length
+// runs). A binned run's node (a RunSlot: links, start, length) sits in the page's bookkeeping
+// after the length bytes, the slot of its first unit / kRunsSlotStride: nothing is written into a
+// free run's own memory, so a write after free cannot corrupt the bins, and taking or merging a
+// run reads the header's few lines instead of a cold line in each run. An allocation takes a run of the shortest length
 // that holds it (best fit over the heap's runs pages) and the rest of the run goes back to its
 // bin; a free merges the block with the free runs beside it (found in the bitmap) into one node.
 // One pool for the whole range instead of a page queue per class: the free units a request of
@@ -17,29 +20,29 @@
 // more than its live blocks needed in each of the range's 13 classes; docs/performance.md).
 //
 // A free is checked against the bookkeeping: a pointer that is not a block start, or a block that
-// is free already, aborts with the pointer named. A node's links are checked before it leaves its
-// bin (each neighbour must point back at it, and its length must be the bitmap's), so that a
-// write after free into a run's first bytes aborts rather than hands out a wrong block.
+// is free already, aborts with the pointer named.
 //
 // Page fields of a runs page: used = live blocks (blocks other threads freed count until the
-// owner collects them), capacity = units in use, block_size = kRunsUnit, thread_free = other
+// owner collects them), runs_units = units in use (capacity 0), block_size = kRunsUnit, thread_free = other
 // threads' frees (kDelayNone, or kDelayNever while its segment is abandoned: never kDelayUse, a
 // runs page has no full list), next/prev = the heap's list of runs pages. Only the owner writes
-// the bookkeeping and the nodes; other threads read the length bytes and the bitmap (relaxed
+// the bookkeeping and the slots; other threads read the length bytes and the bitmap (relaxed
 // atomics) to check a pointer before they push it on thread_free.
 #include "core/budget.hpp"
 #include "core/engine.hpp"
 
 namespace nebula {
 
-static_assert(sizeof(RunNode) <= kRunsUnit, "a node fits in a unit");
-
 namespace {
 
-// The page's bookkeeping: the bitmap of units in use, then a byte per unit.
+// The page's bookkeeping: the bitmap of units in use, a byte per unit, then the free runs' slots.
 inline uint64_t* runs_used(Segment* s, Page* page) { return live_bits(s, page); }
 inline uint8_t* runs_len(Segment* s, Page* page) { return reinterpret_cast<uint8_t*>(live_bits(s, page) + kRunsWords); }
-inline constexpr size_t kRunsMetaBytes = kRunsWords * sizeof(uint64_t) + kRunsUnits;
+inline RunSlot* runs_slot(Segment* s, Page* page, size_t i) {
+  return reinterpret_cast<RunSlot*>(runs_len(s, page) + kRunsUnits) + i / kRunsSlotStride;
+}
+inline constexpr size_t kRunsMetaBytes = kRunsWords * sizeof(uint64_t) + kRunsUnits + kRunsSlots * sizeof(RunSlot);
+static_assert((kRunsWords * sizeof(uint64_t) + kRunsUnits) % alignof(RunSlot) == 0, "the slots are aligned");
 static_assert(kRunsMetaBytes <= kRunsPageSlices * 512, "a runs page's bookkeeping fits in its slices' share");
 static_assert(kRunsMaxUnits < 256, "a block's length fits in its byte");
 inline size_t len_at(const uint8_t* len, size_t i) { return __atomic_load_n(&len[i], __ATOMIC_RELAXED); }
@@ -90,45 +93,38 @@ size_t run_start_before(const uint64_t* m, size_t i) {
 inline unsigned bin_of(size_t units) {
   return units > kRunsMaxUnits ? kRunsBins - 1 : static_cast<unsigned>(units - kRunsMinUnits);
 }
-inline RunNode* node_at(Segment* s, Page* page, size_t i) {
-  return reinterpret_cast<RunNode*>(page_start(s, page) + (i << kRunsUnitShift));
-}
 
 // The free run [i, i + units) of the page goes into its heap's bin (if a request can use it).
 void bin_insert(Heap* heap, Segment* s, Page* page, size_t i, size_t units) {
   if (units < kRunsMinUnits) return;
-  RunNode* n = node_at(s, page, i);
+  RunSlot* n = runs_slot(s, page, i);
+  RunBins* bins = runs_bins(heap);
   const unsigned b = bin_of(units);
-  n->units = units;
+  n->unit = static_cast<uint16_t>(i);
+  n->units = static_cast<uint16_t>(units);
+  n->page = static_cast<uint16_t>(page - s->pages);
   n->prev = nullptr;
-  n->next = runs_bins(heap)->bin[b];
+  n->next = bins->bin[b];
   if (n->next != nullptr) n->next->prev = n;
-  runs_bins(heap)->bin[b] = n;
-  runs_bins(heap)->mask |= uint64_t{1} << b;
+  bins->bin[b] = n;
+  bins->mask |= uint64_t{1} << b;
 }
 
-// Could l be a node of one of the heap's runs pages? (Read before a link is followed.)
-bool node_plausible(const Heap* heap, const RunNode* l) {
-  if (l == nullptr) return true;
-  if ((reinterpret_cast<uintptr_t>(l) & (kRunsUnit - 1)) != 0 || !is_segment_start_chunk(l)) return false;
-  Segment* s = segment_of(l);
-  return s->owner_heap.load(std::memory_order_relaxed) == heap && head_of(s, slice_of(s, l))->kind == PageKind::kRuns;
+void bin_unlink(RunBins* bins, RunSlot* n, unsigned b) {
+  if (n->prev != nullptr) n->prev->next = n->next;
+  else bins->bin[b] = n->next;
+  if (n->next != nullptr) n->next->prev = n->prev;
+  if (bins->bin[b] == nullptr) bins->mask &= ~(uint64_t{1} << b);
 }
 
-// ... and leaves it. Its node is checked first: a write after free into the run's first bytes
-// aborts here, naming the run, rather than hands out memory that is not free.
+// ... and leaves it. Its slot must hold it: anything else means the header's bookkeeping was
+// overwritten (a wild write far outside any block), and the call aborts naming the run.
 void bin_remove(Heap* heap, Segment* s, Page* page, size_t i, size_t units) {
   if (units < kRunsMinUnits) return;
-  RunNode* n = node_at(s, page, i);
-  const unsigned b = bin_of(units);
-  if (NEBULA_UNLIKELY(n->units != units || !node_plausible(heap, n->next) || !node_plausible(heap, n->prev) ||
-                      (n->next != nullptr && n->next->prev != n) ||
-                      (n->prev != nullptr ? n->prev->next != n : runs_bins(heap)->bin[b] != n)))
-    fatal_pointer("malloc", n, "memory was written after it was freed (a free run's bookkeeping is corrupt)");
-  if (n->prev != nullptr) n->prev->next = n->next;
-  else runs_bins(heap)->bin[b] = n->next;
-  if (n->next != nullptr) n->next->prev = n->prev;
-  if (runs_bins(heap)->bin[b] == nullptr) runs_bins(heap)->mask &= ~(uint64_t{1} << b);
+  RunSlot* n = runs_slot(s, page, i);
+  if (NEBULA_UNLIKELY(n->unit != i || n->units != units))
+    fatal_pointer("free", page_start(s, page) + (i << kRunsUnitShift), "a runs page's bookkeeping is corrupt");
+  bin_unlink(runs_bins(heap), n, bin_of(units));
 }
 
 // The unit of p, checked: a block start of a block in use, or the call aborts naming p.
@@ -154,7 +150,7 @@ size_t runs_checked_unit(Segment* s, Page* page, const void* p, const char* op) 
 void runs_release_units(Heap* heap, Segment* s, Page* page, size_t i, size_t n) {
   uint64_t* used = runs_used(s, page);
   bm_set(used, i, n, false);
-  page->capacity = static_cast<uint16_t>(page->capacity - n);
+  page->runs_units = static_cast<uint16_t>(page->runs_units - n);
   const size_t lo = run_start_before(used, i);
   const size_t hi = next_used(used, i + n);
   bin_remove(heap, s, page, lo, i - lo);
@@ -181,6 +177,7 @@ Page* runs_page_new(Heap* heap) {
   page->div_bias = 0;
   set_page_flags(page, kPageRuns);
   page->capacity = 0;
+  page->runs_units = 0;
   page->reserved = 0;
   page->used = 0;
   page->holes = 0;
@@ -193,7 +190,7 @@ Page* runs_page_new(Heap* heap) {
   return page;
 }
 
-// Bytes [from, to) of the page are about to be written (a block handed out, a run's node): the OS
+// Bytes [from, to) of the page are about to be written (a block handed out): the OS
 // pages of them that a punch gave back (runs_punch) count as committed again.
 void unpunch(Page* page, size_t from, size_t to) {
   if ((page->punched[0] | page->punched[1]) == 0) return;
@@ -211,31 +208,28 @@ void unpunch(Page* page, size_t from, size_t to) {
 
 // A block of k units from the heap's bins, or nullptr when no run is that long.
 void* runs_take(Heap* heap, size_t k, bool zero, size_t n) {
-  const uint64_t m = runs_bins(heap)->mask & (~uint64_t{0} << bin_of(k));
+  RunBins* bins = runs_bins(heap);
+  const uint64_t m = bins->mask & (~uint64_t{0} << bin_of(k));
   if (m == 0) return nullptr;
   const unsigned b = ctz64(m);
-  RunNode* node = runs_bins(heap)->bin[b];
-  Segment* s = segment_of(node);
-  Page* page = page_of(s, node);
-  const size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(node) - page_start(s, page)) >> kRunsUnitShift;
-  // The run's length from the bitmap, not from its node (user memory): bin_remove checks the node
-  // against it, and against the bin it was found in.
-  const uint64_t* used = runs_used(s, page);
-  const size_t units = bm_bit(used, i) ? 0 : next_used(used, i) - i;
-  if (NEBULA_UNLIKELY(units < kRunsMinUnits || bin_of(units) != b || run_start_before(used, i) != i))
-    fatal_pointer("malloc", node, "memory was written after it was freed (a free run's bookkeeping is corrupt)");
-  bin_remove(heap, s, page, i, units);
-  // (the block, and the node of the rest of the run)
-  unpunch(page, i << kRunsUnitShift, ((i + k) << kRunsUnitShift) + (units > k ? sizeof(RunNode) : 0));
-  bm_set(runs_used(s, page), i, k, true);
+  RunSlot* slot = bins->bin[b];
+  Segment* s = segment_of(slot);
+  Page* page = &s->pages[slot->page];
+  const size_t i = slot->unit, units = slot->units;
+  uint64_t* used = runs_used(s, page);
+  if (NEBULA_UNLIKELY(slot->page >= kSlicesPerSegment || page->kind != PageKind::kRuns || i + units > kRunsUnits ||
+                      bin_of(units) != b || bm_bit(used, i) || runs_slot(s, page, i) != slot))
+    fatal_pointer("malloc", slot, "a runs page's bookkeeping is corrupt (a free run's slot)");
+  bin_unlink(bins, slot, b);
+  void* p = page_start(s, page) + (i << kRunsUnitShift);
+  unpunch(page, i << kRunsUnitShift, (i + k) << kRunsUnitShift);
+  bm_set(used, i, k, true);
   len_put(runs_len(s, page), i, k);
-  page->capacity = static_cast<uint16_t>(page->capacity + k);
+  page->runs_units = static_cast<uint16_t>(page->runs_units + k);
   page->used++;
   page->sparse_since = 0;  // (k <= units: bin b holds runs of at least k units)
   bin_insert(heap, s, page, i + k, units - k);
-  void* p = node;
-  if (zero) memset(p, 0, n);
-  else static_cast<Block*>(p)->key = 0;  // a key left from an earlier block would read as freed
+  if (zero) memset(p, 0, n);  // (no free run holds another thread's mark: runs_release_list clears it)
   return p;
 }
 
@@ -266,6 +260,7 @@ void runs_release_list(Heap* heap, Page* page, Block* b) {
       fatal_pointer("free", b, bm_bit(runs_used(s, page), i)
                                    ? "pointer into the middle of a block, not its start (freed by another thread)"
                                    : "double free (the block is free already; freed by another thread)");
+    b->key = 0;  // the mark (runs_free) goes: a block made here later must not read as freed
     runs_release(heap, s, page, i);
     b = next;
   }
@@ -382,9 +377,9 @@ bool runs_resize(Segment* s, Page* page, void* p, size_t n) noexcept {
     const size_t lo = i + have, hi = next_used(used, lo);
     if (hi < i + k) return false;
     bin_remove(heap, s, page, lo, hi - lo);
-    unpunch(page, lo << kRunsUnitShift, ((i + k) << kRunsUnitShift) + sizeof(RunNode));
+    unpunch(page, lo << kRunsUnitShift, (i + k) << kRunsUnitShift);
     bm_set(used, lo, k - have, true);
-    page->capacity = static_cast<uint16_t>(page->capacity + (k - have));
+    page->runs_units = static_cast<uint16_t>(page->runs_units + (k - have));
     len_put(runs_len(s, page), i, k);
     bin_insert(heap, s, page, i + k, hi - (i + k));
   } else if (k < have) {
@@ -395,13 +390,13 @@ bool runs_resize(Segment* s, Page* page, void* p, size_t n) noexcept {
 }
 
 size_t runs_punch(Page* page) noexcept {
-  // Every whole OS page inside a free run goes back, but the one that holds the run's node.
+  // Every whole OS page inside a free run goes back.
   Segment* s = segment_of(page);
   uint8_t* start = page_start(s, page);
   const size_t ps = os::page_size();
   size_t bytes = 0, calls = 0;
   for_each_run(s, page, [&](size_t i, size_t units) {
-    const size_t from = align_up((i << kRunsUnitShift) + sizeof(RunNode), ps);
+    const size_t from = align_up(i << kRunsUnitShift, ps);
     const size_t to = ((i + units) << kRunsUnitShift) & ~(ps - 1);
     for (size_t k = from / ps; k * ps < to;) {  // runs of OS pages not given back yet
       if (page->punched[k / 64] & (uint64_t{1} << (k % 64))) {
@@ -429,7 +424,7 @@ bool runs_maintain(Heap* heap, Page* page, uint32_t now32, uint32_t delay, bool 
     // Sparse (under a quarter of its units in use) for four purge delays, or at once when the
     // thread is about to wait or the heap is trimmed: the free runs' memory goes back, as a
     // class's sparse page gives back its free blocks' (holes).
-    if (page->capacity * 4 >= kRunsUnits) {
+    if (page->runs_units * 4 >= kRunsUnits) {
       page->sparse_since = 0;
       return false;
     }
@@ -473,7 +468,7 @@ bool runs_reclaim(Heap* heap, Page* page) noexcept {
 }
 
 size_t runs_live_bytes(const Page* page) noexcept {
-  return static_cast<size_t>(__atomic_load_n(&page->capacity, __ATOMIC_RELAXED)) << kRunsUnitShift;
+  return static_cast<size_t>(__atomic_load_n(&page->runs_units, __ATOMIC_RELAXED)) << kRunsUnitShift;
 }
 
 }  // namespace nebula

@@ -140,6 +140,8 @@ struct alignas(64) Page {
   uint8_t passed_over;                  // ran out and went to the back of its queue once
                                         // instead of the full list (queue_alloc)
   uint8_t remote_seen;                  // other threads have freed blocks into it (page_collect)
+  uint16_t runs_units;                  // a runs page's units in use (core/runs.cpp): here, not in
+                                        // `capacity`, whose line other threads' frees read
   // Third line: what other threads write. The owner reads it when it collects their frees.
   alignas(64) std::atomic<uintptr_t> thread_free;  // count << 48 | Block* | DelayState
   // Fourth line: the owner's maintenance only; the rest pads descriptors to 256 bytes, so that
@@ -153,14 +155,18 @@ struct alignas(64) Page {
 static_assert(sizeof(Page) == 256, "page descriptors are 256 bytes: free() indexes by shift");
 static_assert(offsetof(Page, free) == 64 && offsetof(Page, used) == 72, "the owner's hot fields are in the second line");
 static_assert(offsetof(Page, punch_used) < 64, "the first line holds what other threads read");
+static_assert(offsetof(Page, runs_units) < 128, "the owner's runs count is in the second line");
 static_assert(kSliceSize / kMinAlign <= 65535, "capacity and reserved are 16-bit");
 static_assert(kMediumPageSlices * kSliceSize / 4096 <= 128, "Page::punched has a bit per 4 KiB of a page");
 
-// A free run of a runs page (core/runs.cpp) in its heap's bin: its node, in its first unit.
-struct RunNode {
-  RunNode* next;
-  RunNode* prev;
-  uint64_t units;                       // its length in units (checked against the bitmap)
+// A free run of a runs page (core/runs.cpp) in its heap's bin: its slot, in the page's bookkeeping
+// in the segment header (never in the run's own memory, which a write after free could reach).
+struct RunSlot {
+  RunSlot* next;
+  RunSlot* prev;
+  uint16_t unit;   // where the run starts
+  uint16_t units;  // its length
+  uint16_t page;   // its page's index in the segment (s->pages)
 };
 
 // A queue of pages of one size class; `first` is where allocation happens.
@@ -350,7 +356,7 @@ struct Heap {
 // of Heap so that the empty heap, which every new thread's first malloc reads, stays as it was:
 // the library's writable data of a small program stays within its four OS pages.
 struct RunBins {
-  RunNode* bin[kRunsBins];
+  RunSlot* bin[kRunsBins];
   uint64_t mask;
 };
 inline RunBins* runs_bins(Heap* h) { return reinterpret_cast<RunBins*>(h + 1); }

@@ -18,13 +18,6 @@ size_t runs_pages(const Heap* h) {
   return n;
 }
 
-bool filled(const void* p, size_t n, uint8_t v) {
-  const auto* b = static_cast<const uint8_t*>(p);
-  for (size_t i = 0; i < n; ++i)
-    if (b[i] != v) return false;
-  return true;
-}
-
 // The heap's bookkeeping holds before and after the blocks are freed.
 void free_checked_all(std::initializer_list<void*> blocks) {
   CHECK(check_heap_invariants(t_heap) == 0);
@@ -50,7 +43,7 @@ TEST_CASE("runs: blocks take whole units, and freed neighbours merge to serve an
     CHECK(b == a + 10240);  // carved in order from the page's one free run
     CHECK(c == b + 10240);
     CHECK(page_of_ptr(a)->used == 3);
-    CHECK(page_of_ptr(a)->capacity == 60);
+    CHECK(page_of_ptr(a)->runs_units == 60);
     dealloc(a);
     dealloc(b);
     // 40 free units at a: a request of 20,000 bytes (40 units) takes exactly them, where a page
@@ -84,10 +77,10 @@ TEST_CASE("runs: realloc grows a block into the free units after it and gives a 
     CHECK(usable_size(m) == kClassSize[size_to_class(12000)]);
     CHECK(filled(m, 9000, 0x6b));
     // A shrink below half keeps the block and frees its tail.
-    const uint32_t cap = page_of_ptr(m)->capacity;
+    const uint32_t cap = page_of_ptr(m)->runs_units;
     CHECK(realloc_block(m, 5000) == m);
     CHECK(usable_size(m) == 5120);
-    CHECK(page_of_ptr(m)->capacity == cap - (kClassSize[size_to_class(12000)] - 5120) / kRunsUnit);
+    CHECK(page_of_ptr(m)->runs_units == cap - (kClassSize[size_to_class(12000)] - 5120) / kRunsUnit);
     CHECK(filled(m, 5000, 0x6b));
     free_checked_all({q, m});
   });
@@ -230,8 +223,7 @@ TEST_CASE("runs: random blocks of the range keep their contents and the bookkeep
   });
 }
 
-// A sparse runs page gives the memory of its free runs back (all but the OS page of each run's
-// node), counted out of the committed bytes, and takes it back as blocks are made there again.
+// A sparse runs page gives the memory of its free runs back (every whole OS page in them), counted out of the committed bytes, and takes it back as blocks are made there again.
 TEST_CASE("runs: a sparse page's free runs go back to the OS and come back as blocks are made") {
   RunsOn runs;
   Worker w;
@@ -247,7 +239,10 @@ TEST_CASE("runs: a sparse page's free runs go back to the OS and come back as bl
     for (size_t i = 1; i + 1 < v.size(); ++i) dealloc(v[i]);  // the first and last stay
     const uint64_t committed = stats().committed_bytes;
     const size_t got = runs_punch(page);
-    CHECK(got >= 400 * 1024);  // 38 blocks' worth less the OS page of the run's node
+    // The run of the 38 blocks, less the OS pages its ends share with the blocks kept, and the
+    // page's 64 units after the last block.
+    const size_t ps = os::page_size(), from = 24 * kRunsUnit, to = 39 * 24 * kRunsUnit;
+    CHECK(got == ((to & ~(ps - 1)) - align_up(from, ps)) + 64 * kRunsUnit);
     CHECK((page->punched[0] | page->punched[1]) != 0);
     CHECK(stats().committed_bytes == committed - got);
     CHECK(runs_punch(page) == 0);  // nothing more to give back
@@ -260,8 +255,8 @@ TEST_CASE("runs: a sparse page's free runs go back to the OS and come back as bl
     uint8_t* const start = page_start(segment_of(page), page);
     for (void* p : again) {
       if (page_of_ptr(p) != page) continue;
-      // Inside the run the punch gave back (the blocks freed, all 0x77 before), past its node's OS
-      // page; the page's last 64 units, never written, do not count.
+      // Inside the run the punch gave back (the blocks freed, all 0x77 before); the page's last 64
+      // units, never written, do not count.
       const size_t at = static_cast<size_t>(static_cast<uint8_t*>(p) + 4096 * 2 - start);
       if (at >= 24 * kRunsUnit + 4096 && at < 39 * 24 * kRunsUnit && static_cast<uint8_t*>(p)[4096 * 2] == 0)
         ++zero_blocks;

@@ -198,12 +198,14 @@ inline bool check_edges(const void* p, size_t n, uint64_t id, size_t edge = 256)
   return true;
 }
 
-inline bool all_zero(const void* p, size_t n) {
+// Every one of the n bytes at p is v.
+inline bool filled(const void* p, size_t n, uint8_t v) {
   auto* b = static_cast<const uint8_t*>(p);
   for (size_t i = 0; i < n; ++i)
-    if (b[i] != 0) return false;
+    if (b[i] != v) return false;
   return true;
 }
+inline bool all_zero(const void* p, size_t n) { return filled(p, n, 0); }
 
 // What a forked child left: its wait status and what it wrote on stderr.
 struct ChildResult {
@@ -325,12 +327,12 @@ inline int check_heap_invariants(Heap* h) {
     if (p->next != nullptr && p->next->prev != p) fail("runs list back link broken", p);
     in_runs.insert(p);
   }
-  // The heap's bins of free runs: every node where the bitmap has a free run of that length.
-  std::set<const void*> binned_runs;
+  // The heap's bins of free runs: every slot where the bitmap has a free run of that length.
+  std::set<const RunSlot*> binned_runs;
   for (unsigned b = 0; b < kRunsBins; ++b) {
     if (((runs_bins(h)->mask >> b) & 1) != (runs_bins(h)->bin[b] != nullptr)) fail("run mask differs from the run bins", h);
-    const RunNode* prev = nullptr;
-    for (const RunNode* n = runs_bins(h)->bin[b]; n != nullptr && binned_runs.size() <= 100000; n = n->next) {
+    const RunSlot* prev = nullptr;
+    for (const RunSlot* n = runs_bins(h)->bin[b]; n != nullptr && binned_runs.size() <= 100000; n = n->next) {
       if (n->prev != prev) fail("run bin back link broken", n);
       const size_t want = b == kRunsBins - 1 ? 0 : b + kRunsMinUnits;
       if (want != 0 ? n->units != want : n->units <= kRunsMaxUnits) fail("free run in the bin of another length", n);
@@ -405,13 +407,14 @@ inline int check_heap_invariants(Heap* h) {
           while (e < kRunsUnits && !((used[e / 64] >> (e % 64)) & 1)) ++e;
           if (e - u >= kRunsMinUnits) {
             ++runs_seen;
-            const auto* node = reinterpret_cast<const RunNode*>(page_start(s, p) + (u << kRunsUnitShift));
-            if (!binned_runs.count(node) || node->units != e - u) fail("free run missing from its bin", node);
+            const auto* slot = reinterpret_cast<const RunSlot*>(len + kRunsUnits) + u / kRunsSlotStride;
+            if (!binned_runs.count(slot) || slot->unit != u || slot->units != e - u || &s->pages[slot->page] != p)
+              fail("free run missing from its bin", page_start(s, p) + (u << kRunsUnitShift));
           }
           u = e;
         }
         if (blocks != p->used) fail("runs page: used differs from its blocks", p);
-        if (units != p->capacity) fail("runs page: capacity differs from its units in use", p);
+        if (units != p->runs_units || p->capacity != 0) fail("runs page: runs_units differs from its units in use", p);
         if (tf_count(p->thread_free.load()) > p->used) fail("more blocks on thread_free than in use", p);
       }
       if (p->kind == PageKind::kSmall || p->kind == PageKind::kMedium) {
