@@ -119,9 +119,20 @@ def main():
     args = ap.parse_args()
     counts = collections.Counter()
     ran = 0
+    split = set()
     for build in args.build or [os.path.join(ROOT, "build")]:
         ran += profile(os.path.abspath(build), counts)
-    return emit(args, counts, ran)
+        split |= split_functions(os.path.abspath(build))
+    return emit(args, counts, ran, split)
+
+
+def split_functions(build):
+    """The functions of build's library that the compiler split in two, X and its cold part X.cold
+    (in section .text.unlikely.X, the section where g++ puts the whole of a function it judges
+    cold)."""
+    lib = os.path.realpath(os.path.join(build, "libnebulamem.so"))
+    out = subprocess.run(["nm", "--defined-only", lib], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1][:-len(".cold")] for line in out.splitlines() if line.endswith(".cold")}
 
 
 def profile(build, counts):
@@ -139,8 +150,13 @@ def profile(build, counts):
             subst = {"{src}": src, "{obj}": os.path.join(tmp, "t.o")}
             cmd = [subst.get(c, c).replace("{build}", build) for c in cmd]
             local = os.path.join(bench, cmd[0])
+            # The system's programs before the PATH's: a version manager's shim (pyenv's python3
+            # is a bash script) would have bash profiled in the program's place.
+            system = shutil.which(cmd[0], path="/usr/bin:/bin")
             if os.path.exists(local):
                 cmd[0] = local
+            elif system:
+                cmd[0] = system
             elif not shutil.which(cmd[0]):
                 print(f"hot-code: {cmd[0]} not found, left out", file=sys.stderr)
                 continue
@@ -160,7 +176,7 @@ def profile(build, counts):
     return ran
 
 
-def emit(args, counts, ran):
+def emit(args, counts, ran, split):
     if ran == 0:
         sys.exit("hot-code: no program ran the library")
     lines = [
@@ -175,16 +191,31 @@ def emit(args, counts, ran):
         "    *crtbeginS.o(.text .text.*)",
         "    *libc_nonshared.a:*(.text .text.*)",
     ]
-    names = [name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    names += [name for name in CONTENDED if name not in counts]
+    # The contended-lock functions first: the profile does not count them, and threaded programs
+    # run them (last in the list, they were the first functions past the window once the list
+    # outgrew it, stop 47).
+    names = list(CONTENDED)
+    names += [name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+              if name not in CONTENDED]
+    # A function's cold part (g++ splits the paths it expects never to run into X.cold, in
+    # .text.unlikely.X) comes after every listed function, in the same order, unless it ran in
+    # the profile itself: the cold parts took 1.5 KiB of the window between the functions (stop
+    # 47), yet some run outside the profile (thread_done's, when threads exit together). A
+    # function judged cold as a whole lives in .text.unlikely.X, and is listed with its name.
+    cold_parts = []
     for name in names:
         if name.startswith("0x"):
             continue  # no symbol (crtbegin's helpers, placed above)
         if name.endswith(".cold"):
             lines.append(f"    *(.text.unlikely.{name[:-len('.cold')]})")
+        elif name in split:
+            lines.append(f"    *(.text.{name} .text.hot.{name} .text.startup.{name} .text.exit.{name})")
+            if name + ".cold" not in counts:
+                cold_parts.append(f"    *(.text.unlikely.{name})")
         else:
             lines.append(f"    *(.text.{name} .text.unlikely.{name} .text.hot.{name} "
                          f".text.startup.{name} .text.exit.{name})")
+    lines += cold_parts
     lines += [
         "    HIDDEN(nebula_hot_code_end = .);",
         "    *(.text.unlikely .text.*_unlikely .text.unlikely.*)",

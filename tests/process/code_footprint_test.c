@@ -16,9 +16,10 @@
  *
  * This program does what ordinary programs do (small, medium, large and huge blocks, calloc,
  * realloc growth, C strings, a second thread freeing the first one's blocks, a join, a sleep, a
- * poll), then reads which pages of our code are resident (/proc/self/pagemap): none may lie past
- * the 64 KiB window that holds nebula_hot_code_end. Fails when a function on those paths
- * is missing from the list (renamed, new: run tools/hot-code.py), when the library is linked
+ * poll, a block moved by realloc), then reads which pages of our code are resident
+ * (/proc/self/pagemap): none may lie past the first 64 KiB window of the code. Fails when a
+ * function on those paths is missing from the list (renamed, new: run tools/hot-code.py), when
+ * the list has grown past the window as far as those functions, when the library is linked
  * without the list, or with DT_FINI or DT_INIT back (checked in its dynamic section: DT_FINI runs
  * after the check). */
 #include "../check.h"
@@ -215,7 +216,13 @@ int main(void) {
   CHECKF(l.code % WINDOW == 0, "the code starts at %#lx, not on a 64 KiB boundary",
          (unsigned long)(l.code - l.base));
   uintptr_t hot_end = l.base + hot_end_addr;
-  uintptr_t limit = (hot_end + WINDOW - 1) & ~(uintptr_t)(WINDOW - 1);
+  // The first window: the list is ordered by how many of the profile's programs ran each
+  // function, so what passes the window's end (since stop 47: 0.3 KiB of functions one program
+  // ran, a huge block's realloc, nebula_mem_is_active) maps the second only in a program that runs
+  // it. The window that holds the list's end, the limit before, let the list outgrow the first
+  // window unseen: realloc_move, renamed, fell out of the list and every program that moved a
+  // block mapped both windows (124 KiB).
+  uintptr_t limit = l.code + WINDOW;
 
   int pm = open("/proc/self/pagemap", O_RDONLY);
   CHECK(pm >= 0);
@@ -244,11 +251,11 @@ int main(void) {
   }
   close(pm);
   unsigned total = (unsigned)((l.code_end - l.code + PAGE - 1) / PAGE);
-  printf("code_footprint_test: code %u pages, the functions programs run %lu bytes; resident %u "
-         "pages, %u of them past their window\n",
-         total, (unsigned long)(hot_end - l.code), resident, beyond);
+  printf("code_footprint_test: code %u pages, the functions programs run %lu bytes (%ld past the "
+         "first window); resident %u pages, %u of them past the first window\n",
+         total, (unsigned long)(hot_end - l.code), (long)(hot_end - limit), resident, beyond);
   CHECKF(beyond == 0,
-         "%u resident code pages past the hot window (the first at offset %#lx): a function "
+         "%u resident code pages past the first window (the first at offset %#lx): a function "
          "that ordinary programs run is missing from platform/hot-code.ld (tools/hot-code.py), "
          "or DT_INIT/DT_FINI are back", beyond, (unsigned long)(first_beyond - l.base));
   // The library's destructor runs at every process's exit, after this check: its code must lie
@@ -257,7 +264,7 @@ int main(void) {
   uint64_t at_exit = 0;
   CHECK(symbol_of(l.path, "_ZN6nebulaL14nebula_at_exitEv", &at_exit));
   CHECKF(l.base + at_exit < limit,
-         "the destructor run at exit (offset %#lx) lies past the hot window (which ends at %#lx): "
+         "the destructor run at exit (offset %#lx) lies past the first window (which ends at %#lx): "
          "platform/hot-code.ld does not place its .text.exit section (tools/hot-code.py)",
          (unsigned long)at_exit, (unsigned long)(limit - l.base));
   printf("code_footprint_test: read-only segment %lu bytes, %u pages resident\n",
