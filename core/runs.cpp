@@ -12,9 +12,10 @@
 // runs). A binned run's node (a RunSlot: links, start, length) sits in the page's bookkeeping
 // after the length bytes, the slot of its first unit / kRunsSlotStride: nothing is written into a
 // free run's own memory, so a write after free cannot corrupt the bins, and taking or merging a
-// run reads the header's few lines instead of a cold line in each run. An allocation takes a run of the shortest length
-// that holds it (best fit over the heap's runs pages) and the rest of the run goes back to its
-// bin; a free merges the block with the free runs beside it (found in the bitmap) into one node.
+// run reads the header's few lines instead of a cold line in each run. An allocation takes a run
+// of the shortest length that holds it (best fit over the heap's runs pages) and the rest of the
+// run goes back to its bin; a free merges the block with the free runs beside it (found in the
+// bitmap) into one run.
 // One pool for the whole range instead of a page queue per class: the free units a request of
 // one size leaves serve a request of any other (`glibc-thread`, sizes of 4 B-32 KiB, held a page
 // more than its live blocks needed in each of the range's 13 classes; docs/performance.md).
@@ -23,9 +24,10 @@
 // is free already, aborts with the pointer named.
 //
 // Page fields of a runs page: used = live blocks (blocks other threads freed count until the
-// owner collects them), runs_units = units in use (capacity 0), block_size = kRunsUnit, thread_free = other
-// threads' frees (kDelayNone, or kDelayNever while its segment is abandoned: never kDelayUse, a
-// runs page has no full list), next/prev = the heap's list of runs pages. Only the owner writes
+// owner collects them), runs_units = units in use (in the owner's line; capacity stays 0),
+// block_size = kRunsUnit, thread_free = other threads' frees (kDelayNone, or kDelayNever while
+// its segment is abandoned: never kDelayUse, a runs page has no full list), next/prev = the
+// heap's list of runs pages. Only the owner writes
 // the bookkeeping and the slots; other threads read the length bytes and the bitmap (relaxed
 // atomics) to check a pointer before they push it on thread_free.
 #include "core/budget.hpp"
