@@ -192,20 +192,21 @@ Page* runs_page_new(Heap* heap) {
   return page;
 }
 
-// Bytes [from, to) of the page are about to be written (a block handed out): the OS
-// pages of them that a punch gave back (runs_punch) count as committed again.
-void unpunch(Page* page, size_t from, size_t to) {
-  if ((page->punched[0] | page->punched[1]) == 0) return;
+// Bytes [from, to) of the page are about to be written (a block handed out): the OS pages of
+// them that a punch gave back (runs_punch) count as committed again. False, and nothing
+// changed, if the budget refuses them (the request then fails as any beyond the budget does).
+bool unpunch(Page* page, size_t from, size_t to) {
+  if ((page->punched[0] | page->punched[1]) == 0) return true;
   const size_t ps = os::page_size();
-  size_t bytes = 0;
-  for (size_t k = from / ps; k * ps < to; ++k) {
-    const uint64_t bit = uint64_t{1} << (k % 64);
-    if (page->punched[k / 64] & bit) {
-      page->punched[k / 64] &= ~bit;
-      bytes += ps;
-    }
-  }
-  if (bytes != 0 && !budget_charge(bytes)) committed_add(bytes);
+  uint64_t clear[2] = {0, 0};
+  for (size_t k = from / ps; k * ps < to; ++k) clear[k / 64] |= uint64_t{1} << (k % 64);
+  clear[0] &= page->punched[0];
+  clear[1] &= page->punched[1];
+  const size_t bytes = static_cast<size_t>(popcount64(clear[0]) + popcount64(clear[1])) * ps;
+  if (bytes != 0 && !budget_charge(bytes)) return false;
+  page->punched[0] &= ~clear[0];
+  page->punched[1] &= ~clear[1];
+  return true;
 }
 
 // A block of k units from the heap's bins, or nullptr when no run is that long.
@@ -222,9 +223,9 @@ void* runs_take(Heap* heap, size_t k, bool zero, size_t n) {
   if (NEBULA_UNLIKELY(slot->page >= kSlicesPerSegment || page->kind != PageKind::kRuns || i + units > kRunsUnits ||
                       bin_of(units) != b || bm_bit(used, i) || runs_slot(s, page, i) != slot))
     fatal_pointer("malloc", slot, "a runs page's bookkeeping is corrupt (a free run's slot)");
+  if (!unpunch(page, i << kRunsUnitShift, (i + k) << kRunsUnitShift)) return nullptr;
   bin_unlink(bins, slot, b);
   void* p = page_start(s, page) + (i << kRunsUnitShift);
-  unpunch(page, i << kRunsUnitShift, (i + k) << kRunsUnitShift);
   bm_set(used, i, k, true);
   len_put(runs_len(s, page), i, k);
   page->runs_units = static_cast<uint16_t>(page->runs_units + k);
@@ -377,9 +378,8 @@ bool runs_resize(Segment* s, Page* page, void* p, size_t n) noexcept {
   if (k > have) {
     // Into the free run after it, if that is long enough; the rest of that run stays free.
     const size_t lo = i + have, hi = next_used(used, lo);
-    if (hi < i + k) return false;
+    if (hi < i + k || !unpunch(page, lo << kRunsUnitShift, (i + k) << kRunsUnitShift)) return false;
     bin_remove(heap, s, page, lo, hi - lo);
-    unpunch(page, lo << kRunsUnitShift, (i + k) << kRunsUnitShift);
     bm_set(used, lo, k - have, true);
     page->runs_units = static_cast<uint16_t>(page->runs_units + (k - have));
     len_put(runs_len(s, page), i, k);
