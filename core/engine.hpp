@@ -481,8 +481,7 @@ bool runs_resize(Segment* s, Page* page, void* p, size_t n) noexcept;
 // heap's last one only once empty for a purge delay, or at once with `all`). True: its segment
 // went with it.
 bool runs_maintain(Heap* heap, Page* page, uint32_t now32, uint32_t delay, bool all) noexcept;
-// The OS pages inside the page's free runs go back (all but each run's first, its node's);
-// returns the bytes.
+// The whole OS pages inside the page's free runs go back; returns the bytes.
 size_t runs_punch(Page* page) noexcept;
 // A heap adopts an abandoned segment's runs page; true: the page is empty (the caller frees it).
 bool runs_reclaim(Heap* heap, Page* page) noexcept;
