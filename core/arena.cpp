@@ -283,8 +283,7 @@ void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t
     if ((a->guarded[c / 64] >> (c % 64)) & 1) {
       a->guarded[c / 64] &= ~(uint64_t{1} << (c % 64));
       if (guarded != nullptr) *guarded = true;
-      else os::protect(reinterpret_cast<char*>(a->base) + (static_cast<size_t>(c) + 1) * kSegmentSize - kSliceSize,
-                       kSliceSize, true);
+      else arena_guard_off(reinterpret_cast<char*>(a->base) + (static_cast<size_t>(c) + 1) * kSegmentSize - kSliceSize);
     }
     uint64_t d = a->dirty_mask[c];
     if (d != 0) {
@@ -648,8 +647,17 @@ namespace {
 // that our calls made (an estimate: the units' owners change their bits without a common lock);
 // beyond a quarter of the limit, blocks ask for no huge pages (their flag stays as it is), and
 // only calls that take the flag off, which a segment's or block's memory needs, are made.
+// Secure mode's guard slices split mappings too (g_guards, below), and count against the same
+// quarter: where guards take it, blocks ask for no huge pages.
 std::atomic<long> g_thp_edges{0};
 std::atomic<long> g_thp_edge_limit{0};  // 0: not read yet
+// Live guard slices (secure mode). Each is inaccessible memory inside the arena's read-write
+// mapping, which it splits in three: two more mappings. 12,000 live huge blocks of 4-8 MiB
+// made 40,383 mappings with guards and huge-page flags both uncounted; a program with 19,000
+// would have had no mapping left for a thread's stack. Guards are what secure mode promises, so
+// past the cap a request that needs a new one fails (ENOMEM) rather than get a block without one;
+// the cap is half of vm.max_map_count, the other half the program's.
+std::atomic<long> g_guards{0};
 
 long thp_edge_limit() noexcept {
   long limit = g_thp_edge_limit.load(std::memory_order_relaxed);
@@ -695,7 +703,8 @@ void arena_thp(unsigned index, uintptr_t lo, uintptr_t hi, bool on) noexcept {
     while (j < last && !settled(j)) ++j;
     const long delta = thp_edges(a, i, j, on ? 1 : 0) - thp_edges(a, i, j, -1);
     if (on && delta > 0 &&
-        g_thp_edges.load(std::memory_order_relaxed) + delta > thp_edge_limit()) {
+        g_thp_edges.load(std::memory_order_relaxed) + 2 * g_guards.load(std::memory_order_relaxed) + delta >
+            thp_edge_limit()) {
       g_counters.thp_capped.fetch_add(1, std::memory_order_relaxed);
       i = j;
       continue;
@@ -723,6 +732,21 @@ void arena_thp_unsure(unsigned index, uintptr_t lo, uintptr_t hi) noexcept {
 }
 
 long arena_thp_edges() noexcept { return g_thp_edges.load(std::memory_order_relaxed); }
+
+bool arena_guard_on(void* p, bool capped) noexcept {
+  // (Threads may pass the check together: the cap may be passed by a guard per thread.)
+  if (capped && g_thp_edges.load(std::memory_order_relaxed) +
+                        2 * (g_guards.load(std::memory_order_relaxed) + 1) > 2 * thp_edge_limit())
+    return false;
+  if (!os::protect(p, kSliceSize, false)) return false;
+  g_guards.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void arena_guard_off(void* p) noexcept {
+  os::protect(p, kSliceSize, true);
+  g_guards.fetch_sub(1, std::memory_order_relaxed);
+}
 
 void arena_set_thp_edge_limit(long limit) noexcept {
   g_thp_edge_limit.store(limit, std::memory_order_relaxed);

@@ -611,6 +611,11 @@ void arena_thp_unsure(unsigned index, uintptr_t lo, uintptr_t hi) noexcept;
 // quarter of vm.max_map_count; 0: read it again). For tests and statistics.
 long arena_thp_edges() noexcept;
 void arena_set_thp_edge_limit(long limit) noexcept;
+// Secure mode's guard slices: make the slice at p inaccessible (false where the kernel refuses,
+// or, when `capped`, where the guards' mappings would pass half of vm.max_map_count), or
+// accessible again. Every guard goes through these, which count the live ones.
+bool arena_guard_on(void* p, bool capped) noexcept;
+void arena_guard_off(void* p) noexcept;
 // Bytes resident in free chunks (a relaxed read: a hint).
 size_t arena_free_resident() noexcept;
 // Mark a huge segment's chunks as those of a block that grows (see find_run).

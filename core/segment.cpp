@@ -194,12 +194,12 @@ Segment* segment_new(Heap* heap) {
   // Secure mode: a guard between segments, the chunk's last slice, never handed out and never
   // accessible. A segment freed whole leaves it in place for the next one made on its chunk
   // (segment_free): `memalign-2m` makes and frees 10,000 segments, and two mprotect calls each
-  // (with a split and a merge of the mapping) took 3.9 x the default mode's time. The kernel
-  // refuses a guard past its limit of mappings (vm.max_map_count): then no segment, rather
-  // than one without its guard.
+  // (with a split and a merge of the mapping) took 3.9 x the default mode's time. Past the
+  // guards' share of the process's mappings (arena_guard_on: half of vm.max_map_count), or
+  // where the kernel refuses one, no segment, rather than one without its guard.
   if (!os::commit(s, kSliceSize) ||  // the header slice
       (g_secure && !g.guarded &&
-       !os::protect(reinterpret_cast<char*>(s) + kSegmentSize - kSliceSize, kSliceSize, false))) {
+       !arena_guard_on(reinterpret_cast<char*>(s) + kSegmentSize - kSliceSize, true))) {
     arena_free_unused(g, 1);
     budget_release(kSliceSize);
     return nullptr;
@@ -756,10 +756,11 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   uintptr_t sb = reinterpret_cast<uintptr_t>(s);
   uintptr_t start = align_up(sb + kSliceSize, align);
   size_t used_len = align_up(start - sb + n, kSliceSize);   // from the segment start
-  // Secure mode: the guard slice after the block first; where the kernel refuses it (its limit
-  // of mappings) there is no block rather than one without a guard.
+  // Secure mode: the guard slice after the block first; past the guards' share of the mappings
+  // (arena_guard_on), or where the kernel refuses it, there is no block rather than one without
+  // a guard.
   if (!os::commit(s, used_len) ||
-      (g_secure && !os::protect(reinterpret_cast<char*>(s) + used_len, kSliceSize, false))) {
+      (g_secure && !arena_guard_on(reinterpret_cast<char*>(s) + used_len, true))) {
     arena_free_unused(g, chunks);
     budget_release(charged);
     return nullptr;
@@ -831,8 +832,8 @@ size_t huge_usable(Segment* s, const void* p) noexcept {
 // in place, where the kernel refuses the new one (its limit of mappings).
 static bool huge_guard_move(Segment* s, size_t old_used, size_t new_used) {
   char* sb = reinterpret_cast<char*>(s);
-  if (!os::protect(sb + new_used, kSliceSize, false)) return false;
-  os::protect(sb + old_used, kSliceSize, true);  // (in the grown block, or free memory now)
+  if (!arena_guard_on(sb + new_used, false)) return false;  // (one guard for one: not capped)
+  arena_guard_off(sb + old_used);  // (in the grown block, or free memory now)
   return true;
 }
 
@@ -1075,7 +1076,7 @@ void huge_free(Segment* s, Page* page) noexcept {
   (void)page;
   size_t dirty_len = s->huge_len;
   g_counters.huge_live.fetch_sub(s->huge_used, std::memory_order_relaxed);
-  if (g_secure) os::protect(reinterpret_cast<char*>(s) + s->huge_used, kSliceSize, true);
+  if (g_secure) arena_guard_off(reinterpret_cast<char*>(s) + s->huge_used);
   arena_free(s, s->chunk_count, 0, dirty_len);
 }
 
