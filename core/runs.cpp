@@ -129,6 +129,15 @@ void bin_remove(Heap* heap, Segment* s, Page* page, size_t i, size_t units) {
   bin_unlink(runs_bins(heap), n, bin_of(units));
 }
 
+// The third word of a block that another thread freed (its second is g_free_key) until the owner
+// collects it, which clears both. A block taken from a run is not written, so the words must not
+// read as the mark by chance in memory that held other blocks: a freed class block keeps
+// g_free_key in its second word, and one that went through a foreign cache keeps that cache's
+// mark (~g_free_key) in its third. With the same mark here, a runs block made over such a block
+// aborted as a double free at its first free (the unit tests in a random order, seed 5). The
+// address in the mark keeps it apart from the cache's.
+inline uintptr_t remote_mark(const void* p) { return ~g_free_key ^ reinterpret_cast<uintptr_t>(p); }
+
 // The unit of p, checked: a block start of a block in use, or the call aborts naming p.
 size_t runs_checked_unit(Segment* s, Page* page, const void* p, const char* op) {
   const size_t off = static_cast<size_t>(static_cast<const uint8_t*>(p) - page_start(s, page));
@@ -139,10 +148,9 @@ size_t runs_checked_unit(Segment* s, Page* page, const void* p, const char* op) 
     fatal_pointer(op, p, freed);
   }
   // Freed by another thread and not collected yet: its bookkeeping still says live, its second and
-  // third words say free (an allocation clears the second; a live block holds both by chance once
-  // in 2^128).
+  // third words say free (a live block holds both by chance once in 2^128).
   const auto* w = static_cast<const uintptr_t*>(p);
-  if (w[1] == g_free_key && w[2] == ~g_free_key) fatal_pointer(op, p, freed);
+  if (w[1] == g_free_key && w[2] == remote_mark(p)) fatal_pointer(op, p, freed);
   return i;
 }
 
@@ -264,6 +272,7 @@ void runs_release_list(Heap* heap, Page* page, Block* b) {
                                    ? "pointer into the middle of a block, not its start (freed by another thread)"
                                    : "double free (the block is free already; freed by another thread)");
     b->key = 0;  // the mark (runs_free) goes: a block made here later must not read as freed
+    reinterpret_cast<uintptr_t*>(b)[2] = 0;
     runs_release(heap, s, page, i);
     b = next;
   }
@@ -334,7 +343,7 @@ void runs_free(Segment* s, Page* page, void* p, bool owner) noexcept {
   const size_t i = runs_checked_unit(s, page, p, "free");
   if (!owner) {
     b->key = g_free_key;
-    reinterpret_cast<uintptr_t*>(p)[2] = ~g_free_key;
+    reinterpret_cast<uintptr_t*>(p)[2] = remote_mark(p);
     Heap* me = t_heap;
     if (me->live) me->stats.remote_frees++;
     else g_counters.remote_frees_no_heap.fetch_add(1, std::memory_order_relaxed);

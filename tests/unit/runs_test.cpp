@@ -112,6 +112,28 @@ TEST_CASE("runs: other threads' frees come back to the owner") {
   });
 }
 
+// A block taken from a run is not written, so it holds whatever the memory held: a freed class
+// block's words (g_free_key in the second, and ~g_free_key in the third if it went through a
+// foreign cache). Its first free must not take them for another thread's free. It did, with the
+// same mark for both (the unit tests in a random order, seed 5: "double free" at a fresh block).
+TEST_CASE("runs: a block made over memory that holds a foreign cache's marks frees normally") {
+  RunsOn runs;
+  Worker w;
+  w.run([] {
+    auto* a = static_cast<uintptr_t*>(alloc(9000));
+    auto* b = static_cast<uintptr_t*>(alloc(9000));  // keeps a's run apart from the page's tail
+    dealloc(a);
+    a[1] = g_free_key;  // what a foreign-cached class block leaves behind
+    a[2] = ~g_free_key;
+    auto* c = static_cast<uintptr_t*>(alloc(9000));  // the bin of a's length: a's run
+    REQUIRE(c == a);
+    CHECK(c[1] == g_free_key);  // (not written: the words are still there)
+    dealloc(c);  // aborted as a double free
+    dealloc(b);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
 // A page whose blocks are all freed goes back to its segment, but the heap's last runs page stays
 // (a loop that allocates and frees one block would otherwise make a page each time) until
 // maintenance finds it empty for a purge delay or the heap is trimmed.
