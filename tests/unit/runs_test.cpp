@@ -112,6 +112,43 @@ TEST_CASE("runs: other threads' frees come back to the owner") {
   });
 }
 
+// The owner's free into a page takes the page's waiting frees by other threads with it: their
+// units are in the bins again at once, merged with the owner's (before, they waited for
+// maintenance, and the heap's requests took other runs and new pages meanwhile).
+TEST_CASE("runs: the owner's free into a page takes the other threads' frees waiting there") {
+  RunsOn runs;
+  Worker w;
+  std::vector<void*> blocks;
+  Page* page = nullptr;
+  uint32_t used = 0;
+  uint16_t units = 0;
+  w.run([&] {
+    for (int i = 0; i < 12; ++i) blocks.push_back(alloc(5000));  // 10 units each
+    page = page_of_ptr(blocks[0]);
+    REQUIRE(page->kind == PageKind::kRuns);
+    REQUIRE(page_of_ptr(blocks[11]) == page);
+    used = page->used;
+    units = page->runs_units;
+  });
+  // Blocks 0-4 freed by another thread: they wait on the page.
+  for (size_t i = 0; i < 5; ++i) dealloc_from_bare_thread(blocks[i]);
+  CHECK(tf_count(page->thread_free.load()) == 5);
+  w.run([&] {
+    dealloc(blocks[5]);  // the owner's free next to them
+    CHECK(tf_count(page->thread_free.load()) == 0);
+    CHECK(page->used == used - 6);
+    CHECK(page->runs_units == units - 60);
+    CHECK(check_heap_invariants(t_heap) == 0);
+    // The six blocks' 60 units are one free run in its bin: the best fit for a block of 60 units
+    // (the page's other free run is its long tail).
+    void* p = alloc(60 * kRunsUnit);
+    CHECK(p == blocks[0]);
+    dealloc(p);
+    for (size_t i = 6; i < blocks.size(); ++i) dealloc(blocks[i]);
+    CHECK(check_heap_invariants(t_heap) == 0);
+  });
+}
+
 // A block taken from a run is not written, so it holds whatever the memory held: a freed class
 // block's words (g_free_key in the second, and ~g_free_key in the third if it went through a
 // foreign cache). Its first free must not take them for another thread's free. It did, with the
