@@ -93,18 +93,20 @@ TEST_CASE("runs: other threads' frees come back to the owner") {
   RunsOn runs;
   Worker w;
   std::vector<void*> blocks;
-  w.run([&] {
-    for (int i = 0; i < 20; ++i) blocks.push_back(alloc(8000 + static_cast<size_t>(i) * 700));
+  w.run([&] {  // 12 blocks of 10-17 units: 162 of a page's 256
+    for (int i = 0; i < 12; ++i) blocks.push_back(alloc(5000 + static_cast<size_t>(i) * 300));
   });
   Page* page = page_of_ptr(blocks[0]);
   REQUIRE(page->kind == PageKind::kRuns);
+  for (void* p : blocks)
+    REQUIRE(page_of_ptr(p) == page);
   const uint32_t used = page->used;
   for (size_t i = 0; i < blocks.size(); i += 2) dealloc_from_bare_thread(blocks[i]);
   CHECK(page->used == used);  // not yet collected
-  CHECK(tf_count(page->thread_free.load()) == 10);
+  CHECK(tf_count(page->thread_free.load()) == 6);
   w.run([&] {
     heap_collect(t_heap, false);
-    CHECK(page->used == used - 10);
+    CHECK(page->used == used - 6);
     CHECK(tf_count(page->thread_free.load()) == 0);
     CHECK(check_heap_invariants(t_heap) == 0);
     for (size_t i = 1; i < blocks.size(); i += 2) dealloc(blocks[i]);
@@ -179,7 +181,7 @@ TEST_CASE("runs: emptied pages go back, the heap's last one once the range is qu
   Worker w;
   w.run([] {
     std::vector<void*> v;
-    for (int i = 0; i < 60; ++i) v.push_back(alloc(20000));  // 40 units each: three pages
+    for (unsigned i = 0; i < 3 * (kRunsUnits / 40); ++i) v.push_back(alloc(20000));  // 40 units each: three pages
     CHECK(runs_pages(t_heap) == 3);
     CHECK(check_heap_invariants(t_heap) == 0);
     for (void* p : v) dealloc(p);
@@ -285,12 +287,14 @@ TEST_CASE("runs: random blocks of the range keep their contents and the bookkeep
 
 namespace {
 
-// 40 blocks of 12,000 bytes (24 units each: 960 of a page's 1,024), all 0x77, in one runs page,
-// and the 38 between the first and the last freed: a sparse page with one long free run. Returns
-// all 40 (the first and the last live).
+// A page full of blocks of 12,000 bytes (24 units each: kSparseBlocks of them, kSparseTail units
+// of the page after them), all 0x77, and those between the first and the last freed: a sparse
+// page with one long free run. Returns them all (the first and the last live).
+constexpr size_t kSparseBlocks = kRunsUnits / 24;
+constexpr size_t kSparseTail = kRunsUnits - kSparseBlocks * 24;
 std::vector<void*> sparse_page() {
   std::vector<void*> v;
-  for (int i = 0; i < 40; ++i) {
+  for (size_t i = 0; i < kSparseBlocks; ++i) {
     v.push_back(alloc(12000));
     memset(v.back(), 0x77, 12000);
   }
@@ -313,10 +317,10 @@ TEST_CASE("runs: a sparse page's free runs go back to the OS and come back as bl
     Page* page = page_of_ptr(v[0]);
     const uint64_t committed = stats().committed_bytes;
     const size_t got = runs_punch(page);
-    // The run of the 38 blocks, less the OS pages its ends share with the blocks kept, and the
-    // page's 64 units after the last block.
-    const size_t ps = os::page_size(), from = 24 * kRunsUnit, to = 39 * 24 * kRunsUnit;
-    CHECK(got == ((to & ~(ps - 1)) - align_up(from, ps)) + 64 * kRunsUnit);
+    // The run of the blocks freed, less the OS pages its ends share with the blocks kept, and the
+    // page's units after the last block.
+    const size_t ps = os::page_size(), from = 24 * kRunsUnit, to = (kSparseBlocks - 1) * 24 * kRunsUnit;
+    CHECK(got == ((to & ~(ps - 1)) - align_up(from, ps)) + kSparseTail * kRunsUnit);
     CHECK((page->punched[0] | page->punched[1]) != 0);
     CHECK(stats().committed_bytes == committed - got);
     CHECK(runs_punch(page) == 0);  // nothing more to give back
@@ -324,15 +328,16 @@ TEST_CASE("runs: a sparse page's free runs go back to the OS and come back as bl
     // are no longer marked given back (so they count as committed again, and as such when the
     // page is freed).
     std::vector<void*> again;
-    for (int i = 0; i < 38; ++i) again.push_back(alloc(12000));
+    for (size_t i = 0; i + 2 < kSparseBlocks; ++i) again.push_back(alloc(12000));
     size_t zero_blocks = 0, marked = 0;
     uint8_t* const start = page_start(segment_of(page), page);
     for (void* p : again) {
       if (page_of_ptr(p) != page) continue;
-      // Inside the run the punch gave back (the blocks freed, all 0x77 before); the page's last 64
+      // Inside the run the punch gave back (the blocks freed, all 0x77 before); the page's last
       // units, never written, do not count.
       const size_t at = static_cast<size_t>(static_cast<uint8_t*>(p) + 4096 * 2 - start);
-      if (at >= 24 * kRunsUnit + 4096 && at < 39 * 24 * kRunsUnit && static_cast<uint8_t*>(p)[4096 * 2] == 0)
+      if (at >= 24 * kRunsUnit + 4096 && at < (kSparseBlocks - 1) * 24 * kRunsUnit &&
+          static_cast<uint8_t*>(p)[4096 * 2] == 0)
         ++zero_blocks;
       for (size_t off = 0; off < 12000; off += 4096) {
         const size_t k = static_cast<size_t>(static_cast<uint8_t*>(p) + off - start) / 4096;
