@@ -97,7 +97,7 @@ inline constexpr size_t kRunsMax = kDirect2Max;  // ... up to this
 // blocks of the range are live: each heap's first page was 512 KiB of slices, `glibc-simple`
 // 1.048 x the classes' peak RSS, and a page emptied less often; 2 slices: 1.001 x.)
 inline constexpr unsigned kRunsPageSlices = 2;
-inline constexpr unsigned kRunsUnits = kRunsPageSlices * kSliceSize / kRunsUnit;  // 1024
+inline constexpr unsigned kRunsUnits = kRunsPageSlices * kSliceSize / kRunsUnit;  // 256
 inline constexpr unsigned kRunsWords = kRunsUnits / 64;
 static_assert(kRunsMax / kRunsUnit < kRunsUnits, "a page holds the largest run");
 // The fewest units a request of the range takes: free runs shorter than this serve nothing until

@@ -354,8 +354,8 @@ void runs_free(Segment* s, Page* page, void* p, bool owner) noexcept {
   runs_release(heap, s, page, i);
   // Other threads' frees into the page go back with the owner's. Left for maintenance, they kept
   // their units out of the bins for up to 64 slow-path calls, and the heap's requests took other
-  // runs and new pages meanwhile (`rptest`, one block in eight freed by the next thread: 1.14 ->
-  // 1.06 x the classes' time, 1.07 -> 0.98 x their peak RSS).
+  // runs and new pages meanwhile (`rptest`, one block in eight freed by the next thread: 1.18 ->
+  // 1.09 x the classes' time).
   if (tf_block(page->thread_free.load(std::memory_order_relaxed)) != nullptr) runs_collect(page);
   if (page->used != 0) return;
   // Empty: it goes back to its segment, unless it is the heap's only runs page (a loop that
