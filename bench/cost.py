@@ -81,8 +81,10 @@ def measure(argv, preload, env_extra, ll):
             totals = vals
         elif preload and (where.endswith("[" + preload + "]") or ENTRY.match(where)):
             lib = [a + b for a, b in zip(lib, vals)]
-    if totals is None:
+    if totals is None or totals[0] == 0:
         raise RuntimeError("no totals in callgrind's output")
+    if preload and lib[0] == 0:
+        raise RuntimeError(f"no instructions counted in {preload}: callgrind_annotate's output not understood")
     return {e: (totals[i], lib[i]) for i, e in enumerate(EVENTS)}
 
 
@@ -95,6 +97,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the table's --quick sizes")
     ap.add_argument("--env", action="append", default=[], help="K=V for the nebula runs (repeatable)")
     ap.add_argument("--ll", type=int, default=512 * 1024, help="simulated last-level cache, bytes")
+    ap.add_argument("--smoke", action="store_true", help="the workloads' --smoke sizes (the test suite's check)")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -107,7 +110,8 @@ def main():
         for name, prog, extra, _threads, _what in bench.WORKLOADS:
             if not wanted or name in wanted:
                 cases.append((name, bench.workload_argv(args.build, name, prog, extra,
-                                                        "quick" if args.quick else "full", None)))
+                                                        "smoke" if args.smoke else "quick" if args.quick else "full",
+                                                        None)))
     print("| workload | allocator | instructions | in the allocator | D1 misses | in the allocator "
           "| LL misses | in the allocator |")
     print("|---|---|---|---|---|---|---|---|")
