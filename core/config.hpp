@@ -11,6 +11,15 @@
 #define NEBULA_HOT inline __attribute__((always_inline))
 #define NEBULA_COLD __attribute__((noinline, cold))
 #define NEBULA_NOINLINE __attribute__((noinline))
+// Code that runs once, at start (the option parser): compiled for size. Its path for a value set
+// in the environment must fit the code window that every program maps (platform/hot-code.ld):
+// at -O3 it took 2.7 KiB, and past the window it made all of our code resident wherever any
+// NEBULA_MEM_ variable was set (stop 49, docs/performance.md).
+#if defined(__clang__)
+#define NEBULA_SMALL __attribute__((minsize))
+#else
+#define NEBULA_SMALL __attribute__((optimize("Os")))
+#endif
 #define NEBULA_EXPORT __attribute__((visibility("default")))
 // Large zero-initialised arrays that a process touches in a few places or not at all (the
 // segment map, the arena table, the option texts, the pressure callbacks) go after every other

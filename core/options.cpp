@@ -20,9 +20,9 @@ OptionSource g_sources[kCount];
 std::atomic<int> g_state{0};  // 0 not read, 1 reading, 2 ready
 Lock g_lock;
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+NEBULA_SMALL char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
-bool name_equals(const char* name, const char* s, size_t len) {
+NEBULA_SMALL bool name_equals(const char* name, const char* s, size_t len) {
   size_t i = 0;
   for (; i < len; ++i) {
     if (name[i] == 0) return false;
@@ -33,7 +33,7 @@ bool name_equals(const char* name, const char* s, size_t len) {
   return name[i] == 0;
 }
 
-int find_option(const char* s, size_t len) {
+NEBULA_SMALL int find_option(const char* s, size_t len) {
   for (unsigned i = 0; i < kCount; ++i)
     if (name_equals(kOptions[i].name, s, len)) return static_cast<int>(i);
   return -1;
@@ -59,7 +59,7 @@ void report_bad_value(unsigned i, const char* v, size_t len, const char* origin)
   m.emit();
 }
 
-void set_value(unsigned i, const char* v, size_t len, OptionSource src, const char* origin) {
+NEBULA_SMALL void set_value(unsigned i, const char* v, size_t len, OptionSource src, const char* origin) {
   int64_t out;
   if (kOptions[i].type == OptionType::kPath) {
     while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t' || v[len - 1] == '\r')) --len;
@@ -86,9 +86,9 @@ const char* text_of(unsigned i) {
   return g_sources[i] == OptionSource::kDefault ? kOptions[i].choices : g_texts[i];
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+NEBULA_SMALL bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
 
-void parse_conf_text(const char* buf, long n) {
+NEBULA_SMALL void parse_conf_text(const char* buf, long n) {
   const char* s = buf;
   const char* end = buf + n;
   while (s < end) {
@@ -120,7 +120,7 @@ void parse_conf_text(const char* buf, long n) {
   }
 }
 
-void read_conf_file(const char* path) {
+NEBULA_SMALL void read_conf_file(const char* path) {
   // The text goes in memory mapped for the call (not on a possibly small stack, and not in a
   // static buffer that would sit among the globals every process touches).
   constexpr size_t kCap = 16384;
@@ -140,13 +140,13 @@ void read_conf_file(const char* path) {
 constexpr char kPrefix[] = "NEBULA_MEM_";
 constexpr size_t kPrefixLen = sizeof kPrefix - 1;
 
-bool has_prefix(const char* e) {
+NEBULA_SMALL bool has_prefix(const char* e) {
   for (size_t i = 0; i < kPrefixLen; ++i)
     if (e[i] != kPrefix[i]) return false;
   return true;
 }
 
-void read_all() {
+NEBULA_SMALL void read_all() {
   for (unsigned i = 0; i < kCount; ++i) {
     g_values[i] = kOptions[i].def;
     g_sources[i] = OptionSource::kDefault;
@@ -182,8 +182,8 @@ void read_all() {
 
 }  // namespace
 
-bool parse_option_value(OptionType t, const char* s, size_t len, int64_t* out,
-                        const char* choices) noexcept {
+NEBULA_SMALL bool parse_option_value(OptionType t, const char* s, size_t len, int64_t* out,
+                                     const char* choices) noexcept {
   while (len > 0 && is_space(*s)) { ++s; --len; }
   while (len > 0 && is_space(s[len - 1])) --len;
   if (len == 0) return false;
@@ -252,7 +252,7 @@ bool parse_option_value(OptionType t, const char* s, size_t len, int64_t* out,
   return true;
 }
 
-void options_init() noexcept {
+NEBULA_SMALL void options_init() noexcept {
   if (g_state.load(std::memory_order_acquire) == 2) return;
   LockGuard guard(g_lock);
   if (g_state.load(std::memory_order_relaxed) == 2) return;

@@ -35,11 +35,12 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Each entry: a command (relative names are in the build's bench/ directory) and whether its
-# children are traced too. The bench workloads at their smoke sizes cover the engine's paths
-# (threads, remote frees, huge blocks, realloc); four of bench/patterns.c's patterns add aligned
-# requests, shrinking realloc, calloc of big blocks and 4-8 KiB buffers; the system programs
-# add what real programs do (an interpreter, a compiler driver and its children, a database).
+# Each entry: a command (relative names are in the build's bench/ directory), whether its
+# children are traced too and, optionally, variables for its environment. The bench workloads at
+# their smoke sizes cover the engine's paths (threads, remote frees, huge blocks, realloc); four
+# of bench/patterns.c's patterns add aligned requests, shrinking realloc, calloc of big blocks
+# and 4-8 KiB buffers; the system programs add what real programs do (an interpreter, a compiler
+# driver and its children, a database).
 # Each run's functions count once; the list is ordered by how many runs ran a function.
 PROGRAMS = [
     (["wl-larson", "--smoke", "--threads", "2"], False),
@@ -68,6 +69,11 @@ PROGRAMS = [
     (["g++", "-O2", "-c", "{src}", "-o", "{obj}"], True),
     # The test that checks the layout: its ordinary work also sleeps and polls.
     (["{build}/tests/nebula-code_footprint_test"], False),
+    # ... and with options set, as its code_footprint_options_test sets them: the option parser's
+    # paths for set values (a time, a percentage, a switch), and a budget's accounting (stop 49).
+    (["{build}/tests/nebula-code_footprint_test"], False,
+     {"CODE_FOOTPRINT_KEEP_OPTIONS": "1", "NEBULA_MEM_PURGE_DELAY": "250ms", "NEBULA_MEM_BUDGET": "50%",
+      "NEBULA_MEM_MEDIUM_RUNS": "0"}),
 ]
 
 # Functions that run when threads contend for one of the engine's locks: the waiter's spin and
@@ -146,7 +152,7 @@ def profile(build, counts):
         src = os.path.join(tmp, "t.cpp")
         with open(src, "w") as f:
             f.write(CXX_SOURCE)
-        for i, (cmd, children) in enumerate(PROGRAMS):
+        for i, (cmd, children, *extra) in enumerate(PROGRAMS):
             subst = {"{src}": src, "{obj}": os.path.join(tmp, "t.o")}
             cmd = [subst.get(c, c).replace("{build}", build) for c in cmd]
             local = os.path.join(bench, cmd[0])
@@ -164,7 +170,7 @@ def profile(build, counts):
             vg = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}"]
             if children:
                 vg.append("--trace-children=yes")
-            env = dict(os.environ, LD_PRELOAD=lib)
+            env = dict(os.environ, LD_PRELOAD=lib, **(extra[0] if extra else {}))
             subprocess.run(vg + cmd, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, cwd=tmp, timeout=600, check=False)
             for name in os.listdir(tmp):
