@@ -202,8 +202,9 @@ static int resident_data(int pm, uintptr_t p) {
  * past the window. A suite run with NEBULA_MEM_SECURE=1 or NEBULA_MEM_MEDIUM_RUNS=1 exported
  * would fail here for nothing: the program runs itself again without the allocator's variables
  * (the library reads them before main), unless CODE_FOOTPRINT_KEEP_OPTIONS is set, as
- * code_footprint_options_test sets it (a budget and a purge delay: the option parser's path for
- * set values and the budget's code must lie in the window too, stop 49). */
+ * code_footprint_options_test sets it (a purge delay, a budget of a share of memory, medium runs
+ * off: the option parser's paths for set values and a budget's accounting must lie in the
+ * window too, stop 49). */
 extern char **environ;
 static void run_with_default_options(char **argv) {
   if (getenv("CODE_FOOTPRINT_KEEP_OPTIONS") != NULL) return;
@@ -245,9 +246,10 @@ int main(int argc, char **argv) {
   // The first window: the list is ordered by how many of the profile's programs ran each
   // function, so what passes the window's end (at stop 47, 0.3 KiB of functions one program ran;
   // since stop 49 nothing: 65,035 bytes with g++, 62,543 with clang++, the option parser's paths
-  // for set values among the last) maps the second only in a program that runs it. The window that holds the list's end, the limit before, let the list outgrow the first
-  // window unseen: realloc_move, renamed, fell out of the list and every program that moved a
-  // block mapped both windows (124 KiB).
+  // for set values among the last) maps the second only in a program that runs it. The window
+  // that holds the list's end, the limit before, let the list outgrow the first window unseen:
+  // realloc_move, renamed, fell out of the list and every program that moved a block mapped both
+  // windows (124 KiB).
   uintptr_t limit = l.code + WINDOW;
 
   int pm = open("/proc/self/pagemap", O_RDONLY);
