@@ -201,18 +201,20 @@ static int resident_data(int pm, uintptr_t p) {
  * mode and medium runs have code of their own, which ordinary programs do not run and which lies
  * past the window. A suite run with NEBULA_MEM_SECURE=1 or NEBULA_MEM_MEDIUM_RUNS=1 exported
  * would fail here for nothing: the program runs itself again without the allocator's variables
- * (the library reads them before main), unless CODE_FOOTPRINT_KEEP_OPTIONS is set, as
+ * (the library reads them before main). Where CODE_FOOTPRINT_KEEP_OPTIONS is set, as
  * code_footprint_options_test sets it (a purge delay, a budget of a share of memory, medium runs
  * off: the option parser's paths for set values and a budget's accounting must lie in the
- * window too, stop 49). */
+ * window too, stop 49), it drops only NEBULA_MEM_SECURE (the test's own variables override
+ * the rest). */
 extern char **environ;
 static void run_with_default_options(char **argv) {
-  if (getenv("CODE_FOOTPRINT_KEEP_OPTIONS") != NULL) return;
+  const int keep = getenv("CODE_FOOTPRINT_KEEP_OPTIONS") != NULL;
   char names[64][128];
   int n = 0;
   for (char **e = environ; *e != NULL && n < 64; ++e) {
     const char *eq = strchr(*e, '=');
     if (strncmp(*e, "NEBULA_MEM_", 11) != 0 || eq == NULL || (size_t)(eq - *e) >= sizeof names[0]) continue;
+    if (keep && strncmp(*e, "NEBULA_MEM_SECURE=", 18) != 0) continue;
     memcpy(names[n], *e, (size_t)(eq - *e));
     names[n++][eq - *e] = 0;
   }
