@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Repeatable cost of a workload under each allocator: instructions and simulated cache misses.
 
-    bench/cost.py [--build DIR] [--allocators LIST] [--only NAME[,NAME...]] [--quick]
+    bench/cost.py [--build DIR] [--allocators LIST] [--only NAME[,NAME...]] [--quick | --smoke]
                   [--env K=V ...] [--ll BYTES] [-- PROGRAM ARGS...]
 
-Runs each table workload (bench/run.py's, at its --quick sizes with --quick) or the program given
+Runs each table workload (bench/run.py's, at its --quick or --smoke sizes with those) or the program given
 after `--`, once per allocator, under `valgrind --tool=callgrind --cache-sim=yes --fair-sched=yes`,
 and prints per allocator: the instructions of the whole process and of the allocator's own library,
 first-level data misses (D1: 32 KiB, 8-way) and last-level data misses (LL: a private cache of
@@ -12,13 +12,17 @@ first-level data misses (D1: 32 KiB, 8-way) and last-level data misses (LL: a pr
 allocator's library.
 
 Why: the 2-core VM's wall times spread by 10-30% between runs, while these counts repeat within
-0.1% from run to run: `--fair-sched=yes` makes valgrind hand its one lock to the program's threads
+0.3% from run to run: `--fair-sched=yes` makes valgrind hand its one lock to the program's threads
 in turn, so a multi-threaded program runs the same interleaving each time (without it the D1
 misses of `rptest` spread over 3.3-4.0 M in three runs; with it, 3.154-3.162 M). Valgrind runs
 the threads one at a time, so these counts leave out what only happens with threads on two cores
 at once (lines moving between the cores' caches), and a miss is a count, not a time: judge a
 change by wall time too (bench/run.py). Stop 49 (docs/performance.md) shows both sides: a change
-that took a third of `rptest`'s D1 misses away and added 5% of instructions was slower.
+that took a fifth of `rptest`'s D1 misses away and added 5% of instructions was slower. Two more
+limits (docs/performance.md, "Reproduce"): our maintenance is paced by the clock, so it runs
+30-50 times as often per operation under valgrind (--env NEBULA_MEM_PURGE_DELAY=10000 paces it
+about as natively), and the simulated caches are indexed by virtual address, which overstates
+the last-level misses of our segment headers, 4 MiB apart.
 
 Allocators: nebula (BUILD/libnebulamem.so; --env passes NEBULA_MEM_ options to it), glibc (no
 preload), jemalloc, mimalloc, tcmalloc (the Debian packages, where installed).
