@@ -299,8 +299,26 @@ void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t
   *dirty_extent = extent;
 }
 
-Arena* arena_create() {
+// The memory of segments carries MADV_NOHUGEPAGE from its reservation on, whatever the kernel's
+// mode of transparent huge pages. The engine counts what is resident in 64 KiB slices (a chunk's
+// dirty mask, the committed bytes the budget bounds, the purges), and a kernel in `always` mode
+// backs a 2 MiB range with one huge page at the first touch of any of its slices: 32 slices
+// resident where the counts know of one, which no purge of the counted ones gives back (a program
+// of a few small blocks held 5.7-7.7 MiB where it holds 2.1 under `madvise`; docs/performance.md,
+// stop 50). Huge blocks still ask for huge pages (hint_huge): whole 2 MiB pages of one block,
+// counted as resident. The segment map, in the library's sparse .bss, is read at a few bytes
+// and would take 2 MiB at its first write the same way: its whole pages get the flag with the
+// first arena, before any segment is in it.
+NEBULA_SMALL void refuse_thp(const void* begin, const void* end) {
+  const uintptr_t page = os::page_size();
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + page - 1) & ~(page - 1);
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~(page - 1);
+  if (hi > lo) os::huge_unhint(reinterpret_cast<void*>(lo), hi - lo);
+}
+
+NEBULA_NOINLINE NEBULA_SMALL Arena* arena_create() {
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  if (count == 0) refuse_thp(g_segmap, g_segmap + kSegmentMapSize);
   if (count >= kMaxArenas) return nullptr;
   size_t meta = align_up(sizeof(Arena), os::page_size());
   auto* a = static_cast<Arena*>(os::reserve(meta, os::page_size()));
@@ -315,6 +333,7 @@ Arena* arena_create() {
     os::release(a, meta);
     return nullptr;
   }
+  refuse_thp(base, static_cast<char*>(base) + size);
   a->base = reinterpret_cast<uintptr_t>(base);
   a->chunks = static_cast<uint32_t>(size / kSegmentSize);
   a->free_count = a->chunks;
@@ -510,6 +529,7 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
   if (bytes > kSoloThreshold) {
     void* p = os::reserve(bytes, kSegmentSize);
     if (p == nullptr) return false;
+    refuse_thp(p, static_cast<char*>(p) + bytes);  // (hint_huge asks for the block's own 2 MiB pages)
     g_counters.reserved.fetch_add(bytes, std::memory_order_relaxed);
     *out = ChunkGrant{p, 0, true, 0, true, 0, 0};
     return true;

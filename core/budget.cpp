@@ -209,7 +209,7 @@ uint64_t cgroup_limit(const char* proc_self_cgroup, const char* root, bool* foun
   return 0;
 }
 
-void budget_init() noexcept {
+NEBULA_SMALL void budget_init() noexcept {
   int expected = 0;
   if (!g_init.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
   int64_t v = option(Option::kBudget);

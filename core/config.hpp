@@ -11,10 +11,11 @@
 #define NEBULA_HOT inline __attribute__((always_inline))
 #define NEBULA_COLD __attribute__((noinline, cold))
 #define NEBULA_NOINLINE __attribute__((noinline))
-// Code that runs once, at start (the option parser): compiled for size. Its path for a value set
+// Code that runs once, at start: compiled for size. The option parser: its path for a value set
 // in the environment must fit the code window that every program maps (platform/hot-code.ld):
 // at -O3 it took 2.7 KiB, and past the window it made all of our code resident wherever any
-// NEBULA_MEM_ variable was set (stop 49, docs/performance.md).
+// NEBULA_MEM_ variable was set (stop 49, docs/performance.md). engine_init, budget_init and
+// arena_create (once per GiB of arenas): the window's room for the rest (stop 50).
 #if defined(__clang__)
 #define NEBULA_SMALL __attribute__((minsize))
 #else

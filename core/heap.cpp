@@ -194,7 +194,7 @@ bool fault_injection_set(const char* spec) noexcept {
   return true;
 }
 
-void engine_init() noexcept {
+NEBULA_SMALL void engine_init() noexcept {
   int expected = 0;
   if (!g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
   uintptr_t key = static_cast<uintptr_t>(os::random_u64());

@@ -60,8 +60,8 @@ inline constexpr OptionDesc kOptions[] = {
   {Option::kRetain, "retain", OptionType::kBytes, 32ll << 20, 0, 1ll << 40,
    "free memory kept resident beyond the recent peak of use (until purge_delay); beyond, purged at once"},
   {Option::kHugePages, "huge_pages", OptionType::kBool, 1, 0, 1,
-   "ask for transparent huge pages (madvise) on huge blocks of 2 MiB and more (taken off again "
-   "where segments of small blocks reuse that memory)"},
+   "ask for transparent huge pages (madvise) on huge blocks of 2 MiB and more; the rest of our memory "
+   "refuses them (MADV_NOHUGEPAGE) on any kernel mode, and with this off all of it does"},
   {Option::kBudget, "budget", OptionType::kBudget, 0, INT64_MIN, 1ll << 50,
    "limit on the bytes the allocator holds from the OS: 512M, 50% (of physical memory), cgroup; 0 = none"},
   {Option::kPressureLow, "pressure_low", OptionType::kInt, 70, 1, 100,

@@ -691,7 +691,8 @@ static void hint_huge(const Segment* s, uintptr_t from, uintptr_t end, size_t n)
 
 // A huge block on chunks an earlier block asked huge pages for (made there, or grown over them):
 // past the 2 MiB pages it asks for itself, up to its run's end, the flag comes off, so that a
-// write near its end does not fault in memory beyond it. (A solo mapping is new: no flag.)
+// write near its end does not fault in memory beyond it. (A solo mapping has the flag only on
+// the block's own 2 MiB pages: refuse_thp.)
 static void unhint_tail(unsigned arena_index, bool solo, uintptr_t block_end, uintptr_t run_end) {
   if (solo) return;
   uintptr_t from = block_end & ~((uintptr_t{2} << 20) - 1);
