@@ -41,6 +41,9 @@ struct Arena {
   uintptr_t base;
   uint32_t chunks;                          // chunks in this arena (<= kArenaChunks)
   uint32_t free_count;                      // chunks not in a live segment
+  uint32_t index;                           // in g_arenas
+  uint64_t committed[kArenaChunks / 64];    // bitmap, strict commit only (g_strict_commit):
+                                            // chunk accessible and charged by the kernel
   uint64_t used[kArenaChunks / 64];         // bitmap: chunk in a live segment
   uint64_t grows[kArenaChunks / 64];        // bitmap: chunk in a live huge block that realloc
                                             // has grown in place (arena_grow)
@@ -100,6 +103,56 @@ size_t note_in_use(uint64_t now) {
 }
 
 constexpr uint64_t kAllSlices = ~uint64_t{0};
+
+// Strict commit accounting: where the kernel charges every writable private mapping in full
+// against a limit for the whole system (vm.overcommit_memory = 2: MAP_NORESERVE is ignored),
+// a 1 GiB arena mapped writable took 1 GiB of that limit per process (python3 under us: 1.07
+// GiB of Committed_AS where glibc took 12 MiB; a dozen such processes used up this machine's
+// 12 GiB). There the arenas are mapped inaccessible, uncharged; a chunk becomes accessible
+// (charged, 4 MiB) when it is taken, and inaccessible again when a purge gives its memory back
+// or it is freed with nothing resident (decommit: a new mapping over it). Set at the arenas'
+// first use (arenas_first_use): /proc/sys/vm/overcommit_memory, or NEBULA_MEM_COMMIT=strict.
+bool g_strict_commit = false;
+// Each boundary between a committed chunk and an uncommitted one is a mapping more: counted with
+// the huge-page flags' edges and the guards against the same share of vm.max_map_count (so that
+// blocks ask for fewer huge pages where commits split the arenas; map_count_test).
+std::atomic<long> g_commit_edges{0};
+
+bool chunk_committed(const Arena* a, unsigned i) { return (a->committed[i / 64] >> (i % 64)) & 1; }
+long commit_edges_at(const Arena* a, unsigned i) {
+  auto state = [&](unsigned j) { return j < a->chunks && chunk_committed(a, j); };  // (j = -1 wraps)
+  return (state(i - 1) != state(i)) + (state(i) != state(i + 1));
+}
+void chunk_set_committed(Arena* a, unsigned i, bool v) {
+  const long before = commit_edges_at(a, i);
+  if (v) a->committed[i / 64] |= uint64_t{1} << (i % 64);
+  else a->committed[i / 64] &= ~(uint64_t{1} << (i % 64));
+  g_commit_edges.fetch_add(commit_edges_at(a, i) - before, std::memory_order_relaxed);
+}
+char* chunk_address(const Arena* a, unsigned i) {
+  return reinterpret_cast<char*>(a->base + static_cast<uintptr_t>(i) * kSegmentSize);
+}
+bool chunk_guarded(const Arena* a, unsigned i) { return (a->guarded[i / 64] >> (i % 64)) & 1; }
+
+bool decommit_chunk(Arena* a, unsigned i);
+
+// Strict commit: chunks [first, first + n) (free, under the lock) made accessible where they are
+// not; false where the kernel's limit refuses one (ENOMEM), with none of them committed by this
+// call left so. A chunk that keeps a segment's guard slice (secure mode) stays without it.
+NEBULA_NOINLINE bool commit_chunks(Arena* a, unsigned first, size_t n) {
+  for (unsigned c = first; c < first + n; ++c) {
+    if (chunk_committed(a, c)) continue;
+    const size_t len = chunk_guarded(a, c) ? kSegmentSize - kSliceSize : kSegmentSize;
+    if (!os::commit_charged(chunk_address(a, c), len)) {
+      while (c-- > first) {
+        if (chunk_committed(a, c) && a->dirty_mask[c] == 0 && decommit_chunk(a, c)) chunk_set_committed(a, c, false);
+      }
+      return false;
+    }
+    chunk_set_committed(a, c, true);
+  }
+  return true;
+}
 
 bool chunk_used(const Arena* a, unsigned i) { return (a->used[i / 64] >> (i % 64)) & 1; }
 bool chunk_purging(const Arena* a, unsigned i) { return (a->purging[i / 64] >> (i % 64)) & 1; }
@@ -299,6 +352,30 @@ void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t
   *dirty_extent = extent;
 }
 
+// Strict commit and the segment map: the library's sparse .bss is a writable private mapping,
+// charged in full at load (32 MiB per process). At the arenas' first use its whole pages, zero and
+// unwritten, become a new read-only mapping (uncharged; lookups read zeros as before), and the
+// pages that hold the entries of an arena or a solo mapping are made writable (charged, one or
+// two pages each) before any entry there is written. false where the kernel's limit refuses.
+uintptr_t g_segmap_ro_lo = 0, g_segmap_ro_hi = 0;  // the read-only part (page-aligned)
+NEBULA_NOINLINE void segmap_uncharge() {
+  const uintptr_t page = os::page_size();
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(g_segmap) + page - 1) & ~(page - 1);
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(g_segmap + kSegmentMapSize) & ~(page - 1);
+  if (hi > lo && os::remap_zero_readonly(reinterpret_cast<void*>(lo), hi - lo)) {
+    g_segmap_ro_lo = lo;
+    g_segmap_ro_hi = hi;
+  }
+}
+NEBULA_NOINLINE bool segmap_writable(uintptr_t base, size_t bytes) {
+  const uintptr_t page = os::page_size();
+  uintptr_t lo = reinterpret_cast<uintptr_t>(&g_segmap[base >> kSegmentShift]) & ~(page - 1);
+  uintptr_t hi = (reinterpret_cast<uintptr_t>(&g_segmap[(base + bytes - 1) >> kSegmentShift]) + page) & ~(page - 1);
+  if (lo < g_segmap_ro_lo) lo = g_segmap_ro_lo;
+  if (hi > g_segmap_ro_hi) hi = g_segmap_ro_hi;
+  return hi <= lo || os::commit_charged(reinterpret_cast<void*>(lo), hi - lo);
+}
+
 // The memory of segments carries MADV_NOHUGEPAGE from its reservation on, whatever the kernel's
 // mode of transparent huge pages. The engine counts what is resident in 64 KiB slices (a chunk's
 // dirty mask, the committed bytes the budget bounds, the purges), and a kernel in `always` mode
@@ -307,8 +384,8 @@ void take_chunks(Arena* a, unsigned first, size_t n, size_t* dirty_bytes, size_t
 // of a few small blocks held 5.7-7.7 MiB where it holds 2.1 under `madvise`; docs/performance.md,
 // stop 50). Huge blocks still ask for huge pages (hint_huge): whole 2 MiB pages of one block,
 // counted as resident. The segment map, in the library's sparse .bss, is read at a few bytes
-// and would take 2 MiB at its first write the same way: its whole pages get the flag with the
-// first arena, before any segment is in it.
+// and would take 2 MiB at its first write the same way: its whole pages get the flag at the
+// arenas' first use (arenas_first_use), before any entry is written.
 NEBULA_SMALL void refuse_thp(const void* begin, const void* end) {
   const uintptr_t page = os::page_size();
   const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + page - 1) & ~(page - 1);
@@ -316,18 +393,35 @@ NEBULA_SMALL void refuse_thp(const void* begin, const void* end) {
   if (hi > lo) os::huge_unhint(reinterpret_cast<void*>(lo), hi - lo);
 }
 
+// Before the first chunk or solo mapping is handed out (no entry of the segment map is written
+// before): the commit mode, and the segment map's flags (above).
+std::atomic<bool> g_arenas_ready{false};
+NEBULA_NOINLINE NEBULA_SMALL void arenas_first_use() {
+  LockGuard guard(g_arena_lock);
+  if (g_arenas_ready.load(std::memory_order_relaxed)) return;
+  char mode[4] = {0};
+  g_strict_commit = option(Option::kCommit) == 1 ||
+                    (os::read_file("/proc/sys/vm/overcommit_memory", mode, sizeof mode) > 0 && mode[0] == '2');
+  if (g_strict_commit) segmap_uncharge();
+  refuse_thp(g_segmap, g_segmap + kSegmentMapSize);
+  g_arenas_ready.store(true, std::memory_order_release);
+}
+
 NEBULA_NOINLINE NEBULA_SMALL Arena* arena_create() {
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
-  if (count == 0) refuse_thp(g_segmap, g_segmap + kSegmentMapSize);
   if (count >= kMaxArenas) return nullptr;
   size_t meta = align_up(sizeof(Arena), os::page_size());
   auto* a = static_cast<Arena*>(os::reserve(meta, os::page_size()));
   if (a == nullptr) return nullptr;
   size_t size = kArenaSize;
-  void* base = os::reserve(size, kSegmentSize);
-  if (base == nullptr) {  // strict overcommit or a small address space: try a smaller arena
-    size = 16 * kSegmentSize;
-    base = os::reserve(size, kSegmentSize);
+  void* base = nullptr;
+  for (int tries = 0; tries < 2 && base == nullptr; ++tries) {
+    if (tries == 1) size = 16 * kSegmentSize;  // a small address space: try a smaller arena
+    base = g_strict_commit ? os::reserve_inaccessible(size, kSegmentSize) : os::reserve(size, kSegmentSize);
+  }
+  if (base != nullptr && g_strict_commit && !segmap_writable(reinterpret_cast<uintptr_t>(base), size)) {
+    os::release(base, size);
+    base = nullptr;
   }
   if (base == nullptr) {
     os::release(a, meta);
@@ -335,6 +429,7 @@ NEBULA_NOINLINE NEBULA_SMALL Arena* arena_create() {
   }
   refuse_thp(base, static_cast<char*>(base) + size);
   a->base = reinterpret_cast<uintptr_t>(base);
+  a->index = count;
   a->chunks = static_cast<uint32_t>(size / kSegmentSize);
   a->free_count = a->chunks;
   a->no_run = UINT32_MAX;
@@ -345,12 +440,39 @@ NEBULA_NOINLINE NEBULA_SMALL Arena* arena_create() {
   return a;
 }
 
-// The madvise calls that give back chunk i's resident slices `mask`, a call per run of them.
-void purge_slices_of(const Arena* a, unsigned i, uint64_t mask) {
+// Strict commit: free chunk i (owned by the caller: under the lock, or marked purging) made
+// inaccessible, its pages and its charge given back; false where the kernel refused (it stays
+// committed). The new mapping has no huge-page flag: it refuses them again, and the arena's
+// note of a flag a huge block asked for there is cleared.
+bool decommit_chunk(Arena* a, unsigned i) {
+  char* p = chunk_address(a, i);
+  if (!os::decommit(p, kSegmentSize)) return false;
+  arena_thp(a->index, reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + kSegmentSize, false);
+  refuse_thp(p, p + kSegmentSize);
+  return true;
+}
+
+// Free chunks [first, first + n) that hold nothing resident, under the lock: with strict commit,
+// uncharged now. (The strict paths are out of line, called once per range: the default mode's
+// code keeps to its window.)
+NEBULA_NOINLINE void release_clean_strict(Arena* a, unsigned first, size_t n) {
+  for (unsigned i = first; i < first + n; ++i)
+    if (chunk_committed(a, i) && a->dirty_mask[i] == 0 && decommit_chunk(a, i)) chunk_set_committed(a, i, false);
+}
+inline void release_clean(Arena* a, unsigned first, size_t n) {
+  if (NEBULA_UNLIKELY(g_strict_commit)) release_clean_strict(a, first, n);
+}
+NEBULA_NOINLINE bool purge_strict(Arena* a, unsigned i) { return chunk_committed(a, i) && decommit_chunk(a, i); }
+
+// The madvise calls that give back chunk i's resident slices `mask`, a call per run of them;
+// with strict commit one call for the chunk, which is then uncommitted (returns true: the
+// caller clears its committed bit under the lock).
+bool purge_slices_of(Arena* a, unsigned i, uint64_t mask) {
+  if (NEBULA_UNLIKELY(g_strict_commit) && purge_strict(a, i)) return true;
   char* chunk = reinterpret_cast<char*>(a->base + static_cast<uintptr_t>(i) * kSegmentSize);
   if (mask == kAllSlices) {
     os::purge(chunk, kSegmentSize);
-    return;
+    return false;
   }
   for (uint64_t m = mask; m != 0;) {
     unsigned lo = ctz64(m);
@@ -360,6 +482,7 @@ void purge_slices_of(const Arena* a, unsigned i, uint64_t mask) {
     if (lo + len >= 64) break;
     m &= ~(((uint64_t{1} << len) - 1) << lo);
   }
+  return false;
 }
 
 void count_purged(size_t bytes, size_t calls) {
@@ -382,6 +505,7 @@ struct PurgeBatch {
   struct Item {
     Arena* a;
     unsigned i;
+    bool decommitted;
   };
   Item item[kPurgeBatch];
   unsigned n = 0;
@@ -395,7 +519,7 @@ void purge_chunk(Arena* a, unsigned i, PurgeBatch& batch) {
   size_t bytes = static_cast<size_t>(popcount64(mask)) << kSliceShift;
   g_free_dirty -= bytes;
   if (batch.n == kPurgeBatch) {
-    purge_slices_of(a, i, mask);
+    if (purge_slices_of(a, i, mask)) chunk_set_committed(a, i, false);
     a->dirty_mask[i] = 0;
     count_purged(bytes, 1);
     return;
@@ -404,7 +528,7 @@ void purge_chunk(Arena* a, unsigned i, PurgeBatch& batch) {
   a->purging[i / 64] |= uint64_t{1} << (i % 64);
   a->free_count--;
   g_purging += bytes;
-  batch.item[batch.n++] = {a, i};
+  batch.item[batch.n++] = {a, i, false};
 }
 
 }  // namespace
@@ -418,9 +542,9 @@ void purge_finish(PurgeBatch& batch) {
   if (batch.n == 0) return;
   size_t bytes = 0;
   for (unsigned k = 0; k < batch.n; ++k) {
-    const PurgeBatch::Item& it = batch.item[k];
+    PurgeBatch::Item& it = batch.item[k];
     const uint64_t mask = it.a->dirty_mask[it.i];  // (nobody changes it meanwhile)
-    purge_slices_of(it.a, it.i, mask);
+    it.decommitted = purge_slices_of(it.a, it.i, mask);
     bytes += static_cast<size_t>(popcount64(mask)) << kSliceShift;
   }
   if (g_purge_window_hook != nullptr) g_purge_window_hook(PurgeWindow::kArenaChunks);
@@ -430,6 +554,7 @@ void purge_finish(PurgeBatch& batch) {
       Arena* a = batch.item[k].a;
       const unsigned i = batch.item[k].i;
       a->dirty_mask[i] = 0;
+      if (batch.item[k].decommitted) chunk_set_committed(a, i, false);
       a->purging[i / 64] &= ~(uint64_t{1} << (i % 64));
       chunk_set_used(a, i, false);
       a->free_count++;
@@ -526,10 +651,15 @@ Segment* segment_containing(const void* p) noexcept {
 bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
   const bool segment = use == ChunkUse::kSegment;
   size_t bytes = chunks * kSegmentSize;
+  if (NEBULA_UNLIKELY(!g_arenas_ready.load(std::memory_order_acquire))) arenas_first_use();
   if (bytes > kSoloThreshold) {
     void* p = os::reserve(bytes, kSegmentSize);
     if (p == nullptr) return false;
     refuse_thp(p, static_cast<char*>(p) + bytes);  // (hint_huge asks for the block's own 2 MiB pages)
+    if (g_strict_commit && !segmap_writable(reinterpret_cast<uintptr_t>(p), bytes)) {
+      os::release(p, bytes);
+      return false;
+    }
     g_counters.reserved.fetch_add(bytes, std::memory_order_relaxed);
     *out = ChunkGrant{p, 0, true, 0, true, 0, 0};
     return true;
@@ -558,6 +688,7 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
     at = find_run(a, static_cast<unsigned>(chunks), false);
     if (at < 0) return false;
   }
+  if (g_strict_commit && !commit_chunks(a, static_cast<unsigned>(at), chunks)) return false;
   uint64_t dirty_first = a->dirty_mask[at];
   const bool header_reset = (a->header_reset[at / 64] >> (at % 64)) & 1;
   size_t dirty_bytes = 0, dirty_extent = 0;
@@ -599,6 +730,7 @@ void free_chunks(unsigned k, uintptr_t start, size_t chunks, bool huge, uint64_t
       if (header_reset && g_secure) a->guarded[c / 64] |= uint64_t{1} << (c % 64);
       dirty_bytes += static_cast<size_t>(popcount64(d)) << kSliceShift;
     }
+    release_clean(a, first, chunks);
     a->free_count += static_cast<uint32_t>(chunks);
     g_free_dirty += dirty_bytes;
     uint64_t delay = static_cast<uint64_t>(option(Option::kPurgeDelay));
@@ -652,6 +784,7 @@ bool arena_grow(Segment* s, size_t chunks, size_t add, size_t* dirty_bytes, size
   if (from + add > a->chunks) return false;
   for (size_t i = 0; i < add; ++i)
     if (chunk_used(a, from + static_cast<unsigned>(i))) return false;
+  if (g_strict_commit && !commit_chunks(a, from, add)) return false;
   take_chunks(a, from, add, dirty_bytes, dirty_extent);
   // The whole block is now one that grows (find_run leaves room behind it for segments).
   mark_growing(a, from - static_cast<unsigned>(chunks), chunks + add);
@@ -723,7 +856,8 @@ void arena_thp(unsigned index, uintptr_t lo, uintptr_t hi, bool on) noexcept {
     while (j < last && !settled(j)) ++j;
     const long delta = thp_edges(a, i, j, on ? 1 : 0) - thp_edges(a, i, j, -1);
     if (on && delta > 0 &&
-        g_thp_edges.load(std::memory_order_relaxed) + 2 * g_guards.load(std::memory_order_relaxed) + delta >
+        g_thp_edges.load(std::memory_order_relaxed) + 2 * g_guards.load(std::memory_order_relaxed) +
+                g_commit_edges.load(std::memory_order_relaxed) + delta >
             thp_edge_limit()) {
       g_counters.thp_capped.fetch_add(1, std::memory_order_relaxed);
       i = j;
@@ -752,10 +886,11 @@ void arena_thp_unsure(unsigned index, uintptr_t lo, uintptr_t hi) noexcept {
 }
 
 long arena_thp_edges() noexcept { return g_thp_edges.load(std::memory_order_relaxed); }
+long arena_commit_edges() noexcept { return g_commit_edges.load(std::memory_order_relaxed); }
 
 bool arena_guard_on(void* p, bool capped) noexcept {
   // (Threads may pass the check together: the cap may be passed by a guard per thread.)
-  if (capped && g_thp_edges.load(std::memory_order_relaxed) +
+  if (capped && g_thp_edges.load(std::memory_order_relaxed) + g_commit_edges.load(std::memory_order_relaxed) +
                         2 * (g_guards.load(std::memory_order_relaxed) + 1) > 2 * thp_edge_limit())
     return false;
   if (!os::protect(p, kSliceSize, false)) return false;
@@ -796,6 +931,7 @@ void arena_free_tail(Segment* s, size_t keep, size_t chunks) noexcept {
     chunk_set_used(a, first + static_cast<unsigned>(i), false);
     a->dirty_mask[first + i] = 0;
   }
+  release_clean(a, first + static_cast<unsigned>(keep), chunks - keep);
   a->free_count += static_cast<uint32_t>(chunks - keep);
 }
 
@@ -815,11 +951,12 @@ void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {
   LockGuard guard(g_arena_lock);
   Arena* a = g_arenas[g.arena_index];
   unsigned first = static_cast<unsigned>((reinterpret_cast<uintptr_t>(g.base) - a->base) >> kSegmentShift);
+  if (g.guarded) a->guarded[first / 64] |= uint64_t{1} << (first % 64);  // still inaccessible
   for (size_t i = 0; i < chunks; ++i) {
     chunk_set_used(a, first + static_cast<unsigned>(i), false);
     a->dirty_mask[first + i] = 0;
   }
-  if (g.guarded) a->guarded[first / 64] |= uint64_t{1} << (first % 64);  // still inaccessible
+  release_clean(a, first, chunks);
   a->free_count += static_cast<uint32_t>(chunks);
 }
 

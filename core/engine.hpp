@@ -610,6 +610,9 @@ void arena_thp_unsure(unsigned index, uintptr_t lo, uintptr_t hi) noexcept;
 // process's vm.max_map_count), and the count beyond which blocks ask for no huge pages (a
 // quarter of vm.max_map_count; 0: read it again). For tests and statistics.
 long arena_thp_edges() noexcept;
+// Strict commit: the boundaries between committed and uncommitted chunks (each a mapping more),
+// counted against the same share of vm.max_map_count. 0 in the default mode.
+long arena_commit_edges() noexcept;
 void arena_set_thp_edge_limit(long limit) noexcept;
 // Secure mode's guard slices: make the slice at p inaccessible (false where the kernel refuses,
 // or, when `capped`, where the guards' mappings would pass half of vm.max_map_count), or

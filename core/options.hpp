@@ -29,6 +29,7 @@ enum class Option : unsigned {
   kZeroOnFree,
   kWaitHooks,
   kMediumRuns,
+  kCommit,
   kCount
 };
 
@@ -91,6 +92,9 @@ inline constexpr OptionDesc kOptions[] = {
    "serve requests of 4.5-32 KiB from pages shared by every size in that range: less memory where "
    "many of those sizes are live, more time per call (not in secure mode); off: a page queue per "
    "size class"},
+  {Option::kCommit, "commit", OptionType::kChoice, 0, 0, 1,
+   "auto: arenas mapped inaccessible, 4 MiB made accessible (charged) at a time, where the kernel "
+   "charges all writable memory (vm.overcommit_memory = 2); strict: so on any kernel", "auto|strict"},
 };
 static_assert(sizeof(kOptions) / sizeof(kOptions[0]) == static_cast<size_t>(Option::kCount),
               "options: one table row per Option");

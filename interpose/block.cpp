@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/config.hpp"
 #include "interpose/export.hpp"
 #include "platform/os.hpp"
 
@@ -74,7 +75,7 @@ Real<int (*)(sem_t*)> r_sem_wait{"sem_wait"};
 Real<int (*)(sem_t*, const timespec*)> r_sem_timedwait{"sem_timedwait"};
 Real<int (*)(sem_t*, clockid_t, const timespec*)> r_sem_clockwait{"sem_clockwait"};
 
-__attribute__((constructor)) void resolve_all() {
+__attribute__((constructor)) NEBULA_SMALL void resolve_all() {  // (once, at load: compiled for size)
   r_epoll_wait.get();
   r_epoll_pwait.get();
   r_epoll_pwait2.get();

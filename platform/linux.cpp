@@ -123,24 +123,23 @@ bool sys_mremap_to(void* from, size_t n, int flags, void* to) noexcept {
 #endif
 }
 
-void* map_anonymous(size_t size, int extra_flags) noexcept {
-  void* p = sys_mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags);
+void* map_anonymous(size_t size, int extra_flags, int prot = PROT_READ | PROT_WRITE) noexcept {
+  void* p = sys_mmap(nullptr, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | extra_flags);
   return p == MAP_FAILED ? nullptr : p;
 }
 
 // Map size bytes aligned to align: map size + align and cut off the misaligned head and tail.
-void* map_aligned(size_t size, size_t align, int extra_flags) noexcept {
+void* map_aligned(size_t size, size_t align, int extra_flags, int prot = PROT_READ | PROT_WRITE) noexcept {
   size_t page = page_size();
-  if (align <= page) return map_anonymous(size, extra_flags);
+  if (align <= page) return map_anonymous(size, extra_flags, prot);
   // First try a plain mapping: the kernel often returns an aligned address for big sizes.
-  void* p = map_anonymous(size, extra_flags);
+  void* p = map_anonymous(size, extra_flags, prot);
   if (p == nullptr) return nullptr;
   if ((reinterpret_cast<uintptr_t>(p) & (align - 1)) == 0) return p;
   sys_munmap(p, size);
   size_t over = size + align;
   if (over < size) return nullptr;
-  char* raw = static_cast<char*>(map_anonymous(over, extra_flags));
+  char* raw = static_cast<char*>(map_anonymous(over, extra_flags, prot));
   if (raw == nullptr) return nullptr;
   uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(uintptr_t)(align - 1);
   size_t head = start - reinterpret_cast<uintptr_t>(raw);
@@ -206,6 +205,24 @@ void* reserve(size_t size, size_t align) noexcept {
 void release(void* p, size_t size) noexcept { sys_munmap(p, size); }
 
 bool commit(void*, size_t) noexcept { return !inject_fault(); }
+
+void* reserve_inaccessible(size_t size, size_t align) noexcept {
+  if (inject_fault()) return nullptr;
+  return map_aligned(size, align, 0, PROT_NONE);
+}
+
+bool commit_charged(void* p, size_t size) noexcept {
+  if (inject_fault()) return false;
+  return sys_mprotect(p, size, PROT_READ | PROT_WRITE);
+}
+
+bool decommit(void* p, size_t size) noexcept {
+  return sys_mmap(p, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED) == p;
+}
+
+bool remap_zero_readonly(void* p, size_t size) noexcept {
+  return sys_mmap(p, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED) == p;
+}
 
 bool purge(void* p, size_t size) noexcept { return sys_madvise(p, size, MADV_DONTNEED); }
 

@@ -46,6 +46,19 @@ void release(void* p, size_t size) noexcept;
 // purged since are zero. On Linux this is a no-op that returns true.
 bool commit(void* p, size_t size) noexcept;
 
+// Strict commit accounting (Linux's vm.overcommit_memory = 2, where the kernel charges every
+// writable private mapping in full at mmap, MAP_NORESERVE or not, against a system-wide limit):
+// reserve_inaccessible maps address space that is not charged and faults on any access;
+// commit_charged makes [p, p+size) of it readable and writable, charged (false where the
+// limit refuses: ENOMEM); decommit makes it inaccessible again, its pages and its charge given
+// back (a new mapping over the range: its madvise flags are gone).
+void* reserve_inaccessible(size_t size, size_t align) noexcept;
+bool commit_charged(void* p, size_t size) noexcept;
+bool decommit(void* p, size_t size) noexcept;
+// [p, p+size) (all zero, never written) replaced by a new read-only mapping of zeros: not
+// charged under strict accounting; commit_charged makes pieces of it writable.
+bool remap_zero_readonly(void* p, size_t size) noexcept;
+
 // Return the physical memory of [p, p+size) to the OS now; the range stays reserved and reads
 // back as zero (Linux: MADV_DONTNEED). Returns false if the OS refused (memory stays valid).
 bool purge(void* p, size_t size) noexcept;

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <set>
+#include <string>
 
 #include "support.hpp"
 
@@ -82,5 +83,31 @@ TEST_CASE("os: reserve, purge and release work and leave errno as it was") {
   os::release(p, size);
   // A request the kernel refuses fails without touching errno.
   CHECK_FALSE(os::purge(reinterpret_cast<void*>(uintptr_t{1}), os::page_size()));
+  CHECK(errno == 12345);
+}
+
+TEST_CASE("os: strict commit's calls: an inaccessible reservation, committed, decommitted, read-only zeros") {
+  errno = 12345;
+  const size_t size = size_t{8} << 20, align = size_t{4} << 20, half = size / 2;
+  auto* p = static_cast<unsigned char*>(os::reserve_inaccessible(size, align));
+  REQUIRE(p != nullptr);
+  CHECK(reinterpret_cast<uintptr_t>(p) % align == 0);
+  CHECK(unit::mapping_perms(p) == "---p");
+  CHECK(unit::mapping_perms(p + size - 1) == "---p");
+  REQUIRE(os::commit_charged(p, half));
+  CHECK(unit::mapping_perms(p) == "rw-p");
+  CHECK(unit::mapping_perms(p + half) == "---p");  // only the range asked for
+  memset(p, 0xcd, half);
+  REQUIRE(os::decommit(p, half));
+  CHECK(unit::mapping_perms(p) == "---p");
+  REQUIRE(os::commit_charged(p, half));
+  CHECK(p[0] == 0);  // decommitted: its pages went back
+  CHECK(p[half - 1] == 0);
+  memset(p, 0xef, half);
+  REQUIRE(os::remap_zero_readonly(p, half));
+  CHECK(unit::mapping_perms(p) == "r--p");
+  CHECK(p[0] == 0);
+  CHECK(p[half - 1] == 0);
+  os::release(p, size);
   CHECK(errno == 12345);
 }

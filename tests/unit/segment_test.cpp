@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/options.hpp"
 #include "support.hpp"
 
 using namespace nebula;
@@ -530,5 +531,36 @@ TEST_CASE("segments: a segment made on a header that a segment freed whole left 
     dealloc(p);
   });
   u.join();
+  settle();
+}
+
+// Strict commit (NEBULA_MEM_COMMIT=strict; meson's unit-commit-strict runs every case so): the
+// chunk of a live segment is accessible and its free neighbours in the arena are not; each such
+// boundary is counted (a mapping more). In the default mode nothing is counted.
+TEST_CASE("arena: strict commit maps the chunks in use accessible and the free ones not") {
+  settle();
+  void* p = alloc(100);
+  REQUIRE(p != nullptr);
+  Segment* s = segment_of(p);
+  if (option(Option::kCommit) == 0 && arena_commit_edges() == 0) {
+    // The default mode (or a kernel in overcommit mode 2 would have turned it on: not here).
+    CHECK(mapping_perms(s) == "rw-p");
+    CHECK(mapping_perms(reinterpret_cast<char*>(s) + kSegmentSize) != "---p");
+  } else {
+    CHECK(arena_commit_edges() > 0);
+    CHECK(mapping_perms(s) == "rw-p");
+    // A huge block of 16 MiB: its chunks accessible while it lives, inaccessible once freed and
+    // purged.
+    const size_t big = size_t{16} << 20;
+    char* h = static_cast<char*>(alloc(big));
+    REQUIRE(h != nullptr);
+    h[0] = 1;
+    h[big - 1] = 2;
+    CHECK(mapping_perms(h + (size_t{8} << 20)) == "rw-p");
+    dealloc(h);
+    trim(0);
+    CHECK(mapping_perms(h + (size_t{8} << 20)) == "---p");
+  }
+  dealloc(p);
   settle();
 }

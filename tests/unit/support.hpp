@@ -123,6 +123,22 @@ inline void settle() {
   trim(0);
 }
 
+// The permissions /proc/self/maps gives the page at p ("rw-p", "---p", ...), or "" where none.
+inline std::string mapping_perms(const void* p) {
+  FILE* f = fopen("/proc/self/maps", "r");
+  char line[512];
+  std::string out;
+  while (f != nullptr && fgets(line, sizeof line, f) != nullptr) {
+    unsigned long lo = 0, hi = 0;
+    char perms[8] = {0};
+    if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && reinterpret_cast<uintptr_t>(p) >= lo &&
+        reinterpret_cast<uintptr_t>(p) < hi)
+      out = perms;
+  }
+  if (f != nullptr) fclose(f);
+  return out;
+}
+
 // What an allocating call returned and the errno it left, read before a doctest report can
 // change errno (with -s, the report of each passing CHECK writes to the terminal).
 struct CallResult {
