@@ -204,8 +204,8 @@ static int resident_data(int pm, uintptr_t p) {
  * (the library reads them before main). Where CODE_FOOTPRINT_KEEP_OPTIONS is set, as
  * code_footprint_options_test sets it (a purge delay, a budget of a share of memory, medium runs
  * off: the option parser's paths for set values and a budget's accounting must lie in the
- * window too, stop 49), it drops only NEBULA_MEM_SECURE (the test's own variables override
- * the rest). */
+ * window too, stop 49), it drops only NEBULA_MEM_SECURE and NEBULA_MEM_COMMIT (strict commit's
+ * code is its own too, stop 50; the test's own variables override the rest). */
 extern char **environ;
 static void run_with_default_options(char **argv) {
   const int keep = getenv("CODE_FOOTPRINT_KEEP_OPTIONS") != NULL;
@@ -214,7 +214,7 @@ static void run_with_default_options(char **argv) {
   for (char **e = environ; *e != NULL && n < 64; ++e) {
     const char *eq = strchr(*e, '=');
     if (strncmp(*e, "NEBULA_MEM_", 11) != 0 || eq == NULL || (size_t)(eq - *e) >= sizeof names[0]) continue;
-    if (keep && strncmp(*e, "NEBULA_MEM_SECURE=", 18) != 0) continue;
+    if (keep && strncmp(*e, "NEBULA_MEM_SECURE=", 18) != 0 && strncmp(*e, "NEBULA_MEM_COMMIT=", 18) != 0) continue;
     memcpy(names[n], *e, (size_t)(eq - *e));
     names[n++][eq - *e] = 0;
   }
