@@ -407,17 +407,23 @@ NEBULA_NOINLINE NEBULA_SMALL void arenas_first_use() {
   g_arenas_ready.store(true, std::memory_order_release);
 }
 
-NEBULA_NOINLINE NEBULA_SMALL Arena* arena_create() {
+// A new arena of 1 GiB, or where the address space is short (a limit such as `ulimit -v`:
+// RLIMIT_AS counts reserved space) of 64 MiB, 16 MiB, and last the `need` chunks asked for.
+// With only 1 GiB and 64 MiB tried, python3 under `ulimit -v 100000` (100 MB, where glibc's
+// malloc runs it) failed at start: the 64 MiB arena, mapped with 4 MiB to spare for its
+// alignment, did not fit beside the program's libraries and our 32 MiB segment map (stop 50).
+NEBULA_NOINLINE NEBULA_SMALL Arena* arena_create(size_t need) {
   unsigned count = g_arena_count.load(std::memory_order_relaxed);
   if (count >= kMaxArenas) return nullptr;
   size_t meta = align_up(sizeof(Arena), os::page_size());
   auto* a = static_cast<Arena*>(os::reserve(meta, os::page_size()));
   if (a == nullptr) return nullptr;
-  size_t size = kArenaSize;
+  size_t size = 0;
   void* base = nullptr;
-  for (int tries = 0; tries < 2 && base == nullptr; ++tries) {
-    if (tries == 1) size = 16 * kSegmentSize;  // a small address space: try a smaller arena
+  for (size_t chunks : {size_t{kArenaChunks}, size_t{16}, size_t{4}, size_t{1}}) {
+    size = (chunks > need ? chunks : need) * kSegmentSize;
     base = g_strict_commit ? os::reserve_inaccessible(size, kSegmentSize) : os::reserve(size, kSegmentSize);
+    if (base != nullptr) break;
   }
   if (base != nullptr && g_strict_commit && !segmap_writable(reinterpret_cast<uintptr_t>(base), size)) {
     os::release(base, size);
@@ -682,7 +688,7 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
     }
   }
   if (a == nullptr) {
-    a = arena_create();
+    a = arena_create(chunks);
     if (a == nullptr) return false;
     k = g_arena_count.load(std::memory_order_relaxed) - 1;
     at = find_run(a, static_cast<unsigned>(chunks), false);
