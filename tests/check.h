@@ -210,4 +210,61 @@ static inline size_t nt_wait_rss_drop(size_t from, size_t drop, double seconds) 
 
 static inline int nt_is_pow2(size_t x) { return x && !(x & (x - 1)); }
 
+/* ---- the process's mappings, from /proc/self/smaps (through stdio) ---- */
+struct nt_mapping {
+  uintptr_t lo, hi;
+  char perms[8];      /* "rw-p", "---p", ... */
+  char path[256];     /* "" for an anonymous mapping */
+  char flags[256];    /* VmFlags: " rd wr mr mw me nr nh" */
+  long anon_huge_kib; /* AnonHugePages */
+};
+
+/* Reads every mapping into out (at most cap); returns the count. */
+static inline int nt_read_mappings(struct nt_mapping *out, int cap) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  CHECK(f != NULL);
+  char line[512];
+  int n = -1;
+  while (fgets(line, sizeof line, f) != NULL) {
+    unsigned long lo, hi;
+    char perms[8] = {0};
+    int at = 0;
+    if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &lo, &hi, perms, &at) >= 3 && at > 0) {
+      if (n + 1 >= cap) break;
+      struct nt_mapping *m = &out[++n];
+      memset(m, 0, sizeof *m);
+      m->lo = lo;
+      m->hi = hi;
+      memcpy(m->perms, perms, sizeof m->perms);
+      snprintf(m->path, sizeof m->path, "%s", line + at);
+      m->path[strcspn(m->path, "\n")] = 0;
+    } else if (n >= 0 && strncmp(line, "VmFlags:", 8) == 0) {
+      snprintf(out[n].flags, sizeof out[n].flags, "%s", line + 8);
+    } else if (n >= 0 && strncmp(line, "AnonHugePages:", 14) == 0) {
+      out[n].anon_huge_kib = atol(line + 14);
+    }
+  }
+  fclose(f);
+  return n + 1;
+}
+
+/* The index of the mapping that holds p, or -1. */
+static inline int nt_mapping_of(const struct nt_mapping *m, int n, const void *p) {
+  for (int i = 0; i < n; ++i)
+    if ((uintptr_t)p >= m[i].lo && (uintptr_t)p < m[i].hi) return i;
+  return -1;
+}
+
+/* The library's segment map, its sparse .bss: the biggest anonymous mapping that follows the
+ * library's own mappings without a gap. -1 where there is none. */
+static inline int nt_segment_map(const struct nt_mapping *m, int n) {
+  int last_lib = -1, best = -1;
+  for (int i = 0; i < n; ++i)
+    if (strstr(m[i].path, "libnebulamem") != NULL) last_lib = i;
+  if (last_lib < 0) return -1;
+  for (int i = last_lib + 1; i < n && m[i].lo == m[i - 1].hi && m[i].path[0] == 0; ++i)
+    if (best < 0 || m[i].hi - m[i].lo > m[best].hi - m[best].lo) best = i;
+  return best;
+}
+
 #endif /* NEBULA_TESTS_CHECK_H */

@@ -15,41 +15,8 @@
 
 #include <malloc.h>
 
-struct range {
-  uintptr_t lo, hi;
-  char perms[8];
-  char path[256];
-};
-
-static int read_maps(struct range *out, int cap) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  CHECK(f != NULL);
-  char line[512];
-  int n = 0;
-  while (n < cap && fgets(line, sizeof line, f) != NULL) {
-    unsigned long lo, hi;
-    int at = 0;
-    struct range *r = &out[n];
-    memset(r, 0, sizeof *r);
-    if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &lo, &hi, r->perms, &at) < 3) continue;
-    r->lo = lo;
-    r->hi = hi;
-    if (at > 0) snprintf(r->path, sizeof r->path, "%s", line + at);
-    r->path[strcspn(r->path, "\n")] = 0;
-    ++n;
-  }
-  fclose(f);
-  return n;
-}
-
 enum { CAP = 8192 };
-static struct range maps[CAP];
-
-static int find(int n, const void *p) {
-  for (int i = 0; i < n; ++i)
-    if ((uintptr_t)p >= maps[i].lo && (uintptr_t)p < maps[i].hi) return i;
-  return -1;
-}
+static struct nt_mapping maps[CAP];
 
 /* Bytes with permission perms in the anonymous mappings that touch [lo, hi). */
 static size_t bytes_with(int n, uintptr_t lo, uintptr_t hi, const char *perms) {
@@ -75,8 +42,8 @@ int main(void) {
   }
   /* The arena (1 GiB, aligned to 4 MiB) lies within the GiB on either side of the block. */
   const uintptr_t mib = (uintptr_t)1 << 20;
-  int n = read_maps(maps, CAP);
-  int k = find(n, small[0]);
+  int n = nt_read_mappings(maps, CAP);
+  int k = nt_mapping_of(maps, n, small[0]);
   CHECKF(k >= 0, "no mapping holds a small block");
   CHECKF(strcmp(maps[k].perms, "rw-p") == 0, "the small block's chunk is %s, not rw-p", maps[k].perms);
   uintptr_t lo = (uintptr_t)small[0] - 1024 * mib, hi = (uintptr_t)small[0] + 1024 * mib;
@@ -88,25 +55,19 @@ int main(void) {
   char *huge = malloc(huge_size);
   CHECK(huge != NULL);
   memset(huge, 6, huge_size);
-  n = read_maps(maps, CAP);
+  n = nt_read_mappings(maps, CAP);
   size_t huge_rw = bytes_with(n, (uintptr_t)huge, (uintptr_t)huge + huge_size, "rw-p");
   CHECKF(huge_rw == huge_size, "the 64 MiB block has %zu MiB writable", huge_rw / mib);
   free(huge);
   malloc_trim(0);
-  n = read_maps(maps, CAP);
+  n = nt_read_mappings(maps, CAP);
   /* Its chunks (4 MiB each, the block's first 4 MiB hold its header) are inaccessible again. */
   size_t after = bytes_with(n, (uintptr_t)huge + 4 * mib, (uintptr_t)huge + huge_size - 4 * mib, "---p");
   CHECKF(after == huge_size - 8 * mib, "after free and trim, %zu of the block's inner %zu MiB are inaccessible",
          after / mib, (huge_size - 8 * mib) / mib);
 
-  /* The segment map: the biggest anonymous mapping right after the library's mappings. */
-  int last_lib = -1;
-  for (int i = 0; i < n; ++i)
-    if (strstr(maps[i].path, "libnebulamem") != NULL) last_lib = i;
-  CHECK(last_lib >= 0);
-  int segmap = -1;
-  for (int i = last_lib + 1; i < n && maps[i].lo == maps[i - 1].hi && maps[i].path[0] == 0; ++i)
-    if (segmap < 0 || maps[i].hi - maps[i].lo > maps[segmap].hi - maps[segmap].lo) segmap = i;
+  /* The segment map (the library's sparse .bss). */
+  const int segmap = nt_segment_map(maps, n);
   CHECKF(segmap >= 0 && maps[segmap].hi - maps[segmap].lo >= 16 * mib, "no big anonymous mapping after the library");
   CHECKF(strcmp(maps[segmap].perms, "r--p") == 0, "the segment map's %zu MiB are %s, not read-only",
          (size_t)((maps[segmap].hi - maps[segmap].lo) / mib), maps[segmap].perms);

@@ -23,19 +23,12 @@ static size_t vm_size_bytes(void) {
 }
 
 /* The anonymous mappings of 512 MiB or more: our arenas (1 GiB each). */
+static struct nt_mapping maps[4096];
 static size_t big_anonymous_bytes(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  CHECK(f != NULL);
-  char line[512];
+  const int n = nt_read_mappings(maps, 4096);
   size_t sum = 0;
-  while (fgets(line, sizeof line, f) != NULL) {
-    unsigned long lo, hi;
-    int at = 0;
-    if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &lo, &hi, &at) < 2) continue;
-    const int anonymous = at == 0 || line[at] == '\n' || line[at] == 0;
-    if (anonymous && hi - lo >= (512ul << 20)) sum += hi - lo;
-  }
-  fclose(f);
+  for (int i = 0; i < n; ++i)
+    if (maps[i].path[0] == 0 && maps[i].hi - maps[i].lo >= (512ul << 20)) sum += maps[i].hi - maps[i].lo;
   return sum;
 }
 

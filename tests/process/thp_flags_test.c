@@ -14,48 +14,7 @@
  *     flags above are what decides, and they are checked on every machine. */
 #include "../check.h"
 
-struct mapping {
-  uintptr_t lo, hi;
-  char path[256];
-  char flags[256];
-  long anon_huge_kib;
-};
-
-/* Reads every mapping of /proc/self/smaps into out (at most cap); returns the count. */
-static int read_mappings(struct mapping *out, int cap) {
-  FILE *f = fopen("/proc/self/smaps", "r");
-  CHECK(f != NULL);
-  char line[512];
-  int n = -1;
-  while (fgets(line, sizeof line, f) != NULL) {
-    unsigned long lo, hi;
-    int at = 0;
-    if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &lo, &hi, &at) == 2 && at > 0) {
-      if (n + 1 >= cap) break;
-      struct mapping *m = &out[++n];
-      memset(m, 0, sizeof *m);
-      m->lo = lo;
-      m->hi = hi;
-      snprintf(m->path, sizeof m->path, "%s", line + at);
-      m->path[strcspn(m->path, "\n")] = 0;
-    } else if (n >= 0 && strncmp(line, "VmFlags:", 8) == 0) {
-      snprintf(out[n].flags, sizeof out[n].flags, "%s", line + 8);
-    } else if (n >= 0 && strncmp(line, "AnonHugePages:", 14) == 0) {
-      out[n].anon_huge_kib = atol(line + 14);
-    }
-  }
-  fclose(f);
-  return n + 1;
-}
-
-static const struct mapping *mapping_of(const struct mapping *m, int n, const void *p) {
-  uintptr_t a = (uintptr_t)p;
-  for (int i = 0; i < n; ++i)
-    if (a >= m[i].lo && a < m[i].hi) return &m[i];
-  return NULL;
-}
-
-static int has_flag(const struct mapping *m, const char *flag) {
+static int has_flag(const struct nt_mapping *m, const char *flag) {
   char want[8];
   snprintf(want, sizeof want, " %s", flag);
   size_t k = strlen(want);
@@ -75,7 +34,7 @@ static int thp_mode_always(void) {
 }
 
 enum { SMALL = 4000, CAP = 4096 };
-static struct mapping maps[CAP];
+static struct nt_mapping maps[CAP];
 
 int main(void) {
   CHECK_PRELOAD();
@@ -94,14 +53,16 @@ int main(void) {
   memset(large, 3, 300 << 10);
   memset(huge, 4, huge_size);
 
-  int n = read_mappings(maps, CAP);
+  int n = nt_read_mappings(maps, CAP);
   CHECK(n > 0);
 
-  const struct mapping *blocks[3] = {mapping_of(maps, n, small[0]), mapping_of(maps, n, medium),
-                                     mapping_of(maps, n, large)};
+  const struct nt_mapping *blocks[3];
+  const void *block_at[3] = {small[0], medium, large};
   const char *what[3] = {"small", "medium", "large"};
   for (int i = 0; i < 3; ++i) {
-    CHECKF(blocks[i] != NULL, "no mapping holds the %s block", what[i]);
+    const int k = nt_mapping_of(maps, n, block_at[i]);
+    CHECKF(k >= 0, "no mapping holds the %s block", what[i]);
+    blocks[i] = &maps[k];
     CHECKF(has_flag(blocks[i], "nh"), "the %s block's mapping %lx-%lx lacks MADV_NOHUGEPAGE: VmFlags:%s", what[i],
            (unsigned long)blocks[i]->lo, (unsigned long)blocks[i]->hi, blocks[i]->flags);
   }
@@ -109,8 +70,9 @@ int main(void) {
   /* The huge block's first whole 2 MiB page. */
   const uintptr_t two = (uintptr_t)2 << 20;
   const char *mid = (const char *)(((uintptr_t)huge + two - 1) & ~(two - 1));
-  const struct mapping *hm = mapping_of(maps, n, mid);
-  CHECK(hm != NULL);
+  const int hk = nt_mapping_of(maps, n, mid);
+  CHECK(hk >= 0);
+  const struct nt_mapping *hm = &maps[hk];
   const char *hp = getenv("NEBULA_MEM_HUGE_PAGES");
   const int hinted = hp == NULL || !(strcmp(hp, "0") == 0 || strcmp(hp, "off") == 0 || strcmp(hp, "false") == 0);
   if (hinted) {
@@ -122,15 +84,9 @@ int main(void) {
            (const void *)mid, hm->flags);
   }
 
-  /* The segment map: the biggest anonymous mapping that follows the library's own mappings
-   * without a gap (its sparse .bss: tens of MiB, of which a few bytes are used). */
-  int last_lib = -1;
-  for (int i = 0; i < n; ++i)
-    if (strstr(maps[i].path, "libnebulamem") != NULL) last_lib = i;
-  CHECKF(last_lib >= 0, "no mapping of libnebulamem in /proc/self/smaps");
-  const struct mapping *segmap = NULL;
-  for (int i = last_lib + 1; i < n && maps[i].lo == maps[i - 1].hi && maps[i].path[0] == 0; ++i)
-    if (segmap == NULL || maps[i].hi - maps[i].lo > segmap->hi - segmap->lo) segmap = &maps[i];
+  /* The segment map (the library's sparse .bss: tens of MiB, of which a few bytes are used). */
+  const int sk = nt_segment_map(maps, n);
+  const struct nt_mapping *segmap = sk >= 0 ? &maps[sk] : NULL;
   CHECKF(segmap != NULL && segmap->hi - segmap->lo >= two,
          "no anonymous mapping of 2 MiB or more right after the library's (its segment map)");
   CHECKF(has_flag(segmap, "nh"), "the segment map's mapping %lx-%lx lacks MADV_NOHUGEPAGE: VmFlags:%s",
