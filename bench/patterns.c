@@ -33,6 +33,8 @@
  *                   change; the time printed is the 6 s, the peak RSS is the figure), every OS
  *                   page of each block written; a quarter of the blocks die on the other thread
  *                   (mailboxes of 256 slots)
+ *   big-rounds      200 rounds of 40 blocks of 1-4 MiB, every OS page of each written, all
+ *                   freed at the end of each round (buffers of a batch job or of a frame)
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
  */
@@ -415,6 +417,19 @@ static void run(const char *name) {
     for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
     for (int i = 0; i < 2; i++)
       for (int j = 0; j < 256; j++) free(drift_box[i][j]);
+  } else if (!strcmp(name, "big-rounds")) {
+    enum { LIVE = 40, ROUNDS = 200 };
+    char *a[LIVE];
+    unsigned s = 11;
+    for (int r = 0; r < ROUNDS; r++) {
+      for (int i = 0; i < LIVE; i++) {
+        s = s * 1103515245 + 12345;
+        size_t n = (1u << 20) + (s >> 4) % (3u << 20);
+        a[i] = must(malloc(n));
+        for (size_t o = 0; o < n; o += 4096) a[i][o] = (char)r;
+      }
+      for (int i = 0; i < LIVE; i++) free(a[i]);
+    }
   } else if (!strcmp(name, "shrink")) {
     enum { N = 200000 };
     static void *a[N];

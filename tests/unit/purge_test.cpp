@@ -168,6 +168,41 @@ TEST_CASE("purge: churning big blocks refills resident runs instead of purging t
   CHECK(committed_now() == c0);
 }
 
+// Rounds of big blocks, each round freed whole (a program that builds its buffers, lets go of
+// all of them, and starts again): the first round's end gives back what is beyond `retain` at
+// once, as above; the next round takes that memory back clean within a purge delay, so the
+// purge was wasted, and the rounds after it keep their memory resident (each purge would have
+// faulted the blocks back in: 50 blocks of 2 MiB a round purged 34 of them every round). A
+// forced purge (trim) ends the hold.
+TEST_CASE("purge: rounds of big blocks freed whole stop purging at each round's end") {
+  settle();  // (trim ends any hold left by earlier cases)
+  constexpr int kLive = 40;
+  const size_t block = 2 * kMiB;
+  auto round = [&] {
+    void* v[kLive];
+    for (auto& p : v) {
+      p = alloc(block);
+      REQUIRE(p != nullptr);
+      static_cast<char*>(p)[0] = 1;
+      static_cast<char*>(p)[block - 1] = 1;
+    }
+    for (void* p : v) dealloc(p);
+  };
+  const size_t p0 = g_counters.purged.load();
+  round();
+  const size_t first = g_counters.purged.load() - p0;
+  CHECK(first >= 32 * kMiB);  // 40 segments of 2 MiB + a header slice, 32 MiB kept
+  for (int i = 0; i < 20; ++i) round();
+  const size_t later = g_counters.purged.load() - p0 - first;
+  // Each round's end purged as much as the first before the hold: 20 x first.
+  CHECK(later < 2 * first);
+  trim(0);
+  const size_t p1 = g_counters.purged.load();
+  round();
+  CHECK(g_counters.purged.load() - p1 >= 32 * kMiB);  // no hold after the trim
+  settle();
+}
+
 // A thread that stops calling the allocator (here a worker waiting for its next job) never runs
 // its own maintenance, so the free slices its heap holds would stay resident for as long as it
 // waits. Another thread's maintenance purges them once their purge time is a purge delay past
