@@ -35,6 +35,8 @@
  *                   (mailboxes of 256 slots)
  *   big-rounds      200 rounds of 40 blocks of 1-4 MiB, every OS page of each written, all
  *                   freed at the end of each round (buffers of a batch job or of a frame)
+ *   buf-rounds      1,000 rounds of 50 blocks of 2 MiB, a byte written at each end, all freed
+ *                   at the end of each round (the cost of the allocator's own work per block)
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
  */
@@ -427,6 +429,17 @@ static void run(const char *name) {
         size_t n = (1u << 20) + (s >> 4) % (3u << 20);
         a[i] = must(malloc(n));
         for (size_t o = 0; o < n; o += 4096) a[i][o] = (char)r;
+      }
+      for (int i = 0; i < LIVE; i++) free(a[i]);
+    }
+  } else if (!strcmp(name, "buf-rounds")) {
+    enum { LIVE = 50, ROUNDS = 1000 };
+    const size_t n = 2u << 20;
+    char *a[LIVE];
+    for (int r = 0; r < ROUNDS; r++) {
+      for (int i = 0; i < LIVE; i++) {
+        a[i] = must(malloc(n));
+        a[i][0] = a[i][n - 1] = (char)r;
       }
       for (int i = 0; i < LIVE; i++) free(a[i]);
     }

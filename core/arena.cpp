@@ -70,6 +70,13 @@ struct Arena {
   uint64_t oldest_ms;                       // at most the earliest freed_at_ms of its free
                                             // dirty chunks (UINT64_MAX: it has none); exact
                                             // after purge_oldest read the arena
+  // The free chunks that may hold resident slices, by how many (find_one): chunk c is in
+  // by_resident[k - 1] while it is free and k = popcount(dirty_mask[c]) > 0, and listed[c] == k
+  // (0: in none). Written only when chunks with resident slices are freed, taken or purged.
+  uint64_t resident_any;                    // bit k - 1: by_resident[k - 1] is not empty
+  uint16_t in_list[64];                     // chunks in by_resident[k - 1]
+  uint8_t listed[kArenaChunks];
+  uint64_t by_resident[64][kArenaChunks / 64];
 };
 
 NEBULA_SPARSE_BSS_BEGIN
@@ -155,6 +162,35 @@ NEBULA_NOINLINE bool commit_chunks(Arena* a, unsigned first, size_t n) {
 }
 
 bool chunk_used(const Arena* a, unsigned i) { return (a->used[i / 64] >> (i % 64)) & 1; }
+
+// Chunk i leaves its list of free chunks by resident slices (Arena::by_resident), and joins the
+// one its dirty mask says if it is free (relist). Under the lock.
+NEBULA_NOINLINE void unlist_listed(Arena* a, unsigned i) {
+  const unsigned k = a->listed[i] - 1u;
+  a->by_resident[k][i / 64] &= ~(uint64_t{1} << (i % 64));
+  if (--a->in_list[k] == 0) a->resident_any &= ~(uint64_t{1} << k);
+  a->listed[i] = 0;
+}
+inline void unlist(Arena* a, unsigned i) {
+  if (a->listed[i] != 0) unlist_listed(a, i);
+}
+NEBULA_NOINLINE void relist(Arena* a, unsigned i) {
+  unlist(a, i);
+  const uint64_t d = a->dirty_mask[i];
+  if (d == 0 || chunk_used(a, i)) return;
+  const unsigned k = static_cast<unsigned>(popcount64(d)) - 1u;
+  a->by_resident[k][i / 64] |= uint64_t{1} << (i % 64);
+  a->in_list[k]++;
+  a->resident_any |= uint64_t{1} << k;
+  a->listed[i] = static_cast<uint8_t>(k + 1);
+}
+// Every change of a free chunk's dirty mask goes through here, so that the lists follow it (a
+// chunk in use is in none: chunk_set_used took it off, and the fork handler puts back those a
+// purge had marked in use).
+void set_dirty(Arena* a, unsigned i, uint64_t d) {
+  a->dirty_mask[i] = d;
+  if (d != 0 || a->listed[i] != 0) relist(a, i);
+}
 bool chunk_purging(const Arena* a, unsigned i) { return (a->purging[i / 64] >> (i % 64)) & 1; }
 bool chunk_grows(const Arena* a, unsigned i) { return (a->grows[i / 64] >> (i % 64)) & 1; }
 // Chunks [first, first + n) hold a huge block that realloc grew (under the lock).
@@ -164,6 +200,7 @@ void mark_growing(Arena* a, unsigned first, size_t n) {
 void chunk_set_used(Arena* a, unsigned i, bool v) {
   if (v) {
     a->used[i / 64] |= uint64_t{1} << (i % 64);
+    unlist(a, i);
   } else {
     a->used[i / 64] &= ~(uint64_t{1} << (i % 64));
     a->grows[i / 64] &= ~(uint64_t{1} << (i % 64));
@@ -172,27 +209,23 @@ void chunk_set_used(Arena* a, unsigned i, bool v) {
 }
 
 // One chunk (a normal segment) with no growing huge block to keep room behind: the free chunk
-// with the most resident slices, lowest first of equals, visiting free chunks only (a word of
-// the used bitmap at a time). find_run's answer for n == 1, without its walk of every chunk:
-// `memalign-2m` (200 live segments) spent 18% of its samples in that walk.
-int find_one(const Arena* a) {
-  int best = -1;
-  unsigned best_score = 0;
+// with the most resident slices, lowest first of equals. find_run's answer for n == 1, from the
+// lists of free chunks by resident slices (the first chunk of the highest list), else the first
+// free chunk. It visited every free chunk (and before stop 22 every chunk): 50 blocks of 2 MiB
+// made and freed in rounds spent half their time in that walk (perf), a segment made per block
+// with 200 or more free chunks to visit.
+NEBULA_SMALL int find_one(const Arena* a) {
+  if (a->resident_any != 0) {
+    const uint64_t* row = a->by_resident[63 - clz64(a->resident_any)];
+    for (unsigned w = 0; w < kArenaChunks / 64; ++w)
+      if (row[w] != 0) return static_cast<int>(w * 64 + ctz64(row[w]));
+  }
   for (unsigned w = 0; w * 64 < a->chunks; ++w) {
     uint64_t free_bits = ~a->used[w];
     if (a->chunks - w * 64 < 64) free_bits &= (uint64_t{1} << (a->chunks - w * 64)) - 1;
-    for (; free_bits != 0; free_bits &= free_bits - 1) {
-      const unsigned i = w * 64 + ctz64(free_bits);
-      const uint64_t d = a->dirty_mask[i];
-      const unsigned score = d == 0 ? 0 : static_cast<unsigned>(popcount64(d));
-      if (best < 0 || score > best_score) {
-        best = static_cast<int>(i);
-        best_score = score;
-        if (score == 64) return best;
-      }
-    }
+    if (free_bits != 0) return static_cast<int>(w * 64 + ctz64(free_bits));
   }
-  return best;
+  return -1;
 }
 
 bool any_growing(const Arena* a) {
@@ -206,7 +239,7 @@ bool any_growing(const Arena* a) {
 // and only those starts are scored. An arena of huge blocks has few free chunks, mostly apart:
 // `patterns huge-many` (30 arenas) read 256 chunks of each arena it passed, 79% of its
 // instructions (callgrind).
-int find_run_free(Arena* a, unsigned n) {
+NEBULA_SMALL int find_run_free(Arena* a, unsigned n) {
   constexpr unsigned kWords = kArenaChunks / 64;
   uint64_t starts[kWords], shifted[kWords];
   for (unsigned w = 0; w < kWords; ++w) {
@@ -272,7 +305,7 @@ int find_run_free(Arena* a, unsigned n) {
 // chunks are freed in it (Arena::no_run): a process with 30 GiB of huge blocks (5,000 of 4-8 MiB,
 // 30 arenas) read every chunk of every full arena before reaching one with room, 31% of its
 // samples in a program that replaces them at random.
-int find_run(Arena* a, unsigned n, bool spare_growth) {
+NEBULA_SMALL int find_run(Arena* a, unsigned n, bool spare_growth) {
   if (a->free_count < n || n == 0 || n >= a->no_run) return -1;
   const bool sparing = spare_growth && any_growing(a);
   if (n == 1 && !sparing) return find_one(a);
@@ -526,11 +559,11 @@ void purge_chunk(Arena* a, unsigned i, PurgeBatch& batch) {
   g_free_dirty -= bytes;
   if (batch.n == kPurgeBatch) {
     if (purge_slices_of(a, i, mask)) chunk_set_committed(a, i, false);
-    a->dirty_mask[i] = 0;
+    set_dirty(a, i, 0);
     count_purged(bytes, 1);
     return;
   }
-  a->used[i / 64] |= uint64_t{1} << (i % 64);
+  chunk_set_used(a, i, true);  // (no_run stays: the chunk is free again after the calls)
   a->purging[i / 64] |= uint64_t{1} << (i % 64);
   a->free_count--;
   g_purging += bytes;
@@ -559,7 +592,7 @@ void purge_finish(PurgeBatch& batch) {
     for (unsigned k = 0; k < batch.n; ++k) {
       Arena* a = batch.item[k].a;
       const unsigned i = batch.item[k].i;
-      a->dirty_mask[i] = 0;
+      set_dirty(a, i, 0);
       if (batch.item[k].decommitted) chunk_set_committed(a, i, false);
       a->purging[i / 64] &= ~(uint64_t{1} << (i % 64));
       chunk_set_used(a, i, false);
@@ -771,7 +804,7 @@ void free_chunks(unsigned k, uintptr_t start, size_t chunks, bool huge, uint64_t
         size_t slices = dirty_len <= lo ? 0 : (dirty_len - lo) >> kSliceShift;
         d = slices >= 64 ? kAllSlices : ((uint64_t{1} << slices) - 1);
       }
-      a->dirty_mask[c] = d;
+      set_dirty(a, c, d);
       a->freed_at_ms[c] = now;
       if (d != 0 && now < a->oldest_ms) a->oldest_ms = now;
       if (header_reset && i == 0) a->header_reset[c / 64] |= uint64_t{1} << (c % 64);
@@ -981,7 +1014,7 @@ void arena_free_tail(Segment* s, size_t keep, size_t chunks) noexcept {
   unsigned first = static_cast<unsigned>((sb - a->base) >> kSegmentShift);
   for (size_t i = keep; i < chunks; ++i) {
     chunk_set_used(a, first + static_cast<unsigned>(i), false);
-    a->dirty_mask[first + i] = 0;
+    set_dirty(a, first + static_cast<unsigned>(i), 0);
   }
   release_clean(a, first + static_cast<unsigned>(keep), chunks - keep);
   a->free_count += static_cast<uint32_t>(chunks - keep);
@@ -1006,7 +1039,7 @@ void arena_free_unused(const ChunkGrant& g, size_t chunks) noexcept {
   if (g.guarded) a->guarded[first / 64] |= uint64_t{1} << (first % 64);  // still inaccessible
   for (size_t i = 0; i < chunks; ++i) {
     chunk_set_used(a, first + static_cast<unsigned>(i), false);
-    a->dirty_mask[first + i] = 0;
+    set_dirty(a, first + static_cast<unsigned>(i), 0);
   }
   release_clean(a, first, chunks);
   a->free_count += static_cast<uint32_t>(chunks);
@@ -1078,7 +1111,7 @@ int arena_find_run_in(const uint64_t* used, const uint64_t* dirty, unsigned chun
   for (unsigned i = 0; i < chunks; ++i) {
     if ((used[i / 64] >> (i % 64)) & 1) a->used[i / 64] |= uint64_t{1} << (i % 64);
     else ++a->free_count;
-    a->dirty_mask[i] = dirty[i];
+    set_dirty(a, i, dirty[i]);
   }
   const int at = find_run(a, n, false);
   os::release(a, size);
@@ -1089,6 +1122,27 @@ int arena_thp_state(unsigned index, uintptr_t addr) noexcept {
   const Arena* a = g_arenas[index];
   const size_t i = (addr - a->base) >> kThpShift;
   return !thp_bit(a->thp_on, i) ? 0 : thp_bit(a->thp_unsure, i) ? 2 : 1;
+}
+
+bool arena_lists_check() noexcept {
+  LockGuard guard(g_arena_lock);
+  const unsigned count = g_arena_count.load(std::memory_order_relaxed);
+  for (unsigned k = 0; k < count; ++k) {
+    const Arena* a = g_arenas[k];
+    uint64_t any = 0;
+    for (unsigned r = 0; r < 64; ++r)
+      for (unsigned w = 0; w < kArenaChunks / 64; ++w)
+        if (a->by_resident[r][w] != 0) any |= uint64_t{1} << r;
+    if (any != a->resident_any) return false;
+    for (unsigned i = 0; i < kArenaChunks; ++i) {
+      const uint64_t d = i < a->chunks ? a->dirty_mask[i] : 0;
+      const unsigned want = d != 0 && !chunk_used(a, i) ? static_cast<unsigned>(popcount64(d)) : 0;
+      if (a->listed[i] != want) return false;
+      for (unsigned r = 0; r < 64; ++r)
+        if (((a->by_resident[r][i / 64] >> (i % 64)) & 1) != (want == r + 1)) return false;
+    }
+  }
+  return true;
 }
 
 bool arena_purge_oldest() noexcept {
@@ -1116,6 +1170,7 @@ void arenas_fork_child() noexcept {
       for (uint64_t bits = a->purging[w]; bits != 0; bits &= bits - 1) {
         const unsigned i = w * 64 + ctz64(bits);
         chunk_set_used(a, i, false);
+        relist(a, i);
         a->free_count++;
         g_free_dirty += static_cast<size_t>(popcount64(a->dirty_mask[i])) << kSliceShift;
         if (a->freed_at_ms[i] < a->oldest_ms) a->oldest_ms = a->freed_at_ms[i];

@@ -644,6 +644,9 @@ int arena_thp_state(unsigned index, uintptr_t addr) noexcept;
 // Purge the free chunk with resident slices that was freed longest ago, as a free over the
 // resident limit does; false if there is none (for tests).
 bool arena_purge_oldest() noexcept;
+// Whether every arena's lists of free chunks by resident slices agree with its bitmaps: each
+// free chunk with k > 0 resident slices in the k-th list, no other chunk in any (for tests).
+bool arena_lists_check() noexcept;
 // For tests: called by a purge that runs with its lock released, after its madvise calls and
 // before it takes the lock again to return what it marked: free chunks of the arenas
 // (kArenaChunks, the arena lock) or kept slices of abandoned segments (kKeptSlices, the

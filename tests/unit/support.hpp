@@ -323,6 +323,7 @@ inline int check_heap_invariants(Heap* h) {
   auto fail = [&](const char* what, const void* where) {
     if (++errors <= 8) FAIL_CHECK(std::string(what) << " at " << where);
   };
+  if (!arena_lists_check()) fail("the arenas' lists of free chunks by resident slices differ from their bitmaps", h);
   std::set<const Page*> in_full;
   for (const Page* p = h->full.first; p != nullptr; p = p->next) in_full.insert(p);
   std::set<const Page*> in_spare;
