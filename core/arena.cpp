@@ -745,7 +745,7 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
     *out = ChunkGrant{p, 0, true, 0, true, 0, 0};
     return true;
   }
-  uint64_t now = os::clock_ms();
+  uint64_t now = os::clock_ms_coarse();  // (see free_chunks)
   LockGuard guard(g_arena_lock);
   note_in_use(now);
   Arena* a = nullptr;
@@ -788,7 +788,10 @@ namespace {
 // from its start that may be resident, a normal segment its first chunk's dirty slices.
 void free_chunks(unsigned k, uintptr_t start, size_t chunks, bool huge, uint64_t dirty_first, size_t dirty_len,
                  bool header_reset) {
-  uint64_t now = os::clock_ms();
+  // The coarse clock (a tick behind at most): the times it takes are purge delays and peak
+  // windows of hundreds of ms, and a segment made and freed per big block read the clock three
+  // times (34 ns each here, 17% of rounds of 2 MiB blocks; 12 ns coarse).
+  uint64_t now = os::clock_ms_coarse();
   PurgeBatch batch;
   {
     LockGuard guard(g_arena_lock);

@@ -222,7 +222,7 @@ Segment* segment_new(Heap* heap) {
   // delay, as if just freed, unless spans take them first (claim_slices then clears the time).
   // Without a purge time they stayed resident until the heap freed a span of this segment.
   if ((s->free_slices & s->dirty_slices & ~uint64_t{1}) != 0) {
-    s->purge_at_ms = os::clock_ms() + static_cast<uint64_t>(option(Option::kPurgeDelay));
+    s->purge_at_ms = os::clock_ms_coarse() + static_cast<uint64_t>(option(Option::kPurgeDelay));
     note_purge_due(heap, s->purge_at_ms);
   }
   s->owner_heap.store(heap, std::memory_order_relaxed);

@@ -1286,14 +1286,15 @@ TEST_CASE("huge: the free chunk freed longest ago is purged first, across arenas
   for (size_t i = 2; i < mine.size(); ++i) arena_free_unused(mine[i], 1);  // clean: no purge due
   auto free_dirty = free_chunk_dirty;
   auto resident = dirty_resident;
+  // (the arenas take the coarse clock, a tick behind at most: the times below are ticks apart)
   free_dirty(x1);  // t0: the first arena's bound
-  usleep(3000);
+  usleep(12000);
   ChunkGrant again;
   REQUIRE(arena_alloc(1, &again, ChunkUse::kHuge));  // the most resident free chunk of that arena
   REQUIRE(again.base == x1.base);                     // taken again: the bound stays at t0
-  usleep(3000);
+  usleep(12000);
   free_dirty(other);  // t1, in the other arena
-  usleep(3000);
+  usleep(12000);
   free_dirty(x2);  // t2 > t1, in the first arena (bound t0)
   // (a byte written in each slice: an OS page each, or a huge page where the chunk kept a
   // huge-page request from a block before)
