@@ -37,6 +37,10 @@
  *                   freed at the end of each round (buffers of a batch job or of a frame)
  *   buf-rounds      1,000 rounds of 50 blocks of 2 MiB, a byte written at each end, all freed
  *                   at the end of each round (the cost of the allocator's own work per block)
+ *   vec-double      64 buffers doubled together by realloc from 16 bytes to 64 MiB, the last
+ *                   byte written after each doubling (vectors that grow side by side)
+ *   shrink-fit      20 rounds of 100 buffers of 8 MiB, 20 KB-2 MB of each written, then shrunk
+ *                   to that size by realloc (a file read into a big buffer), all freed
  *
  *   build/bench/patterns NAME     prints "NAME time_s peak_rss_kib"
  */
@@ -440,6 +444,30 @@ static void run(const char *name) {
       for (int i = 0; i < LIVE; i++) {
         a[i] = must(malloc(n));
         a[i][0] = a[i][n - 1] = (char)r;
+      }
+      for (int i = 0; i < LIVE; i++) free(a[i]);
+    }
+  } else if (!strcmp(name, "vec-double")) {
+    enum { VECS = 64, DOUBLINGS = 22 };
+    char *v[VECS];
+    size_t cap[VECS];
+    for (int i = 0; i < VECS; i++) v[i] = must(malloc(cap[i] = 16));
+    for (int d = 0; d < DOUBLINGS; d++)
+      for (int i = 0; i < VECS; i++) {
+        cap[i] *= 2;
+        v[i] = must(realloc(v[i], cap[i]));
+        v[i][cap[i] - 1] = 1;
+      }
+    for (int i = 0; i < VECS; i++) free(v[i]);
+  } else if (!strcmp(name, "shrink-fit")) {
+    enum { LIVE = 100, ROUNDS = 20 };
+    void *a[LIVE];
+    for (int r = 0; r < ROUNDS; r++) {
+      for (int i = 0; i < LIVE; i++) {
+        char *p = must(malloc(8u << 20));
+        size_t n = (size_t)(i * 37 % 100 + 1) * 20000;
+        memset(p, r, n);
+        a[i] = must(realloc(p, n));
       }
       for (int i = 0; i < LIVE; i++) free(a[i]);
     }
