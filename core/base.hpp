@@ -16,7 +16,7 @@ inline unsigned ctz64(uint64_t x) { return static_cast<unsigned>(__builtin_ctzll
 inline unsigned clz64(uint64_t x) { return static_cast<unsigned>(__builtin_clzll(x)); }
 // Written out rather than __builtin_popcountll: without -mpopcnt that builtin calls libgcc_s's
 // __popcountdi2, and the drop-in library must not need libgcc_s (see meson.build).
-inline unsigned popcount64(uint64_t x) {
+__attribute__((always_inline)) inline unsigned popcount64(uint64_t x) {
   x = x - ((x >> 1) & 0x5555555555555555ull);
   x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
   x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
