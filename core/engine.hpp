@@ -578,6 +578,8 @@ struct ChunkGrant {
                               // its descriptors all reset (valid while that slice is resident)
   bool guarded = false;       // secure mode: one chunk for a segment whose last slice is
                               // inaccessible already (a guard that the last segment there left)
+  bool huge_header = false;   // the first slice holds a huge block's segment header (the page
+                              // descriptors from 2 on lead to 1), valid while it is resident
 };
 // What chunks are for. A segment (one chunk) keeps out of the free chunks behind a huge block
 // that grows (see find_run) while there is room elsewhere, and in secure mode keeps the guard

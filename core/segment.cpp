@@ -731,8 +731,10 @@ static void huge_header(Segment* s, const ChunkGrant& g, size_t chunks, size_t n
   // left resident) would send a free to a page that is gone. A header of fresh or purged memory
   // reads 0 there, which leads to descriptor 0 (not in use): the generic path, which checks the
   // segment's kind first, so those 62 lines, over 3 more OS pages of the header, stay untouched
-  // (3 page faults less per huge block made on clean chunks).
-  if (g.dirty_first & 1)
+  // (3 page faults less per huge block made on clean chunks). A header that a normal segment
+  // freed whole left (all 0) or a huge block's (these values) needs no writes either: a thread
+  // making and freeing 4 MiB blocks spent 21% of its samples writing those 62 lines.
+  if ((g.dirty_first & 1) && !g.huge_header && !g.header_reset)
     for (unsigned j = 2; j < kSlicesPerSegment; ++j) s->pages[j].head_off = page->head_off;
 }
 

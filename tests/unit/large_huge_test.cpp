@@ -1410,6 +1410,55 @@ TEST_CASE("huge: a block on clean chunks leaves its header's other descriptor pa
   settle();
 }
 
+// A huge block's header on resident memory: its descriptors from 2 on must lead to the block's
+// (or read 0) whatever lay there. A chunk inside an earlier block holds the program's bytes and
+// gets them written; one that held a huge block's header, or a normal segment's freed whole,
+// holds right ones already, and they are not written again (the arena's note of what the chunk
+// holds is dropped when it is taken for anything). A stale value would lead a pointer into
+// those slices to some other page (a free of an interior pointer taken for a small block).
+TEST_CASE("huge: a block on resident chunks has descriptors that lead to it, whatever lay there") {
+  settle();
+  auto descriptors_ok = [](const Segment* s) {
+    for (unsigned j = 2; j < kSlicesPerSegment; ++j)
+      if (s->pages[j].head_off != 0 && s->pages[j].head_off != s->pages[1].head_off) return false;
+    return true;
+  };
+  // Twice: the second time the big block lies over the headers the first round's blocks left.
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    const size_t big = (size_t{15} << 20) + 12345;  // 4 chunks with the header
+    auto* a = static_cast<uint8_t*>(alloc(big));
+    REQUIRE(a != nullptr);
+    const uintptr_t a_seg = reinterpret_cast<uintptr_t>(segment_of(a));
+    memset(a, 0xa5 + round, big);  // every chunk but the first: descriptors' bytes garbage
+    dealloc(a);
+    // Blocks of one chunk take the resident chunks, lowest first: a's header chunk, then its
+    // interior ones. Each is freed and made again at once, on its own header.
+    std::vector<void*> blocks;
+    unsigned inside = 0, again = 0;
+    for (int i = 0; i < 64 && inside < 4; ++i) {
+      auto* p = static_cast<uint8_t*>(alloc(size_t{3} << 20));
+      REQUIRE(p != nullptr);
+      Segment* s = segment_of(p);
+      const uintptr_t sb = reinterpret_cast<uintptr_t>(s);
+      CAPTURE(i);
+      CHECK(descriptors_ok(s));
+      if (sb >= a_seg && sb < a_seg + 4 * kSegmentSize) ++inside;
+      dealloc(p);
+      p = static_cast<uint8_t*>(alloc(size_t{3} << 20));  // on the header just freed
+      REQUIRE(p != nullptr);
+      if (reinterpret_cast<uintptr_t>(segment_of(p)) == sb) ++again;
+      CHECK(descriptors_ok(segment_of(p)));
+      CHECK(segment_containing(p + (size_t{2} << 20)) == segment_of(p));
+      blocks.push_back(p);
+    }
+    CHECK(inside == 4);
+    CHECK(again > 0);
+    for (void* p : blocks) dealloc(p);
+  }
+  settle();
+}
+
 // A huge block made on chunks where an earlier block asked for huge pages: the flag comes off
 // the 2 MiB that hold its header before the header is written, so the header slice is not faulted in as part of
 // a 2 MiB page (it was: 64 KiB of header resident instead of one OS page, with the rest of the
@@ -1602,18 +1651,21 @@ TEST_CASE("huge: blocks stop asking for huge pages where their flags would split
 // The search for a run of n free chunks reads the used bitmap a word at a time (the starts of
 // n free chunks in a row, from shifts in doubling steps) and scores only those starts. Against
 // a chunk-by-chunk reference on random arenas: full and sparse ones, runs across the words'
-// boundaries, n from 1 (the lists of free chunks by resident slices) to 64, and the small arena
-// of 16 chunks made where address space is short.
+// boundaries, n from 1 (the lists of free chunks by resident slices) to 64, arenas with few
+// resident chunks (only windows that hold one are scored; the lowest run when none does), and
+// the small arena of 16 chunks made where address space is short.
 TEST_CASE("huge: the run search finds the free run with the most resident slices, lowest first") {
   uint64_t x = 0x2545F4914F6CDD1Dull;
   auto next = [&] { return x ^= x << 13, x ^= x >> 7, x ^= x << 17; };
   for (int round = 0; round < 3000; ++round) {
     const unsigned chunks = round % 10 == 0 ? 16 : kArenaChunks;
     const unsigned density = static_cast<unsigned>(next() % 8);  // of 8: chunks in use
+    const bool few_resident = round % 5 == 2;                     // 1 chunk in 16 may be
     std::vector<uint64_t> used(kArenaChunks / 64, 0), dirty(chunks, 0);
     for (unsigned i = 0; i < chunks; ++i) {
       if (next() % 8 < density) used[i / 64] |= uint64_t{1} << (i % 64);
-      const unsigned kind = static_cast<unsigned>(next() % 4);
+      unsigned kind = static_cast<unsigned>(next() % 4);
+      if (few_resident && next() % 16 != 0) kind = 0;
       dirty[i] = kind == 0 ? 0 : kind == 1 ? ~uint64_t{0} : next() & next();
     }
     const unsigned n = round % 4 == 1 ? 1 : 2 + static_cast<unsigned>(next() % (round % 3 == 0 ? 63 : 6));
