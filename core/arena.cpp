@@ -245,7 +245,10 @@ bool any_growing(const Arena* a) {
 // resident slices: the OR of the same shifts) can score above 0; when there are none, the lowest
 // start wins. Threads making and freeing 4 MiB blocks (2 chunks) scored each of the 200-odd runs
 // of a mostly free arena, none of them all resident: 74% of the samples (perf).
-NEBULA_SMALL int find_run_free(Arena* a, unsigned n) {
+// Of the last chunk only the first `last` slices count (those the block will use), so that a run
+// where all of them are resident ends the search: a 4 MiB block uses one slice of its second
+// chunk, and whole chunks never scored full where 4 MiB blocks had been freed.
+NEBULA_SMALL int find_run_free(Arena* a, unsigned n, unsigned last) {
   constexpr unsigned kWords = kArenaChunks / 64;
   uint64_t starts[kWords], near[kWords], shifted[kWords];
   for (unsigned w = 0; w < kWords; ++w) {
@@ -283,17 +286,20 @@ NEBULA_SMALL int find_run_free(Arena* a, unsigned n) {
     near[w] &= starts[w];
   }
   if (first < 0) a->no_run = n;
-  const unsigned full = n * 64;
+  const unsigned full = (n - 1) * 64 + last;
+  const uint64_t m = last >= 64 ? ~uint64_t{0} : (uint64_t{1} << last) - 1;
+  const uint64_t* d = a->dirty_mask;
   int best = first, prev = -2;
   unsigned best_score = 0, score = 0;
   for (unsigned w = 0; w < kWords; ++w) {
     for (uint64_t bits = near[w]; bits != 0; bits &= bits - 1) {
       const int i = static_cast<int>(w * 64 + ctz64(bits));
-      if (i == prev + 1) {  // the window slides by one chunk
-        score += static_cast<unsigned>(popcount64(a->dirty_mask[i + n - 1]) - popcount64(a->dirty_mask[i - 1]));
+      if (i == prev + 1) {  // the window slides by one chunk: d[i + n - 2] is whole now
+        score += static_cast<unsigned>(popcount64(d[i + n - 2]) - popcount64(d[i + n - 2] & m) +
+                                       popcount64(d[i + n - 1] & m) - popcount64(d[i - 1]));
       } else {
-        score = 0;
-        for (unsigned j = 0; j < n; ++j) score += static_cast<unsigned>(popcount64(a->dirty_mask[i + j]));
+        score = static_cast<unsigned>(popcount64(d[i + n - 1] & m));
+        for (unsigned j = 0; j + 1 < n; ++j) score += static_cast<unsigned>(popcount64(d[i + j]));
       }
       prev = i;
       if (score > best_score) {
@@ -309,8 +315,9 @@ NEBULA_SMALL int find_run_free(Arena* a, unsigned n) {
 // Find `n` consecutive free chunks, choosing among all the runs that fit the one with the most
 // resident slices (fewest page faults on reuse; ties go to the lowest address). Only reached
 // when a huge block or, next to a growing one, a segment is made (find_one serves the rest);
-// without growing blocks to spare, find_run_free reads the bitmaps. Linear in the arena's chunks
-// where it spares.
+// without growing blocks to spare, find_run_free reads the bitmaps, and of the last chunk counts
+// only the first `last` slices, those the block will use (find_one and the sparing walk count
+// whole chunks). Linear in the arena's chunks where it spares.
 // `spare_growth`: leave alone as many free chunks after a huge block that realloc has grown in
 // place as the block has: they are where it grows next when the program keeps doubling it (a
 // buffer, a hash table). They are often the most resident (a bigger block freed there before),
@@ -324,11 +331,11 @@ NEBULA_SMALL int find_run_free(Arena* a, unsigned n) {
 // chunks are freed in it (Arena::no_run): a process with 30 GiB of huge blocks (5,000 of 4-8 MiB,
 // 30 arenas) read every chunk of every full arena before reaching one with room, 31% of its
 // samples in a program that replaces them at random.
-NEBULA_SMALL int find_run(Arena* a, unsigned n, bool spare_growth) {
+NEBULA_SMALL int find_run(Arena* a, unsigned n, bool spare_growth, unsigned last) {
   if (a->free_count < n || n == 0 || n >= a->no_run) return -1;
   const bool sparing = spare_growth && any_growing(a);
   if (n == 1 && !sparing) return find_one(a);
-  if (!sparing) return find_run_free(a, n);
+  if (!sparing) return find_run_free(a, n, last);
   const unsigned full = n * 64;
   int best = -1;
   unsigned best_score = 0;
@@ -749,7 +756,7 @@ Segment* segment_containing(const void* p) noexcept {
   return reinterpret_cast<Segment*>(i << kSegmentShift);
 }
 
-bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
+bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use, unsigned last) noexcept {
   const bool segment = use == ChunkUse::kSegment;
   size_t bytes = chunks * kSegmentSize;
   if (NEBULA_UNLIKELY(!g_arenas_ready.load(std::memory_order_acquire))) arenas_first_use();
@@ -775,7 +782,7 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
   // A segment keeps out of the room behind growing huge blocks while there is room elsewhere.
   for (int pass = segment ? 0 : 1; pass < 2 && a == nullptr; ++pass) {
     for (k = 0; k < count; ++k) {
-      at = find_run(g_arenas[k], static_cast<unsigned>(chunks), pass == 0);
+      at = find_run(g_arenas[k], static_cast<unsigned>(chunks), pass == 0, last);
       if (at >= 0) {
         a = g_arenas[k];
         break;
@@ -786,7 +793,7 @@ bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept {
     a = arena_create(chunks);
     if (a == nullptr) return false;
     k = g_arena_count.load(std::memory_order_relaxed) - 1;
-    at = find_run(a, static_cast<unsigned>(chunks), false);
+    at = find_run(a, static_cast<unsigned>(chunks), false, last);
     if (at < 0) return false;
   }
   if (g_strict_commit && !commit_chunks(a, static_cast<unsigned>(at), chunks)) return false;
@@ -1127,7 +1134,7 @@ uint32_t arena_no_run(unsigned index) noexcept {
   return index < g_arena_count.load(std::memory_order_relaxed) ? g_arenas[index]->no_run : UINT32_MAX;
 }
 
-int arena_find_run_in(const uint64_t* used, const uint64_t* dirty, unsigned chunks, unsigned n) noexcept {
+int arena_find_run_in(const uint64_t* used, const uint64_t* dirty, unsigned chunks, unsigned n, unsigned last) noexcept {
   // (Mapped for the call: a static one in .bss would sit among the globals every process writes.)
   const size_t size = align_up(sizeof(Arena), os::page_size());
   auto* a = static_cast<Arena*>(os::reserve(size, os::page_size()));
@@ -1139,7 +1146,7 @@ int arena_find_run_in(const uint64_t* used, const uint64_t* dirty, unsigned chun
     else ++a->free_count;
     set_dirty(a, i, dirty[i]);
   }
-  const int at = find_run(a, n, false);
+  const int at = find_run(a, n, false, last);
   os::release(a, size);
   return at;
 }

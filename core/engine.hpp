@@ -586,7 +586,9 @@ struct ChunkGrant {
 // slice a segment freed there left (ChunkGrant::guarded); a huge block's run has any guard in
 // it made accessible.
 enum class ChunkUse : uint8_t { kSegment, kHuge };
-bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use) noexcept;
+// `last`: the slices of the last chunk that the block will use (1..64); a run resident over those
+// is chosen first.
+bool arena_alloc(size_t chunks, ChunkGrant* out, ChunkUse use, unsigned last = 64) noexcept;
 // Give a segment's chunks back. Normal segments pass their dirty bitmap; huge segments the
 // length from the segment start that may be resident (dirty_first is then ignored).
 // `header_reset`: a normal segment freed whole (every page descriptor in its reset state).
@@ -639,7 +641,7 @@ bool arena_contains(uintptr_t a) noexcept;
 uint32_t arena_no_run(unsigned index) noexcept;
 // find_run on an arena of `chunks` chunks with these used bits and dirty masks, for n chunks
 // (for tests: the start of the run chosen, -1 for none).
-int arena_find_run_in(const uint64_t* used, const uint64_t* dirty, unsigned chunks, unsigned n) noexcept;
+int arena_find_run_in(const uint64_t* used, const uint64_t* dirty, unsigned chunks, unsigned n, unsigned last = 64) noexcept;
 // What arena `index` knows of the huge-page flag on the 2 MiB at addr: 0 not set, 1 set, 2 either
 // (for tests).
 int arena_thp_state(unsigned index, uintptr_t addr) noexcept;

@@ -750,8 +750,11 @@ void* huge_alloc(size_t n, size_t align, bool zero) noexcept {
   // Charge the most the block can commit; the exact figure is known once the run is chosen.
   size_t charged = align_up(head + n + slack, kSliceSize);
   if (!budget_charge(charged)) return nullptr;
+  // The slices of its last chunk the block uses (where slack leaves its place open, all).
+  const size_t used_last = head + n + guard - (chunks - 1) * kSegmentSize;
+  const unsigned last = slack != 0 ? 64u : static_cast<unsigned>((used_last + kSliceSize - 1) >> kSliceShift);
   ChunkGrant g;
-  if (!arena_alloc(chunks, &g, ChunkUse::kHuge)) {
+  if (!arena_alloc(chunks, &g, ChunkUse::kHuge, last)) {
     budget_release(charged);
     return nullptr;
   }

@@ -1652,8 +1652,9 @@ TEST_CASE("huge: blocks stop asking for huge pages where their flags would split
 // n free chunks in a row, from shifts in doubling steps) and scores only those starts. Against
 // a chunk-by-chunk reference on random arenas: full and sparse ones, runs across the words'
 // boundaries, n from 1 (the lists of free chunks by resident slices) to 64, arenas with few
-// resident chunks (only windows that hold one are scored; the lowest run when none does), and
-// the small arena of 16 chunks made where address space is short.
+// resident chunks (only windows that hold one are scored; the lowest run when none does), blocks
+// that use only the first slices of their last chunk (only those count there; n = 1 counts the
+// whole chunk), and the small arena of 16 chunks made where address space is short.
 TEST_CASE("huge: the run search finds the free run with the most resident slices, lowest first") {
   uint64_t x = 0x2545F4914F6CDD1Dull;
   auto next = [&] { return x ^= x << 13, x ^= x >> 7, x ^= x << 17; };
@@ -1669,6 +1670,8 @@ TEST_CASE("huge: the run search finds the free run with the most resident slices
       dirty[i] = kind == 0 ? 0 : kind == 1 ? ~uint64_t{0} : next() & next();
     }
     const unsigned n = round % 4 == 1 ? 1 : 2 + static_cast<unsigned>(next() % (round % 3 == 0 ? 63 : 6));
+    const unsigned last = n == 1 || round % 2 == 0 ? 64 : 1 + static_cast<unsigned>(next() % 64);
+    const uint64_t last_mask = last == 64 ? ~uint64_t{0} : (uint64_t{1} << last) - 1;
     int want = -1;
     unsigned want_score = 0;
     for (unsigned i = 0; i + n <= chunks; ++i) {
@@ -1676,13 +1679,14 @@ TEST_CASE("huge: the run search finds the free run with the most resident slices
       bool free = true;
       for (unsigned j = i; j < i + n && free; ++j) {
         free = !((used[j / 64] >> (j % 64)) & 1);
-        score += popcount64(dirty[j]);
+        score += popcount64(j + 1 == i + n ? dirty[j] & last_mask : dirty[j]);
       }
       if (free && (want < 0 || score > want_score)) want = static_cast<int>(i), want_score = score;
     }
     CAPTURE(round);
     CAPTURE(n);
-    CHECK(arena_find_run_in(used.data(), dirty.data(), chunks, n) == want);
+    CAPTURE(last);
+    CHECK(arena_find_run_in(used.data(), dirty.data(), chunks, n, last) == want);
   }
 }
 
